@@ -1,0 +1,209 @@
+"""Command line: ``utter say``, ``utter voice``, ``utter download``, ``utter dev tiny-checkpoint``.
+
+Errors a user can fix (missing file, not audio, empty text, unknown language, offline hub id)
+print one line and exit with status 2; the traceback is only shown with ``--debug``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+DEFAULT_MODEL = "Qwen/Qwen3-TTS-12Hz-0.6B-Base"
+log = logging.getLogger("utter")
+
+
+class UsageError(Exception):
+    """A problem with what the user asked for, reported as one line."""
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=DEFAULT_MODEL, help="hub id or local checkpoint folder (default: %(default)s)")
+    p.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda if available)")
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="weight dtype")
+    p.add_argument("--cache-dir", default=None, help="Hugging Face cache folder for hub ids")
+
+
+def _add_voice_args(p: argparse.ArgumentParser, required: bool) -> None:
+    p.add_argument("--ref", help="reference recording (wav, mp3, m4a, flac, ogg; any rate)", required=required)
+    p.add_argument("--ref-text", help="transcript of the reference recording (ICL mode, best quality)")
+    p.add_argument("--ref-text-file", help="file holding the transcript of the reference recording")
+    p.add_argument(
+        "--x-vector-only", action="store_true", help="clone from the speaker embedding only (no transcript; lower quality)"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="utter", description="Voice cloning with Qwen3-TTS")
+    parser.add_argument("--debug", action="store_true", help="verbose logs and full tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    say = sub.add_parser("say", help="speak a text in a cloned voice and write a WAV file")
+    _add_model_args(say)
+    _add_voice_args(say, required=False)
+    say.add_argument("--voice", help="a voice file written by `utter voice` (instead of --ref)")
+    say.add_argument("--text", help="text to speak")
+    say.add_argument("--text-file", help="file holding the text to speak")
+    say.add_argument("--language", default="Auto", help="Auto or one of the 10 languages (default: Auto)")
+    say.add_argument("-o", "--output", required=True, help="output WAV file (24 kHz mono)")
+    say.add_argument("--greedy", action="store_true", help="deterministic decoding (argmax)")
+    say.add_argument("--seed", type=int, default=None, help="random seed for sampling")
+    say.add_argument("--temperature", type=float, default=None)
+    say.add_argument("--top-k", type=int, default=None)
+    say.add_argument("--top-p", type=float, default=None)
+    say.add_argument("--repetition-penalty", type=float, default=None)
+    say.add_argument("--subtalker-temperature", type=float, default=None, help="code predictor temperature")
+    say.add_argument("--subtalker-top-k", type=int, default=None, help="code predictor top-k")
+    say.add_argument("--subtalker-top-p", type=float, default=None, help="code predictor top-p")
+    say.add_argument("--subtalker-greedy", action="store_true", help="argmax in the code predictor only")
+    say.add_argument("--max-frames", type=int, default=None, help="at most N frames of 1920 samples (80 ms)")
+
+    voice = sub.add_parser("voice", help="compute a voice from a reference recording and save it")
+    _add_model_args(voice)
+    _add_voice_args(voice, required=True)
+    voice.add_argument("-o", "--output", required=True, help="voice file to write (.safetensors)")
+
+    dl = sub.add_parser("download", help="fetch a model from the Hugging Face hub ahead of time")
+    dl.add_argument("model", help="hub id, e.g. Qwen/Qwen3-TTS-12Hz-0.6B-Base")
+    dl.add_argument("--dir", default=None, help="download into this folder instead of the HF cache")
+
+    dev = sub.add_parser("dev", help="developer tools")
+    dev_sub = dev.add_subparsers(dest="dev_command", required=True)
+    tiny = dev_sub.add_parser("tiny-checkpoint", help="write a RANDOM checkpoint in the official layout")
+    tiny.add_argument("dir", help="output folder")
+    tiny.add_argument("--size", default="tiny", choices=["tiny", "tiny-wide", "0.6b", "1.7b"])
+    tiny.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def _read_text(value: str | None, file: str | None, what: str) -> str | None:
+    if value is not None and file is not None:
+        raise UsageError(f"give either --{what} or --{what}-file, not both")
+    if file is not None:
+        path = Path(file)
+        if not path.is_file():
+            raise UsageError(f"{what} file not found: {file}")
+        return path.read_text(encoding="utf-8")
+    return value
+
+
+def _load_engine(args: argparse.Namespace):
+    from .engine.engine import Engine
+
+    return Engine.load(args.model, device=args.device, dtype=args.dtype, cache_dir=args.cache_dir)
+
+
+def _make_voice(engine, args: argparse.Namespace):
+    ref_text = _read_text(args.ref_text, args.ref_text_file, "ref-text")
+    if args.x_vector_only and ref_text:
+        raise UsageError("--x-vector-only clones without a transcript; drop --ref-text")
+    if not args.x_vector_only and not (ref_text and ref_text.strip()):
+        raise UsageError("give the reference transcript with --ref-text (or use --x-vector-only)")
+    if not Path(args.ref).is_file():
+        raise UsageError(f"reference audio not found: {args.ref}")
+    return engine.create_voice(args.ref, ref_text=ref_text, x_vector_only=args.x_vector_only)
+
+
+def _options(engine, args: argparse.Namespace):
+    from dataclasses import replace
+
+    from .engine.sampling import GenerationOptions
+
+    base = engine.default_options()
+    talker, sub = base.talker, base.subtalker
+    talker = replace(
+        talker,
+        do_sample=talker.do_sample and not args.greedy,
+        temperature=args.temperature if args.temperature is not None else talker.temperature,
+        top_k=args.top_k if args.top_k is not None else talker.top_k,
+        top_p=args.top_p if args.top_p is not None else talker.top_p,
+    )
+    sub = replace(
+        sub,
+        do_sample=sub.do_sample and not (args.greedy or args.subtalker_greedy),
+        temperature=args.subtalker_temperature if args.subtalker_temperature is not None else sub.temperature,
+        top_k=args.subtalker_top_k if args.subtalker_top_k is not None else sub.top_k,
+        top_p=args.subtalker_top_p if args.subtalker_top_p is not None else sub.top_p,
+    )
+    penalty = args.repetition_penalty if args.repetition_penalty is not None else base.repetition_penalty
+    return GenerationOptions(talker, sub, penalty, seed=args.seed, max_frames=args.max_frames)
+
+
+def cmd_say(args: argparse.Namespace) -> None:
+    from .audio import write_wav
+    from .engine.voice import VoicePrompt
+
+    text = _read_text(args.text, args.text_file, "text")
+    if text is None or not text.strip():
+        raise UsageError("nothing to say: give a non-empty --text or --text-file")
+    if (args.voice is None) == (args.ref is None):
+        raise UsageError("give a reference recording with --ref (and --ref-text), or a saved --voice file")
+    if args.max_frames is not None and args.max_frames < 1:
+        raise UsageError("--max-frames must be at least 1")
+    engine = _load_engine(args)
+    if args.language.strip().lower() not in {lang.lower() for lang in engine.languages}:
+        raise UsageError(f"unknown language {args.language!r}; choose one of: {', '.join(engine.languages)}")
+    voice = VoicePrompt.load(args.voice) if args.voice else _make_voice(engine, args)
+    started = time.perf_counter()
+    audio = engine.generate(text, voice, args.language, _options(engine, args))
+    elapsed = time.perf_counter() - started
+    write_wav(args.output, audio, engine.sample_rate)
+    seconds = len(audio) / engine.sample_rate
+    log.info("wrote %s: %.2f s of audio in %.2f s (%.2fx real time)", args.output, seconds, elapsed,
+             seconds / elapsed if elapsed else 0.0)
+
+
+def cmd_voice(args: argparse.Namespace) -> None:
+    engine = _load_engine(args)
+    voice = _make_voice(engine, args)
+    voice.save(args.output)
+    mode = "x-vector only" if voice.x_vector_only else f"ICL, {voice.ref_frames} reference frames"
+    log.info("wrote voice %s (%s)", args.output, mode)
+
+
+def cmd_download(args: argparse.Namespace) -> None:
+    from .engine.checkpoint import download_checkpoint
+
+    path = download_checkpoint(args.model, args.dir)
+    print(path)
+
+
+def cmd_dev(args: argparse.Namespace) -> None:
+    from .dev.tiny_checkpoint import write_tiny_checkpoint
+
+    if args.dev_command == "tiny-checkpoint":
+        path = write_tiny_checkpoint(args.dir, size=args.size, seed=args.seed)
+        print(f"wrote a RANDOM {args.size} checkpoint to {path} (random weights make noise, not speech)")
+
+
+COMMANDS = {"say": cmd_say, "voice": cmd_voice, "download": cmd_download, "dev": cmd_dev}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
+    if not args.debug:
+        for noisy in ("httpx", "huggingface_hub", "urllib3", "filelock"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+    from .audio import AudioError
+    from .engine.checkpoint import CheckpointError
+
+    try:
+        COMMANDS[args.command](args)
+    except (UsageError, AudioError, CheckpointError, ValueError, FileNotFoundError) as exc:
+        if args.debug:
+            raise
+        print(f"utter: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

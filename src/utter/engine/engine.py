@@ -1,0 +1,260 @@
+"""The public engine: load a checkpoint, turn reference audio into voices, turn text into speech.
+
+Everything is built on one decode loop (:class:`~utter.engine.runner.Runner`): a batch of
+requests is a set of sequences stepped together, and frames come out as they are made.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..audio import SAMPLE_RATE, load_audio
+from .checkpoint import CheckpointError, resolve_checkpoint
+from .config import GenerationDefaults, ModelConfig
+from .model.qwen3_tts import Qwen3TTSWeights
+from .model.speaker_encoder import extract_speaker_embedding
+from .model.speech_tokenizer import SpeechTokenizer
+from .prompt import build_prompt
+from .runner import Runner, Sequence
+from .sampling import GenerationOptions, SamplingOptions
+from .text import TextTokenizer
+from .voice import VoicePrompt
+from .weights import load_weights, weight_files
+
+logger = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+# Runaway guard when end-of-speech never comes: generous next to real speech rates (about 3 to
+# 4 frames per text token), so it only cuts audio that has gone wrong.
+FRAMES_BASE = 24
+FRAMES_PER_TOKEN = 8
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def default_dtype(device: str) -> str:
+    """bfloat16 on GPUs; float32 on CPUs, where it is exact (faster weight modes are opt-in)."""
+    return "bfloat16" if device.startswith("cuda") else "float32"
+
+
+@dataclass(frozen=True)
+class Request:
+    """One text to speak in one voice."""
+
+    text: str
+    voice: VoicePrompt
+    language: str = "Auto"
+    options: GenerationOptions | None = None
+
+
+@dataclass
+class Result:
+    audio: np.ndarray  # mono float32 at 24 kHz
+    codes: torch.Tensor  # [frames, num_codebooks]
+    finish_reason: str  # "eos", "max_frames" or "cancelled"
+    seconds: float  # wall time spent
+
+
+class Engine:
+    """A loaded Qwen3-TTS 12 Hz Base model ready to clone voices."""
+
+    def __init__(
+        self,
+        folder: Path,
+        config: ModelConfig,
+        weights: Qwen3TTSWeights,
+        codec: SpeechTokenizer,
+        tokenizer: TextTokenizer,
+        defaults: GenerationDefaults,
+        device: torch.device,
+        dtype: torch.dtype,
+    ) -> None:
+        self.folder = folder
+        self.config = config
+        self.weights = weights
+        self.talker = weights.talker
+        self.codec = codec
+        self.tokenizer = tokenizer
+        self.defaults = defaults
+        self.device = device
+        self.dtype = dtype
+        self.runner = Runner(self.talker, config)
+
+    # ----------------------------------------------------------------- loading
+    @classmethod
+    def load(
+        cls,
+        model: str,
+        device: str | None = None,
+        dtype: str | None = None,
+        cache_dir: str | None = None,
+    ) -> Engine:
+        """Load a checkpoint folder or hub id (see :func:`resolve_checkpoint`)."""
+        device = device or default_device()
+        dtype = dtype or default_dtype(device)
+        if dtype not in DTYPES:
+            raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError("device 'cuda' was asked for but no CUDA GPU is available")
+        started = time.perf_counter()
+        folder = resolve_checkpoint(model, cache_dir=cache_dir)
+        config = ModelConfig.load(folder)
+        if config.tts_model_type != "base" or "12hz" not in config.tokenizer_type:
+            raise CheckpointError(
+                f"{model} is a {config.tts_model_type or 'unknown'} model with the "
+                f"{config.tokenizer_type or 'unknown'} tokenizer; Utter needs a Qwen3-TTS 12Hz Base model"
+            )
+        dev, dt = torch.device(device), DTYPES[dtype]
+        with torch.device("meta"):
+            weights = Qwen3TTSWeights(config)
+        load_weights(weights, weight_files(folder), dev, dt)
+        weights.eval()
+        codec = SpeechTokenizer.load(folder / "speech_tokenizer", device=dev, dtype=torch.float32)
+        engine = cls(
+            folder, config, weights, codec, TextTokenizer(folder), GenerationDefaults.load(folder), dev, dt
+        )
+        logger.info("loaded %s on %s/%s in %.1fs", folder, device, dtype, time.perf_counter() - started)
+        return engine
+
+    @property
+    def sample_rate(self) -> int:
+        return SAMPLE_RATE
+
+    @property
+    def languages(self) -> list[str]:
+        return self.config.languages
+
+    # ------------------------------------------------------------------ voices
+    @torch.inference_mode()
+    def create_voice(
+        self,
+        audio: str | Path | bytes | tuple[np.ndarray, int],
+        ref_text: str | None = None,
+        x_vector_only: bool = False,
+    ) -> VoicePrompt:
+        """Compute a voice prompt from reference audio (any common format, any rate, mono or stereo).
+
+        With ``ref_text`` (ICL mode) the reference codes are kept and the model continues the
+        reference; with ``x_vector_only`` only the speaker embedding is used (lower quality).
+        """
+        if not x_vector_only and not (ref_text and ref_text.strip()):
+            raise ValueError("a transcript of the reference audio is required (or use x-vector-only mode)")
+        if isinstance(audio, tuple):
+            wav, sr = audio
+            from ..audio import resample
+
+            wav = resample(np.asarray(wav, dtype=np.float32), sr, SAMPLE_RATE)
+        else:
+            wav, _ = load_audio(audio, target_sr=SAMPLE_RATE)
+        se_param = next(self.weights.speaker_encoder.parameters())
+        embedding = extract_speaker_embedding(self.weights.speaker_encoder, wav).to(se_param.device)
+        if x_vector_only:
+            return VoicePrompt(speaker_embedding=embedding.float().cpu())
+        codes = self.codec.encode(wav)
+        return VoicePrompt(speaker_embedding=embedding.float().cpu(), ref_codes=codes.cpu(), ref_text=ref_text)
+
+    # -------------------------------------------------------------- generation
+    def default_options(self) -> GenerationOptions:
+        d = self.defaults
+        return GenerationOptions(
+            talker=SamplingOptions(d.do_sample, d.temperature, d.top_k, d.top_p),
+            subtalker=SamplingOptions(d.subtalker_dosample, d.subtalker_temperature, d.subtalker_top_k, d.subtalker_top_p),
+            repetition_penalty=d.repetition_penalty,
+        )
+
+    def frame_limit(self, text_tokens: int) -> int:
+        """Default cap on frames for a text of ``text_tokens`` tokens (runaway guard)."""
+        limit = FRAMES_BASE + FRAMES_PER_TOKEN * text_tokens
+        return max(1, min(limit, self.defaults.max_new_tokens - 1))
+
+    def _sequence(self, req: Request) -> Sequence:
+        if not req.text or not req.text.strip():
+            raise ValueError("text is empty")
+        language_id = self.config.language_id(req.language)
+        opts = req.options or self.default_options()
+        target = self.tokenizer.target_ids(req.text)
+        ref_ids = None
+        if req.voice.ref_codes is not None:
+            ref_ids = self.tokenizer.reference_ids(req.voice.ref_text or "")
+        dim = self.config.talker.decoder.hidden_size
+        if req.voice.speaker_embedding.shape[0] != dim:
+            raise ValueError(
+                f"this voice was made with a different model (speaker embedding of size "
+                f"{req.voice.speaker_embedding.shape[0]}, this model needs {dim})"
+            )
+        prompt = build_prompt(self.talker, self.config, target, language_id, req.voice, ref_ids)
+        text_tokens = len(target) - 8
+        max_frames = opts.max_frames or self.frame_limit(text_tokens)
+        seed = opts.seed if opts.seed is not None else random.getrandbits(63)
+        generator = torch.Generator(device="cpu").manual_seed(seed)
+        return Sequence(prompt=prompt, options=opts, max_frames=max_frames, generator=generator, tag=req)
+
+    def stream_codes(self, requests: list[Request]) -> Iterator[tuple[int, torch.Tensor | None]]:
+        """Run requests as one batch; yields (request index, frame codes [N]) as frames are made,
+        and (index, None) when a request ends."""
+        seqs = [self._sequence(r) for r in requests]
+        index = {id(s): i for i, s in enumerate(seqs)}
+        for s in seqs:
+            self.runner.add(s)
+        try:
+            while self.runner.active:
+                for out in self.runner.step():
+                    yield index[id(out.sequence)], out.codes
+        finally:
+            for s in seqs:  # the caller stopped early: free the rows
+                self.runner.cancel(s)
+
+    def generate_codes(self, requests: list[Request]) -> list[torch.Tensor]:
+        """Codes [frames, N] per request (batched). The parity tests compare these."""
+        frames: list[list[torch.Tensor]] = [[] for _ in requests]
+        for i, codes in self.stream_codes(requests):
+            if codes is not None:
+                frames[i].append(codes)
+        n = self.config.talker.num_code_groups
+        return [torch.stack(f) if f else torch.zeros(0, n, dtype=torch.long) for f in frames]
+
+    def decode(self, codes: torch.Tensor, voice: VoicePrompt | None = None) -> np.ndarray:
+        """Codes [frames, N] -> waveform. In ICL mode the reference codes are decoded first as
+        left context and their share of the waveform is cut, as the official package does."""
+        if codes.shape[0] == 0:
+            return np.zeros(0, dtype=np.float32)
+        if voice is None or voice.ref_codes is None:
+            return self.codec.decode(codes)
+        full = torch.cat([voice.ref_codes.to(codes.device), codes])
+        wav = self.codec.decode(full)
+        cut = int(voice.ref_frames / max(full.shape[0], 1) * wav.shape[0])
+        return wav[cut:]
+
+    def generate_batch(self, requests: list[Request]) -> list[Result]:
+        started = time.perf_counter()
+        codes = self.generate_codes(requests)
+        results = []
+        for req, c in zip(requests, codes):
+            audio = self.decode(c, req.voice)
+            results.append(Result(audio=audio, codes=c, finish_reason="", seconds=time.perf_counter() - started))
+        return results
+
+    def generate(
+        self, text: str, voice: VoicePrompt, language: str = "Auto", options: GenerationOptions | None = None
+    ) -> np.ndarray:
+        """Speak ``text`` in ``voice``: mono float32 audio at 24 kHz."""
+        return self.generate_batch([Request(text, voice, language, options)])[0].audio
+
+
+def frames_to_seconds(frames: int) -> float:
+    return frames * 1920 / SAMPLE_RATE
+
+
+__all__ = ["Engine", "Request", "Result", "GenerationOptions", "SamplingOptions", "VoicePrompt", "math"]

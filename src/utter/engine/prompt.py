@@ -1,0 +1,83 @@
+"""Build the talker's input for one request: the prefill sequence and the trailing text.
+
+The talker reads text and audio side by side: each position carries a text embedding plus a
+codec embedding. After the prefill, each decode step adds the next "trailing" text embedding
+to the sum of the previous frame's codebook embeddings (or the tts_pad embedding once the text
+is used up). This mirrors the official package's default (text-streaming) layout exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .config import ModelConfig
+from .model.talker import Talker
+from .text import ROLE_TOKENS, TARGET_TAIL
+from .voice import VoicePrompt
+
+
+@dataclass
+class TalkerPrompt:
+    """prefill: [S, D]; trailing: [T, D] text embeddings consumed one per decode step."""
+
+    prefill: torch.Tensor
+    trailing: torch.Tensor
+    pad: torch.Tensor  # [D] used once ``trailing`` is exhausted
+
+
+def _ids(values: list[int], device: torch.device) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.long, device=device)
+
+
+@torch.inference_mode()
+def build_prompt(
+    talker: Talker,
+    cfg: ModelConfig,
+    target_ids: list[int],
+    language_id: int | None,
+    voice: VoicePrompt,
+    reference_ids: list[int] | None,
+) -> TalkerPrompt:
+    """Assemble the prefill embeddings for one request (see module docstring)."""
+    tc = cfg.talker
+    dev = talker.codec_head.weight.device
+    dtype = talker.codec_head.weight.dtype
+    ids = _ids(target_ids, dev)
+    bos, eos, pad = talker.embed_text(_ids([cfg.tts_bos_id, cfg.tts_eos_id, cfg.tts_pad_id], dev)[None])[0]
+
+    if language_id is None:
+        control = [tc.codec_nothink_id, tc.codec_think_bos_id, tc.codec_think_eos_id]
+    else:
+        control = [tc.codec_think_id, tc.codec_think_bos_id, language_id, tc.codec_think_eos_id]
+    codec = [talker.embed_codec(_ids(control, dev)[None])[0]]
+    codec.append(voice.speaker_embedding.to(dev, dtype)[None])
+    codec.append(talker.embed_codec(_ids([tc.codec_pad_id, tc.codec_bos_id], dev)[None])[0])
+    codec_seq = torch.cat(codec)  # [n, D]: control ids, speaker, pad, bos
+
+    role = talker.embed_text(ids[None, :ROLE_TOKENS])[0]
+    text_side = torch.cat([pad.expand(codec_seq.shape[0] - 2, -1), bos[None]])
+    head = torch.cat([role, text_side + codec_seq[:-1]])
+
+    text = ids[ROLE_TOKENS:-TARGET_TAIL]
+    if voice.ref_codes is not None:
+        if reference_ids is None:
+            raise ValueError("an ICL voice prompt needs its reference transcript ids")
+        text_emb = talker.embed_text(torch.cat([_ids(reference_ids, dev), text])[None])[0]
+        text_emb = torch.cat([text_emb, eos[None]])
+        frames = talker.embed_frame(voice.ref_codes.to(dev))
+        codec_emb = torch.cat([talker.embed_codec(_ids([tc.codec_bos_id], dev)[None])[0], frames])
+        n_text, n_codec = text_emb.shape[0], codec_emb.shape[0]
+        if n_text > n_codec:
+            icl = text_emb[:n_codec] + codec_emb
+            trailing = text_emb[n_codec:]
+        else:
+            icl = torch.cat([text_emb, pad.expand(n_codec - n_text, -1)]) + codec_emb
+            trailing = pad[None]
+        prefill = torch.cat([head, icl])
+    else:
+        first = talker.embed_text(text[None, :1])[0] + codec_seq[-1:]
+        prefill = torch.cat([head, first])
+        trailing = torch.cat([talker.embed_text(text[None, 1:])[0], eos[None]])
+    return TalkerPrompt(prefill=prefill, trailing=trailing, pad=pad)

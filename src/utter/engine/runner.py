@@ -1,0 +1,233 @@
+"""The decode loop: prefill requests into rows of a static KV cache, then advance them all together.
+
+One call to :meth:`Runner.step` moves every active sequence forward by one frame: the code
+predictor fills codebooks 1..N-1 of the pending frame, the frame is handed out at once, and the
+talker (one batched forward over all rows) predicts codebook 0 of the next frame. Requests can
+join (``add``) or leave (end of speech, frame limit, ``cancel``) between steps; rows stay
+contiguous so the batched step always works on ``rows[0:B]``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import torch
+
+from .config import ModelConfig
+from .model.layers import new_cache
+from .model.talker import Talker
+from .prompt import TalkerPrompt
+from .sampling import GenerationOptions, apply_repetition_penalty, select
+
+logger = logging.getLogger(__name__)
+
+MIN_FRAMES = 2  # the official package forbids end-of-speech in the first two frames
+
+
+@dataclass(eq=False)
+class Sequence:
+    """Bookkeeping of one request inside the runner (CPU side only)."""
+
+    prompt: TalkerPrompt
+    options: GenerationOptions
+    max_frames: int
+    generator: torch.Generator | None = None
+    frames: int = 0  # frames handed out so far
+    position: int = 0  # next KV-cache position to write
+    finished: bool = False
+    reason: str = ""  # "eos", "max_frames" or "cancelled"
+    tag: object = None  # caller's handle
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class StepOutput:
+    sequence: Sequence
+    codes: torch.Tensor | None  # [num_codebooks] int64 on CPU, or None when the sequence just ended
+
+
+class Runner:
+    """Owns the device-side state: KV caches and the per-row pending token and hidden state."""
+
+    def __init__(self, talker: Talker, cfg: ModelConfig) -> None:
+        self.talker = talker
+        self.cfg = cfg
+        tc = cfg.talker
+        self.device = talker.codec_head.weight.device
+        self.dtype = talker.codec_head.weight.dtype
+        self.groups = tc.num_code_groups
+        self.vocab = tc.decoder.vocab_size
+        self.eos = tc.codec_eos_id
+        # Codec ids above the codebook are control tokens the talker must never emit (except EOS);
+        # the official package suppresses the top 1024 ids of the talker vocabulary.
+        suppress = torch.zeros(self.vocab, dtype=torch.bool)
+        suppress[max(self.vocab - 1024, 0) :] = True
+        suppress[self.eos] = False
+        self.suppress = suppress.to(self.device)
+        self.rows: list[Sequence] = []
+        self.capacity = (0, 0)
+        self._allocate(1, 64)
+
+    # ----------------------------------------------------------------- memory
+    def _allocate(self, batch: int, length: int) -> None:
+        """(Re)allocate caches and per-row state for ``batch`` rows x ``length`` positions, keeping live rows."""
+        tc = self.cfg.talker
+        n = len(self.rows)
+        old = (getattr(self, "cache", None), getattr(self, "hidden", None))
+        old_pending, old_seen = getattr(self, "pending", None), getattr(self, "seen", None)
+        cache = new_cache(tc.decoder, batch, length, self.device, self.dtype)
+        hidden = torch.zeros(batch, tc.decoder.hidden_size, device=self.device, dtype=self.dtype)
+        pending = torch.zeros(batch, dtype=torch.long, device=self.device)
+        seen = torch.zeros(batch, self.vocab, dtype=torch.bool, device=self.device)
+        if old[0] is not None and n:
+            t = min(old[0][0].shape[3], length)
+            cache[0][:, :n, :, :t] = old[0][0][:, :n, :, :t]
+            cache[1][:, :n, :, :t] = old[0][1][:, :n, :, :t]
+            hidden[:n], pending[:n], seen[:n] = old[1][:n], old_pending[:n], old_seen[:n]
+        self.cache, self.hidden, self.pending, self.seen = cache, hidden, pending, seen
+        self.cp_cache = new_cache(tc.code_predictor, batch, self.groups, self.device, self.dtype)
+        self.capacity = (batch, length)
+
+    def reserve(self, batch: int, length: int) -> None:
+        """Make room for ``batch`` rows of ``length`` positions (grows geometrically, never shrinks)."""
+        cur_b, cur_t = self.capacity
+        if batch <= cur_b and length <= cur_t:
+            return
+        new_b = cur_b if batch <= cur_b else max(batch, 2 * cur_b)
+        new_t = cur_t if length <= cur_t else max(length, 2 * cur_t)
+        logger.debug("KV cache grows to %d rows x %d positions", new_b, new_t)
+        self._allocate(new_b, new_t)
+
+    # ---------------------------------------------------------------- requests
+    @property
+    def active(self) -> int:
+        return len(self.rows)
+
+    @torch.inference_mode()
+    def add(self, seq: Sequence) -> None:
+        """Prefill ``seq`` into the next free row and pick its first codebook-0 token."""
+        prefill = seq.prompt.prefill.to(self.device, self.dtype)
+        n = prefill.shape[0]
+        row = len(self.rows)
+        self.reserve(row + 1, n + seq.max_frames + 1)
+        cache = (self.cache[0][:, row : row + 1], self.cache[1][:, row : row + 1])
+        positions = torch.arange(n, device=self.device)[None]
+        out = self.talker.model.run(prefill[None], cache, positions, kv_len=n)
+        self.rows.append(seq)
+        seq.position = n
+        self.hidden[row] = out[0, -1]
+        self.seen[row] = False
+        logits = self.talker.codec_head(out[:, -1])
+        self.pending[row] = self._choose(logits, [seq], row)[0]
+
+    def cancel(self, seq: Sequence) -> None:
+        """Drop a sequence now; it costs nothing from the next step on."""
+        if seq in self.rows:
+            seq.finished, seq.reason = True, "cancelled"
+            self._remove(self.rows.index(seq))
+
+    def _remove(self, row: int) -> None:
+        last = len(self.rows) - 1
+        if row != last:  # keep rows contiguous: move the last row into the hole
+            t = self.rows[last].position
+            self.cache[0][:, row, :, :t] = self.cache[0][:, last, :, :t]
+            self.cache[1][:, row, :, :t] = self.cache[1][:, last, :, :t]
+            self.hidden[row] = self.hidden[last]
+            self.pending[row] = self.pending[last]
+            self.seen[row] = self.seen[last]
+            self.rows[row] = self.rows[last]
+        self.rows.pop()
+
+    # ------------------------------------------------------------------ decode
+    def _choose(self, logits: torch.Tensor, seqs: list[Sequence], first_row: int) -> torch.Tensor:
+        """Codebook-0 token per row from talker logits [B, V] (HF processor order)."""
+        b = logits.shape[0]
+        logits = logits.float()
+        rows = slice(first_row, first_row + b)
+        penalty = torch.tensor([s.options.repetition_penalty for s in seqs], device=self.device)
+        logits = apply_repetition_penalty(logits, self.seen[rows], penalty)
+        early = torch.tensor([s.frames < MIN_FRAMES for s in seqs], device=self.device)
+        logits[:, self.eos] = torch.where(early, float("-inf"), logits[:, self.eos])
+        logits = logits.masked_fill(self.suppress, float("-inf"))
+        tokens = select(logits, [s.options.talker for s in seqs], [s.generator for s in seqs])
+        self.seen[rows].scatter_(1, tokens[:, None], True)
+        return tokens
+
+    def _predict_codebooks(self, b: int) -> torch.Tensor:
+        """Codebooks 1..N-1 for the pending frame of rows [0, b): returns codes [b, N]."""
+        cp = self.talker.code_predictor
+        seqs = self.rows[:b]
+        opts = [s.options.subtalker for s in seqs]
+        gens = [s.generator for s in seqs]
+        cache = (self.cp_cache[0][:, :b], self.cp_cache[1][:, :b])
+        code0 = self.pending[:b]
+        x = cp.small_to_mtp_projection(torch.stack([self.hidden[:b], self.talker.embed_codec(code0)], dim=1))
+        positions = torch.arange(2, device=self.device).expand(b, 2)
+        out = cp.model.run(x, cache, positions, kv_len=2)
+        codes = [code0, select(cp.lm_head[0](out[:, -1]), opts, gens)]
+        for j in range(1, self.groups - 1):
+            x = cp.small_to_mtp_projection(cp.model.codec_embedding[j - 1](codes[-1]))[:, None]
+            positions = torch.full((b, 1), j + 1, device=self.device)
+            out = cp.model.run(x, cache, positions, kv_len=j + 2)
+            codes.append(select(cp.lm_head[j](out[:, -1]), opts, gens))
+        return torch.stack(codes, dim=1)
+
+    @torch.inference_mode()
+    def step(self) -> list[StepOutput]:
+        """Advance every active sequence by one frame; finished sequences leave the batch."""
+        outputs: list[StepOutput] = []
+        # 1. sequences whose pending token is end-of-speech are done.
+        pending = self.pending[: len(self.rows)].tolist()
+        for row in reversed(range(len(self.rows))):
+            if pending[row] == self.eos:
+                seq = self.rows[row]
+                seq.finished, seq.reason = True, "eos"
+                outputs.append(StepOutput(seq, None))
+                self._remove(row)
+        b = len(self.rows)
+        if b == 0:
+            return outputs
+        # 2. complete the pending frame of every row and hand it out.
+        codes = self._predict_codebooks(b)
+        codes_cpu = codes.cpu()
+        for row, seq in enumerate(self.rows):
+            seq.frames += 1
+            outputs.append(StepOutput(seq, codes_cpu[row]))
+        # 3. one talker step for the rows that go on.
+        keep = [r for r, s in enumerate(self.rows) if s.frames < s.max_frames]
+        if len(keep) < b:
+            for row in reversed(range(b)):
+                if row not in keep:
+                    seq = self.rows[row]
+                    seq.finished, seq.reason = True, "max_frames"
+                    outputs.append(StepOutput(seq, None))
+            # compact codes the same way rows are compacted
+            order = list(range(b))
+            for row in reversed(range(b)):
+                if row not in keep:
+                    last = len(order) - 1
+                    order[row] = order[last]
+                    order.pop()
+                    self._remove(row)
+            codes = codes[order]
+            b = len(self.rows)
+            if b == 0:
+                return outputs
+        seqs = self.rows
+        x = self.talker.embed_frame(codes)
+        text = []
+        for seq in seqs:
+            step = seq.frames - 1
+            tr = seq.prompt.trailing
+            text.append(tr[step] if step < tr.shape[0] else seq.prompt.pad)
+        x = (x + torch.stack(text).to(self.device, self.dtype))[:, None]
+        positions = torch.tensor([[s.position] for s in seqs], device=self.device)
+        kv_len = max(s.position for s in seqs) + 1
+        cache = (self.cache[0][:, :b], self.cache[1][:, :b])
+        out = self.talker.model.run(x, cache, positions, kv_len=kv_len)
+        for seq in seqs:
+            seq.position += 1
+        self.hidden[:b] = out[:, -1]
+        self.pending[:b] = self._choose(self.talker.codec_head(out[:, -1]), seqs, 0)
+        return outputs

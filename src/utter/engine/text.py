@@ -1,0 +1,42 @@
+"""Text side of the prompt: the checkpoint's own tokenizer and the chat framing the model expects."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+# The official package frames texts like a chat turn; the ids are sliced by position below.
+_TARGET = "<|im_start|>assistant\n{text}<|im_end|>\n<|im_start|>assistant\n"
+_REFERENCE = "<|im_start|>assistant\n{text}<|im_end|>\n"
+ROLE_TOKENS = 3  # "<|im_start|>", "assistant", "\n"
+TARGET_TAIL = 5  # "<|im_end|>", "\n", "<|im_start|>", "assistant", "\n"
+REFERENCE_TAIL = 2  # "<|im_end|>", "\n"
+
+
+class TextTokenizer:
+    """Wraps the checkpoint's Qwen2 tokenizer (loaded with transformers, offline)."""
+
+    def __init__(self, folder: Path) -> None:
+        from transformers import AutoTokenizer
+
+        self._tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+
+    def _ids(self, text: str) -> list[int]:
+        return list(self._tok(text)["input_ids"])
+
+    def target_ids(self, text: str) -> list[int]:
+        """Ids of the framed target text: 3 role tokens, the text, 5 tail tokens."""
+        ids = self._ids(_TARGET.format(text=text))
+        if len(ids) <= ROLE_TOKENS + TARGET_TAIL:
+            raise ValueError("text is empty")
+        return ids
+
+    def reference_ids(self, text: str) -> list[int]:
+        """Ids of the reference transcript without its framing."""
+        ids = self._ids(_REFERENCE.format(text=text))
+        return ids[ROLE_TOKENS:-REFERENCE_TAIL]
+
+    def count(self, text: str) -> int:
+        return len(self._ids(text))

@@ -1,0 +1,72 @@
+"""Load the official ``model.safetensors`` into our modules.
+
+Our module tree mirrors the official parameter names (``talker.model.layers.0.self_attn.q_proj``,
+``speaker_encoder.blocks.0.conv`` ...), so the mapping is the identity; the table below lists
+the names the official file carries that inference does not use. Modules are created on the
+meta device and the tensors assigned directly, so a checkpoint is read once and never
+initialised twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+# Official tensors that have no counterpart at inference time (none in the released files, but
+# checkpoints saved from a training run may carry these).
+IGNORED_PREFIXES: tuple[str, ...] = ("talker.model.rotary_emb.", "talker.code_predictor.model.rotary_emb.")
+
+
+def weight_files(folder: Path) -> list[Path]:
+    """The safetensors files of a checkpoint (single file or sharded with an index)."""
+    single = folder / "model.safetensors"
+    if single.exists():
+        return [single]
+    index = folder / "model.safetensors.index.json"
+    if index.exists():
+        with open(index, encoding="utf-8") as f:
+            shards = sorted(set(json.load(f)["weight_map"].values()))
+        return [folder / s for s in shards]
+    raise FileNotFoundError(f"no model.safetensors in {folder}")
+
+
+def load_weights(module: nn.Module, files: list[Path], device: torch.device, dtype: torch.dtype) -> None:
+    """Assign every parameter of ``module`` from ``files``; fail loudly on missing or extra names."""
+    expected = dict(module.state_dict(keep_vars=True))
+    loaded: dict[str, torch.Tensor] = {}
+    unexpected: list[str] = []
+    for path in files:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            for name in f.keys():
+                if name not in expected:
+                    if not name.startswith(IGNORED_PREFIXES):
+                        unexpected.append(name)
+                    continue
+                tensor = f.get_tensor(name)
+                want = expected[name]
+                if tuple(tensor.shape) != tuple(want.shape):
+                    raise ValueError(
+                        f"{path.name}: {name} has shape {tuple(tensor.shape)}, config says {tuple(want.shape)}"
+                    )
+                if tensor.is_floating_point():
+                    tensor = tensor.to(dtype)
+                loaded[name] = tensor.to(device)
+    missing = sorted(set(expected) - set(loaded))
+    if missing or unexpected:
+        raise ValueError(
+            f"checkpoint does not match the model: missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+            f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
+        )
+    module.load_state_dict(loaded, strict=True, assign=True)
+    # Non-persistent buffers (rotary frequencies) were built on the CPU; move them along.
+    for name, buf in list(module.named_buffers()):
+        if buf.device != device:
+            owner = module.get_submodule(name.rsplit(".", 1)[0]) if "." in name else module
+            owner._buffers[name.rsplit(".", 1)[-1]] = buf.to(device)
