@@ -21,18 +21,24 @@ class UsageError(Exception):
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=DEFAULT_MODEL, help="hub id or local checkpoint folder (default: %(default)s)")
+    p.add_argument(
+        "--model", default=DEFAULT_MODEL, help="hub id or local checkpoint folder (default: %(default)s)"
+    )
     p.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda if available)")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="weight dtype")
     p.add_argument("--cache-dir", default=None, help="Hugging Face cache folder for hub ids")
 
 
 def _add_voice_args(p: argparse.ArgumentParser, required: bool) -> None:
-    p.add_argument("--ref", help="reference recording (wav, mp3, m4a, flac, ogg; any rate)", required=required)
+    p.add_argument(
+        "--ref", help="reference recording (wav, mp3, m4a, flac, ogg; any rate)", required=required
+    )
     p.add_argument("--ref-text", help="transcript of the reference recording (ICL mode, best quality)")
     p.add_argument("--ref-text-file", help="file holding the transcript of the reference recording")
     p.add_argument(
-        "--x-vector-only", action="store_true", help="clone from the speaker embedding only (no transcript; lower quality)"
+        "--x-vector-only",
+        action="store_true",
+        help="clone from the speaker embedding only (no transcript; lower quality)",
     )
 
 
@@ -152,8 +158,13 @@ def cmd_say(args: argparse.Namespace) -> None:
     elapsed = time.perf_counter() - started
     write_wav(args.output, audio, engine.sample_rate)
     seconds = len(audio) / engine.sample_rate
-    log.info("wrote %s: %.2f s of audio in %.2f s (%.2fx real time)", args.output, seconds, elapsed,
-             seconds / elapsed if elapsed else 0.0)
+    log.info(
+        "wrote %s: %.2f s of audio in %.2f s (%.2fx real time)",
+        args.output,
+        seconds,
+        elapsed,
+        seconds / elapsed if elapsed else 0.0,
+    )
 
 
 def cmd_voice(args: argparse.Namespace) -> None:

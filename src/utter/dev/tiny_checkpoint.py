@@ -70,16 +70,36 @@ def _decoder(hidden: int, inter: int, layers: int, heads: int, kv: int, head_dim
 def _config(size: str) -> dict[str, Any]:
     """config.json for one of the sizes: tiny, tiny-wide (talker wider than the predictor), 0.6b, 1.7b."""
     if size == "tiny":
-        talker, cp, text_hidden, se = _decoder(64, 128, 2, 4, 2, 16), _decoder(64, 128, 2, 4, 2, 16), 32, [32, 32, 32, 32, 96]
+        talker, cp, text_hidden, se = (
+            _decoder(64, 128, 2, 4, 2, 16),
+            _decoder(64, 128, 2, 4, 2, 16),
+            32,
+            [32, 32, 32, 32, 96],
+        )
         mrope = [4, 2, 2]
     elif size == "tiny-wide":
-        talker, cp, text_hidden, se = _decoder(96, 192, 2, 4, 2, 16), _decoder(64, 128, 2, 4, 2, 16), 32, [32, 32, 32, 32, 96]
+        talker, cp, text_hidden, se = (
+            _decoder(96, 192, 2, 4, 2, 16),
+            _decoder(64, 128, 2, 4, 2, 16),
+            32,
+            [32, 32, 32, 32, 96],
+        )
         mrope = [4, 2, 2]
     elif size == "0.6b":
-        talker, cp, text_hidden, se = _decoder(1024, 3072, 28, 16, 8, 128), _decoder(1024, 3072, 5, 16, 8, 128), 2048, [512, 512, 512, 512, 1536]
+        talker, cp, text_hidden, se = (
+            _decoder(1024, 3072, 28, 16, 8, 128),
+            _decoder(1024, 3072, 5, 16, 8, 128),
+            2048,
+            [512, 512, 512, 512, 1536],
+        )
         mrope = [24, 20, 20]
     elif size == "1.7b":
-        talker, cp, text_hidden, se = _decoder(2048, 6144, 28, 16, 8, 128), _decoder(1024, 3072, 5, 16, 8, 128), 2048, [512, 512, 512, 512, 1536]
+        talker, cp, text_hidden, se = (
+            _decoder(2048, 6144, 28, 16, 8, 128),
+            _decoder(1024, 3072, 5, 16, 8, 128),
+            2048,
+            [512, 512, 512, 512, 1536],
+        )
         mrope = [24, 20, 20]
     else:
         raise ValueError(f"unknown size {size!r}; choose tiny, tiny-wide, 0.6b or 1.7b")

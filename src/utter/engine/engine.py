@@ -7,7 +7,6 @@ requests is a set of sequences stepped together, and frames come out as they are
 from __future__ import annotations
 
 import logging
-import math
 import random
 import time
 from collections.abc import Iterator
@@ -163,14 +162,18 @@ class Engine:
         if x_vector_only:
             return VoicePrompt(speaker_embedding=embedding.float().cpu())
         codes = self.codec.encode(wav)
-        return VoicePrompt(speaker_embedding=embedding.float().cpu(), ref_codes=codes.cpu(), ref_text=ref_text)
+        return VoicePrompt(
+            speaker_embedding=embedding.float().cpu(), ref_codes=codes.cpu(), ref_text=ref_text
+        )
 
     # -------------------------------------------------------------- generation
     def default_options(self) -> GenerationOptions:
         d = self.defaults
         return GenerationOptions(
             talker=SamplingOptions(d.do_sample, d.temperature, d.top_k, d.top_p),
-            subtalker=SamplingOptions(d.subtalker_dosample, d.subtalker_temperature, d.subtalker_top_k, d.subtalker_top_p),
+            subtalker=SamplingOptions(
+                d.subtalker_dosample, d.subtalker_temperature, d.subtalker_top_k, d.subtalker_top_p
+            ),
             repetition_penalty=d.repetition_penalty,
         )
 
@@ -178,6 +181,9 @@ class Engine:
         """Default cap on frames for a text of ``text_tokens`` tokens (runaway guard)."""
         limit = FRAMES_BASE + FRAMES_PER_TOKEN * text_tokens
         return max(1, min(limit, self.defaults.max_new_tokens - 1))
+
+    def default_max_frames(self, text: str) -> int:
+        return self.frame_limit(self.tokenizer.text_token_count(self.tokenizer.target_ids(text)))
 
     def _sequence(self, req: Request) -> Sequence:
         if not req.text or not req.text.strip():
@@ -195,15 +201,14 @@ class Engine:
                 f"{req.voice.speaker_embedding.shape[0]}, this model needs {dim})"
             )
         prompt = build_prompt(self.talker, self.config, target, language_id, req.voice, ref_ids)
-        text_tokens = len(target) - 8
-        max_frames = opts.max_frames or self.frame_limit(text_tokens)
+        max_frames = opts.max_frames or self.frame_limit(self.tokenizer.text_token_count(target))
         seed = opts.seed if opts.seed is not None else random.getrandbits(63)
         generator = torch.Generator(device="cpu").manual_seed(seed)
         return Sequence(prompt=prompt, options=opts, max_frames=max_frames, generator=generator, tag=req)
 
-    def stream_codes(self, requests: list[Request]) -> Iterator[tuple[int, torch.Tensor | None]]:
-        """Run requests as one batch; yields (request index, frame codes [N]) as frames are made,
-        and (index, None) when a request ends."""
+    def stream_codes(self, requests: list[Request]) -> Iterator[tuple[int, torch.Tensor | None, str]]:
+        """Run requests as one batch. Yields (request index, frame codes [N], "") as each frame is
+        made, and (index, None, reason) when a request ends ("eos", "max_frames", "cancelled")."""
         seqs = [self._sequence(r) for r in requests]
         index = {id(s): i for i, s in enumerate(seqs)}
         for s in seqs:
@@ -211,19 +216,25 @@ class Engine:
         try:
             while self.runner.active:
                 for out in self.runner.step():
-                    yield index[id(out.sequence)], out.codes
+                    yield index[id(out.sequence)], out.codes, out.sequence.reason
         finally:
             for s in seqs:  # the caller stopped early: free the rows
                 self.runner.cancel(s)
 
-    def generate_codes(self, requests: list[Request]) -> list[torch.Tensor]:
-        """Codes [frames, N] per request (batched). The parity tests compare these."""
+    def _run(self, requests: list[Request]) -> tuple[list[torch.Tensor], list[str]]:
         frames: list[list[torch.Tensor]] = [[] for _ in requests]
-        for i, codes in self.stream_codes(requests):
-            if codes is not None:
+        reasons = [""] * len(requests)
+        for i, codes, reason in self.stream_codes(requests):
+            if codes is None:
+                reasons[i] = reason
+            else:
                 frames[i].append(codes)
         n = self.config.talker.num_code_groups
-        return [torch.stack(f) if f else torch.zeros(0, n, dtype=torch.long) for f in frames]
+        return [torch.stack(f) if f else torch.zeros(0, n, dtype=torch.long) for f in frames], reasons
+
+    def generate_codes(self, requests: list[Request]) -> list[torch.Tensor]:
+        """Codes [frames, N] per request (batched). The parity tests compare these."""
+        return self._run(requests)[0]
 
     def decode(self, codes: torch.Tensor, voice: VoicePrompt | None = None) -> np.ndarray:
         """Codes [frames, N] -> waveform. In ICL mode the reference codes are decoded first as
@@ -238,12 +249,13 @@ class Engine:
         return wav[cut:]
 
     def generate_batch(self, requests: list[Request]) -> list[Result]:
+        """Speak several requests as one batch; results in request order."""
         started = time.perf_counter()
-        codes = self.generate_codes(requests)
+        codes, reasons = self._run(requests)
         results = []
-        for req, c in zip(requests, codes):
+        for req, c, reason in zip(requests, codes, reasons):
             audio = self.decode(c, req.voice)
-            results.append(Result(audio=audio, codes=c, finish_reason="", seconds=time.perf_counter() - started))
+            results.append(Result(audio, c, reason, time.perf_counter() - started))
         return results
 
     def generate(
@@ -251,10 +263,3 @@ class Engine:
     ) -> np.ndarray:
         """Speak ``text`` in ``voice``: mono float32 audio at 24 kHz."""
         return self.generate_batch([Request(text, voice, language, options)])[0].audio
-
-
-def frames_to_seconds(frames: int) -> float:
-    return frames * 1920 / SAMPLE_RATE
-
-
-__all__ = ["Engine", "Request", "Result", "GenerationOptions", "SamplingOptions", "VoicePrompt", "math"]

@@ -71,7 +71,7 @@ class Runner:
 
     # ----------------------------------------------------------------- memory
     def _allocate(self, batch: int, length: int) -> None:
-        """(Re)allocate caches and per-row state for ``batch`` rows x ``length`` positions, keeping live rows."""
+        """(Re)allocate caches and per-row state for ``batch`` x ``length``, keeping live rows."""
         tc = self.cfg.talker
         n = len(self.rows)
         old = (getattr(self, "cache", None), getattr(self, "hidden", None))

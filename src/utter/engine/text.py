@@ -38,5 +38,7 @@ class TextTokenizer:
         ids = self._ids(_REFERENCE.format(text=text))
         return ids[ROLE_TOKENS:-REFERENCE_TAIL]
 
-    def count(self, text: str) -> int:
-        return len(self._ids(text))
+    @staticmethod
+    def text_token_count(target_ids: list[int]) -> int:
+        """How many tokens of a framed target are the text itself."""
+        return len(target_ids) - ROLE_TOKENS - TARGET_TAIL

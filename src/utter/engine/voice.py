@@ -49,7 +49,11 @@ class VoicePrompt:
         tensors = {"speaker_embedding": self.speaker_embedding.detach().float().cpu().contiguous()}
         if self.ref_codes is not None:
             tensors["ref_codes"] = self.ref_codes.detach().to(torch.int64).cpu().contiguous()
-        meta = {"format": "utter-voice", "version": str(FORMAT_VERSION), "ref_text": json.dumps(self.ref_text)}
+        meta = {
+            "format": "utter-voice",
+            "version": str(FORMAT_VERSION),
+            "ref_text": json.dumps(self.ref_text),
+        }
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".voice-", suffix=".tmp")
         os.close(fd)

@@ -53,7 +53,7 @@ def load_weights(module: nn.Module, files: list[Path], device: torch.device, dty
                 want = expected[name]
                 if tuple(tensor.shape) != tuple(want.shape):
                     raise ValueError(
-                        f"{path.name}: {name} has shape {tuple(tensor.shape)}, config says {tuple(want.shape)}"
+                        f"{path.name}: {name} has shape {tuple(tensor.shape)}, expected {tuple(want.shape)}"
                     )
                 if tensor.is_floating_point():
                     tensor = tensor.to(dtype)

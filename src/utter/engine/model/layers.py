@@ -150,7 +150,7 @@ class DecoderStack(nn.Module):
         """
         rope = self.rotary(positions, x.dtype)
         keys = torch.arange(kv_len, device=x.device)
-        mask = (keys[None, None, None, :] <= positions[:, None, :, None])  # [B, 1, S, kv_len]
+        mask = keys[None, None, None, :] <= positions[:, None, :, None]  # [B, 1, S, kv_len]
         k_all, v_all = cache
         for i, layer in enumerate(self.layers):
             x = layer(x, rope, (k_all[i], v_all[i]), positions, mask)

@@ -1,0 +1,57 @@
+"""Shared fixtures: tiny random checkpoints in the official layout, written once per session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from utter.audio import write_wav
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from utter.dev.tiny_checkpoint import write_tiny_checkpoint
+
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", size="tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_wide_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The 1.7B layout in small: the talker is wider than the code predictor."""
+    from utter.dev.tiny_checkpoint import write_tiny_checkpoint
+
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny-wide", size="tiny-wide", seed=1)
+
+
+@pytest.fixture(scope="session")
+def engine(tiny_checkpoint: Path):
+    from utter.engine.engine import Engine
+
+    return Engine.load(str(tiny_checkpoint), device="cpu", dtype="float32")
+
+
+def speechlike(seconds: float, sr: int, seed: int = 0, channels: int = 1) -> np.ndarray:
+    """A deterministic, voiced-sounding test signal (harmonics with a wobbling pitch plus noise)."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * sr)) / sr
+    f0 = 120 + 20 * np.sin(2 * np.pi * 3 * t)
+    phase = 2 * np.pi * np.cumsum(f0) / sr
+    sig = sum(np.sin(k * phase) / k for k in range(1, 6)) * (0.5 + 0.5 * np.sin(2 * np.pi * 2 * t) ** 2)
+    sig = 0.3 * sig + 0.01 * rng.standard_normal(len(t))
+    sig = sig.astype(np.float32)
+    if channels == 2:
+        return np.stack([sig, 0.8 * sig[::-1].copy()], axis=1)
+    return sig
+
+
+@pytest.fixture(scope="session")
+def ref_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2.5 s reference recording at 24 kHz."""
+    path = tmp_path_factory.mktemp("audio") / "ref.wav"
+    write_wav(path, speechlike(2.5, 24000), 24000)
+    return path
+
+
+REF_TEXT = "Prosecutors have opened a massive investigation."

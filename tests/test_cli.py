@@ -1,0 +1,181 @@
+"""The command line on a tiny checkpoint: it writes audio, and every user error is one clear line."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from tests.conftest import REF_TEXT
+from utter.cli import main
+
+
+def _say(ckpt: Path, ref: Path, out: Path, *extra: str) -> list[str]:
+    return ["say", "--model", str(ckpt), "--ref", str(ref), "-o", str(out), "--device", "cpu", *extra]
+
+
+def test_say_writes_24k_mono_wav(tiny_checkpoint: Path, ref_wav: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out.wav"
+    code = main(
+        _say(
+            tiny_checkpoint,
+            ref_wav,
+            out,
+            "--ref-text",
+            REF_TEXT,
+            "--text",
+            "Hello there.",
+            "--language",
+            "English",
+            "--seed",
+            "3",
+            "--max-frames",
+            "5",
+        )
+    )
+    assert code == 0
+    info = sf.info(out)
+    assert info.samplerate == 24000 and info.channels == 1 and info.subtype == "PCM_16"
+    assert 0 < info.frames <= 5 * 1920
+
+
+def test_say_greedy_is_deterministic_and_voice_file_round_trips(
+    tiny_checkpoint: Path, ref_wav: Path, tmp_path: Path
+) -> None:
+    voice = tmp_path / "v.safetensors"
+    assert (
+        main(
+            [
+                "voice",
+                "--model",
+                str(tiny_checkpoint),
+                "--ref",
+                str(ref_wav),
+                "--ref-text",
+                REF_TEXT,
+                "-o",
+                str(voice),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
+    a, b = tmp_path / "a.wav", tmp_path / "b.wav"
+    common = ["--text", "Same text twice.", "--greedy", "--max-frames", "6", "--device", "cpu"]
+    assert main(["say", "--model", str(tiny_checkpoint), "--voice", str(voice), "-o", str(a), *common]) == 0
+    assert main(_say(tiny_checkpoint, ref_wav, b, "--ref-text", REF_TEXT, *common)) == 0
+    assert sf.read(a)[0].tolist() == sf.read(b)[0].tolist()
+
+
+def test_x_vector_only_and_text_file(tiny_checkpoint: Path, ref_wav: Path, tmp_path: Path) -> None:
+    text = tmp_path / "t.txt"
+    text.write_text("Read from a file.", encoding="utf-8")
+    out = tmp_path / "x.wav"
+    assert (
+        main(
+            _say(
+                tiny_checkpoint,
+                ref_wav,
+                out,
+                "--x-vector-only",
+                "--text-file",
+                str(text),
+                "--max-frames",
+                "3",
+            )
+        )
+        == 0
+    )
+    assert sf.info(out).frames > 0
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--ref-text", REF_TEXT, "--text", "   "], "nothing to say"),
+        (["--ref-text", REF_TEXT, "--text", "hi", "--language", "Klingon"], "unknown language 'Klingon'"),
+        (["--text", "hi"], "--ref-text"),
+        (["--ref-text", REF_TEXT, "--x-vector-only", "--text", "hi"], "drop --ref-text"),
+        (["--ref-text", REF_TEXT, "--text", "hi", "--max-frames", "0"], "--max-frames"),
+        (["--ref-text", REF_TEXT, "--text-file", "/nonexistent/t.txt"], "text file not found"),
+    ],
+)
+def test_user_errors_are_one_line(
+    tiny_checkpoint: Path, ref_wav: Path, tmp_path: Path, capsys, extra: list[str], message: str
+) -> None:
+    out = tmp_path / "never.wav"
+    assert main(_say(tiny_checkpoint, ref_wav, out, *extra)) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not out.exists()
+
+
+def test_missing_and_non_audio_reference(tiny_checkpoint: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "never.wav"
+    assert main(_say(tiny_checkpoint, tmp_path / "nope.wav", out, "--ref-text", "x", "--text", "hi")) == 2
+    assert "not found" in capsys.readouterr().err
+    bogus = tmp_path / "notes.wav"
+    bogus.write_text("this is not audio at all", encoding="utf-8")
+    assert main(_say(tiny_checkpoint, bogus, out, "--ref-text", "x", "--text", "hi")) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "audio" in err.lower()
+    truncated = tmp_path / "cut.wav"
+    sf.write(tmp_path / "full.wav", np.zeros(24000, dtype=np.float32), 24000)
+    truncated.write_bytes((tmp_path / "full.wav").read_bytes()[:30])
+    assert main(_say(tiny_checkpoint, truncated, out, "--ref-text", "x", "--text", "hi")) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_offline_hub_id_fails_with_clear_message(tmp_path: Path) -> None:
+    """A hub id with no network: one line naming the model and how to use a local folder."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "utter.cli",
+            "say",
+            "--model",
+            "Qwen/Qwen3-TTS-12Hz-0.6B-Base",
+            "--ref",
+            "x.wav",
+            "--ref-text",
+            "x",
+            "--text",
+            "hi",
+            "-o",
+            str(tmp_path / "o.wav"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert proc.returncode == 2
+    err = proc.stderr.strip().splitlines()
+    assert len(err) == 1, proc.stderr
+    assert "Qwen/Qwen3-TTS-12Hz-0.6B-Base" in err[0] and "--model" in err[0]
+
+
+def test_tiny_checkpoint_command(tmp_path: Path, capsys) -> None:
+    assert main(["dev", "tiny-checkpoint", str(tmp_path / "c"), "--seed", "5"]) == 0
+    assert "RANDOM" in capsys.readouterr().out
+    for name in (
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "vocab.json",
+        "merges.txt",
+        "tokenizer_config.json",
+        "speech_tokenizer/config.json",
+        "speech_tokenizer/model.safetensors",
+        "speech_tokenizer/preprocessor_config.json",
+    ):
+        assert (tmp_path / "c" / name).is_file(), name
