@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..audio import SAMPLE_RATE, load_audio
+from ..audio import SAMPLE_RATE, load_audio, resample
 from .checkpoint import CheckpointError, resolve_checkpoint
 from .config import GenerationDefaults, ModelConfig
 from .model.qwen3_tts import Qwen3TTSWeights
@@ -151,10 +151,10 @@ class Engine:
         if not x_vector_only and not (ref_text and ref_text.strip()):
             raise ValueError("a transcript of the reference audio is required (or use x-vector-only mode)")
         if isinstance(audio, tuple):
-            wav, sr = audio
-            from ..audio import resample
-
-            wav = resample(np.asarray(wav, dtype=np.float32), sr, SAMPLE_RATE)
+            wav, sr = np.asarray(audio[0], dtype=np.float32), int(audio[1])
+            if wav.ndim == 2:  # (samples, channels), as soundfile returns it
+                wav = wav.mean(axis=-1)
+            wav = resample(wav, sr, SAMPLE_RATE) if sr != SAMPLE_RATE else wav
         else:
             wav, _ = load_audio(audio, target_sr=SAMPLE_RATE)
         se_param = next(self.weights.speaker_encoder.parameters())
