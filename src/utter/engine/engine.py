@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..audio import SAMPLE_RATE, load_audio, resample
-from .checkpoint import CheckpointError, resolve_checkpoint
+from .checkpoint import resolve_checkpoint, weight_files
 from .config import GenerationDefaults, ModelConfig
 from .model.qwen3_tts import Qwen3TTSWeights
 from .model.speaker_encoder import extract_speaker_embedding
@@ -27,7 +27,7 @@ from .runner import Runner, Sequence
 from .sampling import GenerationOptions, SamplingOptions
 from .text import TextTokenizer
 from .voice import VoicePrompt
-from .weights import load_weights, weight_files
+from .weights import load_weights
 
 logger = logging.getLogger(__name__)
 
@@ -109,12 +109,7 @@ class Engine:
             raise ValueError("device 'cuda' was asked for but no CUDA GPU is available")
         started = time.perf_counter()
         folder = resolve_checkpoint(model, cache_dir=cache_dir)
-        config = ModelConfig.load(folder)
-        if config.tts_model_type != "base" or "12hz" not in config.tokenizer_type:
-            raise CheckpointError(
-                f"{model} is a {config.tts_model_type or 'unknown'} model with the "
-                f"{config.tokenizer_type or 'unknown'} tokenizer; Utter needs a Qwen3-TTS 12Hz Base model"
-            )
+        config = ModelConfig.load(folder)  # resolve_checkpoint has checked it is a 12 Hz Base model
         dev, dt = torch.device(device), DTYPES[dtype]
         with torch.device("meta"):
             weights = Qwen3TTSWeights(config)

@@ -9,7 +9,6 @@ initialised twice.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -22,19 +21,6 @@ logger = logging.getLogger(__name__)
 # Official tensors that have no counterpart at inference time (none in the released files, but
 # checkpoints saved from a training run may carry these).
 IGNORED_PREFIXES: tuple[str, ...] = ("talker.model.rotary_emb.", "talker.code_predictor.model.rotary_emb.")
-
-
-def weight_files(folder: Path) -> list[Path]:
-    """The safetensors files of a checkpoint (single file or sharded with an index)."""
-    single = folder / "model.safetensors"
-    if single.exists():
-        return [single]
-    index = folder / "model.safetensors.index.json"
-    if index.exists():
-        with open(index, encoding="utf-8") as f:
-            shards = sorted(set(json.load(f)["weight_map"].values()))
-        return [folder / s for s in shards]
-    raise FileNotFoundError(f"no model.safetensors in {folder}")
 
 
 def load_weights(module: nn.Module, files: list[Path], device: torch.device, dtype: torch.dtype) -> None:
