@@ -266,7 +266,7 @@ def test_official_processor_loads_and_agrees(folder: Path, hf_tokenizer) -> None
 
 
 def test_official_model_loading_path_uses_the_mistral_regex(folder: Path, tmp_path: Path) -> None:
-    """Documents an upstream quirk the engine must copy to be token-exact.
+    """Documents an upstream quirk that the engine deliberately does not copy (see engine/text.py).
 
     ``Qwen3TTSModel.from_pretrained`` loads the processor with ``fix_mistral_regex=True``. With
     transformers 4.57.3 and a *local* folder whose config.json says ``transformers_version``
@@ -306,3 +306,20 @@ def test_merges_are_derived_quickly() -> None:
     assert time.perf_counter() - start < 10.0
     assert len(vocab) == V.NUM_BPE_TOKENS and len(merges) == V.NUM_BPE_TOKENS - 256
     assert V.build_vocab_and_merges() is V.build_vocab_and_merges()
+
+
+def test_engine_tokenizer_keeps_the_qwen2_split(tmp_path: Path, folder: Path) -> None:
+    """The engine loads a release-like folder (config says 4.57.3) with the Qwen2 regex, no warning."""
+    import json as _json
+
+    from utter.engine.text import TextTokenizer
+
+    for name in ("vocab.json", "merges.txt", "tokenizer_config.json"):
+        (tmp_path / name).write_bytes((folder / name).read_bytes())
+    (tmp_path / "config.json").write_text(
+        _json.dumps({"model_type": "qwen3_tts", "transformers_version": "4.57.3"}), encoding="utf-8"
+    )
+    tok = TextTokenizer(tmp_path)
+    ids = tok.target_ids(" iPhone")
+    assert ids[3:-5] == [12167]
+    assert ids[:3] == [151644, 77091, 198] and ids[-5:] == [151645, 198, 151644, 77091, 198]

@@ -16,12 +16,19 @@ REFERENCE_TAIL = 2  # "<|im_end|>", "\n"
 
 
 class TextTokenizer:
-    """Wraps the checkpoint's Qwen2 tokenizer (loaded with transformers, offline)."""
+    """Wraps the checkpoint's Qwen2 tokenizer (loaded with transformers, offline).
+
+    ``fix_mistral_regex=False`` keeps the Qwen2 pre-tokenizer the model was trained with.
+    transformers 4.57.3 would otherwise treat any local folder whose config.json says
+    ``transformers_version: 4.57.3`` (the released checkpoints do) as a Mistral tokenizer; the
+    official package asks for that "fix" and so splits words such as "iPhone" differently when
+    loading from a folder than when loading by hub id. We follow the hub-id behaviour.
+    """
 
     def __init__(self, folder: Path) -> None:
         from transformers import AutoTokenizer
 
-        self._tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        self._tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True, fix_mistral_regex=False)
 
     def _ids(self, text: str) -> list[int]:
         return list(self._tok(text)["input_ids"])
