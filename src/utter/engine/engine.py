@@ -180,21 +180,29 @@ class Engine:
     def default_max_frames(self, text: str) -> int:
         return self.frame_limit(self.tokenizer.text_token_count(self.tokenizer.target_ids(text)))
 
-    def _sequence(self, req: Request) -> Sequence:
+    def validate(self, req: Request) -> None:
+        """Cheap checks of a request; raises ValueError with a message meant for users."""
         if not req.text or not req.text.strip():
             raise ValueError("text is empty")
-        language_id = self.config.language_id(req.language)
-        opts = req.options or self.default_options()
-        target = self.tokenizer.target_ids(req.text)
-        ref_ids = None
-        if req.voice.ref_codes is not None:
-            ref_ids = self.tokenizer.reference_ids(req.voice.ref_text or "")
+        self.config.language_id(req.language)
         dim = self.config.talker.decoder.hidden_size
         if req.voice.speaker_embedding.shape[0] != dim:
             raise ValueError(
                 f"this voice was made with a different model (speaker embedding of size "
                 f"{req.voice.speaker_embedding.shape[0]}, this model needs {dim})"
             )
+        codes = req.voice.ref_codes
+        if codes is not None and (codes.shape[1] != self.config.talker.num_code_groups or codes.numel() == 0):
+            raise ValueError("this voice's reference codes do not fit this model")
+
+    def _sequence(self, req: Request) -> Sequence:
+        self.validate(req)
+        language_id = self.config.language_id(req.language)
+        opts = req.options or self.default_options()
+        target = self.tokenizer.target_ids(req.text)
+        ref_ids = None
+        if req.voice.ref_codes is not None:
+            ref_ids = self.tokenizer.reference_ids(req.voice.ref_text or "")
         prompt = build_prompt(self.talker, self.config, target, language_id, req.voice, ref_ids)
         max_frames = opts.max_frames or self.frame_limit(self.tokenizer.text_token_count(target))
         seed = opts.seed if opts.seed is not None else random.getrandbits(63)
@@ -243,6 +251,14 @@ class Engine:
         cut = int(voice.ref_frames / max(full.shape[0], 1) * wav.shape[0])
         return wav[cut:]
 
+    def audio_stream(self, voice: VoicePrompt | None = None):
+        """A streaming codec decoder for one request. In ICL mode the reference codes are pushed
+        first as left context (their audio discarded), as the official one-shot decode does."""
+        stream = self.codec.stream() if hasattr(self.codec, "stream") else _RedecodeStream(self.codec)
+        if voice is not None and voice.ref_codes is not None:
+            stream.push(voice.ref_codes)
+        return stream
+
     def generate_batch(self, requests: list[Request]) -> list[Result]:
         """Speak several requests as one batch; results in request order."""
         started = time.perf_counter()
@@ -258,3 +274,16 @@ class Engine:
     ) -> np.ndarray:
         """Speak ``text`` in ``voice``: mono float32 audio at 24 kHz."""
         return self.generate_batch([Request(text, voice, language, options)])[0].audio
+
+
+class _RedecodeStream:
+    """Stand-in streaming decoder: re-decodes everything so far (exact, but O(n^2))."""
+
+    def __init__(self, codec: SpeechTokenizer) -> None:
+        self.codec, self.codes, self.done = codec, [], 0
+
+    def push(self, codes: torch.Tensor) -> np.ndarray:
+        self.codes.append(codes)
+        wav = self.codec.decode(torch.cat(self.codes))
+        new, self.done = wav[self.done :], len(wav)
+        return new

@@ -1,0 +1,297 @@
+"""Continuous batching with streaming audio: the engine as a service for many concurrent callers.
+
+A single worker thread owns the device. Between decode steps it admits queued requests
+(prefill), drops cancelled ones, and turns each request's new frames into PCM through that
+request's streaming codec decoder. Callers get a :class:`Stream` at once and read audio chunks
+from it, from asyncio (``async for``) or from plain threads (``for``). The first chunk is small
+so the first audio comes early; later chunks are larger to amortise decoding.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .engine import Engine, Request
+from .runner import Sequence
+
+logger = logging.getLogger(__name__)
+
+
+class QueueFullError(RuntimeError):
+    """The bounded request queue is full; retry later."""
+
+
+@dataclass
+class AudioChunk:
+    """A piece of a request's audio: float32 mono PCM at 24 kHz, in order."""
+
+    pcm: np.ndarray
+    frames_done: int  # frames generated so far, this chunk included
+    max_frames: int  # the request's frame limit (for progress)
+
+
+_END = object()
+
+
+class Stream:
+    """Audio of one request as it is generated. Iterate (sync or async) to get :class:`AudioChunk`s.
+
+    After iteration ends, ``finish_reason`` is "eos", "max_frames" or "cancelled"; ``error``
+    holds the exception if the request failed (iteration re-raises it).
+    """
+
+    def __init__(self, request: Request, request_id: str, loop: asyncio.AbstractEventLoop | None) -> None:
+        self.request = request
+        self.id = request_id
+        self.finish_reason: str | None = None
+        self.error: BaseException | None = None
+        self.frames = 0
+        self.max_frames = 0
+        self.submitted_at = time.perf_counter()
+        self.first_audio_at: float | None = None
+        self._loop = loop
+        self._async_q: asyncio.Queue | None = asyncio.Queue() if loop is not None else None
+        self._sync_q: queue.SimpleQueue = queue.SimpleQueue()
+        self._cancel = threading.Event()
+        self._batcher: Batcher | None = None
+
+    # -- producer side (worker thread) --
+    def _put(self, item: object) -> None:
+        if self._loop is not None and self._async_q is not None:
+            try:
+                self._loop.call_soon_threadsafe(self._async_q.put_nowait, item)
+            except RuntimeError:  # the caller's loop is gone; nobody is listening
+                self._cancel.set()
+        else:
+            self._sync_q.put(item)
+
+    # -- consumer side --
+    def cancel(self) -> None:
+        """Stop generating this request; it costs no compute from the next step on."""
+        self._cancel.set()
+        if self._batcher is not None:
+            self._batcher._wake()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancel.is_set()
+
+    def _check(self, item: object) -> AudioChunk | None:
+        if item is _END:
+            if self.error is not None:
+                raise self.error
+            return None
+        return item  # type: ignore[return-value]
+
+    def __iter__(self):
+        if self._async_q is not None:
+            raise RuntimeError("this stream was created inside an event loop; use `async for`")
+        while (chunk := self._check(self._sync_q.get())) is not None:
+            yield chunk
+
+    async def __aiter__(self):
+        if self._async_q is None:
+            raise RuntimeError("this stream was created outside an event loop; use `for`")
+        try:
+            while (chunk := self._check(await self._async_q.get())) is not None:
+                yield chunk
+        finally:
+            if self.finish_reason is None:  # the consumer went away early
+                self.cancel()
+
+    def audio(self) -> np.ndarray:
+        """Block until done and return the whole waveform (sync streams only)."""
+        parts = [c.pcm for c in self]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
+
+    async def audio_async(self) -> np.ndarray:
+        parts = [c.pcm async for c in self]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
+
+
+@dataclass
+class _Live:
+    """Worker-side state of an admitted request."""
+
+    stream: Stream
+    seq: Sequence
+    decoder: object  # streaming codec decoder (push(codes [T, N]) -> np.ndarray)
+    pending: list[torch.Tensor]
+    chunks: int = 0
+
+
+class Batcher:
+    """Runs an :class:`Engine` for many concurrent requests (continuous batching + streaming)."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        max_batch: int = 16,
+        max_queue: int = 64,
+        first_chunk_frames: int = 4,
+        chunk_frames: int = 12,
+    ) -> None:
+        self.engine = engine
+        self.max_batch = max_batch
+        self.max_queue = max_queue
+        self.first_chunk_frames = first_chunk_frames
+        self.chunk_frames = chunk_frames
+        self._waiting: deque[Stream] = deque()
+        self._lock = threading.Lock()
+        self._wakeup = threading.Event()
+        self._stop = threading.Event()
+        self._ids = itertools.count(1)
+        self._thread: threading.Thread | None = None
+        self._live: dict[int, _Live] = {}
+
+    # ---------------------------------------------------------------- control
+    def start(self) -> Batcher:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="utter-batcher", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+            self._thread = None
+
+    def __enter__(self) -> Batcher:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def _wake(self) -> None:
+        self._wakeup.set()
+
+    @property
+    def queued(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def active(self) -> int:
+        return len(self._live)
+
+    # ---------------------------------------------------------------- submit
+    def submit(self, request: Request) -> Stream:
+        """Queue a request and return its stream at once.
+
+        Raises ValueError for a bad request (empty text, unknown language ...) and
+        :class:`QueueFullError` when ``max_queue`` requests are already waiting.
+        """
+        self.engine.validate(request)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        stream = Stream(request, f"req-{next(self._ids)}", loop)
+        stream._batcher = self
+        with self._lock:
+            if len(self._waiting) >= self.max_queue:
+                raise QueueFullError(f"{len(self._waiting)} requests are already waiting")
+            self._waiting.append(stream)
+        self._wake()
+        return stream
+
+    # ---------------------------------------------------------------- worker
+    def _run(self) -> None:
+        torch.set_grad_enabled(False)
+        while not self._stop.is_set():
+            try:
+                self._admit()
+                self._drop_cancelled()
+                if not self._live:
+                    self._wakeup.wait(timeout=0.5)
+                    self._wakeup.clear()
+                    continue
+                self._step()
+            except Exception as exc:  # keep serving: fail the live requests, not the process
+                logger.exception("decode step failed")
+                for live in list(self._live.values()):
+                    self.engine.runner.cancel(live.seq)
+                    self._finish(live, "error", exc)
+        for live in list(self._live.values()):
+            self._finish(live, "cancelled")
+        with self._lock:
+            waiting, self._waiting = list(self._waiting), deque()
+        for stream in waiting:
+            stream.finish_reason = "cancelled"
+            stream._put(_END)
+
+    def _admit(self) -> None:
+        runner = self.engine.runner
+        while runner.active < self.max_batch:
+            with self._lock:
+                if not self._waiting:
+                    return
+                stream = self._waiting.popleft()
+            if stream.cancelled:
+                stream.finish_reason = "cancelled"
+                stream._put(_END)
+                continue
+            try:
+                seq = self.engine._sequence(stream.request)
+                decoder = self.engine.audio_stream(stream.request.voice)
+                runner.add(seq)
+            except Exception as exc:  # a bad request must not take the batch down
+                logger.exception("request %s failed at admission", stream.id)
+                stream.error, stream.finish_reason = exc, "error"
+                stream._put(_END)
+                continue
+            stream.max_frames = seq.max_frames
+            self._live[id(seq)] = _Live(stream, seq, decoder, [])
+
+    def _drop_cancelled(self) -> None:
+        for live in list(self._live.values()):
+            if live.stream.cancelled:
+                self.engine.runner.cancel(live.seq)
+                self._finish(live, "cancelled")
+
+    def _step(self) -> None:
+        for out in self.engine.runner.step():
+            live = self._live.get(id(out.sequence))
+            if live is None:
+                continue
+            if out.codes is not None:
+                live.pending.append(out.codes)
+                want = self.first_chunk_frames if live.chunks == 0 else self.chunk_frames
+                if len(live.pending) >= want:
+                    self._emit(live)
+            else:
+                self._finish(live, out.sequence.reason)
+
+    def _emit(self, live: _Live) -> None:
+        if not live.pending:
+            return
+        codes = torch.stack(live.pending)
+        live.pending = []
+        pcm = live.decoder.push(codes)
+        live.chunks += 1
+        live.stream.frames += codes.shape[0]
+        if live.stream.first_audio_at is None:
+            live.stream.first_audio_at = time.perf_counter()
+        live.stream._put(AudioChunk(pcm, live.stream.frames, live.stream.max_frames))
+
+    def _finish(self, live: _Live, reason: str, error: BaseException | None = None) -> None:
+        self._live.pop(id(live.seq), None)
+        if error is None and reason != "cancelled":
+            try:
+                self._emit(live)
+            except Exception as exc:  # noqa: BLE001 - reported to the caller below
+                error = exc
+        live.stream.error = error
+        live.stream.finish_reason = "error" if error is not None else reason
+        live.stream._put(_END)
