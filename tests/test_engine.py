@@ -124,3 +124,12 @@ def test_reference_formats(engine, tmp_path: Path) -> None:
         assert v.ref_codes.shape[1] == 16 and v.ref_frames > 0
     with pytest.raises(AudioError):
         engine.create_voice(b"definitely not audio", ref_text="x")
+
+
+def test_ignore_eos_runs_to_max_frames(engine, voice) -> None:
+    """Benchmarks disable end-of-speech so every run makes the same number of frames."""
+    import dataclasses
+
+    opts = dataclasses.replace(GenerationOptions.greedy(max_frames=11), ignore_eos=True)
+    codes = engine.generate_codes([Request("Benchmark.", voice, "English", opts)])[0]
+    assert codes.shape[0] == 11

@@ -147,7 +147,7 @@ class Runner:
         rows = slice(first_row, first_row + b)
         penalty = torch.tensor([s.options.repetition_penalty for s in seqs], device=self.device)
         logits = apply_repetition_penalty(logits, self.seen[rows], penalty)
-        early = torch.tensor([s.frames < MIN_FRAMES for s in seqs], device=self.device)
+        early = torch.tensor([s.frames < MIN_FRAMES or s.options.ignore_eos for s in seqs], device=self.device)
         logits[:, self.eos] = torch.where(early, float("-inf"), logits[:, self.eos])
         logits = logits.masked_fill(self.suppress, float("-inf"))
         tokens = select(logits, [s.options.talker for s in seqs], [s.generator for s in seqs])

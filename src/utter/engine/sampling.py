@@ -90,6 +90,7 @@ class GenerationOptions:
     repetition_penalty: float = 1.05
     seed: int | None = None
     max_frames: int | None = None
+    ignore_eos: bool = False  # benchmarks only: never stop early, always make max_frames frames
 
     def __post_init__(self) -> None:
         if not self.repetition_penalty > 0:
