@@ -130,6 +130,18 @@ def test_ignore_eos_runs_to_max_frames(engine, voice) -> None:
     """Benchmarks disable end-of-speech so every run makes the same number of frames."""
     import dataclasses
 
-    opts = dataclasses.replace(GenerationOptions.greedy(max_frames=11), ignore_eos=True)
-    codes = engine.generate_codes([Request("Benchmark.", voice, "English", opts)])[0]
+    eos = engine.config.talker.codec_eos_id
+    weight = engine.talker.codec_head.weight
+    saved = weight[eos].clone()
+    try:
+        with torch.no_grad():
+            weight[eos] *= 4  # a model that wants to stop early
+        greedy = GenerationOptions.greedy(max_frames=11)
+        stops = engine.generate_codes([Request("Benchmark.", voice, "English", greedy)])[0]
+        opts = dataclasses.replace(greedy, ignore_eos=True)
+        codes = engine.generate_codes([Request("Benchmark.", voice, "English", opts)])[0]
+    finally:
+        with torch.no_grad():
+            weight[eos] = saved
+    assert stops.shape[0] < 11
     assert codes.shape[0] == 11
