@@ -145,3 +145,26 @@ def test_ignore_eos_runs_to_max_frames(engine, voice) -> None:
             weight[eos] = saved
     assert stops.shape[0] < 11
     assert codes.shape[0] == 11
+
+
+def test_voice_prefix_cache_reuses_the_reference_prefill(engine, voice) -> None:
+    """The second request in a stored voice reuses the voice-only prefill and gives the same codes."""
+    from utter.engine.runner import Runner
+
+    req = Request("Prefix cache check.", voice, "German", GenerationOptions.greedy(max_frames=6))
+    fresh = Runner(engine.talker, engine.config)
+    saved, engine.runner = engine.runner, fresh
+    try:
+        first = engine.generate_codes([req])[0]
+        assert fresh.prefix_hits == 0 and len(fresh.prefix_cache) == 1
+        ((k, _v),) = fresh.prefix_cache.values()
+        prompt = engine._sequence(req).prompt
+        assert k.shape[3] == prompt.prefix_len > len(engine.tokenizer.reference_ids(REF_TEXT))
+        second = engine.generate_codes([req])[0]
+        assert fresh.prefix_hits == 1
+        other_language = engine.generate_codes([Request(req.text, voice, "English", req.options)])[0]
+        assert fresh.prefix_hits == 1 and len(fresh.prefix_cache) == 2
+    finally:
+        engine.runner = saved
+    assert torch.equal(first, second)
+    assert other_language.shape[0] == 6

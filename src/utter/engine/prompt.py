@@ -25,6 +25,8 @@ class TalkerPrompt:
     prefill: torch.Tensor
     trailing: torch.Tensor
     pad: torch.Tensor  # [D] used once ``trailing`` is exhausted
+    prefix_len: int = 0  # leading prefill positions that depend only on the voice and language
+    prefix_key: tuple | None = None  # identifies that prefix for the runner's prefix cache
 
 
 def _ids(values: list[int], device: torch.device) -> torch.Tensor:
@@ -76,8 +78,15 @@ def build_prompt(
             icl = torch.cat([text_emb, pad.expand(n_codec - n_text, -1)]) + codec_emb
             trailing = pad[None]
         prefill = torch.cat([head, icl])
+        # Up to here the positions carry only the reference transcript and codes: voice-only.
+        shared = head.shape[0] + min(len(reference_ids), n_codec)
     else:
         first = talker.embed_text(text[None, :1])[0] + codec_seq[-1:]
         prefill = torch.cat([head, first])
         trailing = torch.cat([talker.embed_text(text[None, 1:])[0], eos[None]])
-    return TalkerPrompt(prefill=prefill, trailing=trailing, pad=pad)
+        shared = head.shape[0]
+    # The last position is always computed per request: its hidden state starts the decode.
+    shared = min(shared, prefill.shape[0] - 1)
+    return TalkerPrompt(
+        prefill, trailing, pad, prefix_len=shared, prefix_key=(voice.key, language_id, shared)
+    )

@@ -10,6 +10,7 @@ contiguous so the batched step always works on ``rows[0:B]``.
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import torch
@@ -67,6 +68,10 @@ class Runner:
         self.suppress = suppress.to(self.device)
         self.rows: list[Sequence] = []
         self.capacity = (0, 0)
+        # Voice prefix cache: KV of the prefill positions that depend only on (voice, language).
+        self.prefix_cache: OrderedDict[tuple, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+        self.prefix_cache_size = 32
+        self.prefix_hits = 0
         self._allocate(1, 64)
 
     # ----------------------------------------------------------------- memory
@@ -106,14 +111,30 @@ class Runner:
 
     @torch.inference_mode()
     def add(self, seq: Sequence) -> None:
-        """Prefill ``seq`` into the next free row and pick its first codebook-0 token."""
+        """Prefill ``seq`` into the next free row and pick its first codebook-0 token.
+
+        The leading positions that depend only on the voice and language come from the prefix
+        cache when this voice was used before, so only the request's own positions are computed.
+        """
         prefill = seq.prompt.prefill.to(self.device, self.dtype)
         n = prefill.shape[0]
         row = len(self.rows)
         self.reserve(row + 1, n + seq.max_frames + 1)
-        cache = (self.cache[0][:, row : row + 1], self.cache[1][:, row : row + 1])
-        positions = torch.arange(n, device=self.device)[None]
-        out = self.talker.model.run(prefill[None], cache, positions, kv_len=n)
+        k_row, v_row = self.cache[0][:, row : row + 1], self.cache[1][:, row : row + 1]
+        key, start = seq.prompt.prefix_key, 0
+        cached = self.prefix_cache.get(key) if key is not None else None
+        if cached is not None:
+            start = seq.prompt.prefix_len
+            k_row[:, :, :, :start], v_row[:, :, :, :start] = cached
+            self.prefix_cache.move_to_end(key)
+            self.prefix_hits += 1
+        positions = torch.arange(start, n, device=self.device)[None]
+        out = self.talker.model.run(prefill[None, start:], (k_row, v_row), positions, kv_len=n)
+        if cached is None and key is not None and seq.prompt.prefix_len > 0:
+            p = seq.prompt.prefix_len
+            self.prefix_cache[key] = (k_row[:, :, :, :p].clone(), v_row[:, :, :, :p].clone())
+            while len(self.prefix_cache) > self.prefix_cache_size:
+                self.prefix_cache.popitem(last=False)
         self.rows.append(seq)
         seq.position = n
         self.hidden[row] = out[0, -1]
@@ -147,7 +168,9 @@ class Runner:
         rows = slice(first_row, first_row + b)
         penalty = torch.tensor([s.options.repetition_penalty for s in seqs], device=self.device)
         logits = apply_repetition_penalty(logits, self.seen[rows], penalty)
-        early = torch.tensor([s.frames < MIN_FRAMES or s.options.ignore_eos for s in seqs], device=self.device)
+        early = torch.tensor(
+            [s.frames < MIN_FRAMES or s.options.ignore_eos for s in seqs], device=self.device
+        )
         logits[:, self.eos] = torch.where(early, float("-inf"), logits[:, self.eos])
         logits = logits.masked_fill(self.suppress, float("-inf"))
         tokens = select(logits, [s.options.talker for s in seqs], [s.generator for s in seqs])

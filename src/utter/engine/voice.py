@@ -6,10 +6,12 @@ codes. It is computed once per voice and saved, so a stored voice is never re-en
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -30,6 +32,15 @@ class VoicePrompt:
     def x_vector_only(self) -> bool:
         """True when only the speaker embedding is used (no transcript): lower quality."""
         return self.ref_codes is None
+
+    @cached_property
+    def key(self) -> str:
+        """Content hash: equal prompts share cached prefills, whatever object holds them."""
+        h = hashlib.sha1(self.speaker_embedding.detach().float().cpu().numpy().tobytes())
+        if self.ref_codes is not None:
+            h.update(self.ref_codes.detach().to(torch.int64).cpu().numpy().tobytes())
+            h.update((self.ref_text or "").encode("utf-8"))
+        return h.hexdigest()
 
     @property
     def ref_frames(self) -> int:
