@@ -206,8 +206,7 @@ class Engine:
         prompt = build_prompt(self.talker, self.config, target, language_id, req.voice, ref_ids)
         max_frames = opts.max_frames or self.frame_limit(self.tokenizer.text_token_count(target))
         seed = opts.seed if opts.seed is not None else random.getrandbits(63)
-        generator = torch.Generator(device="cpu").manual_seed(seed)
-        return Sequence(prompt=prompt, options=opts, max_frames=max_frames, generator=generator, tag=req)
+        return Sequence(prompt=prompt, options=opts, max_frames=max_frames, seed=seed, tag=req)
 
     def stream_codes(self, requests: list[Request]) -> Iterator[tuple[int, torch.Tensor | None, str]]:
         """Run requests as one batch. Yields (request index, frame codes [N], "") as each frame is

@@ -19,7 +19,7 @@ from .config import ModelConfig
 from .model.layers import new_cache
 from .model.talker import Talker
 from .prompt import TalkerPrompt
-from .sampling import GenerationOptions, apply_repetition_penalty, select
+from .sampling import GenerationOptions, apply_repetition_penalty, sample
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ class Sequence:
     prompt: TalkerPrompt
     options: GenerationOptions
     max_frames: int
-    generator: torch.Generator | None = None
+    seed: int = 0  # sampling seed (see sampling.uniform_noise)
     frames: int = 0  # frames handed out so far
     position: int = 0  # next KV-cache position to write
     finished: bool = False
@@ -79,20 +79,47 @@ class Runner:
         """(Re)allocate caches and per-row state for ``batch`` x ``length``, keeping live rows."""
         tc = self.cfg.talker
         n = len(self.rows)
-        old = (getattr(self, "cache", None), getattr(self, "hidden", None))
-        old_pending, old_seen = getattr(self, "pending", None), getattr(self, "seen", None)
+        old_cache, old_rows = getattr(self, "cache", None), getattr(self, "rowvars", None)
         cache = new_cache(tc.decoder, batch, length, self.device, self.dtype)
-        hidden = torch.zeros(batch, tc.decoder.hidden_size, device=self.device, dtype=self.dtype)
-        pending = torch.zeros(batch, dtype=torch.long, device=self.device)
-        seen = torch.zeros(batch, self.vocab, dtype=torch.bool, device=self.device)
-        if old[0] is not None and n:
-            t = min(old[0][0].shape[3], length)
-            cache[0][:, :n, :, :t] = old[0][0][:, :n, :, :t]
-            cache[1][:, :n, :, :t] = old[0][1][:, :n, :, :t]
-            hidden[:n], pending[:n], seen[:n] = old[1][:n], old_pending[:n], old_seen[:n]
-        self.cache, self.hidden, self.pending, self.seen = cache, hidden, pending, seen
+        dev = self.device
+        rowvars = {
+            "hidden": torch.zeros(batch, tc.decoder.hidden_size, device=dev, dtype=self.dtype),
+            "pending": torch.zeros(batch, dtype=torch.long, device=dev),  # codebook-0 token to complete
+            "seen": torch.zeros(batch, self.vocab, dtype=torch.bool, device=dev),  # for the penalty
+            "frames": torch.zeros(batch, dtype=torch.long, device=dev),
+            "counter": torch.zeros(batch, dtype=torch.long, device=dev),  # random draws so far
+            "seed": torch.zeros(batch, dtype=torch.long, device=dev),
+            "penalty": torch.ones(batch, device=dev),
+            "ignore_eos": torch.zeros(batch, dtype=torch.bool, device=dev),
+        }
+        for prefix in ("t_", "s_"):  # talker and sub-talker (code predictor) sampling options
+            rowvars[prefix + "temperature"] = torch.ones(batch, device=dev)
+            rowvars[prefix + "top_k"] = torch.zeros(batch, dtype=torch.long, device=dev)
+            rowvars[prefix + "top_p"] = torch.ones(batch, device=dev)
+            rowvars[prefix + "greedy"] = torch.ones(batch, dtype=torch.bool, device=dev)
+        if old_cache is not None and n:
+            t = min(old_cache[0].shape[3], length)
+            cache[0][:, :n, :, :t] = old_cache[0][:, :n, :, :t]
+            cache[1][:, :n, :, :t] = old_cache[1][:, :n, :, :t]
+            for name, value in old_rows.items():
+                rowvars[name][:n] = value[:n]
+        self.cache, self.rowvars = cache, rowvars
         self.cp_cache = new_cache(tc.code_predictor, batch, self.groups, self.device, self.dtype)
         self.capacity = (batch, length)
+
+    def _set_row(self, row: int, seq: Sequence) -> None:
+        o, r = seq.options, self.rowvars
+        r["seen"][row] = False
+        r["frames"][row] = 0
+        r["counter"][row] = 0
+        r["seed"][row] = seq.seed
+        r["penalty"][row] = o.repetition_penalty
+        r["ignore_eos"][row] = o.ignore_eos
+        for prefix, so in (("t_", o.talker), ("s_", o.subtalker)):
+            r[prefix + "temperature"][row] = so.temperature
+            r[prefix + "top_k"][row] = so.top_k
+            r[prefix + "top_p"][row] = so.top_p
+            r[prefix + "greedy"][row] = not so.do_sample
 
     def reserve(self, batch: int, length: int) -> None:
         """Make room for ``batch`` rows of ``length`` positions (grows geometrically, never shrinks)."""
@@ -137,10 +164,10 @@ class Runner:
                 self.prefix_cache.popitem(last=False)
         self.rows.append(seq)
         seq.position = n
-        self.hidden[row] = out[0, -1]
-        self.seen[row] = False
+        self._set_row(row, seq)
+        self.rowvars["hidden"][row] = out[0, -1]
         logits = self.talker.codec_head(out[:, -1])
-        self.pending[row] = self._choose(logits, [seq], row)[0]
+        self.rowvars["pending"][row] = self._choose(logits, slice(row, row + 1))[0]
 
     def cancel(self, seq: Sequence) -> None:
         """Drop a sequence now; it costs nothing from the next step on."""
@@ -154,46 +181,53 @@ class Runner:
             t = self.rows[last].position
             self.cache[0][:, row, :, :t] = self.cache[0][:, last, :, :t]
             self.cache[1][:, row, :, :t] = self.cache[1][:, last, :, :t]
-            self.hidden[row] = self.hidden[last]
-            self.pending[row] = self.pending[last]
-            self.seen[row] = self.seen[last]
+            for value in self.rowvars.values():
+                value[row] = value[last]
             self.rows[row] = self.rows[last]
         self.rows.pop()
 
     # ------------------------------------------------------------------ decode
-    def _choose(self, logits: torch.Tensor, seqs: list[Sequence], first_row: int) -> torch.Tensor:
-        """Codebook-0 token per row from talker logits [B, V] (HF processor order)."""
-        b = logits.shape[0]
-        logits = logits.float()
-        rows = slice(first_row, first_row + b)
-        penalty = torch.tensor([s.options.repetition_penalty for s in seqs], device=self.device)
-        logits = apply_repetition_penalty(logits, self.seen[rows], penalty)
-        early = torch.tensor(
-            [s.frames < MIN_FRAMES or s.options.ignore_eos for s in seqs], device=self.device
-        )
+    def _choose(self, logits: torch.Tensor, rows: slice) -> torch.Tensor:
+        """Codebook-0 token per row from talker logits [B, V], in HF's processor order:
+        repetition penalty, no end-of-speech in the first frames, suppressed control ids, sampling."""
+        r = {name: value[rows] for name, value in self.rowvars.items()}
+        logits = apply_repetition_penalty(logits.float(), r["seen"], r["penalty"])
+        early = (r["frames"] < MIN_FRAMES) | r["ignore_eos"]
         logits[:, self.eos] = torch.where(early, float("-inf"), logits[:, self.eos])
         logits = logits.masked_fill(self.suppress, float("-inf"))
-        tokens = select(logits, [s.options.talker for s in seqs], [s.generator for s in seqs])
-        self.seen[rows].scatter_(1, tokens[:, None], True)
+        tokens = self._sample(logits, r, "t_")
+        self.rowvars["seen"][rows] = r["seen"].scatter(1, tokens[:, None], True)
+        return tokens
+
+    def _sample(self, logits: torch.Tensor, r: dict[str, torch.Tensor], prefix: str) -> torch.Tensor:
+        tokens = sample(
+            logits,
+            r[prefix + "temperature"],
+            r[prefix + "top_k"],
+            r[prefix + "top_p"],
+            r[prefix + "greedy"],
+            r["seed"],
+            r["counter"],
+        )
+        r["counter"] += 1  # a view of the row state: advances it in place
         return tokens
 
     def _predict_codebooks(self, b: int) -> torch.Tensor:
         """Codebooks 1..N-1 for the pending frame of rows [0, b): returns codes [b, N]."""
         cp = self.talker.code_predictor
-        seqs = self.rows[:b]
-        opts = [s.options.subtalker for s in seqs]
-        gens = [s.generator for s in seqs]
+        r = {name: value[:b] for name, value in self.rowvars.items()}
         cache = (self.cp_cache[0][:, :b], self.cp_cache[1][:, :b])
-        code0 = self.pending[:b]
-        x = cp.small_to_mtp_projection(torch.stack([self.hidden[:b], self.talker.embed_codec(code0)], dim=1))
+        code0 = r["pending"]
+        x = cp.small_to_mtp_projection(torch.stack([r["hidden"], self.talker.embed_codec(code0)], dim=1))
         positions = torch.arange(2, device=self.device).expand(b, 2)
         out = cp.model.run(x, cache, positions, kv_len=2)
-        codes = [code0, select(cp.lm_head[0](out[:, -1]), opts, gens)]
+        codes = [code0, self._sample(cp.lm_head[0](out[:, -1]), r, "s_")]
         for j in range(1, self.groups - 1):
             x = cp.small_to_mtp_projection(cp.model.codec_embedding[j - 1](codes[-1]))[:, None]
             positions = torch.full((b, 1), j + 1, device=self.device)
             out = cp.model.run(x, cache, positions, kv_len=j + 2)
-            codes.append(select(cp.lm_head[j](out[:, -1]), opts, gens))
+            codes.append(self._sample(cp.lm_head[j](out[:, -1]), r, "s_"))
+        r["frames"] += 1
         return torch.stack(codes, dim=1)
 
     @torch.inference_mode()
@@ -201,7 +235,7 @@ class Runner:
         """Advance every active sequence by one frame; finished sequences leave the batch."""
         outputs: list[StepOutput] = []
         # 1. sequences whose pending token is end-of-speech are done.
-        pending = self.pending[: len(self.rows)].tolist()
+        pending = self.rowvars["pending"][: len(self.rows)].tolist()
         for row in reversed(range(len(self.rows))):
             if pending[row] == self.eos:
                 seq = self.rows[row]
@@ -251,6 +285,6 @@ class Runner:
         out = self.talker.model.run(x, cache, positions, kv_len=kv_len)
         for seq in seqs:
             seq.position += 1
-        self.hidden[:b] = out[:, -1]
-        self.pending[:b] = self._choose(self.talker.codec_head(out[:, -1]), seqs, 0)
+        self.rowvars["hidden"][:b] = out[:, -1]
+        self.rowvars["pending"][:b] = self._choose(self.talker.codec_head(out[:, -1]), slice(0, b))
         return outputs

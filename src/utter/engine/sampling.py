@@ -1,7 +1,9 @@
-"""Batched, per-row token selection: repetition penalty, suppression, temperature, top-k, top-p.
+"""Batched, per-row token selection: repetition penalty, temperature, top-k, top-p, seeded draws.
 
-Each row of a batch belongs to a different request with its own options and its own random
-generator, so a request samples the same tokens whether it runs alone or beside others.
+Each row of a batch belongs to a different request with its own options and seed. Randomness
+is counter-based (a hash of seed, draw number and token), so a request samples the same tokens
+whether it runs alone or beside others, and the whole selection is plain tensor ops on the
+device: no per-row Python loop, no host round trip, capturable in a CUDA graph.
 The order of operations follows Hugging Face ``generate`` (which the official package uses),
 so greedy decoding reproduces the official codes exactly.
 """
@@ -38,42 +40,68 @@ def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: 
     return torch.where(seen, penalised, logits)
 
 
-def _filter(logits: torch.Tensor, opts: SamplingOptions) -> torch.Tensor:
-    """Temperature, top-k and top-p on one row [V], as HF's warpers do."""
-    if opts.temperature != 1.0:
-        logits = logits / opts.temperature
-    if opts.top_k > 0:
-        k = min(opts.top_k, logits.shape[-1])
-        kth = torch.topk(logits, k).values[-1]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if opts.top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=False)
-        cum = sorted_logits.softmax(-1).cumsum(-1)
-        remove = cum <= (1 - opts.top_p)
-        remove[-1] = False  # always keep the most likely token
-        logits = logits.masked_fill(remove.scatter(0, order, remove), float("-inf"))
-    return logits
+_MASK32 = 0xFFFFFFFF
 
 
-def select(
-    logits: torch.Tensor, options: list[SamplingOptions], generators: list[torch.Generator | None]
+def _fmix32(h: torch.Tensor) -> torch.Tensor:
+    """murmur3's 32-bit finaliser on int64 tensors holding values in [0, 2**32).
+
+    Products overflow int64 and wrap, which keeps the low 32 bits exact on every device.
+    """
+    h = h ^ (h >> 16)
+    h = (h * 0x85EBCA6B) & _MASK32
+    h = h ^ (h >> 13)
+    h = (h * 0xC2B2AE35) & _MASK32
+    return h ^ (h >> 16)
+
+
+def uniform_noise(seed: torch.Tensor, counter: torch.Tensor, vocab: int) -> torch.Tensor:
+    """Counter-based uniform noise in (0, 1): [B] seeds and draw counters -> [B, vocab] float32.
+
+    Each value is a hash of (seed, counter, token index), so a request draws the same numbers
+    whether it runs alone or in a batch, on any device, and the whole draw is a few tensor ops
+    (no per-row generator, nothing that stops a CUDA graph from being captured).
+    """
+    index = torch.arange(vocab, device=seed.device, dtype=torch.int64)[None, :]
+    lo = seed[:, None] & _MASK32
+    hi = (seed[:, None] >> 32) & _MASK32
+    h = _fmix32((counter[:, None] * 0x9E3779B9 + index) & _MASK32)
+    h = _fmix32(h ^ lo)
+    h = _fmix32(h ^ hi ^ 0x5BD1E995)
+    return ((h >> 8).to(torch.float32) + 0.5) / float(1 << 24)
+
+
+def sample(
+    logits: torch.Tensor,
+    temperature: torch.Tensor,
+    top_k: torch.Tensor,
+    top_p: torch.Tensor,
+    greedy: torch.Tensor,
+    seed: torch.Tensor,
+    counter: torch.Tensor,
 ) -> torch.Tensor:
-    """Pick one token per row of logits [B, V] (already penalised/suppressed). Returns [B] int64."""
+    """Pick one token per row of logits [B, V] with per-row options (all [B] tensors).
+
+    Greedy rows take the argmax. Sampling rows apply temperature, top-k and top-p as HF's
+    warpers do (ties at the k-th value are kept) and then draw with the Gumbel-max trick on
+    :func:`uniform_noise`, which samples exactly from the softmax of the filtered logits.
+    """
     logits = logits.float()
-    greedy = logits.argmax(-1)
-    if not any(o.do_sample for o in options):
-        return greedy
-    out = greedy.clone()
-    for row, (opts, gen) in enumerate(zip(options, generators)):
-        if not opts.do_sample:
-            continue
-        probs = _filter(logits[row], opts).softmax(-1)
-        if gen is not None and gen.device != probs.device:
-            probs_for_draw = probs.cpu()
-        else:
-            probs_for_draw = probs
-        out[row] = torch.multinomial(probs_for_draw, 1, generator=gen).to(out.device)[0]
-    return out
+    vocab = logits.shape[-1]
+    best = logits.argmax(-1)
+    scaled = logits / torch.where(greedy, torch.ones_like(temperature), temperature)[:, None]
+    ordered = scaled.sort(-1, descending=True).values
+    k = torch.where(top_k > 0, top_k.clamp(max=vocab), torch.full_like(top_k, vocab))
+    kth = ordered.gather(1, (k - 1)[:, None])
+    scaled = scaled.masked_fill(scaled < kth, float("-inf"))
+    asc, order = scaled.sort(-1, descending=False)
+    cum = asc.softmax(-1).cumsum(-1)
+    drop = cum <= (1 - top_p)[:, None]
+    drop[:, -1] = False  # the most likely token always stays
+    scaled = scaled.masked_fill(torch.zeros_like(drop).scatter(1, order, drop), float("-inf"))
+    gumbel = -torch.log(-torch.log(uniform_noise(seed, counter, vocab)))
+    drawn = (scaled + gumbel).argmax(-1)
+    return torch.where(greedy, best, drawn)
 
 
 @dataclass(frozen=True)

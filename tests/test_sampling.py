@@ -1,0 +1,84 @@
+"""Batched sampling: HF-equivalent filtering, exact draws from the softmax, batch-independent seeds."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers.generation.logits_process import (
+    RepetitionPenaltyLogitsProcessor,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
+
+from utter.engine.sampling import apply_repetition_penalty, sample, uniform_noise
+
+
+def _rows(b: int, **kw):
+    base = dict(temperature=1.0, top_k=0, top_p=1.0, greedy=False, seed=0, counter=0)
+    base.update(kw)
+    return {
+        "temperature": torch.full((b,), float(base["temperature"])),
+        "top_k": torch.full((b,), int(base["top_k"])),
+        "top_p": torch.full((b,), float(base["top_p"])),
+        "greedy": torch.full((b,), bool(base["greedy"])),
+        "seed": torch.full((b,), int(base["seed"])),
+        "counter": torch.full((b,), int(base["counter"])),
+    }
+
+
+def test_noise_is_uniform_deterministic_and_row_independent() -> None:
+    seeds = torch.tensor([1, 2, 2**40 + 7])
+    counters = torch.tensor([0, 5, 9])
+    u = uniform_noise(seeds, counters, 4096)
+    assert u.shape == (3, 4096) and bool(((u > 0) & (u < 1)).all())
+    assert abs(u.mean().item() - 0.5) < 0.01
+    assert torch.equal(u, uniform_noise(seeds, counters, 4096))
+    # A row's numbers depend only on its own seed and counter, not on its neighbours.
+    assert torch.equal(u[1], uniform_noise(seeds[1:2], counters[1:2], 4096)[0])
+    assert not torch.equal(u[1], uniform_noise(torch.tensor([2]), torch.tensor([6]), 4096)[0])
+
+
+def test_greedy_rows_take_the_argmax() -> None:
+    logits = torch.randn(4, 50)
+    assert torch.equal(sample(logits, **_rows(4, greedy=True)), logits.argmax(-1))
+    assert torch.equal(sample(logits, **_rows(4, top_k=1, temperature=0.7)), logits.argmax(-1))
+
+
+@pytest.mark.parametrize(("temperature", "top_k", "top_p"), [(0.9, 50, 1.0), (0.7, 5, 0.8), (1.3, 0, 0.5)])
+def test_filtering_matches_hf_warpers(temperature: float, top_k: int, top_p: float) -> None:
+    """The tokens that can be drawn are exactly those HF's warpers leave finite."""
+    torch.manual_seed(0)
+    logits = torch.randn(3, 300) * 3
+    hf = TemperatureLogitsWarper(temperature)(None, logits.clone())
+    if top_k:
+        hf = TopKLogitsWarper(top_k)(None, hf)
+    hf = TopPLogitsWarper(top_p)(None, hf) if top_p < 1 else hf
+    allowed = torch.isfinite(hf)
+    rows = _rows(3, temperature=temperature, top_k=top_k, top_p=top_p)
+    drawn = torch.zeros_like(allowed)
+    for counter in range(400):
+        rows["counter"] = torch.full((3,), counter)
+        tok = sample(logits, **rows)
+        drawn[torch.arange(3), tok] = True
+    assert not (drawn & ~allowed).any()  # nothing outside the allowed set
+    if top_k and top_k <= 5:
+        assert torch.equal(drawn, allowed)  # and, for small sets, everything in it
+
+
+def test_draws_follow_the_softmax() -> None:
+    probs = torch.tensor([0.6, 0.25, 0.1, 0.05])
+    logits = probs.log()[None].expand(20000, -1)
+    rows = _rows(20000, seed=3)
+    rows["counter"] = torch.arange(20000)
+    counts = torch.bincount(sample(logits, **rows), minlength=4).float() / 20000
+    torch.testing.assert_close(counts, probs, atol=0.015, rtol=0)
+
+
+def test_repetition_penalty_matches_hf() -> None:
+    torch.manual_seed(1)
+    logits = torch.randn(2, 30)
+    history = torch.tensor([[1, 5, 5, 9], [0, 2, 3, 29]])
+    expected = RepetitionPenaltyLogitsProcessor(1.3)(history, logits.clone())
+    seen = torch.zeros(2, 30, dtype=torch.bool).scatter(1, history, True)
+    torch.testing.assert_close(apply_repetition_penalty(logits, seen, torch.tensor([1.3, 1.3])), expected)
