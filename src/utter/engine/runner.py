@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -19,6 +20,9 @@ from .config import ModelConfig
 from .model.layers import new_cache
 from .model.talker import Talker
 from .prompt import TalkerPrompt
+
+if TYPE_CHECKING:
+    from .graphs import StepGraphs
 from .sampling import GenerationOptions, apply_repetition_penalty, sample
 
 logger = logging.getLogger(__name__)
@@ -72,6 +76,7 @@ class Runner:
         self.prefix_cache: OrderedDict[tuple, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
         self.prefix_cache_size = 32
         self.prefix_hits = 0
+        self.graphs: StepGraphs | None = None  # fixed-shape (CUDA graph) decode step, see enable_graphs
         self._allocate(1, 64)
 
     # ----------------------------------------------------------------- memory
@@ -121,11 +126,26 @@ class Runner:
             r[prefix + "top_p"][row] = so.top_p
             r[prefix + "greedy"][row] = not so.do_sample
 
+    def enable_graphs(self, max_batch: int, max_len: int, capture: bool | None = None) -> None:
+        """Switch to fixed shapes: ``max_batch`` rows x ``max_len`` positions allocated once, the
+        decode step run per batch-size bucket, and on CUDA replayed from captured graphs
+        (``capture`` defaults to True on CUDA). On the CPU the same fixed-shape code runs eagerly."""
+        from .graphs import StepGraphs
+
+        if self.rows:
+            raise RuntimeError("enable graphs before the first request")
+        self._allocate(max_batch, max_len)
+        self.graphs = StepGraphs(self, capture=self.device.type == "cuda" if capture is None else capture)
+
     def reserve(self, batch: int, length: int) -> None:
         """Make room for ``batch`` rows of ``length`` positions (grows geometrically, never shrinks)."""
         cur_b, cur_t = self.capacity
         if batch <= cur_b and length <= cur_t:
             return
+        if self.graphs is not None:
+            raise RuntimeError(
+                f"need {batch} rows x {length} positions; the runner is fixed at {cur_b} x {cur_t}"
+            )
         new_b = cur_b if batch <= cur_b else max(batch, 2 * cur_b)
         new_t = cur_t if length <= cur_t else max(length, 2 * cur_t)
         logger.debug("KV cache grows to %d rows x %d positions", new_b, new_t)
@@ -246,7 +266,7 @@ class Runner:
         if b == 0:
             return outputs
         # 2. complete the pending frame of every row and hand it out.
-        codes = self._predict_codebooks(b)
+        codes = self.graphs.frame(b) if self.graphs is not None else self._predict_codebooks(b)
         codes_cpu = codes.cpu()
         for row, seq in enumerate(self.rows):
             seq.frames += 1
@@ -271,20 +291,28 @@ class Runner:
             b = len(self.rows)
             if b == 0:
                 return outputs
-        seqs = self.rows
-        x = self.talker.embed_frame(codes)
         text = []
-        for seq in seqs:
+        for seq in self.rows:
             step = seq.frames - 1
             tr = seq.prompt.trailing
             text.append(tr[step] if step < tr.shape[0] else seq.prompt.pad)
-        x = (x + torch.stack(text).to(self.device, self.dtype))[:, None]
-        positions = torch.tensor([[s.position] for s in seqs], device=self.device)
-        kv_len = max(s.position for s in seqs) + 1
-        cache = (self.cache[0][:, :b], self.cache[1][:, :b])
-        out = self.talker.model.run(x, cache, positions, kv_len=kv_len)
-        for seq in seqs:
+        text_emb = torch.stack(text).to(self.device, self.dtype)
+        positions = torch.tensor([s.position for s in self.rows], device=self.device)
+        if self.graphs is not None:
+            self.graphs.advance(b, codes, text_emb, positions)
+        else:
+            self._advance(b, codes, text_emb, positions, kv_len=max(s.position for s in self.rows) + 1)
+        for seq in self.rows:
             seq.position += 1
+        return outputs
+
+    def _advance(
+        self, b: int, codes: torch.Tensor, text_emb: torch.Tensor, positions: torch.Tensor, kv_len: int
+    ) -> None:
+        """One talker step for rows [0, b): codes [b, N] of the frame just made, the text
+        embedding [b, D] that goes with it, positions [b]. Picks each row's next codebook-0 token."""
+        x = (self.talker.embed_frame(codes) + text_emb)[:, None]
+        cache = (self.cache[0][:, :b], self.cache[1][:, :b])
+        out = self.talker.model.run(x, cache, positions[:, None], kv_len=kv_len)
         self.rowvars["hidden"][:b] = out[:, -1]
         self.rowvars["pending"][:b] = self._choose(self.talker.codec_head(out[:, -1]), slice(0, b))
-        return outputs

@@ -19,9 +19,11 @@ Every layer is causal, so the waveform of frame t depends only on frames t - R .
 :attr:`CodecDecoder.receptive_field_frames` (580 for the real model: the transformer alone sees
 8 x 71 frames back). That is what streaming relies on: decoding a window of codes whose first
 ``left_context`` frames are at least R frames of real history, and dropping those frames'
-samples, reproduces the one-shot decode (:meth:`CodecDecoder.decode_window`). The official
-package decodes long sequences with only 25 frames of context (:meth:`CodecDecoder.chunked_decode`),
-which is an approximation we reproduce exactly because parity with it is what counts.
+samples, reproduces the one-shot decode (:meth:`CodecDecoder.decode_window`); cheaper still,
+:class:`utter.engine.streaming.StreamingDecoder` carries each layer's state from chunk to chunk
+and needs no context frames at all. The official package decodes long sequences with only 25
+frames of context (:meth:`CodecDecoder.chunked_decode`), which is an approximation we reproduce
+exactly because parity with it is what counts.
 """
 
 from __future__ import annotations
@@ -357,22 +359,37 @@ class SlidingAttention(nn.Module):
         self.v_proj = nn.Linear(cfg.hidden_size, self.n_kv * self.head_dim, bias=bias)
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, cfg.hidden_size, bias=bias)
 
-    def forward(
-        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor
-    ) -> torch.Tensor:
-        # x: [B, T, H]; cos, sin: [T, head_dim]; mask: [T, T] bool (True = may attend)
+    def project(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries, keys and values with rotary positions applied; keys/values keep ``n_kv`` heads.
+
+        Split from :meth:`attend` so the streaming decoder can put cached keys/values in between.
+        """
+        # x: [B, T, H]; cos, sin: [T, head_dim] -> q [B, nh, T, hd], k and v [B, nkv, T, hd]
         b, t, _ = x.shape
-        q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)  # [B, nh, T, hd]
-        k = self.k_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)  # [B, nkv, T, hd]
+        q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
         q = q * cos + _rotate_half(q) * sin
         k = k * cos + _rotate_half(k) * sin
+        return q, k, v
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        # q: [B, nh, Tq, hd]; k, v: [B, nkv, Tk, hd]; mask: [Tq, Tk] bool (True = may attend) -> [B, Tq, H]
+        b, _, t, _ = q.shape
         if self.n_kv != self.n_heads:
             rep = self.n_heads // self.n_kv
             k = k.repeat_interleave(rep, dim=1)
             v = v.repeat_interleave(rep, dim=1)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.head_dim**-0.5)
         return self.o_proj(out.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim))
+
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        # x: [B, T, H]; cos, sin: [T, head_dim]; mask: [T, T] bool (True = may attend)
+        return self.attend(*self.project(x, cos, sin), mask)
 
 
 class GatedMLP(nn.Module):
@@ -415,13 +432,20 @@ class SlidingTransformer(nn.Module):
         self.input_proj = nn.Linear(cfg.latent_dim, cfg.hidden_size)
         self.output_proj = nn.Linear(cfg.hidden_size, cfg.latent_dim)
 
-    def _rope(self, t: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        # Computed per call (no buffer) so the module has no non-persistent state to rebuild after a
-        # meta-device load. Float32 throughout, cast at the end, like the official rotary embedding.
+    def rope(
+        self, t: int, device: torch.device, dtype: torch.dtype, start: int = 0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rotary cos/sin for positions ``start .. start + t - 1``: each [T, head_dim].
+
+        Computed per call (no buffer) so the module has no non-persistent state to rebuild after a
+        meta-device load. Float32 throughout, cast at the end, like the official rotary embedding;
+        a position gets bit-identical values whatever ``start`` it is computed from.
+        """
         d = self.cfg.head_dim
         exponent = torch.arange(0, d, 2, dtype=torch.int64, device=device).float() / d
         inv_freq = 1.0 / (self.cfg.rope_theta**exponent)
-        freqs = torch.arange(t, device=device, dtype=torch.float32)[:, None] * inv_freq[None, :]
+        pos = torch.arange(start, start + t, device=device, dtype=torch.float32)
+        freqs = pos[:, None] * inv_freq[None, :]
         emb = torch.cat((freqs, freqs), dim=-1)  # [T, head_dim]
         return emb.cos().to(dtype), emb.sin().to(dtype)
 
@@ -429,12 +453,18 @@ class SlidingTransformer(nn.Module):
         # x: [B, T, latent] -> [B, T, latent]
         t = x.shape[1]
         h = self.input_proj(x)
-        cos, sin = self._rope(t, x.device, h.dtype)
+        cos, sin = self.rope(t, x.device, h.dtype)
         pos = torch.arange(t, device=x.device)
-        mask = (pos[None, :] <= pos[:, None]) & (pos[None, :] > pos[:, None] - self.cfg.sliding_window)
+        mask = sliding_window_mask(pos, pos, self.cfg.sliding_window)
         for layer in self.layers:
             h = layer(h, cos, sin, mask)
         return self.output_proj(self.norm(h))
+
+
+def sliding_window_mask(query_pos: torch.Tensor, key_pos: torch.Tensor, window: int) -> torch.Tensor:
+    """[Tq, Tk] bool: a query sees the keys at its own position and the ``window - 1`` before it."""
+    delta = query_pos[:, None] - key_pos[None, :]
+    return (delta >= 0) & (delta < window)
 
 
 # --------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import load_file
 from transformers.modeling_utils import no_init_weights
 
+from ..streaming import AudioStream
 from .codec_decoder import (
     OFFICIAL_CHUNK_FRAMES,
     OFFICIAL_LEFT_CONTEXT_FRAMES,
@@ -246,6 +247,13 @@ class SpeechTokenizer:
             raise ValueError(f"codes must be < codebook_size ({self.codebook_size})")
         wav = self.decoder.chunked_decode(codes.T[None], chunk_size, left_context)  # [1, 1, frames * U]
         return wav[0, 0, :keep].to(torch.float32).cpu().numpy()
+
+    def stream(self) -> AudioStream:
+        """A stateful decoder for one utterance: push codes [frames, Q] as they are made, get their
+        float32 audio at once. The pushes, concatenated, equal the one-shot decode (so :meth:`decode`
+        too, up to its 300-frame chunk), whatever the chunk sizes; see ``utter.engine.streaming``.
+        """
+        return AudioStream(self.decoder)
 
     def frames_for_samples(self, num_samples: int) -> int:
         """How many frames :meth:`encode` returns for ``num_samples`` input samples."""

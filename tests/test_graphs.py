@@ -1,0 +1,58 @@
+"""The fixed-shape decode step (what CUDA graphs replay) equals the dynamic one, on the CPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.conftest import REF_TEXT
+from utter.engine.engine import Request
+from utter.engine.graphs import buckets
+from utter.engine.runner import Runner
+from utter.engine.sampling import GenerationOptions, SamplingOptions
+
+
+def test_buckets() -> None:
+    assert buckets(1) == [1]
+    assert buckets(6) == [1, 2, 4, 6]
+    assert buckets(16) == [1, 2, 4, 8, 16]
+
+
+@pytest.fixture
+def fixed_runner(engine):
+    saved = engine.runner
+    engine.runner = Runner(engine.talker, engine.config)
+    engine.runner.enable_graphs(max_batch=4, max_len=512, capture=False)
+    yield engine.runner
+    engine.runner = saved
+
+
+def test_fixed_shape_step_equals_dynamic(engine, ref_wav, fixed_runner) -> None:
+    voice = engine.create_voice(ref_wav, ref_text=REF_TEXT)
+    xvec = engine.create_voice(ref_wav, x_vector_only=True)
+    sampled = SamplingOptions(do_sample=True, temperature=0.8, top_k=20, top_p=0.9)
+    reqs = [
+        Request("One, the first.", voice, "English", GenerationOptions.greedy(max_frames=9)),
+        Request("两个。", xvec, "Chinese", GenerationOptions.greedy(max_frames=4)),
+        Request(
+            "Three is sampled.", voice, "Auto", GenerationOptions(sampled, sampled, seed=3, max_frames=7)
+        ),
+    ]
+    fixed = engine.generate_codes(reqs)  # 3 rows run in the bucket of 4, then 2 ...
+    assert fixed_runner.active == 0
+    dynamic_runner = Runner(engine.talker, engine.config)
+    engine.runner, saved = dynamic_runner, engine.runner
+    try:
+        dynamic = engine.generate_codes(reqs)
+    finally:
+        engine.runner = saved
+    for a, b in zip(fixed, dynamic):
+        assert a.shape == b.shape and torch.equal(a, b)
+
+
+def test_fixed_runner_refuses_requests_that_do_not_fit(engine, ref_wav, fixed_runner) -> None:
+    voice = engine.create_voice(ref_wav, ref_text=REF_TEXT)
+    with pytest.raises(RuntimeError, match="fixed at"):
+        engine.generate_codes(
+            [Request("Too long.", voice, "English", GenerationOptions.greedy(max_frames=600))]
+        )

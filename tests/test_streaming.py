@@ -1,0 +1,233 @@
+"""The streaming codec decoder equals the one-shot decode, whatever the chunk sizes, at constant cost.
+
+Float32 comparisons use the 1e-5 bound streaming promises; the tiny random decoder's own float32
+noise is ~5e-6 (batch size alone changes its output that much), so float64 runs check that the
+streamed computation is the same arithmetic, not just close.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from utter.dev.random_speech_tokenizer import speech_tokenizer_config_dict, write_random_speech_tokenizer
+from utter.engine.model.codec_decoder import CodecDecoder, CodecDecoderConfig, LayerScale
+from utter.engine.model.speech_tokenizer import SpeechTokenizer
+from utter.engine.streaming import AudioStream, StreamingDecoder
+
+ATOL = 1e-5
+U = 1920  # samples per frame
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread() -> Iterator[None]:
+    """These tests run thousands of tiny ops; on a small shared CPU two contending threads make them
+    several times slower than one."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory: pytest.TempPathFactory) -> SpeechTokenizer:
+    folder = write_random_speech_tokenizer(tmp_path_factory.mktemp("speech_tokenizer") / "tiny", "tiny")
+    return SpeechTokenizer.load(folder, device="cpu", dtype=torch.float32)
+
+
+@pytest.fixture(scope="module")
+def decoder(tokenizer: SpeechTokenizer) -> CodecDecoder:
+    return tokenizer.decoder
+
+
+@pytest.fixture(scope="module")
+def decoder64(decoder: CodecDecoder) -> CodecDecoder:
+    return copy.deepcopy(decoder).double()
+
+
+def _codes(batch: int, frames: int, seed: int) -> torch.Tensor:
+    """Random codes [B, T, 16]."""
+    return torch.randint(0, 2048, (batch, frames, 16), generator=torch.Generator().manual_seed(seed))
+
+
+def _one_shot(decoder: CodecDecoder, codes: torch.Tensor) -> torch.Tensor:
+    """[B, T, Q] -> [B, T * U] through ``CodecDecoder.forward``."""
+    with torch.inference_mode():
+        return decoder(codes.transpose(1, 2))[:, 0]
+
+
+def _stream(stream: StreamingDecoder, codes: torch.Tensor, schedule: list[int]) -> list[torch.Tensor]:
+    """Push ``codes`` [B, T, Q] in chunks of the schedule's sizes (repeating its last size)."""
+    sizes = itertools.chain(schedule, itertools.repeat(schedule[-1]))
+    parts, start = [], 0
+    while start < codes.shape[1]:
+        n = next(sizes)
+        parts.append(stream.push(codes[:, start : start + n]))
+        assert parts[-1].shape == (codes.shape[0], min(n, codes.shape[1] - start) * U)
+        start += n
+    return parts
+
+
+SCHEDULES = {
+    "1 at a time": [1],
+    "3 then 4s": [3, 4],
+    "2 then 25s": [2, 25],
+    "4, 1, 7, 3": [4, 1, 7, 3, 5],
+    "all at once": [1000],
+}
+
+
+@pytest.mark.parametrize("schedule", list(SCHEDULES.values()), ids=list(SCHEDULES))
+def test_stream_equals_one_shot(decoder: CodecDecoder, decoder64: CodecDecoder, schedule: list[int]) -> None:
+    codes = _codes(1, 45, seed=1)  # 45 frames > 5 sliding windows of 8, so the KV cache wraps often
+    for dec, tol in ((decoder, ATOL), (decoder64, 1e-10)):
+        expected = _one_shot(dec, codes)
+        got = torch.cat(_stream(StreamingDecoder(dec), codes, schedule), dim=-1)
+        assert got.dtype == expected.dtype and got.shape == expected.shape == (1, 45 * U)
+        assert (got - expected).abs().max() < tol
+    assert expected.std() > 0.05  # real audio-level signal, not silence or a clamped rail
+
+
+def test_first_samples_match_zero_left_padding(decoder64: CodecDecoder) -> None:
+    # The one-shot decode pads every causal conv with zeros on the left; a fresh stream's histories
+    # are those zeros, so even a single first frame is already exact.
+    codes = _codes(1, 1, seed=2)
+    got = StreamingDecoder(decoder64).push(codes)
+    assert (got - _one_shot(decoder64, codes)).abs().max() < 1e-12
+
+
+def test_batched_streams(decoder: CodecDecoder, decoder64: CodecDecoder) -> None:
+    codes = _codes(3, 20, seed=3)
+    for dec, tol in ((decoder, ATOL), (decoder64, 1e-10)):
+        got = torch.cat(_stream(StreamingDecoder(dec, batch=3), codes, [2, 3, 1, 5]), dim=-1)
+        assert (got - _one_shot(dec, codes)).abs().max() < tol
+    with pytest.raises(ValueError, match="expected codes"):
+        StreamingDecoder(decoder, batch=3).push(codes[:2])
+
+
+def test_reset_starts_a_new_stream(decoder64: CodecDecoder) -> None:
+    stream = StreamingDecoder(decoder64)
+    _stream(stream, _codes(1, 11, seed=4), [3])
+    assert stream.frames == 11
+    stream.reset()
+    assert stream.frames == 0
+    codes = _codes(1, 13, seed=5)
+    got = torch.cat(_stream(stream, codes, [1, 4]), dim=-1)
+    assert (got - _one_shot(decoder64, codes)).abs().max() < 1e-10
+    assert stream.push(codes[:, :0]).shape == (1, 0)  # an empty push is allowed and changes nothing
+    assert stream.frames == 13
+
+
+def test_reference_codes_as_warm_up_context(decoder: CodecDecoder) -> None:
+    # Voice cloning decodes cat(ref, generated) and keeps the generated part: push the reference
+    # first, drop its audio, then stream the generated frames as they come.
+    ref, gen = _codes(1, 17, seed=6), _codes(1, 12, seed=7)
+    stream = StreamingDecoder(decoder)
+    assert stream.push(ref).shape == (1, 17 * U)
+    got = torch.cat(_stream(stream, gen, [1, 2, 4]), dim=-1)
+    expected = _one_shot(decoder, torch.cat([ref, gen], dim=1))[:, 17 * U :]
+    assert (got - expected).abs().max() < ATOL
+    # Without the reference the start of the generated audio differs: the context mattered.
+    alone = _one_shot(decoder, gen)
+    assert (alone - expected).abs().max() > 100 * ATOL
+
+
+def test_tokenizer_stream_is_numpy_and_matches_decode(tokenizer: SpeechTokenizer) -> None:
+    codes = _codes(1, 21, seed=8)[0]  # [T, 16]
+    stream = tokenizer.stream()
+    assert isinstance(stream, AudioStream)
+    parts = [stream.push(codes[:3]), stream.push(codes[3:4]), stream.push(codes[4:])]
+    assert all(p.dtype == np.float32 for p in parts)
+    assert [len(p) for p in parts] == [3 * U, U, 17 * U]
+    # decode() is one-shot for up to 300 frames (its official chunking starts beyond that).
+    assert np.abs(np.concatenate(parts) - tokenizer.decode(codes)).max() < ATOL
+    bad = codes[:2].clone()
+    bad[1, 3] = 2048
+    with pytest.raises(ValueError, match="codes must be in"):
+        stream.push(bad)
+    with pytest.raises(ValueError, match="expected codes"):
+        stream.push(codes[:, :15])
+
+
+def test_work_per_frame_is_constant(decoder: CodecDecoder, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Counted, not timed: every push of one frame does the same work, and attention never sees more
+    than the sliding window, so 40 frames cost 40 x one frame (no history is recomputed)."""
+    work = [0]  # input elements through every conv and linear layer
+
+    def count(_module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+        work[0] += inputs[0].numel()
+
+    hooks = [
+        m.register_forward_pre_hook(count)
+        for m in decoder.modules()
+        if isinstance(m, (nn.Conv1d, nn.ConvTranspose1d, nn.Linear))
+    ]
+    key_lengths: list[int] = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def counting_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs: object) -> torch.Tensor:
+        key_lengths.append(k.shape[2])
+        return sdpa(q, k, v, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", counting_sdpa)
+    try:
+        codes = _codes(1, 40, seed=9)
+        stream = StreamingDecoder(decoder)
+        per_push = []
+        for t in range(40):
+            work[0] = 0
+            stream.push(codes[:, t : t + 1])
+            per_push.append(work[0])
+        work[0] = 0
+        _one_shot(decoder, codes)
+        one_shot = work[0]
+    finally:
+        for hook in hooks:
+            hook.remove()
+    window = decoder.cfg.sliding_window
+    assert len(set(per_push)) == 1  # the 40th frame costs what the first did
+    assert max(key_lengths[: -decoder.cfg.num_hidden_layers]) == window  # cache capped at the window
+    # Carried histories add a bounded overhead per push (a few samples per conv), nothing more.
+    assert sum(per_push) < 1.2 * one_shot  # 1.05 for the tiny decoder
+
+
+def test_real_size_stream_equals_one_shot() -> None:
+    """The published layer sizes (1536-channel convs, 16 heads, window 72): a few frames only."""
+    cfg = CodecDecoderConfig.from_dict(speech_tokenizer_config_dict("real")["decoder_config"])
+    decoder = CodecDecoder(cfg).eval()
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # default init is random except codebooks (zero) and tiny residual gains
+        for name, param in decoder.named_parameters():
+            if name.endswith("_codebook.embedding_sum"):
+                param.copy_(torch.randn(param.shape, generator=gen))
+            elif name.endswith(".gamma"):
+                param.fill_(0.3)
+        for module in decoder.modules():
+            if isinstance(module, LayerScale):
+                module.scale.fill_(0.3)
+    codes = _codes(1, 3, seed=10)
+    expected = _one_shot(decoder, codes)
+    got = torch.cat(_stream(StreamingDecoder(decoder), codes, [1, 2]), dim=-1)
+    assert expected.std() > 0.01 and (expected.abs() < 1).float().mean() > 0.5
+    assert (got - expected).abs().max() < ATOL
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_batched_stream(decoder: CodecDecoder) -> None:
+    dec = copy.deepcopy(decoder).cuda()
+    codes = _codes(2, 30, seed=11).cuda()
+    tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        expected = _one_shot(dec, codes)
+        got = torch.cat(_stream(StreamingDecoder(dec, batch=2), codes, [1, 3, 4, 25]), dim=-1)
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
+    assert got.device.type == "cuda"
+    assert (got - expected).abs().max() < ATOL
