@@ -79,11 +79,15 @@ def _compare(folder: Path, ref: Path, x_vector_only: bool) -> None:
     assert sr == ours.sample_rate
     options = GenerationOptions.greedy(max_frames=MAX_NEW - 1)
     results = ours.generate_batch([Request(t, voice, lang, options) for t, lang in zip(TEXTS, LANGUAGES)])
-    for res, codes, wav in zip(results, spy.codes, wavs):
+    for res, codes, wav, req_voice in zip(results, spy.codes, wavs, [voice] * len(TEXTS)):
         assert codes.shape[0] > 0
         assert torch.equal(res.codes, codes.cpu())
-        assert res.audio.shape == wav.shape
-        np.testing.assert_allclose(res.audio, wav, atol=1e-4, rtol=0)
+        # The one-shot decode reproduces the official waveform sample for sample ...
+        np.testing.assert_allclose(ours.decode(res.codes, req_voice), wav, atol=1e-4, rtol=0)
+        # ... and the streamed audio equals it, except that the official cut of the reference part
+        # (a float ratio) can keep one extra reference sample at the front.
+        assert len(res.audio) == codes.shape[0] * 1920 and 0 <= len(wav) - len(res.audio) <= 1
+        np.testing.assert_allclose(res.audio, wav[len(wav) - len(res.audio) :], atol=1e-4, rtol=0)
 
 
 @pytest.mark.parametrize("x_vector_only", [False, True], ids=["icl", "xvector"])

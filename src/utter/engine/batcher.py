@@ -23,6 +23,7 @@ import torch
 
 from .engine import Engine, Request
 from .runner import Sequence
+from .streaming import PcmChunker
 
 logger = logging.getLogger(__name__)
 
@@ -125,9 +126,7 @@ class _Live:
 
     stream: Stream
     seq: Sequence
-    decoder: object  # streaming codec decoder (push(codes [T, N]) -> np.ndarray)
-    pending: list[torch.Tensor]
-    chunks: int = 0
+    chunker: PcmChunker
 
 
 class Batcher:
@@ -244,7 +243,9 @@ class Batcher:
                 continue
             try:
                 seq = self.engine._sequence(stream.request)
-                decoder = self.engine.audio_stream(stream.request.voice)
+                chunker = PcmChunker(
+                    self.engine.audio_stream(stream.request.voice), self.first_chunk_frames, self.chunk_frames
+                )
                 runner.add(seq)
             except Exception as exc:  # a bad request must not take the batch down
                 logger.exception("request %s failed at admission", stream.id)
@@ -252,7 +253,7 @@ class Batcher:
                 stream._put(_END)
                 continue
             stream.max_frames = seq.max_frames
-            self._live[id(seq)] = _Live(stream, seq, decoder, [])
+            self._live[id(seq)] = _Live(stream, seq, chunker)
 
     def _drop_cancelled(self) -> None:
         for live in list(self._live.values()):
@@ -266,21 +267,14 @@ class Batcher:
             if live is None:
                 continue
             if out.codes is not None:
-                live.pending.append(out.codes)
-                want = self.first_chunk_frames if live.chunks == 0 else self.chunk_frames
-                if len(live.pending) >= want:
-                    self._emit(live)
+                live.stream.frames += 1
+                self._emit(live, live.chunker.add(out.codes))
             else:
                 self._finish(live, out.sequence.reason)
 
-    def _emit(self, live: _Live) -> None:
-        if not live.pending:
+    def _emit(self, live: _Live, pcm: np.ndarray | None) -> None:
+        if pcm is None:
             return
-        codes = torch.stack(live.pending)
-        live.pending = []
-        pcm = live.decoder.push(codes)
-        live.chunks += 1
-        live.stream.frames += codes.shape[0]
         if live.stream.first_audio_at is None:
             live.stream.first_audio_at = time.perf_counter()
         live.stream._put(AudioChunk(pcm, live.stream.frames, live.stream.max_frames))
@@ -289,7 +283,7 @@ class Batcher:
         self._live.pop(id(live.seq), None)
         if error is None and reason != "cancelled":
             try:
-                self._emit(live)
+                self._emit(live, live.chunker.flush())
             except Exception as exc:  # noqa: BLE001 - reported to the caller below
                 error = exc
         live.stream.error = error

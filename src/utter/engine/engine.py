@@ -25,6 +25,7 @@ from .model.speech_tokenizer import SpeechTokenizer
 from .prompt import build_prompt
 from .runner import Runner, Sequence
 from .sampling import GenerationOptions, SamplingOptions
+from .streaming import PcmChunker
 from .text import TextTokenizer
 from .voice import VoicePrompt
 from .weights import load_weights
@@ -253,36 +254,49 @@ class Engine:
     def audio_stream(self, voice: VoicePrompt | None = None):
         """A streaming codec decoder for one request. In ICL mode the reference codes are pushed
         first as left context (their audio discarded), as the official one-shot decode does."""
-        stream = self.codec.stream() if hasattr(self.codec, "stream") else _RedecodeStream(self.codec)
+        stream = self.codec.stream()
         if voice is not None and voice.ref_codes is not None:
             stream.push(voice.ref_codes)
         return stream
 
+    def stream_audio(
+        self, requests: list[Request], first_chunk: int = 4, chunk: int = 12
+    ) -> Iterator[tuple[int, torch.Tensor | None, np.ndarray | None, str]]:
+        """Run requests as one batch, yielding (index, frame codes, PCM chunk or None, "") per frame
+        and (index, None, last PCM chunk or None, reason) when a request ends. A request's chunks,
+        concatenated, equal the one-shot decode of its codes (the reference part of an ICL voice
+        cut at its exact frame boundary)."""
+        chunkers = [PcmChunker(self.audio_stream(r.voice), first_chunk, chunk) for r in requests]
+        for i, codes, reason in self.stream_codes(requests):
+            pcm = chunkers[i].add(codes) if codes is not None else chunkers[i].flush()
+            yield i, codes, pcm, reason
+
     def generate_batch(self, requests: list[Request]) -> list[Result]:
-        """Speak several requests as one batch; results in request order."""
+        """Speak several requests as one batch; results in request order. Built on the stream."""
         started = time.perf_counter()
-        codes, reasons = self._run(requests)
-        results = []
-        for req, c, reason in zip(requests, codes, reasons):
-            audio = self.decode(c, req.voice)
-            results.append(Result(audio, c, reason, time.perf_counter() - started))
-        return results
+        parts: list[list[np.ndarray]] = [[] for _ in requests]
+        codes: list[list[torch.Tensor]] = [[] for _ in requests]
+        done: list[tuple[str, float]] = [("", 0.0)] * len(requests)
+        for i, frame, pcm, reason in self.stream_audio(requests):
+            if pcm is not None:
+                parts[i].append(pcm)
+            if frame is not None:
+                codes[i].append(frame)
+            else:
+                done[i] = (reason, time.perf_counter() - started)
+        n = self.config.talker.num_code_groups
+        return [
+            Result(
+                np.concatenate(p) if p else np.zeros(0, dtype=np.float32),
+                torch.stack(c) if c else torch.zeros(0, n, dtype=torch.long),
+                reason,
+                seconds,
+            )
+            for p, c, (reason, seconds) in zip(parts, codes, done)
+        ]
 
     def generate(
         self, text: str, voice: VoicePrompt, language: str = "Auto", options: GenerationOptions | None = None
     ) -> np.ndarray:
         """Speak ``text`` in ``voice``: mono float32 audio at 24 kHz."""
         return self.generate_batch([Request(text, voice, language, options)])[0].audio
-
-
-class _RedecodeStream:
-    """Stand-in streaming decoder: re-decodes everything so far (exact, but O(n^2))."""
-
-    def __init__(self, codec: SpeechTokenizer) -> None:
-        self.codec, self.codes, self.done = codec, [], 0
-
-    def push(self, codes: torch.Tensor) -> np.ndarray:
-        self.codes.append(codes)
-        wav = self.codec.decode(torch.cat(self.codes))
-        new, self.done = wav[self.done :], len(wav)
-        return new

@@ -300,3 +300,30 @@ class AudioStream:
             raise ValueError(f"codes must be in [0, {cfg.codebook_size})")
         wav = self.decoder.push(codes[None])  # [1, T * U]
         return wav[0].to(torch.float32).cpu().numpy()
+
+
+class PcmChunker:
+    """Turns one request's frames into PCM chunks: a small first chunk (first audio comes early),
+    larger ones after (decoding a few frames at a time costs more per frame on CPUs)."""
+
+    def __init__(self, stream: AudioStream, first_chunk: int = 4, chunk: int = 12) -> None:
+        self.stream = stream
+        self.first_chunk = first_chunk
+        self.chunk = chunk
+        self.pending: list[torch.Tensor] = []
+        self.chunks = 0
+
+    def add(self, codes: torch.Tensor) -> np.ndarray | None:
+        """Add one frame's codes [N]; returns a PCM chunk when one is due."""
+        self.pending.append(codes)
+        if len(self.pending) >= (self.first_chunk if self.chunks == 0 else self.chunk):
+            return self.flush()
+        return None
+
+    def flush(self) -> np.ndarray | None:
+        """Decode whatever frames are pending (at the end of a request)."""
+        if not self.pending:
+            return None
+        codes, self.pending = torch.stack(self.pending), []
+        self.chunks += 1
+        return self.stream.push(codes)
