@@ -100,8 +100,16 @@ class Engine:
         device: str | None = None,
         dtype: str | None = None,
         cache_dir: str | None = None,
+        cuda_graphs: bool | None = None,
+        max_batch: int = 16,
+        max_len: int = 4096,
     ) -> Engine:
-        """Load a checkpoint folder or hub id (see :func:`resolve_checkpoint`)."""
+        """Load a checkpoint folder or hub id (see :func:`resolve_checkpoint`).
+
+        On CUDA the decode step runs from captured graphs (``cuda_graphs``, default on), with
+        caches for ``max_batch`` concurrent requests of up to ``max_len`` positions allocated
+        once; elsewhere caches grow as needed.
+        """
         device = device or default_device()
         dtype = dtype or default_dtype(device)
         if dtype not in DTYPES:
@@ -120,6 +128,8 @@ class Engine:
         engine = cls(
             folder, config, weights, codec, TextTokenizer(folder), GenerationDefaults.load(folder), dev, dt
         )
+        if dev.type == "cuda" and cuda_graphs is not False:
+            engine.runner.enable_graphs(max_batch, max_len)
         logger.info("loaded %s on %s/%s in %.1fs", folder, device, dtype, time.perf_counter() - started)
         return engine
 
