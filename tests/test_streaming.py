@@ -231,3 +231,27 @@ def test_cuda_batched_stream(decoder: CodecDecoder) -> None:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
     assert got.device.type == "cuda"
     assert (got - expected).abs().max() < ATOL
+
+
+def test_fork_continues_independently(tmp_path) -> None:
+    """A warm stream (reference pushed once) forks into independent streams that each equal a
+    fresh stream fed the reference and then their own codes."""
+    from utter.dev.random_speech_tokenizer import write_random_speech_tokenizer
+    from utter.engine.model.speech_tokenizer import SpeechTokenizer
+
+    folder = tmp_path / "st"
+    write_random_speech_tokenizer(folder, size="tiny", seed=4)
+    tok = SpeechTokenizer.load(folder, device=torch.device("cpu"), dtype=torch.float32)
+    gen = torch.Generator().manual_seed(0)
+    ref, a, b = (
+        torch.randint(0, tok.codebook_size, (n, tok.num_codebooks), generator=gen) for n in (9, 5, 7)
+    )
+    warm = tok.stream()
+    warm.push(ref)
+    fa, fb = warm.fork(), warm.fork()
+    out_a, out_b = fa.push(a), fb.push(b)
+    for codes, out in ((a, out_a), (b, out_b)):
+        fresh = tok.stream()
+        fresh.push(ref)
+        np.testing.assert_allclose(out, fresh.push(codes), atol=1e-6, rtol=0)
+    assert warm.frames == 9 and fa.frames == 14

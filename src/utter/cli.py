@@ -82,6 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("dir", help="output folder")
     tiny.add_argument("--size", default="tiny", choices=["tiny", "tiny-wide", "0.6b", "1.7b"])
     tiny.add_argument("--seed", type=int, default=0)
+
+    from .bench.commands import register as register_bench
+
+    register_bench(sub)
     return parser
 
 
@@ -190,7 +194,13 @@ def cmd_dev(args: argparse.Namespace) -> None:
         print(f"wrote a RANDOM {args.size} checkpoint to {path} (random weights make noise, not speech)")
 
 
-COMMANDS = {"say": cmd_say, "voice": cmd_voice, "download": cmd_download, "dev": cmd_dev}
+def cmd_bench(args: argparse.Namespace) -> None:
+    from .bench.commands import cmd_bench as run
+
+    run(args)
+
+
+COMMANDS = {"say": cmd_say, "voice": cmd_voice, "download": cmd_download, "dev": cmd_dev, "bench": cmd_bench}
 
 
 def main(argv: list[str] | None = None) -> int:

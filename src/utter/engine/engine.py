@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,7 @@ from .model.speech_tokenizer import SpeechTokenizer
 from .prompt import build_prompt
 from .runner import Runner, Sequence
 from .sampling import GenerationOptions, SamplingOptions
-from .streaming import PcmChunker
+from .streaming import AudioStream, PcmChunker
 from .text import TextTokenizer
 from .voice import VoicePrompt
 from .weights import load_weights
@@ -38,6 +39,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 # 4 frames per text token), so it only cuts audio that has gone wrong.
 FRAMES_BASE = 24
 FRAMES_PER_TOKEN = 8
+WARM_STREAMS = 32  # voices whose warmed-up codec stream is kept
 
 
 def default_device() -> str:
@@ -91,6 +93,7 @@ class Engine:
         self.device = device
         self.dtype = dtype
         self.runner = Runner(self.talker, config)
+        self._warm_streams: OrderedDict[str, AudioStream] = OrderedDict()  # per voice, see audio_stream
 
     # ----------------------------------------------------------------- loading
     @classmethod
@@ -261,13 +264,22 @@ class Engine:
         cut = int(voice.ref_frames / max(full.shape[0], 1) * wav.shape[0])
         return wav[cut:]
 
-    def audio_stream(self, voice: VoicePrompt | None = None):
-        """A streaming codec decoder for one request. In ICL mode the reference codes are pushed
-        first as left context (their audio discarded), as the official one-shot decode does."""
-        stream = self.codec.stream()
-        if voice is not None and voice.ref_codes is not None:
-            stream.push(voice.ref_codes)
-        return stream
+    def audio_stream(self, voice: VoicePrompt | None = None) -> AudioStream:
+        """A streaming codec decoder for one request. In ICL mode it starts warm: the reference
+        codes were pushed as left context (their audio discarded), as the official one-shot
+        decode does. The warm state is computed once per voice and forked for each request."""
+        if voice is None or voice.ref_codes is None:
+            return self.codec.stream()
+        warm = self._warm_streams.get(voice.key)
+        if warm is None:
+            warm = self.codec.stream()
+            warm.push(voice.ref_codes)
+            self._warm_streams[voice.key] = warm
+            while len(self._warm_streams) > WARM_STREAMS:
+                self._warm_streams.popitem(last=False)
+        else:
+            self._warm_streams.move_to_end(voice.key)
+        return warm.fork()
 
     def stream_audio(
         self, requests: list[Request], first_chunk: int = 4, chunk: int = 12

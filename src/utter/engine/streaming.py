@@ -20,6 +20,7 @@ in ``tests/test_streaming.py`` keep the two in step.
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -288,6 +289,18 @@ class AudioStream:
 
     def reset(self) -> None:
         self.decoder.reset()
+
+    def fork(self) -> AudioStream:
+        """An independent copy of this stream's state (the decoder's weights are shared).
+
+        A voice's reference codes are pushed once; every request in that voice starts from a
+        fork of that warm stream instead of decoding the reference again.
+        """
+        shared = self.decoder.decoder
+        memo: dict[int, object] = {id(shared): shared}
+        for obj in (*shared.modules(), *shared.parameters(), *shared.buffers()):
+            memo[id(obj)] = obj
+        return copy.deepcopy(self, memo)
 
     def push(self, codes: torch.Tensor) -> np.ndarray:
         """Codes [T, Q] -> float32 waveform [T * frame_samples]."""

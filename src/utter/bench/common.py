@@ -1,0 +1,272 @@
+"""Helpers shared by both sides of the benchmark: the machine, memory, timers, checkpoints, imports.
+
+Nothing here imports torch at module level: the parent process of ``utter bench`` stays light and
+each measured system runs in its own worker process (see ``worker.py``).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import importlib.machinery
+import importlib.util
+import os
+import platform
+import resource
+import shutil
+import sys
+import tempfile
+import time
+import types
+from collections import defaultdict
+from pathlib import Path
+
+MIB = 1024 * 1024
+
+
+# ----------------------------------------------------------------------------- machine
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _cpu_flags() -> list[str]:
+    """The CPU features that decide which matmul kernels are fast (Linux only)."""
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_int8")
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                have = set(line.split(":", 1)[1].split())
+                return [f for f in wanted if f in have]
+    except OSError:
+        pass
+    return []
+
+
+def machine_info() -> dict:
+    """CPU, cores, RAM, load, Python and torch versions. GPU details come from the workers."""
+    import torch
+
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        ram = 0
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count()
+    try:
+        load = [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        load = None
+    return {
+        "cpu": _cpu_model(),
+        "cpu_flags": _cpu_flags(),
+        "cores": os.cpu_count(),
+        "usable_cores": usable,
+        "torch_threads": torch.get_num_threads(),
+        "ram_gib": round(ram / 1024**3, 1),
+        "load_average_at_start": load,
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda_available": torch.cuda.is_available(),
+    }
+
+
+def device_info(device: str) -> dict:
+    """GPU name, memory and CUDA version when ``device`` is a CUDA device (called in a worker)."""
+    import torch
+
+    if not device.startswith("cuda"):
+        return {}
+    props = torch.cuda.get_device_properties(torch.device(device))
+    return {
+        "gpu": props.name,
+        "gpu_memory_gib": round(props.total_memory / 1024**3, 1),
+        "cuda": torch.version.cuda,
+    }
+
+
+# ----------------------------------------------------------------------------- memory
+def rss_mib() -> float | None:
+    """Current resident set size of this process (Linux), else None."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return round(pages * os.sysconf("SC_PAGE_SIZE") / MIB, 1)
+
+
+def peak_memory(device: str) -> dict:
+    """Peak resident memory of this process (so run one system per process), and peak CUDA memory."""
+    import torch
+
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
+    out = {"peak_rss_mib": round(maxrss * scale / MIB, 1)}
+    if device.startswith("cuda"):
+        out["cuda_peak_mib"] = round(torch.cuda.max_memory_allocated(torch.device(device)) / MIB, 1)
+    return out
+
+
+# ----------------------------------------------------------------------------- timing
+def sync(device: str) -> None:
+    """Wait for queued GPU work so a wall-clock reading covers it (no-op on CPU)."""
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize(torch.device(device))
+
+
+class Probe:
+    """Times calls to methods of live objects by wrapping them on the instance; undone on exit.
+
+    ``totals[key]`` is the summed wall time of the wrapped calls and ``calls[key]`` one duration per
+    call (in order). Each wrapped call ends with a device sync, so on GPUs the time covers the work
+    it queued. Nested probes (a step that calls the code predictor) simply overlap.
+    """
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+        self.active = True  # False: wrapped calls run untimed and unsynced
+        self.calls: dict[str, list[float]] = defaultdict(list)
+        self._undo: list[tuple[object, str, object, bool]] = []
+
+    @property
+    def totals(self) -> dict[str, float]:
+        return {k: sum(v) for k, v in self.calls.items()}
+
+    def wrap(self, obj: object, name: str, key: str | None = None) -> bool:
+        """Time ``obj.name(...)``; returns False (and times nothing) when the method is missing."""
+        original = getattr(obj, name, None)
+        if original is None:
+            return False
+        calls, device = self.calls[key or name], self.device
+
+        @functools.wraps(original)  # keeps the signature: HF generate inspects forward's parameters
+        def timed(*args, **kwargs):
+            if not self.active:
+                return original(*args, **kwargs)
+            start = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                sync(device)
+                calls.append(time.perf_counter() - start)
+
+        self.patch(obj, name, timed)
+        return True
+
+    def patch(self, obj: object, name: str, value: object) -> None:
+        """Set ``obj.name = value`` on the instance until the probe exits."""
+        had_own = name in vars(obj)
+        self._undo.append((obj, name, vars(obj).get(name), had_own))
+        setattr(obj, name, value)
+
+    def reset(self) -> None:
+        for v in self.calls.values():
+            v.clear()
+
+    def __enter__(self) -> Probe:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for obj, name, own, had_own in reversed(self._undo):
+            if had_own:
+                setattr(obj, name, own)
+            else:
+                delattr(obj, name)
+        self._undo.clear()
+
+
+def median(values: list[float]) -> float | None:
+    if not values:
+        return None
+    s = sorted(values)
+    mid = len(s) // 2
+    return s[mid] if len(s) % 2 else (s[mid - 1] + s[mid]) / 2
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def default_checkpoint_cache() -> Path:
+    env = os.environ.get("UTTER_BENCH_CACHE")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "utter" / "bench"
+
+
+def ensure_checkpoint(size: str, cache: Path, seed: int = 0) -> Path:
+    """A random checkpoint of ``size`` under ``cache``, written once and reused.
+
+    It is written to a temporary folder and renamed into place, so a half-written checkpoint
+    (an interrupted run) is never mistaken for a complete one.
+    """
+    from ..dev.tiny_checkpoint import write_tiny_checkpoint
+
+    folder = cache / f"random-{size}-seed{seed}"
+    if (folder / "config.json").is_file():
+        return folder
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=cache, prefix=f".random-{size}-"))
+    try:
+        write_tiny_checkpoint(tmp / "ckpt", size=size, seed=seed)
+        os.replace(tmp / "ckpt", folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def checkpoint_size(folder: Path) -> str:
+    """'0.6b', '1.7b' or 'tiny' from a checkpoint's config.json (targets apply to 0.6b)."""
+    import json
+
+    cfg = json.loads((Path(folder) / "config.json").read_text())
+    return {"0b6": "0.6b", "1b7": "1.7b"}.get(cfg.get("tts_model_size", ""), cfg.get("tts_model_size", "?"))
+
+
+# ----------------------------------------------------------------------------- official package
+def official_installed() -> bool:
+    """Cheap check (no import) that the official ``qwen_tts`` package is installed."""
+    return importlib.util.find_spec("qwen_tts") is not None
+
+
+def _stub(name: str) -> None:
+    if name in sys.modules:
+        return
+    try:
+        importlib.import_module(name)
+        return
+    except Exception:  # noqa: BLE001 - any import failure means "use the stub"
+        pass
+    parts = name.split(".")
+    for i in range(1, len(parts) + 1):
+        sub = ".".join(parts[:i])
+        if sub not in sys.modules:
+            mod = types.ModuleType(sub)
+            mod.__path__ = []  # type: ignore[attr-defined]
+            mod.__spec__ = importlib.machinery.ModuleSpec(sub, None, is_package=True)
+            sys.modules[sub] = mod
+            if i > 1:
+                setattr(sys.modules[".".join(parts[: i - 1])], parts[i - 1], mod)
+
+
+def import_qwen_tts():
+    """Import the official ``qwen_tts`` (raises ImportError when it is not installed).
+
+    ``qwen_tts`` imports torchaudio, sox and onnxruntime at import time for its 25 Hz tokenizer,
+    which 12 Hz models never use; PyPI's torchaudio does not load next to our torch. So stand-in
+    modules go into ``sys.modules`` first; any real use of them would fail loudly. (The same logic
+    as ``tests/official.py``, which runtime code must not import.)
+    """
+    import transformers  # noqa: F401 - let transformers probe the real environment before the stubs exist
+
+    for name in ("torchaudio.compliance.kaldi", "sox", "onnxruntime"):
+        _stub(name)
+    return importlib.import_module("qwen_tts")

@@ -1,0 +1,272 @@
+"""Measure our engine: one weight mode in one worker process (see ``worker.py``).
+
+What is timed, all with end-of-speech disabled (``GenerationOptions.ignore_eos``) so every run
+makes exactly the frames asked for (checked: ``frames_ok``):
+
+- ``load``: cold start, from the parent's spawn of this process to a loaded engine (imports
+  included), split into ``import_s`` and ``load_s``. The checkpoint is usually in the OS page
+  cache by then (every worker reads the same folder): a cold process, not a cold disk.
+- ``say``: what ``utter say`` does, from process start: load, make the voice from the reference
+  recording, generate ``frames`` frames of the short text, decode, write a WAV.
+- ``frame``: a warm ``generate`` of ``frames`` frames at batch size 1, split by probes on the
+  runner: ``prefill_ms`` (once), then per frame ``code_predictor_ms`` (codebooks 1-15),
+  ``talker_ms`` (the rest of a decode step: talker forward, sampling, bookkeeping),
+  ``gen_ms`` (the two together) and ``codec_ms`` (one-shot decode, as ``utter say`` does it).
+- ``ttfa``: time to first audio through the :class:`Batcher` (streaming) with a voice loaded
+  from a file: first chunk's arrival minus submit.
+- ``concurrency``: N streams submitted together to one Batcher; aggregate audio seconds per
+  wall second until the last one ends.
+- ``texts``: the three seed texts, each with a frame budget from its length (``workload``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import logging
+import time
+from pathlib import Path
+
+from .common import Probe, device_info, median, peak_memory, rss_mib, sync
+from .workload import FRAME_SECONDS, LANGUAGE, REF_TEXT, SAMPLE_RATE, SHORT, TEXTS
+
+logger = logging.getLogger(__name__)
+
+CPU_MODE_ORDER = ("int8", "bfloat16", "float16", "float32")
+GPU_MODE_ORDER = ("bfloat16", "float16", "float32")  # int8 has no fast GPU kernel yet
+
+
+def _quant():
+    """``utter.engine.quant`` when it exists (it is being added alongside the benchmark)."""
+    try:
+        from ..engine import quant
+    except ImportError:
+        return None
+    return quant
+
+
+def available_modes(device: str) -> list[str]:
+    """Weight modes this checkout can run on ``device``, the engine's default first."""
+    from ..engine.engine import DTYPES, default_dtype
+
+    quant = _quant()
+    modes = list(getattr(quant, "WEIGHT_MODES", DTYPES)) if quant else list(DTYPES)
+    default = quant.default_weight_mode(device) if quant else default_dtype(device)
+    order = GPU_MODE_ORDER if device.startswith("cuda") else CPU_MODE_ORDER
+    ranked = [m for m in order if m in modes] + [m for m in modes if m not in order]
+    if device.startswith("cuda") and "int8" in ranked and default != "int8":
+        ranked.remove("int8")
+    return [default] + [m for m in ranked if m != default] if default in modes else ranked
+
+
+def load_engine(model: str, device: str, mode: str):
+    """Engine.load in a weight mode: natively once Engine.load takes ``weight_mode``; until then
+    float modes load as that dtype and int8 loads in bfloat16 (the checkpoint's dtype) and is
+    quantised with ``quant.apply_weight_mode`` (the runner is rebuilt to read the new dtype)."""
+    from ..engine.engine import DTYPES, Engine
+    from ..engine.runner import Runner
+
+    if "weight_mode" in inspect.signature(Engine.load).parameters:
+        return Engine.load(model, device=device, weight_mode=mode)
+    if mode in DTYPES:
+        return Engine.load(model, device=device, dtype=mode)
+    quant = _quant()
+    if quant is None or mode not in getattr(quant, "WEIGHT_MODES", ()):
+        raise ValueError(f"weight mode {mode!r} is not available in this checkout")
+    engine = Engine.load(model, device=device, dtype="bfloat16")
+    quant.apply_weight_mode(engine.talker, mode)
+    engine.dtype = quant.activation_dtype(mode, device)
+    engine.runner = Runner(engine.talker, engine.config)
+    return engine
+
+
+def _options(engine, frames: int, sample: bool, seed: int):
+    from ..engine.sampling import GenerationOptions
+
+    base = engine.default_options() if sample else GenerationOptions.greedy()
+    extra = {"ignore_eos": True} if "ignore_eos" in {f.name for f in dataclasses.fields(base)} else {}
+    return dataclasses.replace(base, max_frames=frames, seed=seed, **extra)
+
+
+def _frame_run(engine, voice, opts, device: str) -> dict:
+    """One warm B=1 generation of the short text, split into prefill / talker / predictor / codec."""
+    from ..engine.engine import Request
+
+    runner = engine.runner
+    with Probe(device) as probe:
+        probe.wrap(runner, "add", "prefill")
+        probe.wrap(runner, "step", "step")
+        has_cp = probe.wrap(runner, "_predict_codebooks", "cp")
+        _probe_codec(probe, engine)
+        start = time.perf_counter()
+        result = engine.generate_batch([Request(SHORT, voice, LANGUAGE, opts)])[0]
+        sync(device)
+        wall = time.perf_counter() - start
+        tot = probe.totals
+    if device.startswith("cuda"):  # the probes sync mid-step; time the wall clock without them
+        start = time.perf_counter()
+        result = engine.generate_batch([Request(SHORT, voice, LANGUAGE, opts)])[0]
+        sync(device)
+        wall = time.perf_counter() - start
+    n = int(result.codes.shape[0])
+    per = 1000.0 / max(n, 1)
+    gen = tot.get("step", 0.0) * per
+    cp = tot["cp"] * per if has_cp else None
+    return {
+        "frames": n,
+        "frames_ok": n == opts.max_frames and result.finish_reason == "max_frames",
+        "prefill_ms": 1000.0 * tot.get("prefill", 0.0),
+        "talker_ms": gen - (cp or 0.0),
+        "code_predictor_ms": cp,
+        "gen_ms": gen,
+        "codec_ms": tot.get("codec", 0.0) * per,
+        "total_ms": wall * per,
+        "wall_s": wall,
+        "audio_s": n * FRAME_SECONDS,
+        "x_realtime": n * FRAME_SECONDS / wall,
+    }
+
+
+def _probe_codec(probe: Probe, engine) -> None:
+    """Time codec decoding, one-shot (``codec.decode``) and streamed (``push`` on each stream the
+    codec makes), whichever the engine uses; reference codes pushed as left context count too."""
+    codec = engine.codec
+    probe.wrap(codec, "decode", "codec")
+    make = getattr(codec, "stream", None)
+    if make is not None:
+
+        def stream(*args, **kwargs):
+            s = make(*args, **kwargs)
+            probe.wrap(s, "push", "codec")
+            return s
+
+        probe.patch(codec, "stream", stream)
+
+
+def _ttfa(batcher, voice_path: Path, opts, repeats: int) -> dict:
+    """Streaming first-chunk latency with a stored voice; the stream is cancelled after it."""
+    from ..engine.engine import Request
+    from ..engine.voice import VoicePrompt
+
+    times = []
+    for _ in range(repeats):
+        voice = VoicePrompt.load(voice_path)
+        stream = batcher.submit(Request(SHORT, voice, LANGUAGE, opts))
+        chunks = iter(stream)
+        first = next(chunks, None)
+        stream.cancel()
+        for _ in chunks:
+            pass
+        if first is None or stream.first_audio_at is None:
+            raise RuntimeError(f"no audio came back (finish reason {stream.finish_reason})")
+        times.append(stream.first_audio_at - stream.submitted_at)
+    return {
+        "seconds": median(times),
+        "all_s": times,
+        "first_chunk_frames": batcher.first_chunk_frames,
+        "streaming": True,
+    }
+
+
+def _concurrent(batcher, voice, opts, streams: int) -> dict:
+    """``streams`` requests submitted together; aggregate audio seconds per wall second."""
+    from ..engine.engine import Request
+
+    start = time.perf_counter()
+    live = [batcher.submit(Request(SHORT, voice, LANGUAGE, opts)) for _ in range(streams)]
+    audio = [s.audio() for s in live]
+    wall = time.perf_counter() - start
+    audio_s = sum(len(a) for a in audio) / SAMPLE_RATE
+    first = [s.first_audio_at - s.submitted_at for s in live if s.first_audio_at is not None]
+    return {
+        "streams": streams,
+        "frames": opts.max_frames,
+        "frames_ok": all(s.finish_reason == "max_frames" and s.frames == opts.max_frames for s in live),
+        "wall_s": wall,
+        "audio_s": audio_s,
+        "audio_s_per_s": audio_s / wall,
+        "x_realtime_per_stream": audio_s / streams / wall,
+        "ttfa_mean_s": sum(first) / len(first) if first else None,
+    }
+
+
+def _text_run(engine, voice, opts, name: str, frames: int, device: str) -> dict:
+    from ..engine.engine import Request
+
+    text = TEXTS[name]
+    o = dataclasses.replace(opts, max_frames=frames)
+    start = time.perf_counter()
+    result = engine.generate_batch([Request(text, voice, LANGUAGE, o)])[0]
+    sync(device)
+    wall = time.perf_counter() - start
+    n = int(result.codes.shape[0])
+    return {
+        "chars": len(text),
+        "frames": n,
+        "frames_ok": n == frames and result.finish_reason == "max_frames",
+        "seconds": wall,
+        "audio_s": len(result.audio) / SAMPLE_RATE,
+        "x_realtime": len(result.audio) / SAMPLE_RATE / wall,
+    }
+
+
+def measure(spec: dict) -> dict:
+    """Run the measurements named in ``spec["suite"]`` for one weight mode; returns a JSON-able dict."""
+    import torch
+
+    from ..audio import write_wav
+    from ..engine.batcher import Batcher
+    from ..engine.engine import Request
+
+    spawned, device, mode = spec["spawned_at"], spec["device"], spec["mode"]
+    suite, frames, workdir = set(spec["suite"]), spec["frames"], Path(spec["workdir"])
+    torch.set_grad_enabled(False)
+    imported = time.time()
+    engine = load_engine(spec["model"], device, mode)
+    sync(device)
+    ready = time.time()
+    out: dict = {
+        "system": "utter",
+        "mode": mode,
+        "device": device,
+        "device_info": device_info(device),
+        "load": {"cold_start_s": ready - spawned, "import_s": imported - spawned, "load_s": ready - imported},
+        "memory": {"rss_after_load_mib": rss_mib()},
+    }
+    opts = _options(engine, frames, spec.get("sample", False), spec.get("seed", 0))
+
+    # `utter say` from process start: voice from the recording, generate, decode, write.
+    t0 = time.time()
+    voice = engine.create_voice(spec["ref_wav"], ref_text=REF_TEXT)
+    t1 = time.time()
+    if "say" in suite:
+        result = engine.generate_batch([Request(SHORT, voice, LANGUAGE, opts)])[0]
+        write_wav(workdir / f"say-utter-{mode}.wav", result.audio, SAMPLE_RATE)
+        done = time.time()
+        n = int(result.codes.shape[0])
+        out["say"] = {
+            "frames": n,
+            "frames_ok": n == frames and result.finish_reason == "max_frames",
+            "audio_s": len(result.audio) / SAMPLE_RATE,
+            "seconds": done - spawned,
+            "voice_s": t1 - t0,
+            "generate_s": done - t1,
+        }
+    if "frame" in suite:
+        out["frame"] = _frame_run(engine, voice, opts, device)
+    voice_path = workdir / f"voice-utter-{mode}.safetensors"
+    voice.save(voice_path)
+    if "ttfa" in suite or "concurrency" in suite:
+        concurrency = spec.get("concurrency") or [1]
+        with Batcher(engine, max_batch=max(concurrency)) as batcher:
+            if "ttfa" in suite:
+                out["ttfa"] = _ttfa(batcher, voice_path, opts, spec.get("ttfa_repeats", 3))
+            if "concurrency" in suite:
+                out["concurrency"] = {str(c): _concurrent(batcher, voice, opts, c) for c in concurrency}
+                out["concurrency_mode"] = "one Batcher, all streams submitted together"
+    if "texts" in suite:
+        out["texts"] = {
+            name: _text_run(engine, voice, opts, name, n, device) for name, n in spec.get("texts", {}).items()
+        }
+    out["memory"].update(peak_memory(device))
+    return out

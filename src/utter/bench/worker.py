@@ -1,0 +1,54 @@
+"""One measured system in its own process: ``python -m utter.bench.worker SPEC.json``.
+
+A fresh process per system and weight mode keeps peak memory (``ru_maxrss``) and cold-start time
+honest: nothing is shared or already warm. The spec names the system ("utter" or "official"), the
+mode and what to measure; the result (or the error) is written as JSON to ``spec["out"]``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import traceback
+from pathlib import Path
+
+
+def run(spec: dict) -> dict:
+    if spec.get("threads"):
+        import torch
+
+        torch.set_num_threads(spec["threads"])
+    if spec["system"] == "utter":
+        from .runner import measure
+    elif spec["system"] == "official":
+        from .official import measure
+    else:
+        raise ValueError(f"unknown system {spec['system']!r}")
+    return measure(spec)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m utter.bench.worker SPEC.json", file=sys.stderr)
+        return 2
+    spec = json.loads(Path(args[0]).read_text())
+    logging.basicConfig(
+        level=logging.DEBUG if spec.get("debug") else logging.WARNING,
+        format=f"[{spec['system']} {spec['mode']}] %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        result, status = run(spec), 0
+    except Exception as exc:  # noqa: BLE001 - reported to the parent, which keeps going
+        traceback.print_exc()
+        result, status = (
+            {"system": spec["system"], "mode": spec["mode"], "error": f"{type(exc).__name__}: {exc}"},
+            1,
+        )
+    Path(spec["out"]).write_text(json.dumps(result, indent=2))
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

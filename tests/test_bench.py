@@ -1,0 +1,144 @@
+"""`utter bench`: the fixed workload, the report's ratios and targets, and a tiny end-to-end run."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import torch
+
+from utter.bench import commands, report
+from utter.bench.runner import available_modes
+from utter.bench.workload import TEXTS, reference_audio, text_frames
+
+FRAME_KEYS = {"prefill_ms", "talker_ms", "code_predictor_ms", "gen_ms", "codec_ms", "total_ms", "x_realtime"}
+
+
+def test_texts_have_the_seed_lengths_and_budgets() -> None:
+    assert {k: len(v) for k, v in TEXTS.items()} == {"short": 56, "medium": 800, "long": 2616}
+    assert [text_frames(t) for t in TEXTS.values()] == [47, 667, 2180]
+    ref = reference_audio()
+    assert ref.dtype.name == "float32" and len(ref) == 6 * 24000 and 0 < abs(ref).max() < 1
+
+
+def _doc(ours: dict, official: dict, device: str = "cpu", size: str = "0.6b") -> dict:
+    modes = list(ours)
+    settings = {
+        "size": size,
+        "device": device,
+        "frames": 60,
+        "weight_modes": modes,
+        "official_reference": "bfloat16",
+    }
+    return report.finish({"settings": settings, "utter": ours, "official": official})
+
+
+def test_ratios_and_targets() -> None:
+    def result(gen: float, say: float, agg8: float, ttfa: float) -> dict:
+        return {
+            "frame": {"gen_ms": gen},
+            "say": {"seconds": say},
+            "ttfa": {"seconds": ttfa},
+            "concurrency": {"8": {"audio_s_per_s": agg8}},
+        }
+
+    doc = _doc(
+        {"int8": result(90.0, 10.0, 6.0, 1.0), "bfloat16": result(200.0, 12.0, 0, 2.0)},
+        {"bfloat16": result(400.0, 25.0, 1.0, 30.0)},
+    )
+    assert doc["ratios"]["gen_ms"] == {"int8": 0.225, "bfloat16": 0.5}
+    assert doc["ratios"]["audio_s_per_s"] == {"8": 6.0}
+    verdict = {t["id"]: t["passed"] for t in doc["targets"]}
+    assert verdict == {
+        "frame_16bit": True,
+        "frame_8bit": True,
+        "say": True,
+        "throughput_8": True,
+        "ttfa": True,
+    }
+    slow = _doc({"int8": result(200.0, 20.0, 2.0, 2.0)}, {"bfloat16": result(400.0, 25.0, 1.0, 30.0)})
+    verdict = {t["id"]: t["passed"] for t in slow["targets"]}
+    assert verdict == {
+        "frame_16bit": None,
+        "frame_8bit": False,
+        "say": False,
+        "throughput_8": False,
+        "ttfa": False,
+    }
+    # Without the official package: no ratios, and only the absolute targets can be judged.
+    alone = _doc({"int8": result(90.0, 10.0, 6.0, 1.0)}, {})
+    assert alone["ratios"] == {}
+    assert {t["id"]: t["passed"] for t in alone["targets"]}["ttfa"] is True
+    gpu = _doc({"bfloat16": {"frame": {"x_realtime": 12.0}, "ttfa": {"seconds": 0.04}}}, {}, device="cuda")
+    assert {t["id"]: t["passed"] for t in gpu["targets"]} == {
+        "gpu_one_stream": True,
+        "gpu_ttfa": True,
+        "gpu_32_streams": None,
+    }
+
+
+def test_bench_tiny_quick_end_to_end(tmp_path: Path, capsys) -> None:
+    """The whole command at tiny size: JSON with every figure, a PNG, the table on screen."""
+    modes = available_modes("cpu")[:2]  # the engine's default mode (full suite) and one more
+    out, png, md = tmp_path / "bench.json", tmp_path / "bench.png", tmp_path / "bench.md"
+    argv = ["bench", "--size", "tiny", "--quick", "--checkpoint-cache", str(tmp_path / "cache")]
+    argv += ["--weight-mode", ",".join(modes), "--threads", "1", "--texts", "short,long"]
+    argv += ["--output", str(out), "--plot", str(png), "--markdown", str(md)]
+    assert commands.main(argv) == 0
+    doc = json.loads(out.read_text())
+
+    assert {"machine", "settings", "utter", "official", "ratios", "targets"} <= set(doc)
+    assert {"cpu", "cores", "ram_gib", "torch"} <= set(doc["machine"])
+    assert doc["settings"]["size"] == "tiny" and doc["settings"]["frames"] == 8
+    assert list(doc["utter"]) == modes
+    full = doc["utter"][modes[0]]
+    assert "error" not in full, full
+    assert {"load", "say", "frame", "ttfa", "concurrency", "texts", "memory"} <= set(full)
+    assert FRAME_KEYS <= set(full["frame"])
+    assert full["frame"]["frames"] == 8 and full["frame"]["frames_ok"]
+    assert full["say"]["frames_ok"] and full["say"]["seconds"] > full["load"]["cold_start_s"] > 0
+    assert 0 < full["ttfa"]["seconds"] < full["say"]["seconds"]
+    assert set(full["concurrency"]) == {"1", "4"}
+    assert all(c["frames_ok"] and c["audio_s"] > 0 for c in full["concurrency"].values())
+    assert full["concurrency"]["4"]["audio_s"] == 4 * full["concurrency"]["1"]["audio_s"]
+    assert set(full["texts"]) == {"short", "long"} and all(t["frames_ok"] for t in full["texts"].values())
+    assert full["memory"]["peak_rss_mib"] > 0
+    light = doc["utter"][modes[1]]
+    assert "error" not in light, light
+    assert {"say", "frame", "ttfa"} <= set(light) and "concurrency" not in light
+
+    if importlib.util.find_spec("qwen_tts") is not None:  # official columns and ratios
+        official = doc["official"]["bfloat16"]
+        assert "error" not in official, official
+        assert FRAME_KEYS <= set(official["frame"]) and official["frame"]["frames_ok"]
+        assert official["say"]["frames_ok"]
+        assert all(c["frames_ok"] for c in official["concurrency"].values())
+        assert all(t["frames_ok"] for t in official["texts"].values())
+        assert doc["ratios"]["gen_ms"][modes[0]] > 0
+        assert doc["ratios"]["audio_s_per_s"]["4"] > 0
+    else:
+        assert doc["official"] == {} and doc["ratios"] == {}
+
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    screen = capsys.readouterr().out
+    assert "| cold start" in screen and f"utter {modes[0]}" in screen and "Targets" in screen
+    assert md.read_text().strip() == screen.strip()
+
+
+def test_official_end_of_speech_is_disabled(tiny_checkpoint: Path, ref_wav: Path) -> None:
+    """With EOS made the likeliest token, the official package stops at once unless our hook is on."""
+    from tests.official import import_qwen_tts
+    from utter.bench.official import _Official
+
+    model = _Official(import_qwen_tts(), str(tiny_checkpoint), "cpu", "float32", sample=False, seed=0)
+    head = model.talker.codec_head
+    with torch.no_grad():
+        head.weight[model.eos] = 50 * head.weight.abs().max()
+    prompt = model.tts.create_voice_clone_prompt(ref_audio=str(ref_wav), ref_text="Hello there.")
+    model.run("Hi.", 6, voice_clone_prompt=prompt)
+    assert model.lengths == [6] and model.frames_ok(6)
+    assert len(model.probe.calls["cp"]) == 6
+    del model.talker.generate  # back to the package's own generate (EOS on)
+    model.run("Hi.", 6, voice_clone_prompt=prompt)
+    assert model.lengths[0] < 6
