@@ -84,8 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--seed", type=int, default=0)
 
     from .bench.commands import register as register_bench
+    from .server.commands import register as register_client
 
     register_bench(sub)
+    register_client(sub)
     return parser
 
 
@@ -215,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     from .engine.checkpoint import CheckpointError
 
     try:
-        COMMANDS[args.command](args)
+        (COMMANDS.get(args.command) or args.func)(args)
     except (UsageError, AudioError, CheckpointError, ValueError, FileNotFoundError) as exc:
         if args.debug:
             raise

@@ -13,6 +13,8 @@ import json
 import logging
 import os
 import re
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -266,11 +268,55 @@ def _size_note(info: Any) -> str:
     return f" ({sum(sizes) / 1e9:.1f} GB)" if sizes else ""
 
 
-def _download(model: str, cache_dir: str | None, local_dir: str | None) -> Path:
-    """Fetch ``model`` from the hub into the cache (or ``local_dir``) with a progress bar."""
+def _folder_bytes(folder: Path) -> int:
+    """Bytes of every file under ``folder``, partial downloads (``*.incomplete``) included."""
+    total = 0
+    for root, _dirs, files in os.walk(folder):
+        for name in files:
+            path = os.path.join(root, name)
+            try:
+                if not os.path.islink(path):
+                    total += os.stat(path).st_size
+            except OSError:  # renamed or removed while we looked
+                pass
+    return total
+
+
+def _watch_progress(
+    folder: Path, total: int, progress: Callable[[float], None], done: threading.Event
+) -> threading.Thread:
+    """Report the downloaded fraction every half second by measuring the files being written.
+
+    huggingface_hub's ``tqdm_class`` only counts finished files (the 2 GB weights file is one
+    of ~40), so the bytes on disk are the honest measure for a progress bar.
+    """
+
+    def run() -> None:
+        while not done.wait(0.5):
+            try:
+                progress(min(_folder_bytes(folder) / total, 0.99))
+            except Exception:  # noqa: BLE001 - a progress display must never break a download
+                logger.debug("progress callback failed", exc_info=True)
+
+    thread = threading.Thread(target=run, name="utter-download-progress", daemon=True)
+    thread.start()
+    return thread
+
+
+def _download(
+    model: str,
+    cache_dir: str | None,
+    local_dir: str | None,
+    progress: Callable[[float], None] | None = None,
+) -> Path:
+    """Fetch ``model`` from the hub into the cache (or ``local_dir``) with a progress bar.
+
+    ``progress``, when given, is called from a helper thread with the fraction downloaded (0..1).
+    """
     import requests
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import constants, snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
+    from huggingface_hub.file_download import repo_folder_name
 
     if _offline():
         raise _unreachable(model, "offline mode is on: HF_HUB_OFFLINE=1")
@@ -281,6 +327,14 @@ def _download(model: str, cache_dir: str | None, local_dir: str | None) -> Path:
         )
     where = local_dir or "the Hugging Face cache"
     logger.info("downloading %s%s to %s", model, _size_note(info), where)
+    total = sum(getattr(s, "size", None) or 0 for s in (getattr(info, "siblings", None) or []))
+    finished = threading.Event()
+    if progress is not None and total > 0:
+        progress(0.0)
+        watched = Path(local_dir) if local_dir else Path(cache_dir or constants.HF_HUB_CACHE)
+        if not local_dir:
+            watched = watched / repo_folder_name(repo_id=model, repo_type="model")
+        _watch_progress(watched, total, progress, finished)
     try:
         # huggingface_hub draws tqdm progress bars (one for the file count, one per large file);
         # HF_HUB_DISABLE_PROGRESS_BARS=1 turns them off.
@@ -298,11 +352,20 @@ def _download(model: str, cache_dir: str | None, local_dir: str | None) -> Path:
     except HfHubHTTPError as exc:
         status = getattr(getattr(exc, "response", None), "status_code", None)
         raise _unreachable(model, f"the hub answered HTTP {status} while downloading") from exc
+    finally:
+        finished.set()
+    if progress is not None:
+        progress(1.0)
     return Path(path)
 
 
-def resolve_checkpoint(model: str, cache_dir: str | None = None) -> Path:
+def resolve_checkpoint(
+    model: str, cache_dir: str | None = None, progress: Callable[[float], None] | None = None
+) -> Path:
     """The checked local folder for ``model``: an existing folder, or a hub id (cache first).
+
+    ``progress`` is called with the downloaded fraction (0..1) only when a download happens, so
+    a server can tell "downloading 40%" from "loading".
 
     Raises :class:`CheckpointError` with a message for the user when the folder is incomplete or
     of the wrong kind, when the path does not exist and is not a hub id, or when a hub id is not
@@ -328,7 +391,7 @@ def resolve_checkpoint(model: str, cache_dir: str | None = None) -> Path:
         return cached
     if cached is not None:
         logger.info("the cached copy of %s is incomplete; downloading the rest", model)
-    folder = _download(model, cache_dir, None)
+    folder = _download(model, cache_dir, None, progress)
     validate_checkpoint(folder, model)
     return folder
 

@@ -1,0 +1,81 @@
+"""The app factory: one FastAPI application for every place the service runs.
+
+``utter serve --api-only`` runs it alone, the studio mounts it under ``/tts`` in its own app,
+and ``deploy/modal_app.py`` hands it to Modal. It is mount-safe: no absolute redirects
+(``redirect_slashes=False``), no module-level state (everything hangs off ``app.state``), and
+nothing that needs the lifespan except starting the holder, which a mounting app does itself
+(``manage_holder=False``), because Starlette runs no lifespan events for mounted apps.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import Depends, FastAPI
+
+from .. import __version__
+from . import routes_health, routes_jobs, routes_openai, routes_seed, routes_voices
+from .deps import Service, require_api_key
+from .errors import install_error_handlers
+from .jobs import JobManager
+from .middleware import RequestContextMiddleware
+from .references import ReferenceService
+from .runtime import EngineHolder
+from .settings import ServerSettings
+from .voices import VoiceStore
+
+logger = logging.getLogger(__name__)
+
+DESCRIPTION = """\
+Voice cloning with Qwen3-TTS.
+
+* **Seed API** (`/clone`, `/clone-batch`, `/submit-job` ...): the reference audio travels with
+  every request (its prompt is cached by content).
+* **OpenAI API** (`/v1/audio/speech`): speak in a stored voice (`POST /v1/voices`).
+
+When the server has an API key, send `Authorization: Bearer KEY` or `X-API-Key: KEY`
+(`/health` and these docs stay open).
+"""
+
+
+def create_app(settings: ServerSettings, holder: EngineHolder) -> FastAPI:
+    """Build the service around ``holder`` (which may still be loading its model)."""
+    service = Service(
+        settings=settings,
+        holder=holder,
+        references=ReferenceService(settings),
+        voices=VoiceStore(settings.voices_dir),
+        jobs=JobManager(settings.jobs_dir, settings.job_ttl_s, settings.max_jobs),
+    )
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if settings.manage_holder:
+            holder.start()
+        try:
+            yield
+        finally:
+            service.jobs.cancel_all()
+            if settings.manage_holder:
+                holder.stop()
+
+    app = FastAPI(
+        title="Utter TTS",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        redirect_slashes=False,
+    )
+    app.state.service = service
+    install_error_handlers(app, settings.retry_after_s)
+    app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_request_bytes)
+
+    app.include_router(routes_health.router)
+    protected = [Depends(require_api_key)]
+    for module in (routes_seed, routes_jobs, routes_openai, routes_voices):
+        app.include_router(module.router, dependencies=protected)
+    if settings.api_key_value() is None and settings.host not in ("127.0.0.1", "localhost", "::1"):
+        logger.warning("serving on %s without an API key (set UTTER_API_KEY)", settings.host)
+    return app

@@ -1,0 +1,122 @@
+"""One shape for every error the service returns, and the handlers that produce it.
+
+Seed clients read ``detail`` (FastAPI's usual field); OpenAI clients read ``error.message``.
+Both are filled with the same sentence, written for the person who sent the request.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ..audio import AudioError
+from ..engine.batcher import QueueFullError
+from .runtime import ModelNotReady, ModelState
+
+logger = logging.getLogger(__name__)
+
+ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    409: "conflict_error",
+    413: "request_too_large",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+    500: "server_error",
+    503: "service_unavailable",
+    504: "timeout_error",
+}
+
+
+class ApiError(Exception):
+    """An error to send as is: HTTP status, a message for people, optional headers."""
+
+    def __init__(
+        self, status: int, message: str, headers: dict[str, str] | None = None, param: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status, self.message, self.headers, self.param = status, message, headers or {}, param
+
+
+def error_response(
+    status: int, message: str, headers: dict[str, str] | None = None, param: str | None = None
+) -> JSONResponse:
+    body = {
+        "error": {
+            "message": message,
+            "type": ERROR_TYPES.get(status, "error"),
+            "param": param,
+            "code": status,
+        },
+        "detail": message,
+    }
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def busy(retry_after_s: int, message: str) -> ApiError:
+    return ApiError(429, message, {"Retry-After": str(retry_after_s)})
+
+
+def not_ready(exc: ModelNotReady, retry_after_s: int) -> ApiError:
+    """503; Retry-After only when waiting can help (not for a model that failed to load)."""
+    headers = {} if exc.state is ModelState.FAILED else {"Retry-After": str(retry_after_s)}
+    return ApiError(503, exc.detail, headers)
+
+
+def _validation_message(exc: RequestValidationError) -> tuple[int, str, str | None]:
+    errors = exc.errors()
+    if any(e.get("type") == "json_invalid" for e in errors):
+        return 400, "The request body is not valid JSON.", None
+    parts, param = [], None
+    for e in errors[:5]:
+        loc = [str(p) for p in e.get("loc", ()) if p not in ("body", "query", "form")]
+        where = ".".join(loc) or "body"
+        param = param or where
+        msg = e.get("msg", "invalid value")
+        parts.append("missing required field" if e.get("type") == "missing" else msg)
+        parts[-1] = f"{where}: {parts[-1]}"
+    return 422, "Invalid request: " + "; ".join(parts) + ".", param
+
+
+def install_error_handlers(app: FastAPI, retry_after_s: int) -> None:
+    """Map our exceptions (and FastAPI's) onto :func:`error_response`."""
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return error_response(exc.status, exc.message, exc.headers, exc.param)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        status, message, param = _validation_message(exc)
+        return error_response(status, message, param=param)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error_response(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+
+    @app.exception_handler(AudioError)
+    async def _audio(_: Request, exc: AudioError) -> JSONResponse:
+        return error_response(400, str(exc), param="audio")
+
+    @app.exception_handler(QueueFullError)
+    async def _full(_: Request, exc: QueueFullError) -> JSONResponse:
+        return error_response(
+            429, f"The server is busy ({exc}); retry shortly.", {"Retry-After": str(retry_after_s)}
+        )
+
+    @app.exception_handler(ModelNotReady)
+    async def _not_ready(_: Request, exc: ModelNotReady) -> JSONResponse:
+        err = not_ready(exc, retry_after_s)
+        return error_response(err.status, err.message, err.headers)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unhandled error")
+        return error_response(500, "Internal server error; the server log has the details.")

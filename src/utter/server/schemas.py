@@ -1,0 +1,139 @@
+"""Request and response bodies of the HTTP API (they are also what /docs shows).
+
+Field names follow the two contracts we serve: the seed's voice-clone API (``text``,
+``ref_audio_base64``, ``max_new_tokens`` ...) and OpenAI's ``/v1/audio/speech`` (``input``,
+``voice``, ``response_format`` ...). Unknown fields are ignored, as the seed's service did.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+AudioFormat = Literal["wav", "pcm", "flac", "mp3", "opus", "aac"]
+
+
+class SamplingFields(BaseModel):
+    """Optional decoding overrides; anything left out comes from the checkpoint's defaults.
+
+    ``do_sample``/``temperature``/``top_k``/``top_p`` steer the talker (codebook 0), as in the
+    official ``generate_voice_clone``; the ``subtalker_*`` fields steer the code predictor.
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    do_sample: bool | None = None
+    temperature: float | None = Field(default=None, gt=0, le=10)
+    top_k: int | None = Field(default=None, ge=0)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    repetition_penalty: float | None = Field(default=None, gt=0, le=10)
+    seed: int | None = Field(default=None, ge=0, lt=2**63, description="fixed seed: same request, same audio")
+    subtalker_do_sample: bool | None = None
+    subtalker_temperature: float | None = Field(default=None, gt=0, le=10)
+    subtalker_top_k: int | None = Field(default=None, ge=0)
+    subtalker_top_p: float | None = Field(default=None, gt=0, le=1)
+
+
+class ReferenceFields(BaseModel):
+    ref_audio_base64: str | None = Field(default=None, description="reference recording, any common format")
+    ref_audio_url: str | None = Field(
+        default=None, description="http(s) URL; off unless the server allows it"
+    )
+    ref_text: str | None = Field(
+        default=None, description="transcript of the reference; omit for x-vector mode"
+    )
+    x_vector_only: bool = Field(default=False, description="clone from the speaker embedding only")
+
+
+class CloneRequest(SamplingFields, ReferenceFields):
+    """``POST /clone`` and ``POST /submit-job``."""
+
+    text: str
+    language: str = "Auto"
+    max_new_tokens: int | None = Field(
+        default=None,
+        ge=2,
+        description="as in the official package: at most max_new_tokens - 1 frames of 80 ms; "
+        "default: a limit derived from the text length",
+    )
+    stream: bool = Field(default=False, description="send the WAV chunk by chunk while it is generated")
+
+
+class CloneBatchRequest(SamplingFields, ReferenceFields):
+    """``POST /clone-batch``: several texts in one voice, generated as one batch."""
+
+    texts: list[str]
+    languages: list[str] | None = Field(default=None, description="one per text; default Auto for all")
+    max_new_tokens: int | None = Field(default=None, ge=2)
+
+
+class BatchAudio(BaseModel):
+    index: int
+    text: str
+    audio_base64: str
+    size_bytes: int
+
+
+class CloneBatchResponse(BaseModel):
+    status: str
+    count: int
+    audio_files: list[BatchAudio]
+
+
+class SpeechRequest(SamplingFields):
+    """``POST /v1/audio/speech`` (OpenAI-compatible). ``voice`` is the id of a stored voice."""
+
+    model: str = ""
+    input: str
+    voice: str
+    response_format: AudioFormat = "mp3"
+    speed: float = Field(default=1.0, ge=0.25, le=4.0)
+    stream_format: Literal["audio", "sse"] | None = Field(
+        default=None,
+        description="audio: stream raw audio (wav/flac with an unknown-length header); sse: server-sent "
+        "events with base64 chunks; default: stream every format except wav and flac",
+    )
+    language: str | None = Field(default=None, description="default: the stored voice's language")
+    max_frames: int | None = Field(default=None, ge=1, description="at most this many 80 ms frames")
+
+
+class VoiceInfo(BaseModel):
+    id: str
+    name: str
+    object: str = "voice"
+    language: str
+    ref_text: str | None
+    x_vector_only: bool
+    reference_seconds: float
+    model: str
+    created_at: float
+
+
+class VoiceList(BaseModel):
+    voices: list[VoiceInfo]
+
+
+class JobSubmitted(BaseModel):
+    job_id: str
+    status: str
+    text_length: int
+
+
+class JobStatus(BaseModel):
+    job_id: str
+    status: Literal["queued", "running", "completed", "failed", "cancelled"]
+    text_length: int
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    elapsed_seconds: float
+    frames_done: int
+    max_frames: int
+    progress: float
+    audio_seconds: float | None = None
+    error: str | None = None
+
+
+class JobRef(BaseModel):
+    job_id: str

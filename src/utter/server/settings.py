@@ -1,0 +1,92 @@
+"""Every knob of the TTS service in one object, read from ``UTTER_*`` environment variables.
+
+The same service runs on a laptop, a GPU box and Modal; only these values differ between them,
+so they all live here (with the reason for each default) and nowhere else.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MODEL = "Qwen/Qwen3-TTS-12Hz-0.6B-Base"
+
+
+def default_data_dir() -> Path:
+    return Path.home() / ".local" / "share" / "utter"
+
+
+class ServerSettings(BaseSettings):
+    """Configuration of the TTS service; each field is also ``UTTER_<FIELD>`` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="UTTER_", extra="ignore", protected_namespaces=())
+
+    # Model
+    model: str = DEFAULT_MODEL
+    device: str | None = None  # cuda when a GPU is present, else cpu
+    dtype: str | None = None  # bfloat16 on GPU, float32 on CPU
+    cache_dir: str | None = None  # Hugging Face cache for hub ids
+
+    # Network
+    host: str = "127.0.0.1"  # loopback unless asked: the service has no key by default
+    port: int = 8000
+
+    # Where stored voices and job results live (voices survive restarts; see voices.py, jobs.py).
+    data_dir: Path = Field(default_factory=default_data_dir)
+
+    # Optional API key, accepted as "Authorization: Bearer KEY" or "X-API-Key: KEY".
+    api_key: SecretStr | None = None
+
+    # Whether create_app's lifespan starts and stops the holder. The studio mounts the app and
+    # manages the holder itself (mounted apps get no lifespan events), so it sets this False.
+    manage_holder: bool = True
+
+    # Load: the batcher runs up to max_batch requests at once and queues max_queue more; beyond
+    # that requests are refused with 429 + Retry-After instead of waiting without bound.
+    max_batch: int = Field(default=16, ge=1)
+    max_queue: int = Field(default=64, ge=1)
+    first_chunk_frames: int = Field(default=4, ge=1)  # small first chunk: early first audio
+    chunk_frames: int = Field(default=12, ge=1)  # larger later chunks amortise decoding
+    retry_after_s: int = Field(default=2, ge=1)
+
+    # How long a request waits for a model that is still loading before it gets 503. On Modal
+    # the first request of a cold container arrives while the model loads, so wait a while.
+    ready_timeout_s: float = Field(default=60.0, ge=0)
+    # Longest a single generation may take (non-streaming) or go silent (streaming): then 504.
+    generation_timeout_s: float = Field(default=900.0, gt=0)
+
+    # Input limits
+    max_text_chars: int = Field(default=5000, ge=1)
+    max_batch_items: int = Field(default=32, ge=1)
+    max_request_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    ref_min_seconds: float = Field(default=1.0, ge=0)
+    ref_max_seconds: float = Field(default=60.0, gt=0)
+
+    # ref_audio_url is off by default (the server would fetch URLs on a client's behalf: SSRF).
+    allow_ref_audio_url: bool = False
+    # Also allow loopback/private/link-local targets (only for trusted internal networks).
+    ref_audio_url_allow_private: bool = False
+    ref_audio_url_max_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
+    ref_audio_url_timeout_s: float = Field(default=15.0, gt=0)
+
+    # Jobs (in memory; results as files under data_dir/jobs until fetched or expired).
+    job_ttl_s: float = Field(default=3600.0, gt=0)
+    max_jobs: int = Field(default=256, ge=1)
+
+    # Reference prompts computed for /clone are cached by content, so a client that sends the
+    # same reference with every request pays for encoding it once.
+    voice_cache_size: int = Field(default=32, ge=0)
+
+    @property
+    def voices_dir(self) -> Path:
+        return Path(self.data_dir).expanduser() / "tts" / "voices"
+
+    @property
+    def jobs_dir(self) -> Path:
+        return Path(self.data_dir).expanduser() / "tts" / "jobs"
+
+    def api_key_value(self) -> str | None:
+        value = self.api_key.get_secret_value() if self.api_key is not None else None
+        return value or None

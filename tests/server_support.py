@@ -1,0 +1,93 @@
+"""Helpers for the server tests: a real uvicorn server on a free loopback port, in a thread."""
+
+from __future__ import annotations
+
+import base64
+import io
+import socket
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import soundfile as sf
+import uvicorn
+
+from utter.server.app import create_app
+from utter.server.runtime import EngineHolder
+from utter.server.settings import ServerSettings
+
+API_KEY = "test-key-123"
+
+
+class LiveServer:
+    """``create_app`` (or ``app``) served by uvicorn over loopback; ``stop()`` shuts it down."""
+
+    def __init__(self, settings: ServerSettings, holder: EngineHolder, app=None) -> None:
+        self.settings, self.holder = settings, holder
+        self.app = app if app is not None else create_app(settings, holder)
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind(("127.0.0.1", 0))
+        self.port = self._sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="on")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self._sock]}, daemon=True)
+
+    def start(self) -> LiveServer:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("the test server did not start")
+            time.sleep(0.02)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+        self._sock.close()
+
+    def client(self, api_key: str | None = API_KEY, timeout: float = 120.0) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+
+
+def start_server(engine, tmp: Path, holder: EngineHolder | None = None, **overrides) -> LiveServer:
+    """A server around the session's tiny engine (its own batcher), with test-sized limits."""
+    values = dict(
+        model="tiny",
+        data_dir=tmp,
+        api_key=API_KEY,
+        max_text_chars=300,
+        ref_max_seconds=5.0,
+        max_request_bytes=2_000_000,
+        ready_timeout_s=5.0,
+        generation_timeout_s=120.0,
+        first_chunk_frames=1,
+        chunk_frames=2,
+    )
+    values.update(overrides)
+    settings = ServerSettings(**values)
+    if holder is None:
+        holder = EngineHolder.from_engine(
+            engine,
+            model="tiny",
+            max_batch=settings.max_batch,
+            max_queue=settings.max_queue,
+            first_chunk_frames=settings.first_chunk_frames,
+            chunk_frames=settings.chunk_frames,
+        )
+    return LiveServer(settings, holder).start()
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def read_wav(data: bytes) -> tuple[np.ndarray, int, str]:
+    """(int16 samples, rate, subtype) of a WAV file in memory."""
+    with sf.SoundFile(io.BytesIO(data)) as f:
+        return f.read(dtype="int16"), f.samplerate, f.subtype

@@ -1,0 +1,87 @@
+"""The seed's job API over a real server: submit, poll, fetch, and a cancel that stops compute."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.conftest import REF_TEXT
+from tests.server_support import b64, read_wav, start_server
+
+
+@pytest.fixture(scope="module")
+def server(engine, tmp_path_factory):
+    srv = start_server(engine, tmp_path_factory.mktemp("data"))
+    yield srv
+    srv.stop()
+
+
+def job_body(ref_wav, frames: int) -> dict:
+    return {
+        "text": "A job for a longer text.",
+        "language": "English",
+        "ref_audio_base64": b64(ref_wav.read_bytes()),
+        "ref_text": REF_TEXT,
+        "max_new_tokens": frames + 1,
+        "seed": 1,
+    }
+
+
+def wait_for(http, job_id: str, statuses: tuple[str, ...], timeout: float = 120) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = http.get("/job-status", params={"job_id": job_id}).json()
+        if status["status"] in statuses:
+            return status
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} never reached {statuses}")
+
+
+def test_job_lifecycle(server, ref_wav) -> None:
+    with server.client() as http:
+        r = http.post("/submit-job", json=job_body(ref_wav, 5))
+        assert r.status_code == 200, r.text
+        job = r.json()
+        assert job["status"] == "queued" and job["text_length"] == len("A job for a longer text.")
+        early = http.get("/job-result", params={"job_id": job["job_id"]})
+        if early.status_code == 202:  # still running
+            assert early.json()["status"] in ("queued", "running")
+        done = wait_for(http, job["job_id"], ("completed",))
+        assert done["frames_done"] == 5 and done["progress"] == 1.0 and done["audio_seconds"] == 0.4
+        result = http.get("/job-result", params={"job_id": job["job_id"]})
+        assert result.status_code == 200 and result.headers["content-type"] == "audio/wav"
+        samples, sr, _ = read_wav(result.content)
+        assert sr == 24000 and len(samples) == 5 * 1920
+        clone = http.post("/clone", json=job_body(ref_wav, 5))
+        assert clone.content[44:] == result.content[44:]  # same request, same audio
+        files = sorted(p.name for p in server.settings.jobs_dir.iterdir())
+        assert files == [f"{job['job_id']}.wav"]
+
+
+def test_cancel_stops_the_generation(server, ref_wav) -> None:
+    with server.client() as http:
+        job = http.post("/submit-job", json=job_body(ref_wav, 2000)).json()
+        wait_for(http, job["job_id"], ("running",))
+        r = http.post("/cancel-job", json={"job_id": job["job_id"]})
+        assert r.status_code == 200 and r.json() == {
+            "job_id": job["job_id"],
+            "status": "cancelled",
+            "cancelled": True,
+        }
+        status = http.get("/job-status", params={"job_id": job["job_id"]}).json()
+        assert status["status"] == "cancelled" and status["frames_done"] < 2000
+        assert server.holder.batcher.active == 0  # no compute left for it
+        assert http.get("/job-result", params={"job_id": job["job_id"]}).status_code == 410
+        assert not list(server.settings.jobs_dir.glob(f"{job['job_id']}*"))
+
+
+def test_job_errors(server, ref_wav) -> None:
+    with server.client() as http:
+        assert http.get("/job-status", params={"job_id": "job_nope"}).status_code == 404
+        assert http.get("/job-result", params={"job_id": "job_nope"}).status_code == 404
+        assert http.post("/cancel-job", params={"job_id": "job_nope"}).status_code == 404
+        assert http.post("/cancel-job", json={}).status_code == 422
+        assert http.get("/job-status").status_code == 422
+        bad = job_body(ref_wav, 3) | {"text": ""}
+        assert http.post("/submit-job", json=bad).status_code == 400
