@@ -25,7 +25,14 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
         "--model", default=DEFAULT_MODEL, help="hub id or local checkpoint folder (default: %(default)s)"
     )
     p.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda if available)")
-    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="weight dtype")
+    p.add_argument(
+        "--weight-mode",
+        "--dtype",
+        dest="weight_mode",
+        default=None,
+        choices=["float32", "bfloat16", "float16", "int8"],
+        help="weight format (default: int8 on CPUs, bfloat16 on GPUs)",
+    )
     p.add_argument("--cache-dir", default=None, help="Hugging Face cache folder for hub ids")
 
 
@@ -105,7 +112,10 @@ def _read_text(value: str | None, file: str | None, what: str) -> str | None:
 def _load_engine(args: argparse.Namespace):
     from .engine.engine import Engine
 
-    return Engine.load(args.model, device=args.device, dtype=args.dtype, cache_dir=args.cache_dir)
+    # One request at a time: max_batch=1 picks the fastest single-stream weight mode.
+    return Engine.load(
+        args.model, device=args.device, weight_mode=args.weight_mode, cache_dir=args.cache_dir, max_batch=1
+    )
 
 
 def _make_voice(engine, args: argparse.Namespace):

@@ -22,7 +22,6 @@ makes exactly the frames asked for (checked: ``frames_ok``):
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import logging
 import time
 from pathlib import Path
@@ -36,56 +35,30 @@ CPU_MODE_ORDER = ("int8", "bfloat16", "float16", "float32")
 GPU_MODE_ORDER = ("bfloat16", "float16", "float32")  # int8 has no fast GPU kernel yet
 
 
-def _quant():
-    """``utter.engine.quant`` when it exists (it is being added alongside the benchmark)."""
-    try:
-        from ..engine import quant
-    except ImportError:
-        return None
-    return quant
-
-
 def available_modes(device: str) -> list[str]:
-    """Weight modes this checkout can run on ``device``, the engine's default first."""
-    from ..engine.engine import DTYPES, default_dtype
+    """Weight modes to compare on ``device``, the engine's default (for one stream) first."""
+    from ..engine.quant import WEIGHT_MODES, default_weight_mode
 
-    quant = _quant()
-    modes = list(getattr(quant, "WEIGHT_MODES", DTYPES)) if quant else list(DTYPES)
-    default = quant.default_weight_mode(device) if quant else default_dtype(device)
+    default = default_weight_mode(device)
     order = GPU_MODE_ORDER if device.startswith("cuda") else CPU_MODE_ORDER
-    ranked = [m for m in order if m in modes] + [m for m in modes if m not in order]
+    ranked = [m for m in order if m in WEIGHT_MODES] + [m for m in WEIGHT_MODES if m not in order]
     if device.startswith("cuda") and "int8" in ranked and default != "int8":
-        ranked.remove("int8")
-    return [default] + [m for m in ranked if m != default] if default in modes else ranked
+        ranked.remove("int8")  # no fast int8 GPU kernel: it would only measure the fallback
+    return [default] + [m for m in ranked if m != default]
 
 
-def load_engine(model: str, device: str, mode: str):
-    """Engine.load in a weight mode: natively once Engine.load takes ``weight_mode``; until then
-    float modes load as that dtype and int8 loads in bfloat16 (the checkpoint's dtype) and is
-    quantised with ``quant.apply_weight_mode`` (the runner is rebuilt to read the new dtype)."""
-    from ..engine.engine import DTYPES, Engine
-    from ..engine.runner import Runner
+def load_engine(model: str, device: str, mode: str, max_batch: int = 16):
+    """Our engine with ``mode`` weights (see ``utter.engine.quant``)."""
+    from ..engine.engine import Engine
 
-    if "weight_mode" in inspect.signature(Engine.load).parameters:
-        return Engine.load(model, device=device, weight_mode=mode)
-    if mode in DTYPES:
-        return Engine.load(model, device=device, dtype=mode)
-    quant = _quant()
-    if quant is None or mode not in getattr(quant, "WEIGHT_MODES", ()):
-        raise ValueError(f"weight mode {mode!r} is not available in this checkout")
-    engine = Engine.load(model, device=device, dtype="bfloat16")
-    quant.apply_weight_mode(engine.talker, mode)
-    engine.dtype = quant.activation_dtype(mode, device)
-    engine.runner = Runner(engine.talker, engine.config)
-    return engine
+    return Engine.load(model, device=device, weight_mode=mode, max_batch=max_batch)
 
 
 def _options(engine, frames: int, sample: bool, seed: int):
     from ..engine.sampling import GenerationOptions
 
     base = engine.default_options() if sample else GenerationOptions.greedy()
-    extra = {"ignore_eos": True} if "ignore_eos" in {f.name for f in dataclasses.fields(base)} else {}
-    return dataclasses.replace(base, max_frames=frames, seed=seed, **extra)
+    return dataclasses.replace(base, max_frames=frames, seed=seed, ignore_eos=True)
 
 
 def _frame_run(engine, voice, opts, device: str) -> dict:

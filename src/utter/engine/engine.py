@@ -24,6 +24,7 @@ from .model.qwen3_tts import Qwen3TTSWeights
 from .model.speaker_encoder import extract_speaker_embedding
 from .model.speech_tokenizer import SpeechTokenizer
 from .prompt import build_prompt
+from .quant import WEIGHT_MODES, activation_dtype, apply_weight_mode, default_weight_mode
 from .runner import Runner, Sequence
 from .sampling import GenerationOptions, SamplingOptions
 from .streaming import AudioStream, PcmChunker
@@ -32,8 +33,6 @@ from .voice import VoicePrompt
 from .weights import load_weights
 
 logger = logging.getLogger(__name__)
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 # Runaway guard when end-of-speech never comes: generous next to real speech rates (about 3 to
 # 4 frames per text token), so it only cuts audio that has gone wrong.
@@ -44,11 +43,6 @@ WARM_STREAMS = 32  # voices whose warmed-up codec stream is kept
 
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def default_dtype(device: str) -> str:
-    """bfloat16 on GPUs; float32 on CPUs, where it is exact (faster weight modes are opt-in)."""
-    return "bfloat16" if device.startswith("cuda") else "float32"
 
 
 @dataclass(frozen=True)
@@ -82,6 +76,7 @@ class Engine:
         defaults: GenerationDefaults,
         device: torch.device,
         dtype: torch.dtype,
+        weight_mode: str,
     ) -> None:
         self.folder = folder
         self.config = config
@@ -91,7 +86,8 @@ class Engine:
         self.tokenizer = tokenizer
         self.defaults = defaults
         self.device = device
-        self.dtype = dtype
+        self.dtype = dtype  # activation dtype (hidden states, KV caches)
+        self.weight_mode = weight_mode
         self.runner = Runner(self.talker, config)
         self._warm_streams: OrderedDict[str, AudioStream] = OrderedDict()  # per voice, see audio_stream
 
@@ -106,34 +102,53 @@ class Engine:
         cuda_graphs: bool | None = None,
         max_batch: int = 16,
         max_len: int = 4096,
+        weight_mode: str | None = None,
     ) -> Engine:
         """Load a checkpoint folder or hub id (see :func:`resolve_checkpoint`).
+
+        ``weight_mode`` (float32, bfloat16, float16 or int8; ``dtype`` is an alias for the float
+        ones) defaults to the fastest safe mode for the device and ``max_batch`` (see
+        :func:`~utter.engine.quant.default_weight_mode`): int8 weights on CPUs for a few
+        concurrent requests, bfloat16 on GPUs.
 
         On CUDA the decode step runs from captured graphs (``cuda_graphs``, default on), with
         caches for ``max_batch`` concurrent requests of up to ``max_len`` positions allocated
         once; elsewhere caches grow as needed.
         """
         device = device or default_device()
-        dtype = dtype or default_dtype(device)
-        if dtype not in DTYPES:
-            raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+        if weight_mode and dtype and weight_mode != dtype:
+            raise ValueError("give either a weight mode or a dtype, not both")
+        mode = weight_mode or dtype or default_weight_mode(device, max_batch)
+        if mode not in WEIGHT_MODES:
+            raise ValueError(f"unknown weight mode {mode!r}; choose one of {', '.join(WEIGHT_MODES)}")
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise ValueError("device 'cuda' was asked for but no CUDA GPU is available")
         started = time.perf_counter()
         folder = resolve_checkpoint(model, cache_dir=cache_dir)
         config = ModelConfig.load(folder)  # resolve_checkpoint has checked it is a 12 Hz Base model
-        dev, dt = torch.device(device), DTYPES[dtype]
+        dev, dt = torch.device(device), activation_dtype(mode, device)
         with torch.device("meta"):
             weights = Qwen3TTSWeights(config)
         load_weights(weights, weight_files(folder), dev, dt)
+        apply_weight_mode(weights.talker, mode)
         weights.eval()
         codec = SpeechTokenizer.load(folder / "speech_tokenizer", device=dev, dtype=torch.float32)
         engine = cls(
-            folder, config, weights, codec, TextTokenizer(folder), GenerationDefaults.load(folder), dev, dt
+            folder,
+            config,
+            weights,
+            codec,
+            TextTokenizer(folder),
+            GenerationDefaults.load(folder),
+            dev,
+            dt,
+            mode,
         )
         if dev.type == "cuda" and cuda_graphs is not False:
             engine.runner.enable_graphs(max_batch, max_len)
-        logger.info("loaded %s on %s/%s in %.1fs", folder, device, dtype, time.perf_counter() - started)
+        logger.info(
+            "loaded %s on %s (%s weights) in %.1fs", folder, device, mode, time.perf_counter() - started
+        )
         return engine
 
     @property

@@ -42,7 +42,14 @@ def add_server_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("TTS service")
     g.add_argument("--model", default=None, help=f"hub id or checkpoint folder (default: {DEFAULT_MODEL})")
     g.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda if available)")
-    g.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="weight dtype")
+    g.add_argument(
+        "--dtype",
+        "--weight-mode",
+        dest="dtype",
+        default=None,
+        choices=["float32", "bfloat16", "float16", "int8"],
+        help="weight format (default: fastest safe for the device and batch size)",
+    )
     g.add_argument("--cache-dir", default=None, help="Hugging Face cache folder for hub ids")
     g.add_argument("--host", default=None, help="address to listen on (default: 127.0.0.1)")
     g.add_argument("--port", type=int, default=None, help="port to listen on (default: 8000)")

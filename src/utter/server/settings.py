@@ -26,7 +26,7 @@ class ServerSettings(BaseSettings):
     # Model
     model: str = DEFAULT_MODEL
     device: str | None = None  # cuda when a GPU is present, else cpu
-    dtype: str | None = None  # bfloat16 on GPU, float32 on CPU
+    dtype: str | None = None  # weight mode; None = quant.default_weight_mode(device, max_batch)
     cache_dir: str | None = None  # Hugging Face cache for hub ids
 
     # Network
