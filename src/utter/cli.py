@@ -92,9 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .bench.commands import register as register_bench
     from .server.commands import register as register_client
+    from .studio.commands import register as register_studio
 
     register_bench(sub)
     register_client(sub)
+    register_studio(sub)
     return parser
 
 

@@ -1,0 +1,98 @@
+"""The studio app factory: API routes, pages, static files and the TTS service under ``/tts``.
+
+It starts serving at once: the database is migrated (quick), the model is downloaded and
+loaded in the background (its state shows in ``/api/health`` and the pages), and the job
+worker picks up queued jobs, including those a previous run left behind, once it is ready.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+
+from .. import __version__
+from ..server.errors import install_error_handlers
+from . import (
+    routes_generate,
+    routes_generations,
+    routes_health,
+    routes_languages,
+    routes_voices,
+)
+from .db import Database
+from .deps import Studio
+from .jobs import JobQueue
+from .limits import BodySizeLimit
+from .provider import LocalProvider, TTSProvider, make_provider
+from .settings import StudioSettings
+from .storage import Storage
+from .worker import JobRunner
+
+logger = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).parent / "static"
+FORM_OVERHEAD = 1024 * 1024  # multipart framing and the text fields around an upload
+
+
+def _mount_tts(app: FastAPI, settings: StudioSettings, provider: LocalProvider) -> None:
+    """The TTS service (seed /clone API, OpenAI API) on the same model, under /tts."""
+    from ..server.app import create_app
+    from ..server.settings import ServerSettings
+
+    server_settings = ServerSettings(
+        model=settings.model,
+        device=settings.device,
+        dtype=settings.dtype,
+        cache_dir=settings.cache_dir,
+        data_dir=settings.data_dir,
+        host=settings.host,
+        max_batch=settings.max_batch,
+        max_queue=settings.max_queue,
+        manage_holder=False,  # the studio starts and stops the holder (mounted apps get no lifespan)
+    )
+    app.mount("/tts", create_app(server_settings, provider.holder))
+
+
+def create_studio_app(settings: StudioSettings | None = None, provider: TTSProvider | None = None) -> FastAPI:
+    """Build the studio. Without arguments, settings come from ``UTTER_*`` variables (uvicorn's
+    factory mode, used by ``utter serve``); tests pass a provider around an engine they loaded."""
+    settings = settings or StudioSettings()
+    storage = Storage(settings.data_dir)
+    db = Database(settings.db_url)
+    db.migrate()
+    provider = provider or make_provider(settings, storage)
+    queue = JobQueue(db.sessions, settings.job_lease_seconds, settings.job_max_attempts)
+    runner = JobRunner(settings, queue, storage, provider)
+    studio = Studio(settings, db, storage, provider, queue, runner)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        provider.start()  # returns at once; the model loads in the background
+        await runner.start()
+        try:
+            yield
+        finally:
+            await runner.stop()
+            provider.stop()
+            db.dispose()
+
+    app = FastAPI(title="Utter studio", version=__version__, lifespan=lifespan)
+    app.state.studio = studio
+    install_error_handlers(app, retry_after_s=2)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes + FORM_OVERHEAD, prefix="/api")
+    for module in (routes_voices, routes_generate, routes_generations, routes_languages, routes_health):
+        app.include_router(module.router)
+    if importlib.util.find_spec(f"{__package__}.pages") is not None:  # the pages are optional
+        app.include_router(importlib.import_module(f"{__package__}.pages").router)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static")
+    if isinstance(provider, LocalProvider):
+        _mount_tts(app, settings, provider)
+    logger.info("studio data in %s, %s TTS", storage.root, provider.kind)
+    return app

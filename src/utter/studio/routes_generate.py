@@ -1,0 +1,123 @@
+"""``POST /api/generate`` queues a job; ``/api/tasks`` shows jobs and cancels them.
+
+The job is written to the database before the answer is sent, so it survives a restart; a
+worker (worker.py, in this or another process) picks it up when the model is ready. While the
+model downloads or loads, the job waits and its task says so; if the local model failed to
+load, the request is refused with the reason, since waiting cannot help until a restart.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from sqlalchemy import select
+
+from ..server.errors import ApiError
+from ..server.runtime import ModelState
+from .deps import SessionDep, StudioDep
+from .inputs import clean_text, require_id
+from .models import Generation, Task, Voice
+from .routes_languages import resolve_language
+from .schemas import (
+    COMPLETED,
+    FAILED,
+    QUEUED,
+    STATUSES,
+    GenerateIn,
+    GenerateOut,
+    TaskList,
+    TaskOut,
+)
+from .views import task_out
+
+logger = logging.getLogger(__name__)
+router = APIRouter(prefix="/api", tags=["generate"])
+
+OPTION_FIELDS = {"temperature", "top_k", "top_p", "repetition_penalty", "greedy", "max_frames"}
+
+
+@router.post("/generate", status_code=202, response_model=GenerateOut)
+def generate(body: GenerateIn, studio: StudioDep, session: SessionDep) -> GenerateOut:
+    text = clean_text(body.text).strip()
+    if not text:
+        raise ApiError(422, "The text is empty: type something to say.", param="text")
+    limit = studio.settings.max_text_chars
+    if len(text) > limit:
+        raise ApiError(422, f"The text is {len(text)} characters long; the limit is {limit}.", param="text")
+    language = resolve_language(studio, body.language)
+    voice = session.get(Voice, body.voice_id) if re.fullmatch(r"[0-9a-f]{32}", body.voice_id) else None
+    if voice is None:
+        raise ApiError(404, "Voice not found: it may have been deleted.", param="voice_id")
+    provider = studio.provider
+    if provider.kind == "local" and provider.state is ModelState.FAILED:
+        status = provider.status()
+        raise ApiError(
+            503, f"The model is not available: {status.get('error')} {status.get('hint') or ''}".strip()
+        )
+    seed = body.seed if body.seed is not None else secrets.randbits(63)
+    gen = Generation(
+        voice_id=voice.id,
+        voice_name=voice.name,
+        text=text,
+        language=language,
+        options=body.model_dump(include=OPTION_FIELDS, exclude_none=True, exclude_defaults=True),
+        seed=seed,
+        status=QUEUED,
+    )
+    task = Task(generation=gen, status=QUEUED, message="queued")
+    session.add_all([gen, task])
+    session.commit()
+    studio.runner.wake()
+    logger.info("queued generation %s (%d characters) as task %s", gen.id, len(text), task.id)
+    return GenerateOut(task_id=task.id, generation_id=gen.id, status=task.status)
+
+
+def _task(session: SessionDep, task_id: str) -> Task:
+    task = session.get(Task, require_id(task_id, "Task"))
+    if task is None:
+        raise ApiError(404, "Task not found.")
+    return task
+
+
+@router.get("/tasks", response_model=TaskList)
+def list_tasks(
+    studio: StudioDep,
+    session: SessionDep,
+    status: Annotated[list[str] | None, Query()] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> TaskList:
+    query = select(Task)
+    if status:
+        unknown = [s for s in status if s not in STATUSES]
+        if unknown:
+            raise ApiError(
+                422, f"Unknown status {unknown[0]!r}; use one of: {', '.join(STATUSES)}.", param="status"
+            )
+        query = query.where(Task.status.in_(status))
+    rows = session.scalars(query.order_by(Task.created_at.desc(), Task.id).limit(limit)).all()
+    model = studio.provider.status()
+    return TaskList(tasks=[task_out(t, model) for t in rows])
+
+
+@router.get("/tasks/{task_id}", response_model=TaskOut)
+def get_task(task_id: str, studio: StudioDep, session: SessionDep) -> TaskOut:
+    return task_out(_task(session, task_id), studio.provider.status())
+
+
+@router.post("/tasks/{task_id}/cancel", response_model=TaskOut)
+def cancel_task(task_id: str, studio: StudioDep) -> TaskOut:
+    """Cancel a job: a queued one ends at once, a running one within a moment (its stream stops).
+
+    Cancelling a cancelled task is fine (the same answer again); a finished one is a 409.
+    """
+    task = studio.queue.request_cancel(require_id(task_id, "Task"))
+    if task is None:
+        raise ApiError(404, "Task not found.")
+    if task.status in (COMPLETED, FAILED):
+        raise ApiError(409, f"The task has already {task.status}; there is nothing to cancel.")
+    studio.runner.cancel_local(task_id)
+    return task_out(task, studio.provider.status())

@@ -1,0 +1,196 @@
+"""Voices: clone one from an upload, list/search, rename or re-transcribe, delete, hear the reference.
+
+An upload is checked on the server before anything is stored: its size (also capped while it
+arrives, see limits.py), that a real decoder can read it (wav, mp3, m4a, flac, ogg ...), and its
+length. The recording is kept decoded as 24 kHz mono WAV; the voice prompt the model needs is
+computed from it on first use (see provider.py), so cloning works while the model downloads.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, Query, Response, UploadFile
+from fastapi.responses import FileResponse
+from sqlalchemy import func, or_, select, update
+from sqlalchemy.orm import Session
+
+from ..audio import SAMPLE_RATE, AudioError, load_audio
+from ..server.errors import ApiError
+from .deps import SessionDep, Studio, StudioDep
+from .inputs import clean_text, require_id
+from .models import Generation, Task, Voice, new_id
+from .routes_languages import resolve_language
+from .schemas import ACTIVE, CloneOut, VoiceList, VoiceOut, VoiceUpdate
+from .views import like, pages, voice_out
+
+logger = logging.getLogger(__name__)
+router = APIRouter(prefix="/api", tags=["voices"])
+
+MAX_NAME_CHARS = 100
+
+
+def _name(value: str | None) -> str:
+    name = " ".join(clean_text(value).split())
+    if not name:
+        raise ApiError(422, "Give the voice a name.", param="name")
+    if len(name) > MAX_NAME_CHARS:
+        raise ApiError(
+            422, f"The name is too long ({len(name)} characters; at most {MAX_NAME_CHARS}).", param="name"
+        )
+    return name
+
+
+def _transcript(studio: Studio, value: str | None) -> str:
+    text = " ".join(clean_text(value).split())
+    if not text:
+        raise ApiError(
+            422, "Give the transcript: the exact words spoken in the recording.", param="transcript"
+        )
+    limit = studio.settings.max_transcript_chars
+    if len(text) > limit:
+        raise ApiError(
+            422, f"The transcript is too long ({len(text)} characters; at most {limit}).", param="transcript"
+        )
+    return text
+
+
+def _get_voice(session: Session, voice_id: str) -> Voice:
+    voice = session.get(Voice, require_id(voice_id, "Voice"))
+    if voice is None:
+        raise ApiError(404, "Voice not found.", param="voice_id")
+    return voice
+
+
+@router.post("/clone", status_code=201, response_model=CloneOut)
+def clone(
+    studio: StudioDep,
+    session: SessionDep,
+    name: Annotated[str, Form()],
+    audio: Annotated[UploadFile, File(description="reference recording: wav, mp3, m4a, flac, ogg ...")],
+    transcript: Annotated[str | None, Form()] = None,
+    language: Annotated[str, Form()] = "Auto",
+    x_vector_only: Annotated[bool, Form()] = False,
+) -> CloneOut:
+    settings = studio.settings
+    name = _name(name)
+    language = resolve_language(studio, language)
+    text = None if x_vector_only else _transcript(studio, transcript)
+    data = audio.file.read(settings.max_upload_bytes + 1)
+    if len(data) > settings.max_upload_bytes:
+        raise ApiError(
+            413, f"The audio file is too large: the limit is {settings.max_upload_mb:g} MB.", param="audio"
+        )
+    try:
+        wav, _ = load_audio(data, target_sr=SAMPLE_RATE)
+    except AudioError as exc:
+        raise ApiError(
+            422, str(exc).replace("the uploaded audio", f"{audio.filename or 'the upload'!r}"), param="audio"
+        ) from exc
+    seconds = len(wav) / SAMPLE_RATE
+    lo, hi = settings.min_ref_seconds, settings.max_ref_seconds
+    if not lo <= seconds <= hi:
+        raise ApiError(
+            422,
+            f"The recording is {seconds:.1f} s long; use one between {lo:g} and {hi:g} seconds.",
+            param="audio",
+        )
+    voice_id = new_id()
+    path = studio.storage.save_voice_audio(voice_id, wav)
+    try:
+        voice = Voice(
+            id=voice_id,
+            name=name,
+            language=language,
+            reference_transcript=text,
+            reference_seconds=round(seconds, 3),
+            audio_path=studio.storage.relative(path),
+        )
+        session.add(voice)
+        session.commit()
+    except BaseException:
+        studio.storage.delete_voice(voice_id)  # nothing half-made stays behind
+        raise
+    logger.info("cloned voice %s (%s, %.1f s)", voice_id, name, seconds)
+    return CloneOut(id=voice_id, name=name)
+
+
+@router.get("/voices", response_model=VoiceList)
+def list_voices(
+    session: SessionDep,
+    page: Annotated[int, Query(ge=1)] = 1,
+    per_page: Annotated[int, Query(ge=1, le=100)] = 20,
+    search: Annotated[str | None, Query(max_length=200)] = None,
+) -> VoiceList:
+    query = select(Voice)
+    search = clean_text(search).strip()
+    if search:
+        pattern = like(search)
+        query = query.where(
+            or_(
+                Voice.name.ilike(pattern, escape="\\"), Voice.reference_transcript.ilike(pattern, escape="\\")
+            )
+        )
+    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    rows = session.scalars(
+        query.order_by(Voice.created_at.desc(), Voice.id).offset((page - 1) * per_page).limit(per_page)
+    ).all()
+    return VoiceList(
+        voices=[voice_out(v) for v in rows],
+        total=total,
+        page=page,
+        per_page=per_page,
+        pages=pages(total, per_page),
+    )
+
+
+@router.get("/voices/{voice_id}", response_model=VoiceOut)
+def get_voice(voice_id: str, session: SessionDep) -> VoiceOut:
+    return voice_out(_get_voice(session, voice_id))
+
+
+@router.patch("/voices/{voice_id}", response_model=VoiceOut)
+def update_voice(voice_id: str, body: VoiceUpdate, studio: StudioDep, session: SessionDep) -> VoiceOut:
+    voice = _get_voice(session, voice_id)
+    fields = body.model_fields_set
+    if not fields:
+        raise ApiError(422, "Nothing to change: give name, reference_transcript or language.")
+    if "name" in fields:
+        voice.name = _name(body.name)
+    if "language" in fields:
+        voice.language = resolve_language(studio, body.language)
+    new_transcript = None
+    if "reference_transcript" in fields:
+        new_transcript = _transcript(studio, body.reference_transcript)
+        voice.reference_transcript = new_transcript
+    session.commit()
+    if new_transcript is not None:
+        studio.storage.delete_voice_prompts(voice.id)  # the voice is computed again from the new words
+    return voice_out(voice)
+
+
+@router.delete("/voices/{voice_id}", status_code=204)
+def delete_voice(voice_id: str, studio: StudioDep, session: SessionDep) -> Response:
+    """Delete a voice and its files. Its unfinished jobs are cancelled; finished audio is kept."""
+    voice = _get_voice(session, voice_id)
+    active = session.scalars(
+        select(Task.id).join(Generation).where(Generation.voice_id == voice.id, Task.status.in_(ACTIVE))
+    ).all()
+    session.delete(voice)
+    session.execute(update(Generation).where(Generation.voice_id == voice_id).values(voice_id=None))
+    session.commit()
+    for task_id in active:
+        studio.queue.request_cancel(task_id, "the voice was deleted")
+        studio.runner.cancel_local(task_id)
+    studio.storage.delete_voice(voice_id)
+    return Response(status_code=204)
+
+
+@router.get("/voices/{voice_id}/preview", response_class=FileResponse)
+def preview(voice_id: str, studio: StudioDep, session: SessionDep) -> FileResponse:
+    voice = _get_voice(session, voice_id)
+    path = studio.storage.resolve(voice.audio_path)
+    if not path.is_file():
+        raise ApiError(404, "The recording of this voice is missing from the data directory.")
+    return FileResponse(path, media_type="audio/wav")

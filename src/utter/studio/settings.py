@@ -1,0 +1,88 @@
+"""Studio configuration: one pydantic-settings object, read from ``UTTER_*`` environment variables.
+
+``utter serve`` turns its command-line flags into these variables before it starts the web
+server, so every worker process (uvicorn starts them fresh) builds the same settings from its
+environment without any state being pickled across.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MODEL = "Qwen/Qwen3-TTS-12Hz-0.6B-Base"
+
+
+def default_data_dir() -> Path:
+    """``~/.local/share/utter``: where voices, audio and the database live (as for the TTS service)."""
+    return Path.home() / ".local" / "share" / "utter"
+
+
+class StudioSettings(BaseSettings):
+    """Everything the studio can be told. Field ``x`` is set by the environment variable ``UTTER_X``."""
+
+    model_config = SettingsConfigDict(env_prefix="UTTER_", extra="ignore", validate_default=True)
+
+    # Where things live.
+    data_dir: Path = Field(default_factory=default_data_dir)
+    database_url: str | None = None  # None: SQLite file utter.db inside data_dir
+
+    # Which TTS to talk to: the in-process engine (default) or a remote utter service.
+    model: str = DEFAULT_MODEL
+    device: str | None = None
+    dtype: str | None = None
+    cache_dir: str | None = None
+    max_batch: int = Field(16, ge=1)
+    max_queue: int = Field(64, ge=1)
+    tts_endpoint: str | None = None  # e.g. https://me--utter.modal.run; set -> RemoteProvider
+    tts_api_key: SecretStr | None = None
+    tts_timeout: float = Field(900.0, gt=0)  # seconds one remote chunk may take
+
+    # Web server.
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    workers: int = Field(1, ge=1)
+
+    # Uploads and texts.
+    max_upload_mb: float = Field(25.0, gt=0)
+    min_ref_seconds: float = Field(3.0, ge=0)
+    max_ref_seconds: float = Field(60.0, gt=0)
+    max_text_chars: int = Field(20000, ge=1)
+    max_transcript_chars: int = Field(2000, ge=1)
+
+    # Long texts: chunk size in "cost" units (a Latin character is 1, a CJK character 3) and
+    # the crossfade between chunks.
+    chunk_chars: int = Field(300, ge=20)
+    crossfade_ms: float = Field(40.0, ge=0)
+
+    # Jobs.
+    job_slots: int = Field(4, ge=1)  # jobs one process runs at once (they share the batcher)
+    job_lease_seconds: float = Field(30.0, gt=0)  # a job whose worker stops heartbeating is recovered
+    job_max_attempts: int = Field(3, ge=1)  # after this many interrupted runs a job fails
+    job_poll_seconds: float = Field(1.0, gt=0)  # how often an idle worker looks for new jobs
+
+    @field_validator("tts_endpoint", "database_url", "device", "dtype", "cache_dir", mode="before")
+    @classmethod
+    def _blank_is_none(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @model_validator(mode="after")
+    def _check_ranges(self) -> StudioSettings:
+        if self.min_ref_seconds >= self.max_ref_seconds:
+            raise ValueError("min_ref_seconds must be below max_ref_seconds")
+        return self
+
+    @property
+    def db_url(self) -> str:
+        """The SQLAlchemy URL to use: ``database_url`` or the embedded SQLite file."""
+        return self.database_url or f"sqlite:///{self.data_dir.expanduser().resolve() / 'utter.db'}"
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+    @property
+    def remote(self) -> bool:
+        return self.tts_endpoint is not None

@@ -1,0 +1,149 @@
+// Runs on every page: the model-state banner (from GET /api/health) and the header's running-job
+// indicator (from the task store), plus a toast when a job finishes while you are elsewhere.
+
+import { api } from "./api.js";
+import { activeTasks, onTasks, poll } from "./tasks-store.js";
+import { bytes, config, role, toast } from "./ui.js";
+
+// ---- model state ---------------------------------------------------------------------------
+
+const STATES = {
+  ready: ["ready", "ok", "loaded", "healthy", "up"],
+  downloading: ["downloading", "download"],
+  loading: ["loading", "starting", "initializing", "initialising", "warming", "pending", "idle", "not_loaded"],
+  failed: ["failed", "error", "unavailable", "offline", "missing"],
+};
+
+/** /api/health's answer under stable names: {state, progress, detail, reason, hint, model}. */
+export function normHealth(h) {
+  const m = h && typeof h.model === "object" && h.model !== null ? h.model : h || {};
+  const raw = String(m.state ?? m.status ?? h?.model_state ?? h?.state ?? h?.status ?? "").toLowerCase();
+  let state = "loading";
+  for (const [name, words] of Object.entries(STATES)) if (words.includes(raw)) state = name;
+  let progress = m.progress ?? m.download_progress ?? null;
+  const done = Number(m.downloaded_bytes ?? m.bytes_done ?? m.downloaded ?? NaN);
+  const total = Number(m.total_bytes ?? m.bytes_total ?? m.total ?? NaN);
+  if ((progress === null || progress === undefined) && total > 0 && Number.isFinite(done)) progress = done / total;
+  if (progress !== null && progress !== undefined) {
+    progress = Number(progress);
+    if (progress > 1) progress /= 100;
+  }
+  return {
+    state,
+    progress: Number.isFinite(progress) ? Math.min(1, Math.max(0, progress)) : null,
+    done: Number.isFinite(done) ? done : null,
+    total: Number.isFinite(total) ? total : null,
+    reason: m.reason ?? m.error ?? m.message ?? h?.error ?? "",
+    hint: m.hint ?? m.help ?? h?.hint ?? "",
+    model: m.name ?? m.id ?? m.model ?? h?.model_name ?? (typeof h?.model === "string" ? h.model : ""),
+    device: m.device ?? h?.device ?? "",
+  };
+}
+
+const healthListeners = new Set();
+let lastHealth = null;
+
+/** Subscribe to model-state changes (called at once if a state is known). */
+export function onHealth(fn) {
+  healthListeners.add(fn);
+  if (lastHealth) fn(lastHealth);
+  return () => healthListeners.delete(fn);
+}
+
+function renderHealth(h) {
+  const banner = document.getElementById("model-banner");
+  const chip = document.getElementById("model-chip");
+  const bar = role(banner, "progress");
+  const chipText = {
+    ready: "Model ready",
+    downloading: "Downloading model",
+    loading: "Loading model",
+    failed: "Model unavailable",
+    unreachable: "Server offline",
+  }[h.state];
+  chip.dataset.state = h.state;
+  role(chip, "text").textContent = chipText;
+  chip.title = [h.model, h.device].filter(Boolean).join(" · ") || chipText;
+
+  banner.dataset.state = h.state;
+  banner.hidden = h.state === "ready";
+  let title = "";
+  let detail = "";
+  let hint = h.hint || "";
+  if (h.state === "downloading") {
+    title = "Downloading the model…";
+    const pct = h.progress !== null ? `${Math.round(h.progress * 100)}%` : "";
+    const size = h.total ? `${bytes(h.done || 0)} of ${bytes(h.total)}` : "";
+    detail = [pct, size].filter(Boolean).join(" · ") + ". Pages work now; generation starts when it is ready.";
+  } else if (h.state === "loading") {
+    title = "Loading the model…";
+    detail = "Pages work now; generation requests wait until it is ready.";
+  } else if (h.state === "failed") {
+    title = "The model is unavailable.";
+    detail = h.reason || "It could not be loaded.";
+    hint ||= "Check the server's log, then restart it with a model it can reach (e.g. --model pointing at a local folder).";
+  } else if (h.state === "unreachable") {
+    title = "Cannot reach the studio server.";
+    detail = "Retrying…";
+    hint = "";
+  }
+  role(banner, "title").textContent = title;
+  role(banner, "detail").textContent = detail;
+  role(banner, "hint").textContent = hint;
+  role(banner, "hint").hidden = !hint;
+  const showBar = h.state === "downloading" || h.state === "loading";
+  bar.hidden = !showBar;
+  bar.classList.toggle("indeterminate", showBar && h.progress === null);
+  role(bar, "bar").style.width = h.progress !== null ? `${(h.progress * 100).toFixed(1)}%` : "";
+}
+
+let healthTimer = null;
+
+async function pollHealth() {
+  clearTimeout(healthTimer);
+  let h;
+  try {
+    h = normHealth(await api("/api/health"));
+  } catch (err) {
+    // A 503 with a body still describes the model (e.g. failed); anything else: server unreachable.
+    h = err.body && typeof err.body === "object" ? normHealth(err.body) : { state: "unreachable", progress: null };
+    if (err.body && typeof err.body === "object" && h.state === "loading" && !err.body.model && !err.body.state) {
+      h = { ...h, state: "failed", reason: err.message };
+    }
+  }
+  lastHealth = h;
+  renderHealth(h);
+  for (const fn of healthListeners) fn(h);
+  healthTimer = setTimeout(pollHealth, h.state === "ready" || h.state === "failed" ? 15000 : 1500);
+}
+
+// ---- running-job indicator -----------------------------------------------------------------
+
+const seen = new Map(); // task id -> last status seen in this page
+
+function renderIndicator(tasks) {
+  const el = document.getElementById("task-indicator");
+  if (!el) return;
+  const active = activeTasks();
+  el.hidden = active.length === 0;
+  if (active.length) {
+    const first = active[0];
+    const pct = Math.round((first.progress || 0) * 100);
+    const what = first.status === "queued" ? "Queued" : `Generating ${pct}%`;
+    role(el, "label").textContent = active.length > 1 ? `${active.length} jobs · ${what}` : what;
+    role(el, "bar").style.width = `${first.status === "queued" ? 0 : pct}%`;
+    el.title = first.title ? `“${first.title.slice(0, 80)}”` : "Running jobs";
+  }
+  for (const t of tasks) {
+    const before = seen.get(String(t.id));
+    if (before && before !== t.status && config.page !== "generate") {
+      if (t.status === "completed") toast("Your speech is ready — see History.", "success");
+      else if (t.status === "failed") toast(`A job failed: ${t.error || "unknown error"}`, "error", 7000);
+    }
+    seen.set(String(t.id), t.status);
+  }
+}
+
+onTasks(renderIndicator);
+poll();
+pollHealth();

@@ -1,0 +1,148 @@
+// History page: search, status filter, pagination; play, download, regenerate, delete.
+// While any listed item is still queued or running, the list refreshes itself.
+
+import { api, generationAudioUrl, normStatus, pageOf } from "./api.js";
+import { WaveformPlayer } from "./waveform.js";
+import { $, alertIn, confirmDialog, debounce, pager, role, secs, show, statusLabel, syncQuery, toast, when } from "./ui.js";
+
+const PER_PAGE = 10;
+const list = $("#history-list");
+const tpl = $("#history-row");
+const empty = $("#empty");
+const search = $("#search");
+const statusSel = $("#status-filter");
+const listError = $("#list-error");
+
+const q = new URLSearchParams(location.search);
+let page = Number(q.get("page")) || 1;
+search.value = q.get("search") ?? "";
+statusSel.value = q.get("status") ?? "";
+let refresh = null;
+const players = new Map(); // generation id -> player kept open across refreshes
+let lastKey = "";
+
+const renderPager = pager($("#pager"), (p) => load(p));
+
+async function load(p = page) {
+  page = Math.max(1, p);
+  clearTimeout(refresh);
+  const term = search.value.trim();
+  const status = statusSel.value;
+  syncQuery({ page, search: term, status });
+  let data;
+  try {
+    data = pageOf(await api("/api/generations", { params: { page, per_page: PER_PAGE, search: term, status } }), ["generations"], PER_PAGE);
+  } catch (err) {
+    alertIn(listError, err.message);
+    refresh = setTimeout(load, 5000);
+    return;
+  }
+  alertIn(listError, "");
+  if (!data.items.length && page > 1 && data.total > 0) return load(data.pages);
+  // Rebuild only what changed, so an open player keeps playing while the list refreshes.
+  const key = JSON.stringify(data.items.map((g) => [g.id, g.status, g.text, g.voice_name ?? g.voice?.name, g.duration, g.error_message]));
+  if (key !== lastKey) {
+    lastKey = key;
+    const keep = new Set(data.items.map((g) => String(g.id)));
+    for (const [id, pl] of players) if (!keep.has(id)) (pl.destroy(), players.delete(id));
+    list.replaceChildren(...data.items.map(row));
+  }
+  if (!data.items.length) {
+    empty.textContent = term || status ? "Nothing matches these filters." : "Nothing generated yet.";
+    if (!term && !status) empty.innerHTML = 'Nothing generated yet. <a href="/generate">Generate something</a>.';
+  }
+  show(empty, !data.items.length);
+  renderPager(data.page, data.pages, data.total);
+  if (data.items.some((g) => ["queued", "running"].includes(normStatus(g.status)))) refresh = setTimeout(load, 1500);
+}
+
+function row(g) {
+  const el = tpl.content.firstElementChild.cloneNode(true);
+  const id = String(g.id);
+  el.dataset.id = id;
+  const status = normStatus(g.status);
+  el.dataset.status = status;
+  const badge = role(el, "status");
+  badge.dataset.status = status;
+  badge.textContent = statusLabel[status];
+  const voiceName = g.voice_name ?? g.voice?.name ?? (g.voice_id ? "deleted voice" : "");
+  role(el, "voice").textContent = voiceName;
+  role(el, "text").textContent = g.text;
+  role(el, "text").title = g.text;
+  const err = g.error_message ?? g.error;
+  if (status === "failed" && err) {
+    role(el, "error").textContent = err;
+    show(role(el, "error"));
+  }
+  const genTime = g.generation_time ?? g.generation_seconds ?? g.elapsed_seconds;
+  role(el, "meta").textContent = [
+    g.language,
+    g.duration ?? g.duration_seconds ? `${secs(g.duration ?? g.duration_seconds)} audio` : "",
+    genTime ? `made in ${secs(genTime)}` : "",
+    when(g.created_at),
+  ]
+    .filter(Boolean)
+    .join(" · ");
+
+  const audioUrl = g.audio_url ?? generationAudioUrl(g.id);
+  const playBtn = role(el, "play");
+  const dl = role(el, "download");
+  const done = status === "completed";
+  playBtn.hidden = !done;
+  dl.hidden = !done;
+  dl.href = audioUrl + (audioUrl.includes("?") ? "&" : "?") + "download=1";
+  dl.download = `utter-${id}.wav`;
+
+  const box = role(el, "player");
+  if (players.has(id)) {
+    box.replaceChildren(players.get(id).root);
+    players.get(id).container = box;
+    show(box);
+    playBtn.textContent = "Hide player";
+  }
+  playBtn.addEventListener("click", () => {
+    const existing = players.get(id);
+    if (existing) {
+      existing.destroy();
+      players.delete(id);
+      show(box, false);
+      playBtn.textContent = "▶ Play";
+      return;
+    }
+    const pl = new WaveformPlayer(box, { src: audioUrl, compact: true });
+    players.set(id, pl);
+    show(box);
+    playBtn.textContent = "Hide player";
+    pl.ready.then(() => pl.play()).catch(() => {});
+  });
+
+  role(el, "regenerate").addEventListener("click", () => {
+    sessionStorage.setItem("utter.prefill", JSON.stringify({ text: g.text, voice_id: g.voice_id ?? g.voice?.id, language: g.language }));
+    location.href = "/generate";
+  });
+  role(el, "regenerate").disabled = !(g.voice_id ?? g.voice?.id);
+  if (role(el, "regenerate").disabled) role(el, "regenerate").title = "Its voice was deleted.";
+
+  role(el, "delete").addEventListener("click", async () => {
+    const ok = await confirmDialog({
+      title: "Delete this generation?",
+      message: `“${g.text.slice(0, 80)}${g.text.length > 80 ? "…" : ""}” and its audio are removed.`,
+    });
+    if (!ok) return;
+    try {
+      await api(`/api/generations/${encodeURIComponent(g.id)}`, { method: "DELETE" });
+      players.get(id)?.destroy();
+      players.delete(id);
+      toast("Deleted.", "success");
+      lastKey = "";
+      load();
+    } catch (e) {
+      toast(e.message, "error");
+    }
+  });
+  return el;
+}
+
+search.addEventListener("input", debounce(() => load(1), 250));
+statusSel.addEventListener("change", () => load(1));
+load();

@@ -1,0 +1,177 @@
+"""Long texts: split at sentence boundaries into model-friendly chunks, and join the audio back.
+
+The model does best on a few sentences at a time; past a few hundred characters it drifts and
+slows down (every frame attends to everything before it). So a long text is cut at sentence
+ends (Latin ``. ! ? …`` followed by a space, CJK ``。！？；`` anywhere, blank lines), the sentences
+are packed greedily into chunks of at most ``max_cost``, and a sentence longer than that is cut
+at clause marks, then at spaces, then anywhere. A CJK character speaks about as long as three
+Latin letters, so it costs 3.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+CJK_COST = 3
+
+# Han, kana, hangul and fullwidth forms: scripts written without spaces between words.
+_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\uff00-\uffef]")
+_CLOSERS = "\"'”’»)]}」』）】》"
+_LATIN_END = ".!?…"
+_CJK_END = "。！？；"
+_CLAUSE = re.compile(r"(?<=[,;:，、；：—–])")
+# Words after which a full stop does not end a sentence.
+_ABBREVIATIONS = {
+    "mr", "mrs", "ms", "dr", "prof", "sr", "jr", "st", "vs", "etc", "e.g", "i.e", "no", "fig", "mt",
+    "approx", "dept", "est", "inc", "ltd", "co", "hr", "hrs", "min", "sec", "vol", "ca", "cf",
+}  # fmt: skip
+
+
+def cost(text: str) -> int:
+    """How much speech ``text`` makes, in Latin-character units."""
+    cjk = len(_CJK.findall(text))
+    return len(text) - cjk + CJK_COST * cjk
+
+
+def _is_abbreviation(sentence: str) -> bool:
+    """True when ``sentence`` ends in a full stop that belongs to an abbreviation or an initial."""
+    if not sentence.endswith("."):
+        return False
+    word = re.split(r"\s", sentence)[-1].rstrip(".").lower()
+    return word in _ABBREVIATIONS or (len(word) == 1 and word.isalpha())
+
+
+def _blank_run(text: str, i: int) -> int:
+    """Length of the whitespace run starting at ``i``."""
+    j = i
+    while j < len(text) and text[j].isspace():
+        j += 1
+    return j - i
+
+
+def sentences(text: str) -> list[str]:
+    """Split ``text`` into sentences (stripped, none empty), keeping their punctuation."""
+    out: list[str] = []
+    start, i, n = 0, 0, len(text)
+
+    def flush(end: int) -> None:
+        piece = text[start:end].strip()
+        if piece:
+            out.append(piece)
+
+    while i < n:
+        ch = text[i]
+        if ch == "\n" and "\n" in text[i + 1 : i + 1 + _blank_run(text, i + 1)]:  # a blank line
+            flush(i)
+            start = i = i + 1
+            continue
+        if ch not in _LATIN_END and ch not in _CJK_END:
+            i += 1
+            continue
+        j = i + 1
+        while j < n and (text[j] in _LATIN_END or text[j] in _CJK_END):  # "?!", "...", "。。"
+            j += 1
+        while j < n and text[j] in _CLOSERS:
+            j += 1
+        ends = ch in _CJK_END or j == n or text[j].isspace()
+        if ends and not _is_abbreviation(text[start:j].strip()):
+            flush(j)
+            start = j
+        i = j
+    flush(n)
+    return out
+
+
+def _hard_cut(text: str, max_cost: int) -> list[str]:
+    """Cut text with no usable boundary into pieces of at most ``max_cost``."""
+    pieces, current = [], ""
+    for ch in text:
+        if current and cost(current + ch) > max_cost:
+            pieces.append(current)
+            current = ""
+        current += ch
+    if current:
+        pieces.append(current)
+    return [p.strip() for p in pieces if p.strip()]
+
+
+def _pack(parts: list[str], max_cost: int, joiner: str = " ") -> list[str]:
+    """Greedily join consecutive parts while the result stays within ``max_cost``."""
+    chunks: list[str] = []
+    for part in parts:
+        if chunks and cost(chunks[-1] + joiner + part) <= max_cost:
+            chunks[-1] = _join(chunks[-1], part, joiner)
+        else:
+            chunks.append(part)
+    return chunks
+
+
+def _join(left: str, right: str, joiner: str) -> str:
+    # No space between CJK sentences: "你好。" + "再见。" stays "你好。再见。".
+    if _CJK.search(left[-1:]) or _CJK.search(right[:1]):
+        return left + right
+    return left + joiner + right
+
+
+def _split_long(sentence: str, max_cost: int) -> list[str]:
+    """Split one over-long sentence at clause marks, then spaces, then anywhere."""
+    if cost(sentence) <= max_cost:
+        return [sentence]
+    out: list[str] = []
+    for clause in (c.strip() for c in _CLAUSE.split(sentence)):
+        if not clause:
+            continue
+        if cost(clause) <= max_cost:
+            out.append(clause)
+            continue
+        words = clause.split()
+        if len(words) > 1:
+            for word in _pack(words, max_cost):
+                out.extend(_hard_cut(word, max_cost) if cost(word) > max_cost else [word])
+        else:
+            out.extend(_hard_cut(clause, max_cost))
+    return _pack(out, max_cost)
+
+
+def split_text(text: str, max_cost: int = 300) -> list[str]:
+    """Chunks of ``text``, in order, each of cost at most ``max_cost`` and none empty.
+
+    Whitespace is normalised; nothing else is dropped or reordered.
+    """
+    if max_cost < 1:
+        raise ValueError("max_cost must be at least 1")
+    parts: list[str] = []
+    for sentence in sentences(text):
+        parts.extend(_split_long(re.sub(r"\s+", " ", sentence), max_cost))
+    return _pack(parts, max_cost)
+
+
+def crossfade_join(parts: list[np.ndarray], sample_rate: int, fade_ms: float = 40.0) -> np.ndarray:
+    """Concatenate audio chunks, overlapping each seam by ``fade_ms`` with a linear crossfade.
+
+        Chunks are generated separately, so their seams do not line up; a short crossfade hides the
+        step without eating speech (chunk edges are near-silent); the gains sum to one, so a seam
+    never gets louder than its sides. The result is
+        ``sum(len) - (n - 1) * overlap`` samples long (overlaps shrink for very short chunks).
+    """
+    parts = [np.asarray(p, dtype=np.float32) for p in parts if len(p)]
+    if not parts:
+        return np.zeros(0, dtype=np.float32)
+    fade = int(sample_rate * fade_ms / 1000)
+    out: list[np.ndarray] = []
+    tail = parts[0]
+    for part in parts[1:]:
+        n = min(fade, len(tail), len(part))
+        if n == 0:
+            out.append(tail)
+            tail = part
+            continue
+        ramp = np.linspace(0.0, 1.0, n + 2, dtype=np.float32)[1:-1]  # strictly between 0 and 1
+        mixed = tail[-n:] * (1.0 - ramp) + part[:n] * ramp
+        out.append(tail[:-n])
+        out.append(mixed.astype(np.float32))
+        tail = part[n:]
+    out.append(tail)
+    return np.concatenate(out).astype(np.float32, copy=False)

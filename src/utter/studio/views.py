@@ -1,0 +1,86 @@
+"""Rows -> API bodies (schemas.py). Kept apart from the routes because several routes show tasks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .models import Generation, Task, Voice
+from .schemas import COMPLETED, QUEUED, GenerationOut, TaskOut, VoiceOut
+
+
+def voice_out(voice: Voice) -> VoiceOut:
+    return VoiceOut(
+        id=voice.id,
+        name=voice.name,
+        language=voice.language,
+        reference_transcript=voice.reference_transcript,
+        reference_seconds=voice.reference_seconds,
+        created_at=voice.created_at,
+        updated_at=voice.updated_at,
+        preview_url=f"/api/voices/{voice.id}/preview",
+    )
+
+
+def waiting_message(model: dict[str, Any]) -> str | None:
+    """What a queued job waits for when the model is not ready (None when it is)."""
+    state = model.get("state")
+    if state == "ready":
+        return None
+    if state == "downloading":
+        progress = model.get("progress")
+        pct = f" {progress:.0%}" if isinstance(progress, (int, float)) else ""
+        return f"waiting for the model: downloading{pct}"
+    if state == "failed":
+        return f"waiting for the model, which failed: {model.get('error')}"
+    return f"waiting for the model: {state}"
+
+
+def task_out(task: Task, model: dict[str, Any]) -> TaskOut:
+    message = task.message
+    if task.status == QUEUED:
+        message = waiting_message(model) or message or "queued"
+    return TaskOut(
+        id=task.id,
+        generation_id=task.generation_id,
+        status=task.status,
+        progress=1.0 if task.status == COMPLETED else task.progress,
+        chunks_done=task.chunks_done,
+        chunks_total=task.chunks_total,
+        frames_done=task.frames_done,
+        message=message,
+        error=task.error,
+        cancel_requested=task.cancel_requested,
+        attempts=task.attempts,
+        created_at=task.created_at,
+        started_at=task.started_at,
+        finished_at=task.finished_at,
+    )
+
+
+def generation_out(gen: Generation, task: Task | None) -> GenerationOut:
+    return GenerationOut(
+        id=gen.id,
+        task_id=task.id if task is not None else None,
+        voice_id=gen.voice_id,
+        voice_name=gen.voice_name,
+        text=gen.text,
+        language=gen.language,
+        status=gen.status,
+        progress=1.0 if gen.status == COMPLETED else (task.progress if task is not None else 0.0),
+        duration_seconds=gen.duration_seconds,
+        generation_seconds=gen.generation_seconds,
+        error_message=gen.error_message,
+        audio_url=f"/api/generations/{gen.id}/audio" if gen.status == COMPLETED and gen.audio_path else None,
+        created_at=gen.created_at,
+        finished_at=gen.finished_at,
+    )
+
+
+def pages(total: int, per_page: int) -> int:
+    return max(1, -(-total // per_page))
+
+
+def like(search: str) -> str:
+    """A LIKE pattern matching ``search`` literally anywhere (``%`` and ``_`` escaped with ``\\``)."""
+    escaped = search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"

@@ -1,0 +1,351 @@
+"""Runs queued generation jobs in this process: claim, speak chunk by chunk, heartbeat, finish.
+
+Every studio process runs one :class:`JobRunner` (``--workers N`` gives N of them on one
+database). A job's text is split into chunks once (stored with the task); each chunk is spoken
+with the same voice and seed and saved as it finishes, so a job interrupted by a crash resumes
+at the first unfinished chunk. A heartbeat per job renews its lease, writes progress (chunks and
+frames) and picks up cancel requests, which stop the running stream at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import numpy as np
+
+from ..audio import SAMPLE_RATE
+from ..engine.batcher import QueueFullError
+from ..server.runtime import ModelNotReady, ModelState
+from .jobs import JobQueue, make_worker_id
+from .models import Generation, Task, Voice
+from .provider import SAMPLES_PER_FRAME, RemoteError, Synthesis, SynthesisStream, TTSProvider, VoiceSource
+from .settings import StudioSettings
+from .storage import Storage
+from .textsplit import crossfade_join, split_text
+
+logger = logging.getLogger(__name__)
+
+RETRY_SECONDS = 2.0  # wait before retrying a chunk the TTS could not take (queue full, remote busy)
+MAX_RETRIES = 60
+
+
+class _Stop(Exception):
+    """The job must stop now: cancelled, lost its lease, or the server is shutting down."""
+
+
+@dataclass
+class _Plan:
+    """What a job needs, read from the database in one go."""
+
+    generation_id: str
+    text: str
+    language: str
+    seed: int
+    options: dict[str, Any]
+    voice: VoiceSource | None
+    chunks: list[str] | None
+    busy_seconds: float
+
+
+@dataclass
+class _Job:
+    task_id: str
+    generation_id: str | None = None
+    started: float = field(default_factory=time.monotonic)
+    busy_before: float = 0.0
+    chunks: list[str] = field(default_factory=list)
+    chunks_done: int = 0
+    frames_before: int = 0  # frames of finished chunks
+    frames_now: int = 0  # frames of the running chunk
+    max_now: int = 0
+    stream: SynthesisStream | None = None
+    stop_reason: str | None = None  # "cancelled", "lost", "gone", "shutdown"
+
+    def stop(self, reason: str) -> None:
+        if self.stop_reason is None:
+            self.stop_reason = reason
+        if self.stream is not None:
+            self.stream.cancel()
+
+    def check(self) -> None:
+        if self.stop_reason is not None:
+            raise _Stop(self.stop_reason)
+
+    def progress_values(self) -> dict[str, Any]:
+        total = max(len(self.chunks), 1)
+        within = min(self.frames_now / self.max_now, 1.0) if self.max_now else 0.0
+        running = self.chunks_done < len(self.chunks)
+        return {
+            "chunks_total": len(self.chunks),
+            "chunks_done": self.chunks_done,
+            "frames_done": self.frames_before + self.frames_now,
+            "progress": min((self.chunks_done + (within if running else 0.0)) / total, 0.999),
+            "busy_seconds": self.busy_before + time.monotonic() - self.started,
+            "message": f"chunk {min(self.chunks_done + 1, len(self.chunks))} of {len(self.chunks)}"
+            if self.chunks
+            else "starting",
+        }
+
+
+class JobRunner:
+    def __init__(
+        self, settings: StudioSettings, queue: JobQueue, storage: Storage, provider: TTSProvider
+    ) -> None:
+        self.settings = settings
+        self.queue = queue
+        self.storage = storage
+        self.provider = provider
+        self.worker_id = make_worker_id()
+        self.jobs: dict[str, _Job] = {}
+        self._tasks: set[asyncio.Task] = set()
+        self._loop_task: asyncio.Task | None = None
+        self._wake: asyncio.Event | None = None
+        self._event_loop: asyncio.AbstractEventLoop | None = None
+        self._stopping = False
+
+    # ---------------------------------------------------------------- control
+    async def start(self) -> None:
+        self._event_loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        recovered = await asyncio.to_thread(self.queue.recover, self.worker_id)
+        if recovered:
+            logger.warning("recovered %d interrupted job(s) at start-up", recovered)
+        self._loop_task = asyncio.create_task(self._loop(), name="utter-jobs")
+        logger.info("job worker %s started (%d slots)", self.worker_id, self.settings.job_slots)
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Stop taking jobs; running ones stop and go back to the queue to resume later."""
+        self._stopping = True
+        for job in list(self.jobs.values()):
+            job.stop("shutdown")
+        self.wake()
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=timeout)
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            await asyncio.gather(self._loop_task, return_exceptions=True)
+
+    def wake(self) -> None:
+        """Look for work now (thread-safe: routes call it from the thread pool)."""
+        if self._wake is not None and self._event_loop is not None and not self._event_loop.is_closed():
+            self._event_loop.call_soon_threadsafe(self._wake.set)
+
+    def cancel_local(self, task_id: str) -> None:
+        """Stop a job of this process at once (the database flag reaches other processes)."""
+        job = self.jobs.get(task_id)
+        if job is not None and self._event_loop is not None:
+            self._event_loop.call_soon_threadsafe(job.stop, "cancelled")
+
+    # ------------------------------------------------------------------- loop
+    async def _loop(self) -> None:
+        assert self._wake is not None
+        last_recovery = time.monotonic()
+        while not self._stopping:
+            try:
+                refresh = getattr(self.provider, "refresh", None)
+                if refresh is not None:
+                    await refresh()
+                if time.monotonic() - last_recovery > self.settings.job_lease_seconds / 2:
+                    last_recovery = time.monotonic()
+                    await asyncio.to_thread(self.queue.recover, self.worker_id)
+                while (
+                    not self._stopping
+                    and self.provider.state is ModelState.READY
+                    and len(self.jobs) < self.settings.job_slots
+                ):
+                    task_id = await asyncio.to_thread(self.queue.claim, self.worker_id)
+                    if task_id is None:
+                        break
+                    self._spawn(task_id)
+            except Exception:  # noqa: BLE001 - e.g. the database is briefly unreachable: keep going
+                logger.exception("job loop error; retrying")
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=self.settings.job_poll_seconds)
+            except asyncio.TimeoutError:
+                pass
+            self._wake.clear()
+
+    def _spawn(self, task_id: str) -> None:
+        job = _Job(task_id)
+        self.jobs[task_id] = job
+        task = asyncio.create_task(self._run(job), name=f"utter-job-{task_id}")
+        self._tasks.add(task)
+
+        def done(t: asyncio.Task) -> None:
+            self._tasks.discard(t)
+            self.jobs.pop(task_id, None)
+            self.wake()  # a slot is free
+
+        task.add_done_callback(done)
+
+    # -------------------------------------------------------------------- job
+    async def _run(self, job: _Job) -> None:
+        beat = asyncio.create_task(self._heartbeat(job))
+        try:
+            await self._generate(job)
+        except _Stop as stop:
+            await self._stopped(job, str(stop))
+        except ModelNotReady as exc:
+            await asyncio.to_thread(self.queue.release, job.task_id, self.worker_id, f"waiting: {exc.detail}")
+        except (ValueError, RemoteError) as exc:
+            logger.info("job %s failed: %s", job.task_id, exc)
+            await asyncio.to_thread(self.queue.fail, job.task_id, self.worker_id, str(exc))
+        except Exception as exc:  # noqa: BLE001 - the job fails with the reason; the worker goes on
+            logger.exception("job %s failed", job.task_id)
+            await asyncio.to_thread(self.queue.fail, job.task_id, self.worker_id, f"generation failed: {exc}")
+        finally:
+            beat.cancel()
+            await asyncio.gather(beat, return_exceptions=True)
+
+    async def _stopped(self, job: _Job, reason: str) -> None:
+        if reason == "cancelled":
+            if await asyncio.to_thread(self.queue.mark_cancelled, job.task_id, self.worker_id):
+                logger.info("job %s cancelled", job.task_id)
+            if job.generation_id:
+                self.storage.delete_parts(job.generation_id)
+        elif reason == "shutdown":
+            await asyncio.to_thread(
+                self.queue.release, job.task_id, self.worker_id, "the server stopped; it resumes on restart"
+            )
+        elif reason == "gone" and job.generation_id:
+            self.storage.delete_generation(job.generation_id)  # deleted meanwhile: leave nothing behind
+        # "lost": another worker recovered the task and owns its files now.
+
+    def _generation_id(self, task_id: str) -> str | None:
+        with self.queue.sessions() as s:
+            task = s.get(Task, task_id)
+            return task.generation_id if task is not None else None
+
+    async def _heartbeat(self, job: _Job) -> None:
+        interval = min(1.0, self.settings.job_lease_seconds / 3)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                beat = await asyncio.to_thread(
+                    self.queue.heartbeat, job.task_id, self.worker_id, **job.progress_values()
+                )
+            except Exception:  # noqa: BLE001 - a missed beat is retried; the lease has slack
+                logger.warning("heartbeat of job %s failed", job.task_id, exc_info=True)
+                continue
+            if not beat.owned:
+                job.stop("lost" if beat.exists else "gone")
+            elif beat.cancel:
+                job.stop("cancelled")
+
+    def _plan(self, task_id: str) -> _Plan:
+        with self.queue.sessions() as s:
+            task = s.get(Task, task_id)
+            if task is None:
+                raise _Stop("gone")
+            gen = s.get(Generation, task.generation_id)
+            voice = s.get(Voice, gen.voice_id) if gen is not None and gen.voice_id else None
+            if gen is None:
+                raise _Stop("gone")
+            source = None
+            if voice is not None:
+                source = VoiceSource(
+                    voice.id, self.storage.resolve(voice.audio_path), voice.reference_transcript
+                )
+            return _Plan(
+                gen.id, gen.text, gen.language, gen.seed, dict(gen.options or {}), source, task.chunks,
+                task.busy_seconds,
+            )  # fmt: skip
+
+    async def _generate(self, job: _Job) -> None:
+        plan = await asyncio.to_thread(self._plan, job.task_id)
+        job.generation_id = plan.generation_id
+        if plan.voice is None or not plan.voice.audio_path.is_file():
+            raise ValueError("the voice of this generation was deleted")
+        job.busy_before = plan.busy_seconds
+        job.chunks = plan.chunks or split_text(plan.text, self.settings.chunk_chars)
+        if not job.chunks:
+            raise ValueError("the text has nothing to speak")
+        if plan.chunks is None:  # first start: fix the split, so a resumed job uses the same one
+            await asyncio.to_thread(
+                self.queue.heartbeat,
+                job.task_id,
+                self.worker_id,
+                chunks=job.chunks,
+                chunks_total=len(job.chunks),
+            )
+        saved = sum(self.storage.chunk_audio(plan.generation_id, i).is_file() for i in range(len(job.chunks)))
+        if saved:
+            logger.info(
+                "resuming job %s: %d of %d chunks were already done", job.task_id, saved, len(job.chunks)
+            )
+        parts: list[np.ndarray] = []
+        for index, text in enumerate(job.chunks):
+            job.check()
+            audio = await asyncio.to_thread(self.storage.load_chunk, plan.generation_id, index)
+            if audio is None:
+                audio = await self._speak(job, plan, text)
+                await asyncio.to_thread(self.storage.save_chunk, plan.generation_id, index, audio)
+            parts.append(audio)
+            job.frames_before += len(audio) // SAMPLES_PER_FRAME
+            job.frames_now = job.max_now = 0
+            job.chunks_done = index + 1
+        joined = crossfade_join(parts, SAMPLE_RATE, self.settings.crossfade_ms)
+        if len(joined) == 0:
+            raise ValueError("the model produced no audio for this text")
+        job.check()
+        path = await asyncio.to_thread(self.storage.save_generation, plan.generation_id, joined)
+        values = job.progress_values()
+        done = await asyncio.to_thread(
+            self.queue.complete,
+            job.task_id,
+            self.worker_id,
+            {k: values[k] for k in ("chunks_total", "chunks_done", "frames_done", "busy_seconds")},
+            audio_path=self.storage.relative(path),
+            duration_seconds=len(joined) / SAMPLE_RATE,
+            generation_seconds=values["busy_seconds"],
+        )
+        if done:
+            self.storage.delete_parts(plan.generation_id)
+            logger.info(
+                "job %s done: %d chunk(s), %.1f s of audio",
+                job.task_id,
+                len(parts),
+                len(joined) / SAMPLE_RATE,
+            )
+        elif await asyncio.to_thread(self._generation_id, job.task_id) is None:
+            self.storage.delete_generation(plan.generation_id)  # deleted while we finished
+
+    async def _speak(self, job: _Job, plan: _Plan, text: str) -> np.ndarray:
+        """One chunk's audio; retries while the TTS is momentarily full or unreachable."""
+        request = Synthesis(text, plan.voice, plan.language, plan.seed, plan.options)  # type: ignore[arg-type]
+        for attempt in range(MAX_RETRIES + 1):
+            job.check()
+            try:
+                return await self._stream(job, request)
+            except (QueueFullError, httpx.TransportError, RemoteError) as exc:
+                if isinstance(exc, RemoteError) and not exc.retryable:
+                    raise
+                if attempt == MAX_RETRIES:
+                    raise RemoteError(f"the TTS stayed unavailable: {exc}") from exc
+                logger.info("job %s: TTS busy or unreachable (%s); retrying", job.task_id, exc)
+                await asyncio.sleep(RETRY_SECONDS)
+        raise AssertionError("unreachable")
+
+    async def _stream(self, job: _Job, request: Synthesis) -> np.ndarray:
+        stream = await self.provider.synthesize(request)
+        job.stream = stream
+        if job.stop_reason is not None:
+            stream.cancel()
+        pcm: list[np.ndarray] = []
+        try:
+            async for chunk in stream:
+                pcm.append(chunk.pcm)
+                job.frames_now, job.max_now = chunk.frames_done, chunk.max_frames
+        finally:
+            job.stream = None
+        job.check()
+        if stream.finish_reason == "cancelled":
+            raise _Stop("cancelled")
+        if stream.finish_reason == "max_frames" and not request.options.get("max_frames"):
+            logger.warning("job %s: a chunk reached its frame limit (runaway guard)", job.task_id)
+        return np.concatenate(pcm) if pcm else np.zeros(0, dtype=np.float32)

@@ -1,0 +1,124 @@
+"""Durability: kill -9 the server in the middle of a long job, start it again, and the job resumes
+from its finished chunks (or fails with the reason once it was interrupted too often); a
+graceful stop puts a running job back in the queue. Real ``utter serve`` processes on SQLite."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.studio.support import clone, free_port, wait_task
+
+TEXT = " ".join(f"This is sentence number {n}." for n in ("one", "two", "three", "four", "five", "six"))
+FRAMES = 4  # per chunk; six chunks of one sentence each (chunk_chars 40)
+
+
+class Serve:
+    """``python -m utter.studio.commands serve`` (what ``utter serve`` runs) on a free port."""
+
+    def __init__(self, data: Path, model: Path, log: Path, **env: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log
+        environ = {
+            **os.environ,
+            "UTTER_CHUNK_CHARS": "40",
+            "UTTER_JOB_POLL_SECONDS": "0.2",
+            "UTTER_JOB_LEASE_SECONDS": "5",
+            "HF_HUB_OFFLINE": "1",
+            **env,
+        }
+        args = ["--model", str(model), "--data-dir", str(data), "--port", str(self.port), "--device", "cpu"]
+        with open(log, "ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "utter.studio.commands", "serve", *args, "--dtype", "float32"],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=environ,
+            )
+        self.client = httpx.Client(base_url=self.url, timeout=30)
+        deadline = time.monotonic() + 120
+        while True:
+            assert self.proc.poll() is None, self.log.read_text()
+            try:
+                if self.client.get("/api/health").json()["model"]["state"] == "ready":
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, self.log.read_text()
+            time.sleep(0.2)
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(30)
+        self.client.close()
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(60)
+        self.client.close()
+        return code
+
+
+def _row(data: Path, task_id: str) -> dict:
+    with sqlite3.connect(data / "utter.db") as db:
+        db.row_factory = sqlite3.Row
+        return dict(db.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchone())
+
+
+def _submit(server: Serve, voice: str, seed: int) -> str:
+    body = {"voice_id": voice, "text": TEXT, "max_frames": FRAMES, "seed": seed}
+    return server.client.post("/api/generate", json=body).json()["task_id"]
+
+
+def _wait_chunks(server: Serve, task_id: str, chunks: int) -> None:
+    deadline = time.monotonic() + 120
+    while server.client.get(f"/api/tasks/{task_id}").json()["chunks_done"] < chunks:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="kill -9")
+def test_a_killed_server_resumes_or_fails_its_jobs_on_restart(tmp_path, tiny_checkpoint) -> None:
+    data, log = tmp_path / "data", tmp_path / "server.log"
+    first = Serve(data, tiny_checkpoint, log)
+    voice = clone(first.client, "durable")
+    resumed, doomed = _submit(first, voice, seed=3), _submit(first, voice, seed=4)
+    _wait_chunks(first, resumed, 2)
+    first.kill()
+    rows = {task_id: _row(data, task_id) for task_id in (resumed, doomed)}
+    assert all(row["status"] == "processing" for row in rows.values())  # killed mid-job
+    assert 2 <= rows[resumed]["chunks_done"] < 6
+    with sqlite3.connect(data / "utter.db") as db:  # as if this job had already crashed the server 3 times
+        db.execute("UPDATE tasks SET attempts = 3 WHERE id = ?", (doomed,))
+
+    second = Serve(data, tiny_checkpoint, log)
+    task = wait_task(second.client, resumed)
+    assert task["status"] == "completed", task
+    assert task["attempts"] == 2 and task["chunks_done"] == 6 and task["frames_done"] == 6 * FRAMES
+    assert "resuming job" in log.read_text()  # the finished chunks were not made again
+    gen = second.client.get(f"/api/generations/{task['generation_id']}").json()
+    fade = 960  # 40 ms at 24 kHz
+    assert gen["duration_seconds"] == pytest.approx((6 * FRAMES * 1920 - 5 * fade) / 24000)
+    assert second.client.get(gen["audio_url"]).status_code == 200
+
+    # Interrupted as often as allowed: the job ends failed, with the reason, never "processing".
+    task = second.client.get(f"/api/tasks/{doomed}").json()
+    assert task["status"] == "failed" and "interrupted 3 time(s)" in task["error"]
+    gen = second.client.get(f"/api/generations/{task['generation_id']}").json()
+    assert gen["status"] == "failed" and "interrupted" in gen["error_message"]
+
+    # A graceful stop hands a running job back to the queue without counting an attempt.
+    paused = _submit(second, voice, seed=5)
+    _wait_chunks(second, paused, 1)
+    assert second.stop() in (0, -signal.SIGTERM)  # uvicorn re-raises the signal after a clean shutdown
+    row = _row(data, paused)
+    assert row["status"] == "queued" and row["attempts"] == 0 and "resumes" in row["message"]

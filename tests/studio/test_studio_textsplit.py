@@ -1,0 +1,94 @@
+"""Sentence splitting for long texts (10 languages, CJK punctuation) and the crossfade join."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from utter.studio.textsplit import cost, crossfade_join, sentences, split_text
+
+
+def test_latin_sentences_keep_punctuation_and_skip_abbreviations() -> None:
+    text = (
+        'Mr. Smith went to Washington! Did he? Yes... "Quite so." Pi is 3.14 today. J. R. R. Tolkien wrote.'
+    )
+    assert sentences(text) == [
+        "Mr. Smith went to Washington!",
+        "Did he?",
+        "Yes...",
+        '"Quite so."',
+        "Pi is 3.14 today.",
+        "J. R. R. Tolkien wrote.",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "你好。今天天气很好！我们去公园吧？好的；走吧",
+            ["你好。", "今天天气很好！", "我们去公园吧？", "好的；", "走吧"],
+        ),
+        ("こんにちは。元気ですか？はい、元気です。", ["こんにちは。", "元気ですか？", "はい、元気です。"]),
+        ("안녕하세요. 반갑습니다! 네?", ["안녕하세요.", "반갑습니다!", "네?"]),
+        ("Привет. Как дела? Хорошо!", ["Привет.", "Как дела?", "Хорошо!"]),
+        ("Hola. ¿Qué tal? ¡Bien!", ["Hola.", "¿Qué tal?", "¡Bien!"]),
+        ("「はい。」と言った。次です。", ["「はい。」", "と言った。", "次です。"]),
+    ],
+)
+def test_sentences_in_other_languages(text: str, expected: list[str]) -> None:
+    assert sentences(text) == expected
+
+
+def test_blank_lines_split_but_wrapped_lines_do_not() -> None:
+    assert sentences("A wrapped\nline. Next one.\n\nA heading\n\nBody") == [
+        "A wrapped\nline.",
+        "Next one.",
+        "A heading",
+        "Body",
+    ]
+
+
+def test_chunks_pack_sentences_within_the_budget_and_lose_nothing() -> None:
+    text = " ".join(f"Sentence number {i} is here." for i in range(30))
+    chunks = split_text(text, 100)
+    assert all(cost(c) <= 100 for c in chunks)
+    assert len(chunks) > 5
+    assert " ".join(chunks) == text
+    assert all(c.endswith(".") for c in chunks)  # cut at sentence ends only
+
+
+def test_cjk_costs_more_and_joins_without_spaces() -> None:
+    assert cost("你好") == 6 and cost("ab") == 2
+    chunks = split_text("你好，世界。" * 30, 60)
+    assert all(cost(c) <= 60 for c in chunks)
+    assert "".join(chunks) == "你好，世界。" * 30
+
+
+def test_overlong_sentences_split_at_clauses_then_words_then_anywhere() -> None:
+    clauses = split_text("one two three, four five six, seven eight nine, ten eleven twelve.", 30)
+    assert clauses == ["one two three, four five six,", "seven eight nine,", "ten eleven twelve."]
+    words = split_text("word " * 50, 23)
+    assert all(cost(c) <= 23 for c in words) and " ".join(words) == ("word " * 50).strip()
+    assert split_text("a" * 130, 50) == ["a" * 50, "a" * 50, "a" * 30]
+
+
+def test_empty_and_whitespace_texts_give_no_chunks() -> None:
+    assert split_text("   \n\n  ") == []
+    with pytest.raises(ValueError):
+        split_text("x", 0)
+
+
+def test_crossfade_join_overlaps_each_seam_and_never_gets_louder() -> None:
+    sr, fade_ms = 24000, 10
+    n = sr * fade_ms // 1000
+    parts = [np.ones(1000, np.float32), np.ones(1000, np.float32), np.ones(500, np.float32)]
+    joined = crossfade_join(parts, sr, fade_ms)
+    assert len(joined) == 2500 - 2 * n
+    assert np.allclose(joined, 1.0)  # gains sum to one across every seam
+    ramp = crossfade_join([np.ones(1000, np.float32), np.zeros(1000, np.float32)], sr, fade_ms)
+    assert np.all(np.diff(ramp[1000 - n - 1 : 1000]) <= 0)  # a monotone fade out
+    assert len(crossfade_join([], sr)) == 0
+    assert (
+        len(crossfade_join([np.ones(3, np.float32), np.ones(3, np.float32)], sr, fade_ms)) == 3
+    )  # short chunk

@@ -1,0 +1,126 @@
+"""``/api/clone`` and ``/api/voices``: real uploads in every format, every bad input, and files
+that go away with their voice. Runs against a live server on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import soundfile as sf
+
+from tests.conftest import REF_TEXT
+from tests.studio.support import audio_bytes, clone, unique
+
+
+@pytest.mark.parametrize("fmt", ["wav", "flac", "ogg", "mp3", "m4a"])
+def test_clone_decodes_every_common_format(client, studio, fmt: str) -> None:
+    name = unique(f"fmt-{fmt}")
+    r = client.post(
+        "/api/clone",
+        data={"name": name, "transcript": REF_TEXT, "language": "english"},
+        files={
+            "audio": (f"ref.{fmt}", audio_bytes(3.0, fmt, sr=44100 if fmt != "m4a" else 48000), "audio/x")
+        },
+    )
+    assert r.status_code == 201, r.text
+    body = r.json()
+    assert body["name"] == name and len(body["id"]) == 32
+    voice = client.get(f"/api/voices/{body['id']}").json()
+    assert voice["language"] == "English"  # canonical spelling
+    assert 2.8 < voice["reference_seconds"] < 3.3
+    preview = client.get(voice["preview_url"])
+    assert preview.status_code == 200 and preview.headers["content-type"] == "audio/wav"
+    audio, sr = sf.read(io.BytesIO(preview.content))
+    assert sr == 24000 and audio.ndim == 1  # stored decoded: 24 kHz mono
+    assert (studio.settings.data_dir / "voices" / body["id"] / "reference.wav").is_file()
+
+
+@pytest.mark.parametrize(
+    ("data", "audio", "status", "words"),
+    [
+        ({"transcript": REF_TEXT}, ("a.wav", audio_bytes(3)), 422, "name"),
+        ({"name": "   ", "transcript": REF_TEXT}, ("a.wav", audio_bytes(3)), 422, "name"),
+        ({"name": "x" * 101, "transcript": REF_TEXT}, ("a.wav", audio_bytes(3)), 422, "too long"),
+        ({"name": "n", "transcript": " "}, ("a.wav", audio_bytes(3)), 422, "transcript"),
+        ({"name": "n"}, ("a.wav", audio_bytes(3)), 422, "transcript"),
+        ({"name": "n", "transcript": "t" * 2001}, ("a.wav", audio_bytes(3)), 422, "transcript is too long"),
+        (
+            {"name": "n", "transcript": "t", "language": "Klingon"},
+            ("a.wav", audio_bytes(3)),
+            422,
+            "Unknown language",
+        ),
+        ({"name": "n", "transcript": "t"}, None, 422, "audio"),
+        ({"name": "n", "transcript": "t"}, ("a.wav", b"not audio at all" * 50), 422, "not a supported audio"),
+        ({"name": "n", "transcript": "t"}, ("a.wav", b""), 422, "empty"),
+        ({"name": "n", "transcript": "t"}, ("a.wav", audio_bytes(3)[:60]), 422, "a.wav"),
+        ({"name": "n", "transcript": "t"}, ("a.wav", audio_bytes(1.0)), 422, "between 2 and 8 seconds"),
+        ({"name": "n", "transcript": "t"}, ("a.wav", audio_bytes(9.0)), 422, "9.0 s long"),
+    ],
+)
+def test_clone_rejects_bad_input_with_a_clear_message(client, studio, data, audio, status, words) -> None:
+    before = client.get("/api/voices", params={"per_page": 100}).json()["total"]
+    files = {"audio": (*audio, "audio/wav")} if audio else None
+    r = client.post("/api/clone", data=data, files=files)
+    assert r.status_code == status, r.text
+    detail = r.json()["detail"]
+    assert isinstance(detail, str) and words.lower() in detail.lower(), detail
+    assert client.get("/api/voices", params={"per_page": 100}).json()["total"] == before  # nothing stored
+
+
+def test_x_vector_only_voices_need_no_transcript(client) -> None:
+    voice_id = clone(client, unique("xvec"), transcript="", x_vector_only="true")
+    assert client.get(f"/api/voices/{voice_id}").json()["reference_transcript"] is None
+
+
+def test_list_search_and_paginate(client) -> None:
+    tag = unique("page")
+    ids = [clone(client, f"{tag} {i}") for i in range(3)]
+    page1 = client.get("/api/voices", params={"search": tag, "per_page": 2}).json()
+    page2 = client.get("/api/voices", params={"search": tag, "per_page": 2, "page": 2}).json()
+    assert (
+        page1["total"] == 3
+        and page1["pages"] == 2
+        and len(page1["voices"]) == 2
+        and len(page2["voices"]) == 1
+    )
+    assert [v["id"] for v in page1["voices"] + page2["voices"]] == ids[::-1]  # newest first
+    assert (
+        client.get("/api/voices", params={"search": "%"}).json()["total"] == 0
+    )  # LIKE wildcards are literal
+    assert client.get("/api/voices", params={"search": tag.upper()}).json()["total"] == 3  # case-insensitive
+    for bad in ({"page": 0}, {"per_page": 0}, {"per_page": 101}, {"page": "x"}):
+        r = client.get("/api/voices", params=bad)
+        assert r.status_code == 422 and isinstance(r.json()["detail"], str)
+
+
+def test_patch_renames_and_retranscribes(client, studio) -> None:
+    voice_id = clone(client, unique("patch"))
+    prompt = studio.settings.data_dir / "voices" / voice_id / "prompt-0123.safetensors"
+    prompt.write_bytes(b"stale")  # a cached voice that a new transcript must invalidate
+    r = client.patch(f"/api/voices/{voice_id}", json={"name": "  Renamed  "})
+    assert r.status_code == 200 and r.json()["name"] == "Renamed" and prompt.exists()
+    r = client.patch(f"/api/voices/{voice_id}", json={"reference_transcript": "New   words."})
+    assert r.json()["reference_transcript"] == "New words." and not prompt.exists()
+    assert (
+        client.patch(f"/api/voices/{voice_id}", json={"language": "chinese"}).json()["language"] == "Chinese"
+    )
+    for bad, status in (({"name": ""}, 422), ({"name": " "}, 422), ({}, 422), ({"bogus": 1}, 422)):
+        r = client.patch(f"/api/voices/{voice_id}", json=bad)
+        assert r.status_code == status and isinstance(r.json()["detail"], str), r.text
+    r = client.patch(
+        f"/api/voices/{voice_id}", content=b"{not json", headers={"content-type": "application/json"}
+    )
+    assert r.status_code in (400, 422)
+    assert client.patch(f"/api/voices/{'f' * 32}", json={"name": "x"}).status_code == 404
+
+
+def test_delete_removes_the_voice_and_its_files(client, studio) -> None:
+    voice_id = clone(client, unique("delete"))
+    folder = studio.settings.data_dir / "voices" / voice_id
+    assert folder.is_dir()
+    assert client.delete(f"/api/voices/{voice_id}").status_code == 204
+    assert not folder.exists()
+    assert client.get(f"/api/voices/{voice_id}").status_code == 404
+    assert client.get(f"/api/voices/{voice_id}/preview").status_code == 404
+    assert client.delete(f"/api/voices/{voice_id}").status_code == 404

@@ -1,0 +1,55 @@
+"""Tasks: a running job's progress stays visible while you move between pages, and it can be
+cancelled from the Tasks page."""
+
+from __future__ import annotations
+
+import re
+
+# Importing support skips this module cleanly when Chromium or playwright is missing.
+from tests.studio_browser.support import Page, expect
+
+# About 4,000 characters: a dozen chunks, long enough to still be running when cancelled.
+LONG_TEXT = " ".join(
+    f"Sentence number {i} is here to make this job run long enough to cancel." for i in range(56)
+)
+
+
+def test_progress_follows_you_across_pages_and_cancel(page: Page, make_voice, shot) -> None:
+    voice = make_voice("Long reader")
+    page.goto(f"/generate?voice={voice['id']}")
+    page.fill("#text", LONG_TEXT)
+    page.click("#generate-btn")
+    indicator = page.locator("#task-indicator")
+    expect(indicator).to_be_visible()
+    task_id = page.evaluate("localStorage.getItem('utter.currentJob')")
+    assert task_id
+
+    # Move around: the header keeps showing the job and its progress.
+    for nav in ("Voices", "History", "Clone"):
+        page.click(f"nav >> text={nav}")
+        expect(page.locator("nav a[aria-current=page]")).to_have_text(nav)
+        expect(indicator).to_be_visible()
+        expect(indicator).to_contain_text(re.compile(r"Queued|Generating \d+%"))
+    expect(indicator).to_contain_text(re.compile(r"Generating \d+%"), timeout=60000)
+    shot(page, "clone-with-running-job")
+
+    indicator.click()
+    expect(page).to_have_url(re.compile(r"/tasks$"))
+    row = page.locator(f"#running-list .task-item[data-id='{task_id}']")
+    expect(row).to_be_visible()
+    expect(row.locator("[data-role=title]")).to_contain_text("Sentence number 0")
+    expect(row.locator("[data-role=meta]")).to_contain_text("elapsed")
+    expect(page.locator("#running-count")).not_to_have_text("0")
+    shot(page, "tasks")
+
+    row.locator("[data-role=cancel]").click()
+    done = page.locator(f"#recent-list .task-item[data-id='{task_id}']")
+    expect(done).to_have_attribute("data-status", "cancelled", timeout=30000)
+    expect(done.locator("[data-role=cancel]")).to_be_hidden()
+    expect(indicator).to_be_hidden()
+    assert page.request.get(f"/api/tasks/{task_id}").json()["status"] == "cancelled"
+    shot(page, "tasks-cancelled")
+
+    # History shows it cancelled too.
+    page.goto("/history?status=cancelled")
+    expect(page.locator(".history-item[data-status=cancelled]").first).to_be_visible()
