@@ -74,8 +74,8 @@ def _row(data: Path, task_id: str) -> dict:
         return dict(db.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchone())
 
 
-def _submit(server: Serve, voice: str, seed: int) -> str:
-    body = {"voice_id": voice, "text": TEXT, "max_frames": FRAMES, "seed": seed}
+def _submit(server: Serve, voice: str, seed: int, text: str = TEXT) -> str:
+    body = {"voice_id": voice, "text": text, "max_frames": FRAMES, "seed": seed}
     return server.client.post("/api/generate", json=body).json()["task_id"]
 
 
@@ -117,7 +117,7 @@ def test_a_killed_server_resumes_or_fails_its_jobs_on_restart(tmp_path, tiny_che
     assert gen["status"] == "failed" and "interrupted" in gen["error_message"]
 
     # A graceful stop hands a running job back to the queue without counting an attempt.
-    paused = _submit(second, voice, seed=5)
+    paused = _submit(second, voice, seed=5, text=" ".join([TEXT] * 20))  # long: still running at the stop
     _wait_chunks(second, paused, 1)
     assert second.stop() in (0, -signal.SIGTERM)  # uvicorn re-raises the signal after a clean shutdown
     row = _row(data, paused)
