@@ -38,7 +38,7 @@ def studio(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> I
         s.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # not session: the sync API keeps an event loop running
 def browser() -> Iterator[Browser]:
     from playwright.sync_api import sync_playwright
 
