@@ -114,8 +114,26 @@ def test_logit_drift_against_float32(
 
 def test_default_weight_mode_and_bad_modes() -> None:
     assert default_weight_mode("cpu") == "int8"
-    assert default_weight_mode("cpu", batch=16) == "bfloat16"  # the int8 kernel slows with rows
+    assert default_weight_mode("cpu", batch=16) == "int8"  # larger batches use the dense copy
     assert default_weight_mode("cuda") == "bfloat16"
     assert activation_dtype("int8", "cpu") == torch.bfloat16
     with pytest.raises(ValueError, match="unknown weight mode"):
         apply_weight_mode(nn.Linear(2, 2), "int4")
+
+
+def test_int8_serving_layers_use_their_dense_copy_for_large_batches() -> None:
+    """With a dense copy (servers), batches above INT8_MAX_BATCH use it; small ones use int8."""
+    from utter.engine.quant import INT8_MAX_BATCH, Int8Linear
+
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(64, 48, bias=True)
+    q = Int8Linear.from_linear(linear, torch.bfloat16, keep_dense=True)
+    assert q.dense is not None and q.dense.dtype == torch.bfloat16
+    big = torch.randn(INT8_MAX_BATCH + 1, 64).to(torch.bfloat16)
+    dense = linear.weight.detach().to(torch.bfloat16)
+    dense_out = torch.nn.functional.linear(big, dense) + linear.bias.detach().to(torch.bfloat16)
+    torch.testing.assert_close(q(big), dense_out, atol=0, rtol=0)
+    small = big[:INT8_MAX_BATCH]
+    plain = Int8Linear.from_linear(linear, torch.bfloat16)
+    assert plain.dense is None
+    torch.testing.assert_close(q(small), plain(small), atol=0, rtol=0)

@@ -263,7 +263,7 @@ def import_qwen_tts():
     ``qwen_tts`` imports torchaudio, sox and onnxruntime at import time for its 25 Hz tokenizer,
     which 12 Hz models never use; PyPI's torchaudio does not load next to our torch. So stand-in
     modules go into ``sys.modules`` first; any real use of them would fail loudly. (The same logic
-    as ``tests/official.py``, which runtime code must not import.)
+    as the parity tests use, through ``tests/official.py``.)
     """
     import transformers  # noqa: F401 - let transformers probe the real environment before the stubs exist
 

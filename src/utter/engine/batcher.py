@@ -23,7 +23,7 @@ import torch
 
 from .engine import Engine, Request
 from .runner import Sequence
-from .streaming import PcmChunker
+from .streaming import CHUNK_FRAMES, FIRST_CHUNK_FRAMES, PcmChunker
 
 logger = logging.getLogger(__name__)
 
@@ -137,8 +137,8 @@ class Batcher:
         engine: Engine,
         max_batch: int = 16,
         max_queue: int = 64,
-        first_chunk_frames: int = 4,
-        chunk_frames: int = 12,
+        first_chunk_frames: int = FIRST_CHUNK_FRAMES,
+        chunk_frames: int = CHUNK_FRAMES,
     ) -> None:
         self.engine = engine
         self.max_batch = max_batch

@@ -27,7 +27,7 @@ from .prompt import build_prompt
 from .quant import WEIGHT_MODES, activation_dtype, apply_weight_mode, default_weight_mode
 from .runner import Runner, Sequence
 from .sampling import GenerationOptions, SamplingOptions
-from .streaming import AudioStream, PcmChunker
+from .streaming import CHUNK_FRAMES, FIRST_CHUNK_FRAMES, AudioStream, PcmChunker
 from .text import TextTokenizer
 from .voice import VoicePrompt
 from .weights import load_weights
@@ -108,8 +108,8 @@ class Engine:
 
         ``weight_mode`` (float32, bfloat16, float16 or int8; ``dtype`` is an alias for the float
         ones) defaults to the fastest safe mode for the device and ``max_batch`` (see
-        :func:`~utter.engine.quant.default_weight_mode`): int8 weights on CPUs for a few
-        concurrent requests, bfloat16 on GPUs.
+        :func:`~utter.engine.quant.default_weight_mode`): int8 weights on CPUs (with a dense
+        bfloat16 copy when ``max_batch`` allows batches where int8 is slower), bfloat16 on GPUs.
 
         On CUDA the decode step runs from captured graphs (``cuda_graphs``, default on), with
         caches for ``max_batch`` concurrent requests of up to ``max_len`` positions allocated
@@ -130,7 +130,7 @@ class Engine:
         with torch.device("meta"):
             weights = Qwen3TTSWeights(config)
         load_weights(weights, weight_files(folder), dev, dt)
-        apply_weight_mode(weights.talker, mode)
+        apply_weight_mode(weights.talker, mode, max_batch)
         weights.eval()
         codec = SpeechTokenizer.load(folder / "speech_tokenizer", device=dev, dtype=torch.float32)
         engine = cls(
@@ -297,7 +297,7 @@ class Engine:
         return warm.fork()
 
     def stream_audio(
-        self, requests: list[Request], first_chunk: int = 4, chunk: int = 12
+        self, requests: list[Request], first_chunk: int = FIRST_CHUNK_FRAMES, chunk: int = CHUNK_FRAMES
     ) -> Iterator[tuple[int, torch.Tensor | None, np.ndarray | None, str]]:
         """Run requests as one batch, yielding (index, frame codes, PCM chunk or None, "") per frame
         and (index, None, last PCM chunk or None, reason) when a request ends. A request's chunks,

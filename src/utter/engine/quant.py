@@ -11,7 +11,9 @@ pair, not on the bytes alone (measured on a 2-core AVX-512 CPU with torch 2.13, 
   product at B=1 takes 0.41 ms with bfloat16 inputs, 2.6 ms with float32 and 4.8 ms with
   float16 (a reference loop). So "int8" means int8 weights with bfloat16 activations.
   Its cost grows with the rows of the input (it re-reads the weight per small block of rows),
-  so int8 only wins for small batches (see ``INT8_MAX_BATCH``).
+  so int8 only wins for small batches (see ``INT8_MAX_BATCH``). When a model serves larger
+  batches, its int8 layers also keep a dense bfloat16 copy of the weight for those (more
+  memory, the best kernel at every batch size).
 - float16 weights run at the same speed with float16 activations as with float32 or bfloat16
   activations cast at each Linear; the mode uses float16 activations: one dtype and half the
   KV-cache bytes of float32. Real weights can overflow float16 activations where bfloat16 ones
@@ -74,18 +76,19 @@ INT8_KERNEL_MAX_ROWS = 16
 
 
 def default_weight_mode(device: str | torch.device, batch: int = 1) -> str:
-    """The fastest safe mode on ``device`` for decoding ``batch`` rows at once.
+    """The fastest safe mode on ``device`` (``batch``: the most rows decoded at once).
 
     Measured on the 2-core AVX-512 CPU, 0.6B sizes, random weights, B=1, one thread, modes
     interleaved (milliseconds per frame, code predictor's 15 steps + talker step):
     float32 572 (423 + 150), bfloat16 506 (376 + 134), float16 606 (461 + 150),
     int8 319 (235 + 86). int8 keeps logit cosine > 0.999 against float32 (see ``logit_drift``)
-    and computes in bfloat16 like the official model, so it is the CPU default for small
-    batches; bfloat16 above ``INT8_MAX_BATCH``. GPUs: bfloat16, the dtype the model was released
-    in (Int8Linear has no fast GPU kernel here, only the dequantising fallback).
+    and computes in bfloat16 like the official model, so it is the CPU default; above
+    ``INT8_MAX_BATCH`` rows its layers use a dense bfloat16 copy (see ``apply_weight_mode``).
+    GPUs: bfloat16, the dtype the model was released in (Int8Linear has no fast GPU kernel here,
+    only the dequantising fallback).
     """
     kind = torch.device(device).type
-    if kind == "cpu" and _int8_kernel_available() and batch <= INT8_MAX_BATCH:
+    if kind == "cpu" and _int8_kernel_available():
         return "int8"
     return "bfloat16"
 
@@ -100,7 +103,13 @@ class Int8Linear(nn.Module):
     which is correct on any device but converts the whole weight on every call.
     """
 
-    def __init__(self, qweight: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None) -> None:
+    def __init__(
+        self,
+        qweight: torch.Tensor,
+        scales: torch.Tensor,
+        bias: torch.Tensor | None,
+        dense: torch.Tensor | None = None,
+    ) -> None:
         super().__init__()
         if qweight.dtype != torch.int8 or qweight.dim() != 2:
             raise ValueError("qweight must be a 2-D int8 tensor [out, in]")
@@ -111,17 +120,21 @@ class Int8Linear(nn.Module):
         self.register_buffer("scales", scales.contiguous())
         self.bias = None if bias is None else nn.Parameter(bias.to(scales.dtype), requires_grad=False)
         self.use_kernel = qweight.device.type == "cpu" and _int8_kernel_available()
+        # Optional dense copy [out, in] in the activation dtype, for inputs of many rows.
+        self.register_buffer("dense", None if dense is None else dense.contiguous())
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, dtype: torch.dtype) -> Int8Linear:
-        """Quantise ``linear`` (scales computed in float32), computing in ``dtype`` afterwards."""
+    def from_linear(cls, linear: nn.Linear, dtype: torch.dtype, keep_dense: bool = False) -> Int8Linear:
+        """Quantise ``linear`` (scales computed in float32), computing in ``dtype`` afterwards;
+        ``keep_dense`` also keeps the weight in ``dtype`` for inputs of more than
+        ``INT8_MAX_BATCH`` rows."""
         w = linear.weight.detach().float()
         # Round the scales to ``dtype`` first (the kernel takes them in the input dtype), so every
         # weight is within half a quantisation step of its dequantised value.
         scales = (w.abs().amax(dim=1).clamp(min=1e-12) / 127.0).to(dtype)  # [out]
         q = torch.round(w / scales.float()[:, None]).clamp(-127, 127).to(torch.int8)
         bias = None if linear.bias is None else linear.bias.detach()
-        return cls(q, scales, bias)
+        return cls(q, scales, bias, linear.weight.detach().to(dtype) if keep_dense else None)
 
     def dequantized(self) -> torch.Tensor:
         """The weight [out, in] this layer multiplies by, in float32 (exact: 8-bit x 8-bit mantissas)."""
@@ -131,7 +144,10 @@ class Int8Linear(nn.Module):
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)  # [M, K]: the kernel takes 2-D inputs only
         fast = x2.is_cpu and x2.dtype == torch.bfloat16 and self.scales.dtype == torch.bfloat16
-        if self.use_kernel and fast and x2.shape[0] <= INT8_KERNEL_MAX_ROWS:
+        rows = x2.shape[0]
+        if self.dense is not None and (rows > INT8_MAX_BATCH or not (self.use_kernel and fast)):
+            y = F.linear(x2, self.dense.to(x2.dtype))
+        elif self.use_kernel and fast and rows <= INT8_KERNEL_MAX_ROWS:
             y = torch.ops.aten._weight_int8pack_mm(x2.contiguous(), self.qweight, self.scales)
         else:
             y = F.linear(x2, self.qweight.to(x2.dtype)) * self.scales.to(x2.dtype)
@@ -152,7 +168,7 @@ def _cast_parameters(module: nn.Module, dtype: torch.dtype) -> None:
                 sub._parameters[name] = nn.Parameter(p.detach().to(dtype), requires_grad=False)
 
 
-def _quantise_linears(module: nn.Module, dtype: torch.dtype) -> int:
+def _quantise_linears(module: nn.Module, dtype: torch.dtype, keep_dense: bool) -> int:
     """Replace every nn.Linear under ``module`` (except ``_KEEP_FLOAT``) by an Int8Linear."""
     targets = [
         (name, sub)
@@ -162,13 +178,16 @@ def _quantise_linears(module: nn.Module, dtype: torch.dtype) -> int:
     for name, linear in targets:
         parent_name, _, child = name.rpartition(".")
         parent = module.get_submodule(parent_name) if parent_name else module
-        setattr(parent, child, Int8Linear.from_linear(linear, dtype))
+        setattr(parent, child, Int8Linear.from_linear(linear, dtype, keep_dense))
     return len(targets)
 
 
 @torch.no_grad()
-def apply_weight_mode(module: nn.Module, mode: str) -> nn.Module:
+def apply_weight_mode(module: nn.Module, mode: str, max_batch: int = 1) -> nn.Module:
     """Convert a talker (or any module holding Linear layers) to ``mode`` in place; returns it.
+
+    With int8 and ``max_batch`` above ``INT8_MAX_BATCH`` (a server batching requests), each
+    layer keeps a dense copy for those larger batches: about 1.5x the int8 weight memory.
 
     Quantisation reads the weights as loaded, so load in float32 or the checkpoint's bfloat16
     for int8. Afterwards every floating parameter is in ``activation_dtype(mode, device)``, which
@@ -178,7 +197,8 @@ def apply_weight_mode(module: nn.Module, mode: str) -> nn.Module:
     _check_mode(mode)
     param = next(module.parameters())
     dtype = activation_dtype(mode, param.device)
-    quantised = _quantise_linears(module, dtype) if mode == "int8" else 0
+    keep_dense = max_batch > INT8_MAX_BATCH
+    quantised = _quantise_linears(module, dtype, keep_dense) if mode == "int8" else 0
     _cast_parameters(module, dtype)
     logger.info("weight mode %s: activations in %s, %d Linear layers in int8", mode, dtype, quantised)
     return module

@@ -315,11 +315,19 @@ class AudioStream:
         return wav[0].to(torch.float32).cpu().numpy()
 
 
+# Audio chunking: a first chunk of 2 frames (160 ms of audio) so the first audio comes early,
+# then 12 frames (decoding a few frames at a time costs more per frame on CPUs).
+FIRST_CHUNK_FRAMES = 2
+CHUNK_FRAMES = 12
+
+
 class PcmChunker:
     """Turns one request's frames into PCM chunks: a small first chunk (first audio comes early),
     larger ones after (decoding a few frames at a time costs more per frame on CPUs)."""
 
-    def __init__(self, stream: AudioStream, first_chunk: int = 4, chunk: int = 12) -> None:
+    def __init__(
+        self, stream: AudioStream, first_chunk: int = FIRST_CHUNK_FRAMES, chunk: int = CHUNK_FRAMES
+    ) -> None:
         self.stream = stream
         self.first_chunk = first_chunk
         self.chunk = chunk

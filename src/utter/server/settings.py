@@ -11,6 +11,8 @@ from pathlib import Path
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from ..engine.streaming import CHUNK_FRAMES, FIRST_CHUNK_FRAMES
+
 DEFAULT_MODEL = "Qwen/Qwen3-TTS-12Hz-0.6B-Base"
 
 
@@ -47,8 +49,8 @@ class ServerSettings(BaseSettings):
     # that requests are refused with 429 + Retry-After instead of waiting without bound.
     max_batch: int = Field(default=16, ge=1)
     max_queue: int = Field(default=64, ge=1)
-    first_chunk_frames: int = Field(default=4, ge=1)  # small first chunk: early first audio
-    chunk_frames: int = Field(default=12, ge=1)  # larger later chunks amortise decoding
+    first_chunk_frames: int = Field(default=FIRST_CHUNK_FRAMES, ge=1)  # small first chunk: early first audio
+    chunk_frames: int = Field(default=CHUNK_FRAMES, ge=1)  # larger later chunks amortise decoding
     retry_after_s: int = Field(default=2, ge=1)
 
     # How long a request waits for a model that is still loading before it gets 503. On Modal
