@@ -298,7 +298,7 @@ def cmd_bench(args: argparse.Namespace) -> dict:
     doc = run(_settings(args), timeout=args.timeout)
     write_json(doc, Path(args.output))
     text = table(doc)
-    print(text)
+    sys.stdout.write(text + "\n")  # the table is the command's output
     if args.markdown:
         Path(args.markdown).write_text(text + "\n")
     if args.plot:
@@ -319,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         doc = cmd_bench(args)
     except ValueError as exc:
-        print(f"utter: error: {exc}", file=sys.stderr)
+        sys.stderr.write(f"utter: error: {exc}\n")
         return 2
     failed = [r for side in ("utter", "official") for r in doc[side].values() if "error" in r]
     return 1 if failed else 0

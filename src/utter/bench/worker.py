@@ -31,7 +31,7 @@ def run(spec: dict) -> dict:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        print("usage: python -m utter.bench.worker SPEC.json", file=sys.stderr)
+        sys.stderr.write("usage: python -m utter.bench.worker SPEC.json\n")
         return 2
     spec = json.loads(Path(args[0]).read_text())
     logging.basicConfig(
