@@ -22,7 +22,7 @@ from .checkpoint import resolve_checkpoint, weight_files
 from .config import GenerationDefaults, ModelConfig
 from .model.qwen3_tts import Qwen3TTSWeights
 from .model.speaker_encoder import extract_speaker_embedding
-from .model.speech_tokenizer import SpeechTokenizer
+from .model.speech_tokenizer import SpeechTokenizer, official_reference_cut
 from .prompt import build_prompt
 from .quant import WEIGHT_MODES, activation_dtype, apply_weight_mode, default_weight_mode
 from .runner import Runner, Sequence
@@ -235,7 +235,7 @@ class Engine:
         prompt = build_prompt(self.talker, self.config, target, language_id, req.voice, ref_ids)
         max_frames = opts.max_frames or self.frame_limit(self.tokenizer.text_token_count(target))
         seed = opts.seed if opts.seed is not None else random.getrandbits(63)
-        return Sequence(prompt=prompt, options=opts, max_frames=max_frames, seed=seed, tag=req)
+        return Sequence(prompt=prompt, options=opts, max_frames=max_frames, seed=seed)
 
     def stream_codes(self, requests: list[Request]) -> Iterator[tuple[int, torch.Tensor | None, str]]:
         """Run requests as one batch. Yields (request index, frame codes [N], "") as each frame is
@@ -252,20 +252,14 @@ class Engine:
             for s in seqs:  # the caller stopped early: free the rows
                 self.runner.cancel(s)
 
-    def _run(self, requests: list[Request]) -> tuple[list[torch.Tensor], list[str]]:
+    def generate_codes(self, requests: list[Request]) -> list[torch.Tensor]:
+        """Codes [frames, N] per request (batched), without decoding audio. Parity tests compare these."""
         frames: list[list[torch.Tensor]] = [[] for _ in requests]
-        reasons = [""] * len(requests)
-        for i, codes, reason in self.stream_codes(requests):
-            if codes is None:
-                reasons[i] = reason
-            else:
+        for i, codes, _reason in self.stream_codes(requests):
+            if codes is not None:
                 frames[i].append(codes)
         n = self.config.talker.num_code_groups
-        return [torch.stack(f) if f else torch.zeros(0, n, dtype=torch.long) for f in frames], reasons
-
-    def generate_codes(self, requests: list[Request]) -> list[torch.Tensor]:
-        """Codes [frames, N] per request (batched). The parity tests compare these."""
-        return self._run(requests)[0]
+        return [torch.stack(f) if f else torch.zeros(0, n, dtype=torch.long) for f in frames]
 
     def decode(self, codes: torch.Tensor, voice: VoicePrompt | None = None) -> np.ndarray:
         """Codes [frames, N] -> waveform. In ICL mode the reference codes are decoded first as
@@ -276,8 +270,7 @@ class Engine:
             return self.codec.decode(codes)
         full = torch.cat([voice.ref_codes.to(codes.device), codes])
         wav = self.codec.decode(full)
-        cut = int(voice.ref_frames / max(full.shape[0], 1) * wav.shape[0])
-        return wav[cut:]
+        return wav[official_reference_cut(voice.ref_frames, full.shape[0], wav.shape[0]) :]
 
     def audio_stream(self, voice: VoicePrompt | None = None) -> AudioStream:
         """A streaming codec decoder for one request. In ICL mode it starts warm: the reference

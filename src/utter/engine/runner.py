@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -40,10 +40,7 @@ class Sequence:
     seed: int = 0  # sampling seed (see sampling.uniform_noise)
     frames: int = 0  # frames handed out so far
     position: int = 0  # next KV-cache position to write
-    finished: bool = False
-    reason: str = ""  # "eos", "max_frames" or "cancelled"
-    tag: object = None  # caller's handle
-    extra: dict = field(default_factory=dict)
+    reason: str = ""  # why it ended: "eos", "max_frames" or "cancelled" ("" while running)
 
 
 @dataclass
@@ -192,7 +189,7 @@ class Runner:
     def cancel(self, seq: Sequence) -> None:
         """Drop a sequence now; it costs nothing from the next step on."""
         if seq in self.rows:
-            seq.finished, seq.reason = True, "cancelled"
+            seq.reason = "cancelled"
             self._remove(self.rows.index(seq))
 
     def _remove(self, row: int) -> None:
@@ -259,7 +256,7 @@ class Runner:
         for row in reversed(range(len(self.rows))):
             if pending[row] == self.eos:
                 seq = self.rows[row]
-                seq.finished, seq.reason = True, "eos"
+                seq.reason = "eos"
                 outputs.append(StepOutput(seq, None))
                 self._remove(row)
         b = len(self.rows)
@@ -272,25 +269,19 @@ class Runner:
             seq.frames += 1
             outputs.append(StepOutput(seq, codes_cpu[row]))
         # 3. one talker step for the rows that go on.
-        keep = [r for r, s in enumerate(self.rows) if s.frames < s.max_frames]
-        if len(keep) < b:
-            for row in reversed(range(b)):
-                if row not in keep:
-                    seq = self.rows[row]
-                    seq.finished, seq.reason = True, "max_frames"
-                    outputs.append(StepOutput(seq, None))
-            # compact codes the same way rows are compacted
-            order = list(range(b))
-            for row in reversed(range(b)):
-                if row not in keep:
-                    last = len(order) - 1
-                    order[row] = order[last]
-                    order.pop()
-                    self._remove(row)
-            codes = codes[order]
-            b = len(self.rows)
-            if b == 0:
-                return outputs
+        order = list(range(b))  # which row of ``codes`` each remaining row holds
+        for row in reversed(range(b)):
+            seq = self.rows[row]
+            if seq.frames >= seq.max_frames:
+                seq.reason = "max_frames"
+                outputs.append(StepOutput(seq, None))
+                order[row] = order[-1]  # the same move _remove makes for the row
+                order.pop()
+                self._remove(row)
+        b = len(self.rows)
+        if b == 0:
+            return outputs
+        codes = codes[order]
         text = []
         for seq in self.rows:
             step = seq.frames - 1

@@ -1,10 +1,9 @@
 """Load the official ``model.safetensors`` into our modules.
 
 Our module tree mirrors the official parameter names (``talker.model.layers.0.self_attn.q_proj``,
-``speaker_encoder.blocks.0.conv`` ...), so the mapping is the identity; the table below lists
-the names the official file carries that inference does not use. Modules are created on the
-meta device and the tensors assigned directly, so a checkpoint is read once and never
-initialised twice.
+``speaker_encoder.blocks.0.conv`` ...), so the mapping is the identity and any name missing or
+left over is an error. Modules are created on the meta device and the tensors assigned
+directly, so a checkpoint is read once and never initialised twice.
 """
 
 from __future__ import annotations
@@ -18,10 +17,6 @@ from torch import nn
 
 logger = logging.getLogger(__name__)
 
-# Official tensors that have no counterpart at inference time (none in the released files, but
-# checkpoints saved from a training run may carry these).
-IGNORED_PREFIXES: tuple[str, ...] = ("talker.model.rotary_emb.", "talker.code_predictor.model.rotary_emb.")
-
 
 def load_weights(module: nn.Module, files: list[Path], device: torch.device, dtype: torch.dtype) -> None:
     """Assign every parameter of ``module`` from ``files``; fail loudly on missing or extra names."""
@@ -32,8 +27,7 @@ def load_weights(module: nn.Module, files: list[Path], device: torch.device, dty
         with safe_open(str(path), framework="pt", device="cpu") as f:
             for name in f.keys():
                 if name not in expected:
-                    if not name.startswith(IGNORED_PREFIXES):
-                        unexpected.append(name)
+                    unexpected.append(name)
                     continue
                 tensor = f.get_tensor(name)
                 want = expected[name]

@@ -101,16 +101,7 @@ def run_api_server(args: argparse.Namespace) -> None:
 
     configure_logging(logging.DEBUG if getattr(args, "debug", False) else logging.INFO)
     settings = settings_from_args(args)
-    holder = EngineHolder(
-        settings.model,
-        device=settings.device,
-        dtype=settings.dtype,
-        cache_dir=settings.cache_dir,
-        max_batch=settings.max_batch,
-        max_queue=settings.max_queue,
-        first_chunk_frames=settings.first_chunk_frames,
-        chunk_frames=settings.chunk_frames,
-    )
+    holder = EngineHolder.from_settings(settings)
     app = create_app(settings, holder)
     logger.info("serving the TTS API on http://%s:%d (docs at /docs)", settings.host, settings.port)
     # Our middleware logs each request with its id; uvicorn's own access log would repeat it.

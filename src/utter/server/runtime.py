@@ -15,11 +15,15 @@ import logging
 import threading
 import time
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..engine.batcher import Batcher
 from ..engine.checkpoint import CheckpointError
 from ..engine.engine import Engine
+from ..engine.streaming import CHUNK_FRAMES, FIRST_CHUNK_FRAMES
+
+if TYPE_CHECKING:
+    from .settings import ServerSettings
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +59,20 @@ def _hint(exc: BaseException) -> str:
 class EngineHolder:
     """Owns one :class:`Engine` and its :class:`Batcher` for the lifetime of a server."""
 
+    @classmethod
+    def from_settings(cls, settings: ServerSettings) -> EngineHolder:
+        """The holder a service with these settings serves from (api-only server and studio alike)."""
+        return cls(
+            settings.model,
+            device=settings.device,
+            dtype=settings.dtype,
+            cache_dir=settings.cache_dir,
+            max_batch=settings.max_batch,
+            max_queue=settings.max_queue,
+            first_chunk_frames=settings.first_chunk_frames,
+            chunk_frames=settings.chunk_frames,
+        )
+
     def __init__(
         self,
         model: str,
@@ -63,8 +81,8 @@ class EngineHolder:
         cache_dir: str | None = None,
         max_batch: int = 16,
         max_queue: int = 64,
-        first_chunk_frames: int = 4,
-        chunk_frames: int = 12,
+        first_chunk_frames: int = FIRST_CHUNK_FRAMES,
+        chunk_frames: int = CHUNK_FRAMES,
     ) -> None:
         self.model = model
         self.device = device

@@ -44,20 +44,9 @@ FORM_OVERHEAD = 1024 * 1024  # multipart framing and the text fields around an u
 def _mount_tts(app: FastAPI, settings: StudioSettings, provider: LocalProvider) -> None:
     """The TTS service (seed /clone API, OpenAI API) on the same model, under /tts."""
     from ..server.app import create_app
-    from ..server.settings import ServerSettings
 
-    server_settings = ServerSettings(
-        model=settings.model,
-        device=settings.device,
-        dtype=settings.dtype,
-        cache_dir=settings.cache_dir,
-        data_dir=settings.data_dir,
-        host=settings.host,
-        max_batch=settings.max_batch,
-        max_queue=settings.max_queue,
-        manage_holder=False,  # the studio starts and stops the holder (mounted apps get no lifespan)
-    )
-    app.mount("/tts", create_app(server_settings, provider.holder))
+    # The studio starts and stops the holder (mounted apps get no lifespan).
+    app.mount("/tts", create_app(settings.service_settings(manage_holder=False), provider.holder))
 
 
 def create_studio_app(settings: StudioSettings | None = None, provider: TTSProvider | None = None) -> FastAPI:

@@ -360,12 +360,4 @@ def make_provider(settings, storage: Storage) -> TTSProvider:  # settings: Studi
     if settings.tts_endpoint:
         key = settings.tts_api_key.get_secret_value() if settings.tts_api_key else None
         return RemoteProvider(settings.tts_endpoint, key, settings.tts_timeout)
-    holder = EngineHolder(
-        settings.model,
-        device=settings.device,
-        dtype=settings.dtype,
-        cache_dir=settings.cache_dir,
-        max_batch=settings.max_batch,
-        max_queue=settings.max_queue,
-    )
-    return LocalProvider(holder, storage)
+    return LocalProvider(EngineHolder.from_settings(settings.service_settings()), storage)

@@ -8,9 +8,13 @@ environment without any state being pickled across.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from ..server.settings import ServerSettings
 
 DEFAULT_MODEL = "Qwen/Qwen3-TTS-12Hz-0.6B-Base"
 
@@ -73,6 +77,22 @@ class StudioSettings(BaseSettings):
         if self.min_ref_seconds >= self.max_ref_seconds:
             raise ValueError("min_ref_seconds must be below max_ref_seconds")
         return self
+
+    def service_settings(self, **overrides: object) -> ServerSettings:
+        """Settings of the TTS service on the same model: the in-process engine and ``/tts``."""
+        from ..server.settings import ServerSettings
+
+        values = {
+            "model": self.model,
+            "device": self.device,
+            "dtype": self.dtype,
+            "cache_dir": self.cache_dir,
+            "data_dir": self.data_dir,
+            "host": self.host,
+            "max_batch": self.max_batch,
+            "max_queue": self.max_queue,
+        }
+        return ServerSettings(**{**values, **overrides})
 
     @property
     def db_url(self) -> str:

@@ -37,6 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .layers import apply_rotary
+
 # The official wrapper's ``decode`` calls ``chunked_decode`` with these defaults.
 OFFICIAL_CHUNK_FRAMES = 300
 OFFICIAL_LEFT_CONTEXT_FRAMES = 25
@@ -340,11 +342,6 @@ class LayerScale(nn.Module):
         return self.scale * x
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
 class SlidingAttention(nn.Module):
     """Causal attention where each frame sees itself and the ``window - 1`` frames before it."""
 
@@ -371,9 +368,7 @@ class SlidingAttention(nn.Module):
         q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
-        q = q * cos + _rotate_half(q) * sin
-        k = k * cos + _rotate_half(k) * sin
-        return q, k, v
+        return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         # q: [B, nh, Tq, hd]; k, v: [B, nkv, Tk, hd]; mask: [Tq, Tk] bool (True = may attend) -> [B, Tq, H]
