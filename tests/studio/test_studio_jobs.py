@@ -79,6 +79,22 @@ def test_heartbeat_writes_progress_only_for_the_owner_and_reports_cancel(databas
     assert not queue.heartbeat(task_id, "w1").owned  # finished tasks take no more writes
 
 
+def test_a_job_that_breaks_after_its_cancel_was_requested_ends_cancelled(database_url: str) -> None:
+    """Deleting a voice flags its job, then removes the files the job may be opening: the job's
+    failure must not hide the user's cancel."""
+    queue = _queue(database_url)
+    cancelled_id, plain_id = _enqueue(queue, 2)
+    queue.claim("w1")
+    queue.claim("w1")
+    queue.request_cancel(cancelled_id, "the voice was deleted")
+    assert queue.fail(cancelled_id, "w1", "the reference audio is missing")
+    assert queue.fail(plain_id, "w1", "the reference audio is missing")
+    assert _status_pair(queue, cancelled_id) == ("cancelled", "cancelled")
+    assert _task(queue, cancelled_id).error == "the voice was deleted"
+    assert _status_pair(queue, plain_id) == ("failed", "failed")
+    assert _task(queue, plain_id).error == "the reference audio is missing"
+
+
 def test_cancel_of_a_queued_task_is_immediate(database_url: str) -> None:
     queue = _queue(database_url)
     (task_id,) = _enqueue(queue, 1)

@@ -21,7 +21,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, func, select, update
+from sqlalchemy import and_, case, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from .models import Generation, Task, utcnow
@@ -157,12 +157,19 @@ class JobQueue:
             values["progress"] = 1.0
         if status == CANCELLED:  # keep the reason given with the cancel request ("the voice was deleted")
             values["error"] = func.coalesce(Task.error, values["error"])
+        elif status == FAILED:
+            # A job whose cancel was requested ends cancelled even when it broke first (deleting a
+            # voice removes its files while its job may be opening them): the user's act wins.
+            values["status"] = case((Task.cancel_requested, CANCELLED), else_=FAILED)
+            values["error"] = case(
+                (Task.cancel_requested, func.coalesce(Task.error, values["error"])), else_=values["error"]
+            )
         with self.sessions.begin() as s:
             row = s.execute(
                 update(Task)
                 .where(*cond)
                 .values(**values)
-                .returning(Task.generation_id, Task.error)
+                .returning(Task.generation_id, Task.error, Task.status)
                 .execution_options(synchronize_session=False)
             ).first()
             if row is None:
@@ -170,7 +177,7 @@ class JobQueue:
             s.execute(
                 update(Generation)
                 .where(Generation.id == row.generation_id)
-                .values(status=status, finished_at=now, error_message=row.error, **gen_values)
+                .values(status=row.status, finished_at=now, error_message=row.error, **gen_values)
                 .execution_options(synchronize_session=False)
             )
         return True
@@ -278,7 +285,7 @@ class JobQueue:
                 update(Task)
                 .where(owned_by_dead)
                 .values(worker_id=None, lease_expires_at=None, **values)
-                .returning(Task.generation_id, Task.error)
+                .returning(Task.generation_id, Task.error, Task.status)
                 .execution_options(synchronize_session=False)
             ).first()
             if row is None:

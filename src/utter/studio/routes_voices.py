@@ -177,12 +177,14 @@ def delete_voice(voice_id: str, studio: StudioDep, session: SessionDep) -> Respo
     active = session.scalars(
         select(Task.id).join(Generation).where(Generation.voice_id == voice.id, Task.status.in_(ACTIVE))
     ).all()
-    session.delete(voice)
-    session.execute(update(Generation).where(Generation.voice_id == voice_id).values(voice_id=None))
-    session.commit()
+    session.commit()  # end this read before the queue writes (SQLite allows one writer)
+    # Flag the jobs first: a job that trips over the vanished voice then ends cancelled, not failed.
     for task_id in active:
         studio.queue.request_cancel(task_id, "the voice was deleted")
         studio.runner.cancel_local(task_id)
+    session.delete(voice)
+    session.execute(update(Generation).where(Generation.voice_id == voice_id).values(voice_id=None))
+    session.commit()
     studio.storage.delete_voice(voice_id)
     return Response(status_code=204)
 
