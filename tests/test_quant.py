@@ -1,11 +1,7 @@
-"""Weight modes: every mode generates through the real engine, int8 is exact to its dequantised
-weights and uses the CPU kernel, and logits stay close to float32.
-
-Engine hook used here (until Engine.load takes a weight mode): load the engine in
-``activation_dtype(mode)``, then ``apply_weight_mode(engine.talker, mode)`` in place. The runner
-and prompt builder read the activation dtype from ``codec_head.weight``, which every mode keeps
-in the activation dtype.
-"""
+"""Weight modes: every mode generates through the real engine; the int8 kernels equal the
+dequantised product up to 8-bit input rounding, quantise each row on its own (a request's numbers
+do not depend on its batch), route outlier rows to the weight-only kernel and really run on the
+CPU's int8 units; logits stay close to float32."""
 
 from __future__ import annotations
 
@@ -21,26 +17,24 @@ from torch.profiler import ProfilerActivity, profile
 
 from utter.engine.engine import Engine, Request
 from utter.engine.quant import (
+    OUTLIER_CREST,
     WEIGHT_MODES,
+    Fp16Linear,
     Int8Linear,
     activation_dtype,
     apply_weight_mode,
     default_weight_mode,
+    fbgemm_available,
+    int8_kernel,
     logit_drift,
+    onednn_int8_available,
 )
 from utter.engine.sampling import GenerationOptions
 from utter.engine.voice import VoicePrompt
 
 logger = logging.getLogger(__name__)
 
-DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
-
-
-def load_in_mode(checkpoint: Path, mode: str) -> Engine:
-    """The integration hook in test form: load in the mode's activation dtype, then convert."""
-    engine = Engine.load(str(checkpoint), device="cpu", dtype=DTYPE_NAMES[activation_dtype(mode, "cpu")])
-    apply_weight_mode(engine.talker, mode)
-    return engine
+CPU_KERNELS = ["fbgemm", "onednn", "int8pack", "dequantize"]
 
 
 def _voice(engine: Engine) -> VoicePrompt:
@@ -48,9 +42,25 @@ def _voice(engine: Engine) -> VoicePrompt:
     return VoicePrompt(speaker_embedding=torch.randn(dim, generator=torch.Generator().manual_seed(3)))
 
 
+def _linear(n_in: int = 96, n_out: int = 80, bias: bool = True) -> nn.Linear:
+    torch.manual_seed(0)
+    return nn.Linear(n_in, n_out, bias=bias)
+
+
+def _skip_unavailable(kernel: str) -> None:
+    if kernel == "fbgemm" and not fbgemm_available():
+        pytest.skip("this torch build has no fbgemm")
+    if kernel == "onednn" and not onednn_int8_available():
+        pytest.skip("this torch build has no oneDNN int8 linear")
+
+
+def _rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
+    return float((got.float() - want.float()).norm() / want.float().norm())
+
+
 @pytest.mark.parametrize("mode", WEIGHT_MODES)
 def test_every_mode_generates_through_the_engine(tiny_checkpoint: Path, engine: Engine, mode: str) -> None:
-    moded = load_in_mode(tiny_checkpoint, mode)
+    moded = Engine.load(str(tiny_checkpoint), device="cpu", weight_mode=mode)
     act = activation_dtype(mode, "cpu")
     assert moded.runner.dtype == act and moded.talker.codec_head.weight.dtype == act
     assert moded.talker.model.rotary.inv_freq.dtype == torch.float32  # buffers are not cast
@@ -58,45 +68,109 @@ def test_every_mode_generates_through_the_engine(tiny_checkpoint: Path, engine: 
     codes = moded.generate_codes([request])[0]
     assert 2 <= codes.shape[0] <= 4 and codes.shape[1] == engine.config.talker.num_code_groups
     assert int(codes.min()) >= 0 and int(codes.max()) < engine.config.talker.code_predictor.vocab_size
-    if mode == "float32":  # converting to the loaded dtype changes nothing
+    if mode == "float32":  # the same weights and arithmetic as the float32 engine
         assert torch.equal(codes, engine.generate_codes([request])[0])
-    linears = [m for m in moded.talker.modules() if isinstance(m, Int8Linear)]
-    assert bool(linears) == (mode == "int8")
+    assert any(isinstance(m, Int8Linear) for m in moded.talker.modules()) == (mode == "int8")
+    if fbgemm_available():
+        assert any(isinstance(m, Fp16Linear) for m in moded.talker.modules()) == (mode == "float16")
 
 
-def test_int8_linear_equals_dequantized_matmul() -> None:
-    torch.manual_seed(0)
-    linear = nn.Linear(96, 80, bias=True)
-    q = Int8Linear.from_linear(linear, torch.bfloat16)
+@pytest.mark.parametrize("kernel", CPU_KERNELS)
+def test_int8_linear_is_the_dequantized_product_up_to_input_rounding(kernel: str) -> None:
+    _skip_unavailable(kernel)
+    linear = _linear()
+    q = Int8Linear.from_linear(linear, kernel)
     w = linear.weight.detach()
     # Symmetric per-channel rounding: every weight within half a step of its original value.
-    step = q.scales.float()[:, None]
-    assert ((q.dequantized() - w).abs() <= 0.5 * step + 1e-7).all()
-    x = torch.randn(2, 3, 96).bfloat16()
-    expected = F.linear(x.float(), q.dequantized(), linear.bias.detach().bfloat16().float())
+    assert ((q.dequantized() - w).abs() <= 0.5 * q.scales[:, None] + 1e-7).all()
+    x = torch.randn(2, 3, 96)
+    want = F.linear(x, q.dequantized(), linear.bias.detach())
     got = q(x)
-    assert got.shape == (2, 3, 80) and got.dtype == torch.bfloat16
-    torch.testing.assert_close(got.float(), expected, rtol=1e-2, atol=1e-2)
-    # The fallback used off CPU (dequantise on the fly) gives the same result.
-    q.use_kernel = False
-    torch.testing.assert_close(q(x).float(), got.float(), rtol=1e-2, atol=1e-2)
-    # In float32 the fallback is exact to float rounding.
-    q32 = Int8Linear.from_linear(linear, torch.float32)
-    x32 = torch.randn(5, 96)
-    torch.testing.assert_close(q32(x32), F.linear(x32, q32.dequantized(), linear.bias), rtol=1e-5, atol=1e-5)
+    assert got.shape == (2, 3, 80) and got.dtype == torch.float32
+    # fbgemm/oneDNN round inputs to 8 bits per row (about 1% error); weight-only kernels compute
+    # in bfloat16 (int8pack) or exactly (dequantize).
+    limit = {"fbgemm": 0.03, "onednn": 0.03, "int8pack": 0.01, "dequantize": 1e-6}[kernel]
+    assert _rel_err(got, want) < limit
+    assert _rel_err(q(x[:1, :1]), want[:1, :1]) < limit  # the one-row path too
 
 
-def test_int8_uses_the_cpu_kernel(engine: Engine) -> None:
-    assert hasattr(torch.ops.aten, "_weight_int8pack_mm")
-    talker = apply_weight_mode(copy.deepcopy(engine.talker), "int8")
-    layer = talker.code_predictor.model.layers[0].mlp.gate_proj
-    assert isinstance(layer, Int8Linear) and layer.use_kernel
-    assert isinstance(talker.code_predictor.lm_head[0], Int8Linear)
-    assert type(talker.codec_head) is nn.Linear  # stays float: the runner reads the dtype from it
-    x = torch.randn(1, 1, layer.in_features).bfloat16()
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        layer(x)
-    assert "aten::_weight_int8pack_mm" in {e.key for e in prof.key_averages()}
+@pytest.mark.parametrize("kernel", ["fbgemm", "onednn"])
+def test_int8_rows_are_quantised_on_their_own(kernel: str) -> None:
+    """A row's result does not depend on the other rows of its batch: bit for bit with fbgemm,
+    to float rounding with oneDNN (its kernels differ by the number of rows); a shared input
+    scale would move it by about 1%. (fbgemm's one-row call uses the row's own range instead:
+    engines with fbgemm decode one row at a time.)"""
+    _skip_unavailable(kernel)
+    q = Int8Linear.from_linear(_linear(256, 64), kernel)
+    torch.manual_seed(1)
+    x = torch.randn(6, 256) * torch.tensor([0.01, 1.0, 50.0, 3.0, 0.5, 7.0])[:, None]
+    full = q(x)
+    tol = {"rtol": 0, "atol": 0} if kernel == "fbgemm" else {"rtol": 1e-6, "atol": 1e-6}
+    torch.testing.assert_close(q(x[2:4]), full[2:4], **tol)
+    torch.testing.assert_close(q(torch.cat([x[3:5], torch.randn(3, 256) * 100]))[:2], full[3:5], **tol)
+    if kernel == "onednn":
+        torch.testing.assert_close(q(x[1:2]), full[1:2], **tol)
+
+
+@pytest.mark.parametrize("kernel", ["fbgemm", "onednn"])
+def test_outlier_rows_take_the_weight_only_kernel(kernel: str) -> None:
+    _skip_unavailable(kernel)
+    q = Int8Linear.from_linear(_linear(1024, 64), kernel)
+    torch.manual_seed(2)
+    x = torch.randn(3, 1024)
+    x[1] *= 0.01
+    x[1, 7] = 100.0  # one channel holds nearly all the energy (an attention-sink token)
+    assert float(x[1].abs().max() / x[1].pow(2).mean().sqrt()) > OUTLIER_CREST
+    got = q(x)
+    assert torch.equal(got[1], q._weight_only(x[1:2])[0])
+    assert torch.equal(got[[0, 2]], q(x[[0, 2]]))  # the other rows: the int8 kernel as usual
+    # 8-bit input steps of 100/127 would zero the row's small values: the weight-only row is
+    # closer to the exact product than the int8 kernel's answer for it.
+    exact = F.linear(x[1:2], q.dequantized(), q.bias)
+    q.crest_limit = float("inf")  # no guard
+    assert _rel_err(got[1:2], exact) < _rel_err(q(x[1:2]), exact)
+
+
+def test_int8_kernels_run_where_expected() -> None:
+    """The fast paths really run their kernels (profiled), chosen by the batch an engine serves."""
+    assert int8_kernel("cuda") == "dequantize"
+    if not fbgemm_available():
+        pytest.skip("this torch build has no fbgemm")
+    assert int8_kernel("cpu", max_batch=1) == "fbgemm"
+    expected = {"fbgemm": "quantized::linear_dynamic"}
+    if onednn_int8_available():
+        assert int8_kernel("cpu", max_batch=16) == "onednn"
+        expected["onednn"] = "onednn::qlinear_pointwise"
+    for kernel, op in expected.items():
+        layer = Int8Linear.from_linear(_linear(128, 64), kernel)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            layer(torch.randn(1, 1, 128))
+            layer(torch.randn(3, 128))
+        names = {e.key for e in prof.key_averages()}
+        assert op in names and "aten::_weight_int8pack_mm" not in names
+
+
+def test_int8_serving_engine_batches_like_single_requests(tiny_checkpoint: Path) -> None:
+    """Greedy codes of a request are the same alone and in a batch, in int8 as in float."""
+    engine = Engine.load(str(tiny_checkpoint), device="cpu", weight_mode="int8", max_batch=4)
+    linears = [m for m in engine.talker.modules() if isinstance(m, Int8Linear)]
+    assert linears and {m.kernel for m in linears} == {int8_kernel("cpu", 4)}
+    voice = _voice(engine)
+    texts = ["The first request is short.", "A second, longer request speaks for a while.", "Third."]
+    requests = [Request(t, voice, "English", GenerationOptions.greedy(6)) for t in texts]
+    batched = engine.generate_codes(requests)
+    for request, codes in zip(requests, batched):
+        assert torch.equal(engine.generate_codes([request])[0], codes)
+
+
+def test_fp16_linear_is_close_to_float32() -> None:
+    if not fbgemm_available():
+        pytest.skip("this torch build has no fbgemm")
+    linear = _linear()
+    layer = Fp16Linear.from_linear(linear)
+    x = torch.randn(4, 96)
+    want = F.linear(x, linear.weight.detach().half().float(), linear.bias.detach())
+    torch.testing.assert_close(layer(x), want, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize(("mode", "min_cosine"), [("bfloat16", 0.999), ("float16", 0.999), ("int8", 0.99)])
@@ -114,26 +188,11 @@ def test_logit_drift_against_float32(
 
 def test_default_weight_mode_and_bad_modes() -> None:
     assert default_weight_mode("cpu") == "int8"
-    assert default_weight_mode("cpu", batch=16) == "int8"  # larger batches use the dense copy
     assert default_weight_mode("cuda") == "bfloat16"
-    assert activation_dtype("int8", "cpu") == torch.bfloat16
+    if fbgemm_available():
+        assert activation_dtype("int8", "cpu") == torch.float32
+        assert activation_dtype("float16", "cpu") == torch.float32
+    assert activation_dtype("int8", "cuda") == torch.bfloat16
+    assert activation_dtype("float16", "cuda") == torch.float16
     with pytest.raises(ValueError, match="unknown weight mode"):
         apply_weight_mode(nn.Linear(2, 2), "int4")
-
-
-def test_int8_serving_layers_use_their_dense_copy_for_large_batches() -> None:
-    """With a dense copy (servers), batches above INT8_MAX_BATCH use it; small ones use int8."""
-    from utter.engine.quant import INT8_MAX_BATCH, Int8Linear
-
-    torch.manual_seed(0)
-    linear = torch.nn.Linear(64, 48, bias=True)
-    q = Int8Linear.from_linear(linear, torch.bfloat16, keep_dense=True)
-    assert q.dense is not None and q.dense.dtype == torch.bfloat16
-    big = torch.randn(INT8_MAX_BATCH + 1, 64).to(torch.bfloat16)
-    dense = linear.weight.detach().to(torch.bfloat16)
-    dense_out = torch.nn.functional.linear(big, dense) + linear.bias.detach().to(torch.bfloat16)
-    torch.testing.assert_close(q(big), dense_out, atol=0, rtol=0)
-    small = big[:INT8_MAX_BATCH]
-    plain = Int8Linear.from_linear(linear, torch.bfloat16)
-    assert plain.dense is None
-    torch.testing.assert_close(q(small), plain(small), atol=0, rtol=0)

@@ -47,7 +47,7 @@ def available_modes(device: str) -> list[str]:
     return [default] + [m for m in ranked if m != default]
 
 
-def load_engine(model: str, device: str, mode: str, max_batch: int = 16):
+def load_engine(model: str, device: str, mode: str, max_batch: int):
     """Our engine with ``mode`` weights (see ``utter.engine.quant``)."""
     from ..engine.engine import Engine
 
@@ -101,19 +101,13 @@ def _frame_run(engine, voice, opts, device: str) -> dict:
 
 
 def _probe_codec(probe: Probe, engine) -> None:
-    """Time codec decoding, one-shot (``codec.decode``) and streamed (``push`` on each stream the
-    codec makes), whichever the engine uses; reference codes pushed as left context count too."""
-    codec = engine.codec
-    probe.wrap(codec, "decode", "codec")
-    make = getattr(codec, "stream", None)
-    if make is not None:
+    """Time codec decoding, one-shot (``codec.decode``) and streamed (``AudioStream.push``, on
+    every stream: the engine forks per-request streams from a warm one per voice); reference
+    codes pushed as left context count too, the first time a voice is used."""
+    from ..engine.streaming import AudioStream
 
-        def stream(*args, **kwargs):
-            s = make(*args, **kwargs)
-            probe.wrap(s, "push", "codec")
-            return s
-
-        probe.patch(codec, "stream", stream)
+    probe.wrap(engine.codec, "decode", "codec")
+    probe.wrap(AudioStream, "push", "codec")
 
 
 def _ttfa(batcher, voice_path: Path, opts, repeats: int) -> dict:
@@ -195,7 +189,7 @@ def measure(spec: dict) -> dict:
     suite, frames, workdir = set(spec["suite"]), spec["frames"], Path(spec["workdir"])
     torch.set_grad_enabled(False)
     imported = time.time()
-    engine = load_engine(spec["model"], device, mode)
+    engine = load_engine(spec["model"], device, mode, max_batch=1)  # as `utter say` loads it
     sync(device)
     ready = time.time()
     out: dict = {
@@ -229,17 +223,22 @@ def measure(spec: dict) -> dict:
         out["frame"] = _frame_run(engine, voice, opts, device)
     voice_path = workdir / f"voice-utter-{mode}.safetensors"
     voice.save(voice_path)
+    if "texts" in suite:
+        out["texts"] = {
+            name: _text_run(engine, voice, opts, name, n, device) for name, n in spec.get("texts", {}).items()
+        }
     if "ttfa" in suite or "concurrency" in suite:
+        # A server's engine: sized (and, on CPUs, its int8 kernel chosen) for the largest batch.
         concurrency = spec.get("concurrency") or [1]
+        del engine
+        started = time.time()
+        engine = load_engine(spec["model"], device, mode, max_batch=max(concurrency))
+        out["load"]["serving_load_s"] = time.time() - started
         with Batcher(engine, max_batch=max(concurrency)) as batcher:
             if "ttfa" in suite:
                 out["ttfa"] = _ttfa(batcher, voice_path, opts, spec.get("ttfa_repeats", 3))
             if "concurrency" in suite:
                 out["concurrency"] = {str(c): _concurrent(batcher, voice, opts, c) for c in concurrency}
                 out["concurrency_mode"] = "one Batcher, all streams submitted together"
-    if "texts" in suite:
-        out["texts"] = {
-            name: _text_run(engine, voice, opts, name, n, device) for name, n in spec.get("texts", {}).items()
-        }
     out["memory"].update(peak_memory(device))
     return out

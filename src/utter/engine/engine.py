@@ -20,6 +20,7 @@ import torch
 from ..audio import SAMPLE_RATE, load_audio, resample
 from .checkpoint import resolve_checkpoint, weight_files
 from .config import GenerationDefaults, ModelConfig
+from .model.layers import fuse_projections
 from .model.qwen3_tts import Qwen3TTSWeights
 from .model.speaker_encoder import extract_speaker_embedding
 from .model.speech_tokenizer import SpeechTokenizer, official_reference_cut
@@ -130,6 +131,7 @@ class Engine:
         with torch.device("meta"):
             weights = Qwen3TTSWeights(config)
         load_weights(weights, weight_files(folder), dev, dt)
+        fuse_projections(weights.talker)
         apply_weight_mode(weights.talker, mode, max_batch)
         weights.eval()
         codec = SpeechTokenizer.load(folder / "speech_tokenizer", device=dev, dtype=torch.float32)

@@ -1,35 +1,44 @@
-"""Weight modes for the decode hot path: 32-bit, 16-bit and weight-only 8-bit Linear layers.
+"""Weight modes for the decode hot path: 32-bit, 16-bit and 8-bit Linear layers.
 
 Decoding is memory-bound: every frame reads all talker weights once and the code predictor's
-weights 15 times, at batch sizes of 1-16, so each Linear is a skinny matrix-vector product and
-the time per frame is about (weight bytes) / (bandwidth the matmul kernel reaches). A mode picks
-both the weight format and the activation dtype, because on CPUs the kernel speed depends on the
-pair, not on the bytes alone (measured on a 2-core AVX-512 CPU with torch 2.13, see
-``default_weight_mode``):
+weights 15 times, at batch sizes of 1-16, so each Linear is a skinny matrix product and the time
+per frame is about (weight bytes) / (bandwidth the kernel reaches) plus per-op overhead. A mode
+picks the weight format and the activation dtype together, because on CPUs the kernel speed
+depends on the pair. Measured on a 2-core AVX-512 CPU (torch 2.13, one 3072x1024 product, 1 / 8
+rows): bfloat16 ``F.linear`` 0.24 / 0.25 ms; float16 ``F.linear`` 0.20 / 0.49 ms; fbgemm's
+packed float16 weights with float32 activations 0.15 / 0.22 ms; ``_weight_int8pack_mm`` (int8
+weights, bfloat16 activations) 0.10 / 0.35 ms; fbgemm's int8 x int8 product 0.04 / 0.08 ms.
 
-- ``torch.ops.aten._weight_int8pack_mm`` is fast only with bfloat16 activations: one 3072x1024
-  product at B=1 takes 0.41 ms with bfloat16 inputs, 2.6 ms with float32 and 4.8 ms with
-  float16 (a reference loop). So "int8" means int8 weights with bfloat16 activations.
-  Its cost grows with the rows of the input (it re-reads the weight per small block of rows),
-  so int8 only wins for small batches (see ``INT8_MAX_BATCH``). When a model serves larger
-  batches, its int8 layers also keep a dense bfloat16 copy of the weight for those (more
-  memory, the best kernel at every batch size).
-- float16 weights run at the same speed with float16 activations as with float32 or bfloat16
-  activations cast at each Linear; the mode uses float16 activations: one dtype and half the
-  KV-cache bytes of float32. Real weights can overflow float16 activations where bfloat16 ones
-  do not, one reason float16 is never a default.
+So on x86 CPUs (where fbgemm is built in):
 
-Only Linear layers are converted to 8-bit. Embeddings and norms follow the activation dtype
-(norms compute in float32 internally anyway, see ``RMSNorm``); rotary frequencies (buffers) stay
-float32. ``codec_head`` stays a plain Linear in the activation dtype in every mode: the runner and
-the prompt builder read the activation dtype from ``codec_head.weight``, and the head is 0.2% of
-the bytes read per frame.
+- ``float16`` stores weights as packed float16 for fbgemm and keeps activations in float32:
+  1.5x faster than bfloat16 and more precise (10 mantissa bits instead of 7, float32 sums), with
+  no float16 overflow risk because activations never are float16.
+- ``int8`` stores weights as int8 with one scale per output channel, and quantises each input
+  row to int8 on the fly with its own scale (symmetric, max-abs / 127), so the product runs on
+  the int8 dot-product units: the fastest mode, and the CPU default. Rows are quantised
+  independently, so a request's numbers do not depend on the other rows of the batch. A row
+  with an outlier (largest value above ``OUTLIER_CREST`` times its RMS, where 8-bit steps would
+  swallow its small values) is computed with the weight-only kernel instead.
+
+Elsewhere (GPUs, CPUs without fbgemm) ``float16`` is plain float16 and ``int8`` is weight-only
+int8 with bfloat16 activations (``_weight_int8pack_mm`` on CPUs, dequantise-on-the-fly on GPUs).
+
+Only Linear layers change format. Embeddings and norms follow the activation dtype (norms
+compute in float32 internally anyway, see ``RMSNorm``); rotary frequencies stay float32.
+``codec_head`` stays a plain Linear in the activation dtype in every mode: the runner and the
+prompt builder read the activation dtype from ``codec_head.weight``, and the head is 0.2% of the
+bytes read per frame. ``logit_drift`` reports how far each mode moves the logits.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -41,12 +50,37 @@ WEIGHT_MODES = ("float32", "bfloat16", "float16", "int8")
 
 _FLOAT_MODES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
-# Linear layers left in the activation dtype in int8 mode: ``codec_head`` (the runner reads the
-# activation dtype from its weight) and ``text_projection`` (prefill only, not in the frame loop).
+# Linear layers left in the activation dtype: ``codec_head`` (the runner reads the activation
+# dtype from its weight) and ``text_projection`` (prefill only, not in the frame loop).
 _KEEP_FLOAT = ("codec_head", "text_projection")
 
+# A row whose largest |value| exceeds this many times its RMS goes through the weight-only
+# kernel. With per-row 8-bit steps of max/127, the row's typical values carry a quantisation
+# noise of about crest / 440 of its RMS (4.5% at 20). Random-weight activations stay below it
+# (the heavy-tailed inputs of down_proj reach about 15); a row where a few channels hold most of
+# the energy (the attention-sink tokens of real LLMs: crest up to sqrt(width) = 32-55) crosses it.
+OUTLIER_CREST = 20.0
 
-def _int8_kernel_available() -> bool:
+
+@functools.cache
+def fbgemm_available() -> bool:
+    """fbgemm's packed int8 and float16 CPU kernels (x86 builds of torch)."""
+    engines = torch.backends.quantized.supported_engines
+    return "fbgemm" in engines and hasattr(torch.ops.quantized, "linear_dynamic")
+
+
+@functools.cache
+def _has_vnni() -> bool:
+    """Whether the CPU adds u8 x s8 products in 32 bits (VNNI). Without it fbgemm's AVX2 kernel
+    sums pairs in 16 bits, which can saturate for full-range inputs, so inputs use 7 bits."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_vnni" in text or "avx_vnni" in text
+
+
+def _int8pack_available() -> bool:
     return hasattr(torch.ops.aten, "_weight_int8pack_mm")
 
 
@@ -55,52 +89,91 @@ def _check_mode(mode: str) -> None:
         raise ValueError(f"unknown weight mode {mode!r}; choose one of {', '.join(WEIGHT_MODES)}")
 
 
+def _packed_cpu(mode: str, device: str | torch.device) -> bool:
+    """Whether ``mode`` uses fbgemm's packed kernels on ``device``."""
+    return mode in ("int8", "float16") and torch.device(device).type == "cpu" and fbgemm_available()
+
+
 def activation_dtype(mode: str, device: str | torch.device) -> torch.dtype:
     """The dtype of hidden states, KV caches, embeddings and norms for ``mode`` on ``device``.
 
-    16- and 32-bit modes compute in their weight dtype. int8 computes in bfloat16: the only
-    activation dtype for which the CPU int8 kernel is fast, and the dtype the official model
-    runs in, so it adds no overflow risk on real weights.
+    fbgemm's packed kernels take float32 inputs, so both packed CPU modes compute in float32.
+    Elsewhere int8 computes in bfloat16 (the dtype the official model runs in, and the one the
+    weight-only CPU kernel is fast with) and the float modes in their own dtype.
     """
     _check_mode(mode)
+    if _packed_cpu(mode, device):
+        return torch.float32
     return torch.bfloat16 if mode == "int8" else _FLOAT_MODES[mode]
 
 
-# Largest batch for which int8 beats bfloat16 on CPUs (0.6B, per frame, one thread: B=4 int8
-# 478 ms vs bfloat16 520 ms; B=8 int8 760 ms vs bfloat16 566 ms).
-INT8_MAX_BATCH = 4
-# The int8 kernel's cost grows linearly with rows (3072 x 1024, bfloat16 inputs, one thread:
-# 0.20 ms at 1 row, 1.34 ms at 16, 5.3 ms at 64), while dequantising the weight and using a
-# bfloat16 matmul costs about 1.3 ms flat: above this many rows (prefills) dequantise instead.
-INT8_KERNEL_MAX_ROWS = 16
-
-
 def default_weight_mode(device: str | torch.device, batch: int = 1) -> str:
-    """The fastest safe mode on ``device`` (``batch``: the most rows decoded at once).
+    """The fastest safe mode on ``device`` (``batch``: the most rows decoded at once; every mode's
+    kernel now serves batches of 1-16 well, so it no longer changes the choice).
 
-    Measured on the 2-core AVX-512 CPU, 0.6B sizes, random weights, B=1, one thread, modes
-    interleaved (milliseconds per frame, code predictor's 15 steps + talker step):
-    float32 572 (423 + 150), bfloat16 506 (376 + 134), float16 606 (461 + 150),
-    int8 319 (235 + 86). int8 keeps logit cosine > 0.999 against float32 (see ``logit_drift``)
-    and computes in bfloat16 like the official model, so it is the CPU default; above
-    ``INT8_MAX_BATCH`` rows its layers use a dense bfloat16 copy (see ``apply_weight_mode``).
-    GPUs: bfloat16, the dtype the model was released in (Int8Linear has no fast GPU kernel here,
-    only the dequantising fallback).
+    Measured on the 2-core AVX-512 CPU, 0.6B sizes, random weights: see the README's benchmark
+    table. int8 keeps logit cosine > 0.999 against float32 (see ``logit_drift``) and guards
+    outlier rows, so it is the CPU default. GPUs: bfloat16, the dtype the model was released in
+    (int8 has no fast GPU kernel here, only the dequantising fallback).
     """
+    del batch
     kind = torch.device(device).type
-    if kind == "cpu" and _int8_kernel_available():
+    if kind == "cpu" and (fbgemm_available() or _int8pack_available()):
         return "int8"
     return "bfloat16"
 
 
-class Int8Linear(nn.Module):
-    """Weight-only int8 Linear: y = x @ (qweight * scales[:, None]).T + bias.
+def _quantize_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-output-channel int8: w [out, in] -> (q int8 [out, in], scales float32 [out])."""
+    w = w.detach().float()
+    scales = w.abs().amax(dim=1).clamp(min=1e-12) / 127.0
+    q = torch.round(w / scales[:, None]).clamp(-127, 127).to(torch.int8)
+    return q, scales
 
-    qweight [out, in] int8 with one scale per output channel (symmetric, max-abs / 127). On CPUs
-    with bfloat16 inputs it calls ``torch.ops.aten._weight_int8pack_mm`` (A: 2-D, last dim
-    contiguous, float32/bfloat16/float16 but the same dtype as scales; B: int8 [N, K]; scales:
-    1-D [N]; no alignment needed on N or K in torch 2.13). Elsewhere it dequantises on the fly,
-    which is correct on any device but converts the whole weight on every call.
+
+@functools.cache
+def onednn_int8_available() -> bool:
+    """oneDNN's int8 x int8 Linear (x86 builds of torch; AMX or VNNI when the CPU has them)."""
+    if not hasattr(torch.ops.onednn, "qlinear_pointwise"):
+        return False
+    try:
+        w = torch.ops.onednn.qlinear_prepack(torch.ones(2, 2, dtype=torch.int8), None)
+        x = torch.ones(1, 2, dtype=torch.int8)
+        y = torch.ops.onednn.qlinear_pointwise(
+            x,
+            1.0,
+            0,
+            w,
+            torch.ones(2),
+            torch.zeros(2, dtype=torch.int32),
+            None,
+            1.0,
+            0,
+            torch.float32,
+            "none",
+            [],
+            "",
+        )
+        return bool(torch.equal(y, torch.full((1, 2), 2.0)))
+    except (RuntimeError, NotImplementedError):
+        return False
+
+
+# Engines serving batches use oneDNN's int8 kernel (its cost is nearly flat in the rows: 0.07 ms
+# for 3072x1024 at 1-16 rows), single-stream ones fbgemm's (0.04 ms at 1 row, 0.14 ms at 9),
+# whose one-row call quantises the row over its own range (asymmetric, 8 bits) with no extra
+# ops. One kernel per engine: a request's numbers never depend on the other rows of its batch.
+INT8_FBGEMM_MAX_BATCH = 1
+
+
+class Int8Linear(nn.Module):
+    """int8 Linear: y = x @ (qweight * scales[:, None]).T + bias.
+
+    qweight [out, in] int8 with one float32 scale per output channel (symmetric, max-abs / 127).
+    Kernels: ``fbgemm`` and ``onednn`` (x86 CPUs, float32 inputs: each input row is quantised to
+    int8 with its own scale, products in int8; rows with outliers take the weight-only kernel),
+    ``int8pack`` (CPUs: ``_weight_int8pack_mm``, int8 weights times bfloat16 inputs) and
+    ``dequantize`` (anywhere: converts the whole weight on every call).
     """
 
     def __init__(
@@ -108,68 +181,143 @@ class Int8Linear(nn.Module):
         qweight: torch.Tensor,
         scales: torch.Tensor,
         bias: torch.Tensor | None,
-        dense: torch.Tensor | None = None,
+        kernel: str | None = None,
     ) -> None:
         super().__init__()
-        if qweight.dtype != torch.int8 or qweight.dim() != 2:
-            raise ValueError("qweight must be a 2-D int8 tensor [out, in]")
+        if qweight.dtype != torch.int8 or qweight.dim() != 2 or qweight.shape[1] < 2:
+            raise ValueError("qweight must be a 2-D int8 tensor [out, in >= 2]")
         if scales.shape != (qweight.shape[0],):
             raise ValueError(f"scales must have shape ({qweight.shape[0]},), got {tuple(scales.shape)}")
         self.out_features, self.in_features = qweight.shape
         self.register_buffer("qweight", qweight.contiguous())
-        self.register_buffer("scales", scales.contiguous())
-        self.bias = None if bias is None else nn.Parameter(bias.to(scales.dtype), requires_grad=False)
-        self.use_kernel = qweight.device.type == "cpu" and _int8_kernel_available()
-        # Optional dense copy [out, in] in the activation dtype, for inputs of many rows.
-        self.register_buffer("dense", None if dense is None else dense.contiguous())
+        self.register_buffer("scales", scales.float().contiguous())
+        self.register_buffer("scales_bf16", scales.to(torch.bfloat16).contiguous())
+        self.bias = None if bias is None else nn.Parameter(bias.detach().float(), requires_grad=False)
+        self.kernel = kernel or int8_kernel(qweight.device)
+        # Rows whose max exceeds OUTLIER_CREST x RMS = OUTLIER_CREST / sqrt(in) x L2 norm.
+        self.crest_limit = OUTLIER_CREST * self.in_features**-0.5
+        self.packed = None
+        if self.kernel == "fbgemm":
+            zero = torch.zeros(self.out_features, dtype=torch.long)
+            with warnings.catch_warnings():  # "quantized tensors are deprecated": fbgemm's packing needs one
+                warnings.simplefilter("ignore", UserWarning)
+                qt = torch._make_per_channel_quantized_tensor(self.qweight, self.scales.double(), zero, 0)
+            self.packed = torch.ops.quantized.linear_prepack(qt, None)
+            self.reduce_range = not _has_vnni()
+            # A row of [1, 0, ..., -1] fixes fbgemm's per-call input range to [-1, 1]; real rows
+            # are divided by their own max-abs first, so each row's steps are its own max / 127.
+            self.register_buffer("span_row", torch.zeros(1, self.in_features), persistent=False)
+            self.span_row[0, 0], self.span_row[0, -1] = 1.0, -1.0
+        elif self.kernel == "onednn":
+            self.packed = torch.ops.onednn.qlinear_prepack(self.qweight, None)
+            self.register_buffer(
+                "zero_points", torch.zeros(self.out_features, dtype=torch.int32), persistent=False
+            )
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, dtype: torch.dtype, keep_dense: bool = False) -> Int8Linear:
-        """Quantise ``linear`` (scales computed in float32), computing in ``dtype`` afterwards;
-        ``keep_dense`` also keeps the weight in ``dtype`` for inputs of more than
-        ``INT8_MAX_BATCH`` rows."""
-        w = linear.weight.detach().float()
-        # Round the scales to ``dtype`` first (the kernel takes them in the input dtype), so every
-        # weight is within half a quantisation step of its dequantised value.
-        scales = (w.abs().amax(dim=1).clamp(min=1e-12) / 127.0).to(dtype)  # [out]
-        q = torch.round(w / scales.float()[:, None]).clamp(-127, 127).to(torch.int8)
-        bias = None if linear.bias is None else linear.bias.detach()
-        return cls(q, scales, bias, linear.weight.detach().to(dtype) if keep_dense else None)
+    def from_linear(cls, linear: nn.Linear, kernel: str | None = None) -> Int8Linear:
+        q, scales = _quantize_rows(linear.weight)
+        return cls(q, scales, None if linear.bias is None else linear.bias.detach(), kernel)
 
     def dequantized(self) -> torch.Tensor:
-        """The weight [out, in] this layer multiplies by, in float32 (exact: 8-bit x 8-bit mantissas)."""
-        return self.qweight.float() * self.scales.float()[:, None]
+        """The weight [out, in] this layer multiplies by, in float32."""
+        return self.qweight.float() * self.scales[:, None]
+
+    def _weight_only(self, x2: torch.Tensor) -> torch.Tensor:
+        if x2.is_cpu and _int8pack_available():
+            xb = x2.to(torch.bfloat16).contiguous()
+            y = torch.ops.aten._weight_int8pack_mm(xb, self.qweight, self.scales_bf16).to(x2.dtype)
+        else:
+            y = F.linear(x2, self.qweight.to(x2.dtype)) * self.scales.to(x2.dtype)
+        return y if self.bias is None else y + self.bias.to(y.dtype)
+
+    def _int8_rows(self, x2: torch.Tensor) -> torch.Tensor:
+        """Each row quantised with its own scale (max-abs / 127), int8 products, scaled back."""
+        x2 = x2.float()
+        peak = torch.linalg.vector_norm(x2, float("inf"), dim=1, keepdim=True)  # [M, 1]
+        norm = torch.linalg.vector_norm(x2, 2, dim=1, keepdim=True)
+        outlier = peak > self.crest_limit * norm
+        if self.kernel == "fbgemm" and x2.shape[0] == 1:  # one row: fbgemm's own range is per row
+            y = torch.ops.quantized.linear_dynamic(x2, self.packed, self.reduce_range)
+            y = y if self.bias is None else y + self.bias
+        else:
+            peak.clamp_(min=1e-30)
+            if self.kernel == "fbgemm":
+                scaled = torch.cat([x2 / peak, self.span_row])
+                y = torch.ops.quantized.linear_dynamic(scaled, self.packed, self.reduce_range)[:-1]
+            else:
+                xq = torch.round(x2 * (127.0 / peak)).to(torch.int8)
+                w = (self.packed, self.scales, self.zero_points)
+                y = torch.ops.onednn.qlinear_pointwise(
+                    xq, 1 / 127, 0, *w, None, 1.0, 0, torch.float32, "none", [], ""
+                )  # fmt: skip
+            y = y * peak if self.bias is None else torch.addcmul(self.bias, y, peak)
+        if outlier.any():
+            rows = outlier[:, 0].nonzero()[:, 0]
+            y[rows] = self._weight_only(x2[rows])
+        return y
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
-        x2 = x.reshape(-1, self.in_features)  # [M, K]: the kernel takes 2-D inputs only
-        fast = x2.is_cpu and x2.dtype == torch.bfloat16 and self.scales.dtype == torch.bfloat16
-        rows = x2.shape[0]
-        if self.dense is not None and (rows > INT8_MAX_BATCH or not (self.use_kernel and fast)):
-            y = F.linear(x2, self.dense.to(x2.dtype))
-        elif self.use_kernel and fast and rows <= INT8_KERNEL_MAX_ROWS:
-            y = torch.ops.aten._weight_int8pack_mm(x2.contiguous(), self.qweight, self.scales)
+        x2 = x.reshape(-1, self.in_features)
+        if self.kernel in ("fbgemm", "onednn"):
+            y = self._int8_rows(x2)
+        elif self.kernel == "int8pack":
+            y = self._weight_only(x2)
         else:
             y = F.linear(x2, self.qweight.to(x2.dtype)) * self.scales.to(x2.dtype)
-        if self.bias is not None:
-            y = y + self.bias.to(y.dtype)
-        return y.view(*lead, self.out_features)
+            y = y if self.bias is None else y + self.bias.to(y.dtype)
+        return y.to(x.dtype).view(*lead, self.out_features)
 
     def extra_repr(self) -> str:
-        kernel = "int8pack_mm" if self.use_kernel else "dequantize"
-        return f"in_features={self.in_features}, out_features={self.out_features}, kernel={kernel}"
+        return f"in_features={self.in_features}, out_features={self.out_features}, kernel={self.kernel}"
+
+
+def int8_kernel(device: str | torch.device, max_batch: int = 1) -> str:
+    """The int8 kernel for an engine on ``device`` serving up to ``max_batch`` rows at once."""
+    if torch.device(device).type != "cpu":
+        return "dequantize"
+    if fbgemm_available() and (max_batch <= INT8_FBGEMM_MAX_BATCH or not onednn_int8_available()):
+        return "fbgemm"
+    if onednn_int8_available():
+        return "onednn"
+    return "int8pack" if _int8pack_available() else "dequantize"
+
+
+class Fp16Linear(nn.Module):
+    """float16 weights packed for fbgemm, float32 inputs and outputs (x86 CPUs)."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        super().__init__()
+        self.out_features, self.in_features = weight.shape
+        b = None if bias is None else bias.detach().float()
+        self.packed = torch.ops.quantized.linear_prepack_fp16(weight.detach().float(), b)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear) -> Fp16Linear:
+        return cls(linear.weight, linear.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead = x.shape[:-1]
+        y = torch.ops.quantized.linear_dynamic_fp16(x.reshape(-1, self.in_features).float(), self.packed)
+        return y.to(x.dtype).view(*lead, self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, kernel=fbgemm-fp16"
 
 
 def _cast_parameters(module: nn.Module, dtype: torch.dtype) -> None:
     """Cast floating parameters (not buffers: rotary frequencies stay float32) to ``dtype``."""
     for sub in module.modules():
+        if isinstance(sub, (Int8Linear, Fp16Linear)):
+            continue  # their biases stay float32 (the kernels add them in float32)
         for name, p in list(sub._parameters.items()):
             if p is not None and p.is_floating_point() and p.dtype != dtype:
                 sub._parameters[name] = nn.Parameter(p.detach().to(dtype), requires_grad=False)
 
 
-def _quantise_linears(module: nn.Module, dtype: torch.dtype, keep_dense: bool) -> int:
-    """Replace every nn.Linear under ``module`` (except ``_KEEP_FLOAT``) by an Int8Linear."""
+def _convert_linears(module: nn.Module, make: Callable[[nn.Linear], nn.Module]) -> int:
+    """Replace every nn.Linear under ``module`` (except ``_KEEP_FLOAT``) by ``make(linear)``."""
     targets = [
         (name, sub)
         for name, sub in module.named_modules()
@@ -178,7 +326,7 @@ def _quantise_linears(module: nn.Module, dtype: torch.dtype, keep_dense: bool) -
     for name, linear in targets:
         parent_name, _, child = name.rpartition(".")
         parent = module.get_submodule(parent_name) if parent_name else module
-        setattr(parent, child, Int8Linear.from_linear(linear, dtype, keep_dense))
+        setattr(parent, child, make(linear))
     return len(targets)
 
 
@@ -186,21 +334,25 @@ def _quantise_linears(module: nn.Module, dtype: torch.dtype, keep_dense: bool) -
 def apply_weight_mode(module: nn.Module, mode: str, max_batch: int = 1) -> nn.Module:
     """Convert a talker (or any module holding Linear layers) to ``mode`` in place; returns it.
 
-    With int8 and ``max_batch`` above ``INT8_MAX_BATCH`` (a server batching requests), each
-    layer keeps a dense copy for those larger batches: about 1.5x the int8 weight memory.
-
-    Quantisation reads the weights as loaded, so load in float32 or the checkpoint's bfloat16
-    for int8. Afterwards every floating parameter is in ``activation_dtype(mode, device)``, which
-    the caller must use for KV caches and hidden states (the runner reads it from
-    ``codec_head.weight.dtype``, which this function keeps true).
+    Conversion reads the weights as loaded, so load in float32 (or the checkpoint's bfloat16)
+    for int8 and float16. Afterwards every floating parameter is in ``activation_dtype(mode,
+    device)``, which the caller must use for KV caches and hidden states (the runner reads it
+    from ``codec_head.weight.dtype``, which this function keeps true). ``max_batch`` (the most rows
+    the engine decodes at once) picks the int8 kernel, see ``int8_kernel``.
     """
     _check_mode(mode)
     param = next(module.parameters())
     dtype = activation_dtype(mode, param.device)
-    keep_dense = max_batch > INT8_MAX_BATCH
-    quantised = _quantise_linears(module, dtype, keep_dense) if mode == "int8" else 0
+    converted = 0
+    if mode == "int8":
+        kernel = int8_kernel(param.device, max_batch)
+        if dtype != torch.float32 and kernel in ("fbgemm", "onednn"):
+            kernel = "int8pack"  # activations are not float32 here (no fbgemm): weight-only int8
+        converted = _convert_linears(module, lambda linear: Int8Linear.from_linear(linear, kernel))
+    elif _packed_cpu(mode, param.device):
+        converted = _convert_linears(module, Fp16Linear.from_linear)
     _cast_parameters(module, dtype)
-    logger.info("weight mode %s: activations in %s, %d Linear layers in int8", mode, dtype, quantised)
+    logger.info("weight mode %s: activations in %s, %d Linear layers converted", mode, dtype, converted)
     return module
 
 
@@ -234,7 +386,7 @@ def _talker_logits(talker: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, to
     dtype, device = talker.codec_head.weight.dtype, talker.codec_head.weight.device
     b, s, _ = x.shape
     cache = new_cache(talker.model.cfg, b, s, device, dtype)
-    hidden = talker.model.run(x.to(dtype), cache, torch.arange(s, device=device).expand(b, s), kv_len=s)
+    hidden = talker.model.run(x.to(dtype), cache, 0, kv_len=s)
     return talker.codec_head(hidden), hidden
 
 
@@ -247,7 +399,7 @@ def _predictor_logits(talker: nn.Module, x: torch.Tensor) -> torch.Tensor:
     b, g, _ = x.shape
     cache = new_cache(cp.model.cfg, b, g, device, dtype)
     h = cp.small_to_mtp_projection(x.to(dtype))
-    out = cp.model.run(h, cache, torch.arange(g, device=device).expand(b, g), kv_len=g)
+    out = cp.model.run(h, cache, 0, kv_len=g)
     # Head j predicts codebook j+1 from the position holding codebook j (position j+1), as in decoding.
     return torch.stack([head(out[:, j + 1]) for j, head in enumerate(cp.lm_head)], dim=1)
 

@@ -172,8 +172,7 @@ class Runner:
             k_row[:, :, :, :start], v_row[:, :, :, :start] = cached
             self.prefix_cache.move_to_end(key)
             self.prefix_hits += 1
-        positions = torch.arange(start, n, device=self.device)[None]
-        out = self.talker.model.run(prefill[None, start:], (k_row, v_row), positions, kv_len=n)
+        out = self.talker.model.run(prefill[None, start:], (k_row, v_row), start, kv_len=n)
         if cached is None and key is not None and seq.prompt.prefix_len > 0:
             p = seq.prompt.prefix_len
             self.prefix_cache[key] = (k_row[:, :, :, :p].clone(), v_row[:, :, :, :p].clone())
@@ -236,13 +235,11 @@ class Runner:
         cache = (self.cp_cache[0][:, :b], self.cp_cache[1][:, :b])
         code0 = r["pending"]
         x = cp.small_to_mtp_projection(torch.stack([r["hidden"], self.talker.embed_codec(code0)], dim=1))
-        positions = torch.arange(2, device=self.device).expand(b, 2)
-        out = cp.model.run(x, cache, positions, kv_len=2)
+        out = cp.model.run(x, cache, 0, kv_len=2)  # every row is at the same code-predictor position
         codes = [code0, self._sample(cp.lm_head[0](out[:, -1]), r, "s_")]
         for j in range(1, self.groups - 1):
             x = cp.small_to_mtp_projection(cp.model.codec_embedding[j - 1](codes[-1]))[:, None]
-            positions = torch.full((b, 1), j + 1, device=self.device)
-            out = cp.model.run(x, cache, positions, kv_len=j + 2)
+            out = cp.model.run(x, cache, j + 1, kv_len=j + 2)
             codes.append(self._sample(cp.lm_head[j](out[:, -1]), r, "s_"))
         r["frames"] += 1
         return torch.stack(codes, dim=1)

@@ -62,7 +62,11 @@ def uniform_noise(seed: torch.Tensor, counter: torch.Tensor, vocab: int) -> torc
     whether it runs alone or in a batch, on any device, and the whole draw is a few tensor ops
     (no per-row generator, nothing that stops a CUDA graph from being captured).
     """
-    index = torch.arange(vocab, device=seed.device, dtype=torch.int64)[None, :]
+    return noise_at(seed, counter, torch.arange(vocab, device=seed.device, dtype=torch.int64)[None, :])
+
+
+def noise_at(seed: torch.Tensor, counter: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """:func:`uniform_noise` at token ids ``index`` [B or 1, N] only: the same values."""
     lo = seed[:, None] & _MASK32
     hi = (seed[:, None] >> 32) & _MASK32
     h = _fmix32((counter[:, None] * 0x9E3779B9 + index) & _MASK32)
@@ -89,6 +93,14 @@ def sample(
     logits = logits.float()
     vocab = logits.shape[-1]
     best = logits.argmax(-1)
+    if logits.is_cpu:  # data-dependent shortcuts: free on the CPU, not allowed in CUDA graphs
+        if bool(greedy.all()):
+            return best
+        k_max = int(top_k.max())
+        if int(top_k.min()) > 0 and k_max < min(TOP_K_FAST_MAX, vocab):
+            drawn = _sample_top_k(logits, temperature, top_k, top_p, seed, counter, k_max)
+            if drawn is not None:
+                return torch.where(greedy, best, drawn)
     scaled = logits / torch.where(greedy, torch.ones_like(temperature), temperature)[:, None]
     ordered = scaled.sort(-1, descending=True).values
     k = torch.where(top_k > 0, top_k.clamp(max=vocab), torch.full_like(top_k, vocab))
@@ -102,6 +114,42 @@ def sample(
     gumbel = -torch.log(-torch.log(uniform_noise(seed, counter, vocab)))
     drawn = (scaled + gumbel).argmax(-1)
     return torch.where(greedy, best, drawn)
+
+
+# Below this top-k, sampling looks at the k best tokens only instead of sorting the vocabulary.
+TOP_K_FAST_MAX = 256
+
+
+def _sample_top_k(
+    logits: torch.Tensor,
+    temperature: torch.Tensor,
+    top_k: torch.Tensor,
+    top_p: torch.Tensor,
+    seed: torch.Tensor,
+    counter: torch.Tensor,
+    k_max: int,
+) -> torch.Tensor | None:
+    """:func:`sample`'s draw computed on each row's k best tokens only (every row has top_k > 0).
+
+    The same candidates, scaled logits and noise values as the full path, so the same token:
+    top-k keeps what top-k keeps, top-p's kept set is computed on the candidates in descending
+    order (the mass above a token is what the ascending cumulative sum leaves out), and the
+    Gumbel noise is drawn at the candidates' token ids. Returns None when some row has a tie at
+    its k-th value (HF keeps all tied tokens): the caller then takes the full path.
+    """
+    values, index = logits.topk(k_max + 1, dim=-1)  # descending; one more to see ties at the k-th
+    scaled = values / temperature[:, None]
+    kth = scaled.gather(1, (top_k - 1)[:, None])
+    if bool((scaled.gather(1, top_k[:, None]) == kth).any()):
+        return None
+    rank = torch.arange(k_max + 1, device=logits.device)[None, :]
+    scaled = scaled.masked_fill(rank >= top_k[:, None], float("-inf"))
+    probs = scaled.softmax(-1)
+    above = probs.cumsum(-1) - probs  # probability mass of the better candidates
+    scaled = scaled.masked_fill(above >= top_p[:, None], float("-inf"))
+    gumbel = -torch.log(-torch.log(noise_at(seed, counter, index)))
+    pick = (scaled + gumbel).argmax(-1, keepdim=True)
+    return index.gather(1, pick)[:, 0]
 
 
 @dataclass(frozen=True)

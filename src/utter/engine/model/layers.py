@@ -24,10 +24,14 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(dtype)
+        return rms_norm(x, self.weight, self.eps)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMS norm over the last dim in float32, cast back, times ``weight`` (the official order)."""
+    x32 = x.float()
+    x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * x32.to(x.dtype)
 
 
 class Rotary(nn.Module):
@@ -44,11 +48,30 @@ class Rotary(nn.Module):
         inv_freq = 1.0 / (theta ** (steps / head_dim))
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
+        self._tables: dict[torch.dtype, tuple[torch.Tensor, torch.Tensor]] = {}
+
     def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         # positions: [B, S] -> cos, sin: [B, 1, S, head_dim]
         freqs = positions.float()[..., None] * self.inv_freq.float()
         emb = torch.cat((freqs, freqs), dim=-1)
         return emb.cos().to(dtype)[:, None], emb.sin().to(dtype)[:, None]
+
+    def table(self, length: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and signed sin [>= length, head_dim] for positions 0.., for :func:`rotate`.
+
+        Built once (regrown by doubling): the decode loop indexes it instead of recomputing
+        angles at every step. The values are those :meth:`forward` computes for each position.
+        """
+        cached = self._tables.get(dtype)
+        if cached is None or cached[0].shape[0] < length:
+            n = max(length, 2 * cached[0].shape[0] if cached is not None else 64)
+            positions = torch.arange(n, device=self.inv_freq.device)[None]
+            cos, sin = self.forward(positions, dtype)
+            cos, sin = cos[0, 0], sin[0, 0]
+            half = sin.shape[-1] // 2
+            cached = (cos, torch.cat((-sin[:, :half], sin[:, half:]), dim=-1))
+            self._tables[dtype] = cached
+        return cached
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -58,6 +81,13 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     return x * cos + _rotate_half(x) * sin
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """:func:`apply_rotary` with the sign of ``rotate_half`` folded into the sine (see
+    ``Rotary.table``): fewer ops, the same products and sums."""
+    half = x.shape[-1] // 2
+    return torch.addcmul(x * cos, torch.cat((x[..., half:], x[..., :half]), dim=-1), signed_sin)
 
 
 class Attention(nn.Module):
@@ -75,30 +105,62 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, cfg.hidden_size, bias=bias)
         self.q_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
         self.k_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
+        self.qkv: nn.Linear | None = None  # q, k and v in one product after ``fuse``
+        self.qk_norm_weight: nn.Parameter | None = None  # [heads + kv heads, head_dim] after ``fuse``
+
+    def fuse(self) -> None:
+        """Replace q/k/v by one Linear (one product, one input quantisation, instead of three),
+        and normalise and rotate q and k as one tensor (their heads side by side)."""
+        self.qkv = _concat_linears([self.q_proj, self.k_proj, self.v_proj])
+        del self.q_proj, self.k_proj, self.v_proj
+        w = torch.cat(
+            [
+                self.q_norm.weight.detach().expand(self.n_heads, -1),
+                self.k_norm.weight.detach().expand(self.n_kv, -1),
+            ]
+        )
+        self.qk_norm_weight = nn.Parameter(w.contiguous(), requires_grad=False)
 
     def forward(
         self,
         x: torch.Tensor,
         rope: tuple[torch.Tensor, torch.Tensor],
         cache: tuple[torch.Tensor, torch.Tensor],
-        positions: torch.Tensor,
-        mask: torch.Tensor,
+        where: int | torch.Tensor,
+        mask: torch.Tensor | None,
+        kv_len: int,
     ) -> torch.Tensor:
-        """x: [B, S, D]; cache: k, v of [B, n_kv, T, head_dim]; positions: [B, S]; mask: [B, 1, S, T]."""
+        """x: [B, S, D]; rope: cos and signed sin broadcastable to [B, 1, S, head_dim]; cache: k, v
+        of [B, n_kv, T, head_dim]; ``where``: the first position of every row (an int: all rows
+        aligned, the common case) or positions [B, S]; mask: [B or 1, 1, S, kv_len] or None
+        (every query sees all kv_len slots)."""
         b, s, _ = x.shape
-        q = self.q_norm(self.q_proj(x).view(b, s, self.n_heads, self.head_dim)).transpose(1, 2)
-        k = self.k_norm(self.k_proj(x).view(b, s, self.n_kv, self.head_dim)).transpose(1, 2)
-        v = self.v_proj(x).view(b, s, self.n_kv, self.head_dim).transpose(1, 2)
-        cos, sin = rope
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if self.qkv is not None and self.qk_norm_weight is not None:
+            heads = self.n_heads + self.n_kv
+            qk, v = self.qkv(x).split([heads * self.head_dim, self.n_kv * self.head_dim], dim=-1)
+            qk = rms_norm(qk.view(b, s, heads, self.head_dim), self.qk_norm_weight, self.q_norm.eps)
+            qk = rotate(qk.transpose(1, 2), *rope)  # [B, heads, S, head_dim]
+            q, k = qk[:, : self.n_heads], qk[:, self.n_heads :]
+        else:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+            q = self.q_norm(q.view(b, s, self.n_heads, self.head_dim)).transpose(1, 2)
+            k = self.k_norm(k.view(b, s, self.n_kv, self.head_dim)).transpose(1, 2)
+            q, k = rotate(q, *rope), rotate(k, *rope)
+        v = v.view(b, s, self.n_kv, self.head_dim).transpose(1, 2)
         k_cache, v_cache = cache
-        rows = torch.arange(b, device=x.device)[:, None]  # [B, 1]
-        # Write this step's keys/values at their positions: cache[b, :, pos[b, s]] = k[b, :, s].
-        k_cache[rows, :, positions] = k.transpose(1, 2).to(k_cache.dtype)
-        v_cache[rows, :, positions] = v.transpose(1, 2).to(v_cache.dtype)
-        t = mask.shape[-1]
+        if isinstance(where, int):  # aligned rows: a plain slice write
+            k_cache[:, :, where : where + s] = k
+            v_cache[:, :, where : where + s] = v
+        else:  # cache[b, :, pos[b, s]] = k[b, :, s]
+            rows = torch.arange(b, device=x.device)[:, None]
+            k_cache[rows, :, where] = k.transpose(1, 2).to(k_cache.dtype)
+            v_cache[rows, :, where] = v.transpose(1, 2).to(v_cache.dtype)
         out = F.scaled_dot_product_attention(
-            q, k_cache[:, :, :t], v_cache[:, :, :t], attn_mask=mask, enable_gqa=self.n_heads != self.n_kv
+            q,
+            k_cache[:, :, :kv_len],
+            v_cache[:, :, :kv_len],
+            attn_mask=mask,
+            enable_gqa=self.n_heads != self.n_kv,
         )
         return self.o_proj(out.transpose(1, 2).reshape(b, s, self.n_heads * self.head_dim))
 
@@ -109,9 +171,39 @@ class MLP(nn.Module):
         self.gate_proj = nn.Linear(hidden, intermediate, bias=False)
         self.up_proj = nn.Linear(hidden, intermediate, bias=False)
         self.down_proj = nn.Linear(intermediate, hidden, bias=False)
+        self.gate_up: nn.Linear | None = None  # gate and up in one product after ``fuse``
+
+    def fuse(self) -> None:
+        self.gate_up = _concat_linears([self.gate_proj, self.up_proj])
+        del self.gate_proj, self.up_proj
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        if self.gate_up is not None:
+            gate, up = self.gate_up(x).chunk(2, dim=-1)
+        else:
+            gate, up = self.gate_proj(x), self.up_proj(x)
+        return self.down_proj(F.silu(gate).mul_(up))
+
+
+def _concat_linears(linears: list[nn.Linear]) -> nn.Linear:
+    """One Linear whose outputs are the given Linears' outputs side by side (same input)."""
+    first = linears[0]
+    out = sum(lin.out_features for lin in linears)
+    fused = nn.Linear(first.in_features, out, bias=first.bias is not None, device="meta")
+    weight = torch.cat([lin.weight.detach() for lin in linears])
+    fused.weight = nn.Parameter(weight, requires_grad=False)
+    if first.bias is not None:
+        fused.bias = nn.Parameter(torch.cat([lin.bias.detach() for lin in linears]), requires_grad=False)
+    return fused
+
+
+def fuse_projections(module: nn.Module) -> nn.Module:
+    """Fuse q/k/v and gate/up of every decoder layer under ``module`` (after loading weights by
+    their official names). Each fused output equals the separate ones: the same dot products."""
+    for sub in list(module.modules()):
+        if isinstance(sub, Attention) and sub.qkv is None or isinstance(sub, MLP) and sub.gate_up is None:
+            sub.fuse()
+    return module
 
 
 class DecoderLayer(nn.Module):
@@ -122,8 +214,8 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
-    def forward(self, x, rope, cache, positions, mask) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), rope, cache, positions, mask)
+    def forward(self, x, rope, cache, where, mask, kv_len) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), rope, cache, where, mask, kv_len)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -141,19 +233,31 @@ class DecoderStack(nn.Module):
         self,
         x: torch.Tensor,
         cache: tuple[torch.Tensor, torch.Tensor],
-        positions: torch.Tensor,
+        positions: int | torch.Tensor,
         kv_len: int,
     ) -> torch.Tensor:
-        """Run all layers on x [B, S, D] at ``positions`` [B, S], attending to cache slots < kv_len.
+        """Run all layers on x [B, S, D], attending to cache slots < kv_len.
 
-        cache: k, v of [layers, B, n_kv, T, head_dim]. A query at position p sees keys at 0..p.
+        ``positions``: an int p when every row is at positions p..p+S-1 (prefill of one row, the
+        code predictor), else a tensor [B, S] (talker rows at different lengths). cache: k, v of
+        [layers, B, n_kv, T, head_dim]. A query at position p sees keys at 0..p.
         """
-        rope = self.rotary(positions, x.dtype)
-        keys = torch.arange(kv_len, device=x.device)
-        mask = keys[None, None, None, :] <= positions[:, None, :, None]  # [B, 1, S, kv_len]
+        b, s, _ = x.shape
+        cos, sin = self.rotary.table(kv_len, x.dtype)
+        if isinstance(positions, int):
+            rope = (cos[positions : positions + s], sin[positions : positions + s])
+            mask = None
+            if s > 1 or positions + s < kv_len:
+                keys = torch.arange(kv_len, device=x.device)
+                queries = torch.arange(positions, positions + s, device=x.device)
+                mask = (keys[None, :] <= queries[:, None])[None, None]  # [1, 1, S, kv_len]
+        else:
+            rope = (cos[positions][:, None], sin[positions][:, None])
+            keys = torch.arange(kv_len, device=x.device)
+            mask = keys[None, None, None, :] <= positions[:, None, :, None]  # [B, 1, S, kv_len]
         k_all, v_all = cache
         for i, layer in enumerate(self.layers):
-            x = layer(x, rope, (k_all[i], v_all[i]), positions, mask)
+            x = layer(x, rope, (k_all[i], v_all[i]), positions, mask, kv_len)
         return self.norm(x)
 
 
