@@ -13,6 +13,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -23,15 +24,17 @@ from .config import GenerationDefaults, ModelConfig
 from .model.layers import fuse_projections
 from .model.qwen3_tts import Qwen3TTSWeights
 from .model.speaker_encoder import extract_speaker_embedding
-from .model.speech_tokenizer import SpeechTokenizer, official_reference_cut
 from .prompt import build_prompt
-from .quant import WEIGHT_MODES, activation_dtype, apply_weight_mode, default_weight_mode
+from .quant import WEIGHT_MODES, activation_dtype, apply_weight_mode, default_weight_mode, fast_bfloat16
 from .runner import Runner, Sequence
 from .sampling import GenerationOptions, SamplingOptions
 from .streaming import CHUNK_FRAMES, FIRST_CHUNK_FRAMES, AudioStream, PcmChunker
 from .text import TextTokenizer
 from .voice import VoicePrompt
 from .weights import load_weights
+
+if TYPE_CHECKING:  # imported where used: it pulls in transformers (seconds), see Engine.load
+    from .model.speech_tokenizer import SpeechTokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +65,29 @@ class Result:
     codes: torch.Tensor  # [frames, num_codebooks]
     finish_reason: str  # "eos", "max_frames" or "cancelled"
     seconds: float  # wall time spent
+
+
+def _load_talker(
+    folder: Path, config: ModelConfig, dev: torch.device, dt: torch.dtype, mode: str, max_batch: int
+) -> Qwen3TTSWeights:
+    with torch.device("meta"):
+        weights = Qwen3TTSWeights(config)
+    # Modes that convert the Linear weights read them as stored; everything else is cast to the
+    # activation dtype by apply_weight_mode.
+    load_weights(weights, weight_files(folder), dev, None if mode in ("int8", "float16") else dt)
+    weights.speaker_encoder.to(dt)
+    fuse_projections(weights.talker)
+    apply_weight_mode(weights.talker, mode, max_batch)
+    return weights.eval()
+
+
+def _load_codec(folder: Path, dev: torch.device, mode: str) -> SpeechTokenizer:
+    from .model.speech_tokenizer import SpeechTokenizer  # here: it imports transformers (seconds)
+
+    codec = SpeechTokenizer.load(folder / "speech_tokenizer", device=dev, dtype=torch.float32)
+    if mode != "float32" and fast_bfloat16(dev):
+        codec.set_decoder_dtype(torch.bfloat16)  # float32 stays exact, for parity with the official one
+    return codec
 
 
 class Engine:
@@ -108,9 +134,10 @@ class Engine:
         """Load a checkpoint folder or hub id (see :func:`resolve_checkpoint`).
 
         ``weight_mode`` (float32, bfloat16, float16 or int8; ``dtype`` is an alias for the float
-        ones) defaults to the fastest safe mode for the device and ``max_batch`` (see
-        :func:`~utter.engine.quant.default_weight_mode`): int8 weights on CPUs (with a dense
-        bfloat16 copy when ``max_batch`` allows batches where int8 is slower), bfloat16 on GPUs.
+        ones) defaults to the fastest safe mode for the device (see
+        :func:`~utter.engine.quant.default_weight_mode`): int8 on CPUs, bfloat16 on GPUs.
+        ``max_batch`` also picks the CPU int8 kernel (fbgemm for one stream, oneDNN for batches)
+        and, in every mode but float32, the codec decoder runs in bfloat16 where that is native.
 
         On CUDA the decode step runs from captured graphs (``cuda_graphs``, default on), with
         caches for ``max_batch`` concurrent requests of up to ``max_len`` positions allocated
@@ -128,13 +155,8 @@ class Engine:
         folder = resolve_checkpoint(model, cache_dir=cache_dir)
         config = ModelConfig.load(folder)  # resolve_checkpoint has checked it is a 12 Hz Base model
         dev, dt = torch.device(device), activation_dtype(mode, device)
-        with torch.device("meta"):
-            weights = Qwen3TTSWeights(config)
-        load_weights(weights, weight_files(folder), dev, dt)
-        fuse_projections(weights.talker)
-        apply_weight_mode(weights.talker, mode, max_batch)
-        weights.eval()
-        codec = SpeechTokenizer.load(folder / "speech_tokenizer", device=dev, dtype=torch.float32)
+        weights = _load_talker(folder, config, dev, dt, mode, max_batch)
+        codec = _load_codec(folder, dev, mode)
         engine = cls(
             folder,
             config,
@@ -272,6 +294,8 @@ class Engine:
             return self.codec.decode(codes)
         full = torch.cat([voice.ref_codes.to(codes.device), codes])
         wav = self.codec.decode(full)
+        from .model.speech_tokenizer import official_reference_cut
+
         return wav[official_reference_cut(voice.ref_frames, full.shape[0], wav.shape[0]) :]
 
     def audio_stream(self, voice: VoicePrompt | None = None) -> AudioStream:

@@ -35,8 +35,10 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import warnings
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,15 +71,30 @@ def fbgemm_available() -> bool:
     return "fbgemm" in engines and hasattr(torch.ops.quantized, "linear_dynamic")
 
 
-@functools.cache
 def _has_vnni() -> bool:
     """Whether the CPU adds u8 x s8 products in 32 bits (VNNI). Without it fbgemm's AVX2 kernel
     sums pairs in 16 bits, which can saturate for full-range inputs, so inputs use 7 bits."""
+    return bool({"avx512_vnni", "avx_vnni"} & _cpu_flags())
+
+
+@functools.cache
+def _cpu_flags() -> frozenset[str]:
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return False
-    return "avx512_vnni" in text or "avx_vnni" in text
+        return frozenset()
+    flags: set[str] = set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.split(":", 1)[1].split())
+    return frozenset(flags)
+
+
+def fast_bfloat16(device: torch.device) -> bool:
+    """Whether ``device`` computes in bfloat16 natively (GPUs; CPUs with AVX512-BF16 or AMX)."""
+    if device.type == "cuda":
+        return True
+    return device.type == "cpu" and bool({"avx512_bf16", "amx_bf16"} & _cpu_flags())
 
 
 def _int8pack_available() -> bool:
@@ -126,7 +143,13 @@ def default_weight_mode(device: str | torch.device, batch: int = 1) -> str:
 def _quantize_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric per-output-channel int8: w [out, in] -> (q int8 [out, in], scales float32 [out])."""
     w = w.detach().float()
-    scales = w.abs().amax(dim=1).clamp(min=1e-12) / 127.0
+    scales = torch.linalg.vector_norm(w, float("inf"), dim=1).clamp(min=1e-12) / 127.0
+    if w.is_cpu:  # one vectorised pass (round half to even, as torch.round)
+        zero = torch.zeros(w.shape[0], dtype=torch.long)
+        with warnings.catch_warnings():  # "quantized tensors are deprecated": only the ints are kept
+            warnings.simplefilter("ignore", UserWarning)
+            q = torch.quantize_per_channel(w, scales.double(), zero, 0, torch.qint8).int_repr()
+        return q.clamp_(-127, 127), scales
     q = torch.round(w / scales[:, None]).clamp(-127, 127).to(torch.int8)
     return q, scales
 
@@ -307,10 +330,15 @@ class Fp16Linear(nn.Module):
 
 
 def _cast_parameters(module: nn.Module, dtype: torch.dtype) -> None:
-    """Cast floating parameters (not buffers: rotary frequencies stay float32) to ``dtype``."""
-    for sub in module.modules():
+    """Cast floating parameters (not buffers: rotary frequencies stay float32) to ``dtype``.
+
+    The text embedding table keeps the dtype it was loaded in (``Talker.embed_text`` casts the
+    rows it looks up): it is read a few rows per request, and 311M values at 0.6B."""
+    for name, sub in module.named_modules():
         if isinstance(sub, (Int8Linear, Fp16Linear)):
             continue  # their biases stay float32 (the kernels add them in float32)
+        if name.endswith("text_embedding"):
+            continue
         for name, p in list(sub._parameters.items()):
             if p is not None and p.is_floating_point() and p.dtype != dtype:
                 sub._parameters[name] = nn.Parameter(p.detach().to(dtype), requires_grad=False)
@@ -323,10 +351,14 @@ def _convert_linears(module: nn.Module, make: Callable[[nn.Linear], nn.Module]) 
         for name, sub in module.named_modules()
         if isinstance(sub, nn.Linear) and not any(part in _KEEP_FLOAT for part in name.split("."))
     ]
-    for name, linear in targets:
+    # Packing is single-threaded C++ that releases the GIL: one worker per core halves load time.
+    workers = max(1, min(torch.get_num_threads(), os.cpu_count() or 1, 8))
+    with ThreadPoolExecutor(workers, thread_name_prefix="utter-pack") as pool:
+        made = list(pool.map(lambda item: make(item[1]), targets))
+    for (name, _), new in zip(targets, made):
         parent_name, _, child = name.rpartition(".")
         parent = module.get_submodule(parent_name) if parent_name else module
-        setattr(parent, child, make(linear))
+        setattr(parent, child, new)
     return len(targets)
 
 

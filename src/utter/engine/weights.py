@@ -18,8 +18,13 @@ from torch import nn
 logger = logging.getLogger(__name__)
 
 
-def load_weights(module: nn.Module, files: list[Path], device: torch.device, dtype: torch.dtype) -> None:
-    """Assign every parameter of ``module`` from ``files``; fail loudly on missing or extra names."""
+def load_weights(
+    module: nn.Module, files: list[Path], device: torch.device, dtype: torch.dtype | None
+) -> None:
+    """Assign every parameter of ``module`` from ``files``; fail loudly on missing or extra names.
+
+    ``dtype`` None keeps each tensor as stored (a caller that converts the weights next, such as
+    int8 quantisation, saves a full-size conversion pass)."""
     expected = dict(module.state_dict(keep_vars=True))
     loaded: dict[str, torch.Tensor] = {}
     unexpected: list[str] = []
@@ -35,7 +40,7 @@ def load_weights(module: nn.Module, files: list[Path], device: torch.device, dty
                     raise ValueError(
                         f"{path.name}: {name} has shape {tuple(tensor.shape)}, expected {tuple(want.shape)}"
                     )
-                if tensor.is_floating_point():
+                if tensor.is_floating_point() and dtype is not None:
                     tensor = tensor.to(dtype)
                 loaded[name] = tensor.to(device)
     missing = sorted(set(expected) - set(loaded))

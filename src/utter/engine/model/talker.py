@@ -74,7 +74,8 @@ class Talker(nn.Module):
 
     def embed_text(self, ids: torch.Tensor) -> torch.Tensor:
         """Text token ids [..., S] -> talker-width embeddings [..., S, D]."""
-        return self.text_projection(self.model.text_embedding(ids))
+        rows = self.model.text_embedding(ids)  # the table may be stored in another dtype
+        return self.text_projection(rows.to(self.text_projection.linear_fc1.weight.dtype))
 
     def embed_codec(self, ids: torch.Tensor) -> torch.Tensor:
         """Codec ids (codebook 0 or control ids) [..., S] -> [..., S, D]."""
