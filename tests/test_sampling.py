@@ -82,3 +82,38 @@ def test_repetition_penalty_matches_hf() -> None:
     expected = RepetitionPenaltyLogitsProcessor(1.3)(history, logits.clone())
     seen = torch.zeros(2, 30, dtype=torch.bool).scatter(1, history, True)
     torch.testing.assert_close(apply_repetition_penalty(logits, seen, torch.tensor([1.3, 1.3])), expected)
+
+
+def test_top_k_fast_path_draws_what_the_full_path_draws(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On CPUs, rows that all have top-k look at their k best tokens only: the same tokens as
+    sorting the whole vocabulary, for mixed per-row options, and ties at the k-th value (HF
+    keeps every tied token) fall back to the full path."""
+    import utter.engine.sampling as sampling
+
+    torch.manual_seed(4)
+    b, v = 48, 2048
+    logits = torch.randn(b, v) * 3
+    logits[0, :10] = 9.0  # row 0: ten tokens tied at the top, with top_k 5 -> full path
+    rows = {
+        "temperature": torch.rand(b) + 0.3,
+        "top_k": torch.randint(1, 80, (b,)),
+        "top_p": torch.where(torch.rand(b) < 0.5, torch.ones(b), torch.rand(b) * 0.9 + 0.05),
+        "greedy": torch.rand(b) < 0.2,
+        "seed": torch.randint(0, 2**40, (b,)),
+        "counter": torch.randint(0, 1000, (b,)),
+    }
+    rows["top_k"][0] = 5
+    calls = []
+    fast_path = sampling._sample_top_k
+    monkeypatch.setattr(sampling, "_sample_top_k", lambda *a: calls.append(1) or fast_path(*a))
+    fast = sample(logits, **rows)
+    args = [rows[k] for k in ("temperature", "top_k", "top_p", "seed", "counter")]
+    assert calls and fast_path(logits, *args, int(rows["top_k"].max())) is None  # the tie
+    monkeypatch.setattr(sampling, "TOP_K_FAST_MAX", 0)
+    full = sample(logits, **rows)
+    assert torch.equal(fast, full)
+    rows["top_k"][0] = 50  # no tie now: the fast path answers, and agrees
+    monkeypatch.setattr(sampling, "TOP_K_FAST_MAX", 256)
+    fast = sample(logits, **rows)
+    monkeypatch.setattr(sampling, "TOP_K_FAST_MAX", 0)
+    assert torch.equal(fast, sample(logits, **rows))
