@@ -31,7 +31,7 @@ from .workload import FRAME_SECONDS, LANGUAGE, REF_TEXT, SAMPLE_RATE, SHORT, TEX
 
 logger = logging.getLogger(__name__)
 
-CPU_MODE_ORDER = ("int8", "bfloat16", "float16", "float32")
+CPU_MODE_ORDER = ("int8", "float16", "bfloat16", "float32")  # float16: packed fp16 weights on x86
 GPU_MODE_ORDER = ("bfloat16", "float16", "float32")  # int8 has no fast GPU kernel yet
 
 
