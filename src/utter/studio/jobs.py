@@ -21,11 +21,11 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, case, func, select, update
+from sqlalchemy import case, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from .models import Generation, Task, utcnow
-from .schemas import CANCELLED, COMPLETED, FAILED, PROCESSING, QUEUED
+from .schemas import ACTIVE, CANCELLED, COMPLETED, FAILED, PROCESSING, QUEUED
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +38,11 @@ def make_worker_id() -> str:
     """``host:pid:process:worker``. Host and pid let a restarted server on the same machine see at
     once that the previous owner of a task is gone; the process token tells a reused pid apart."""
     return f"{socket.gethostname()}:{os.getpid()}:{_PROCESS_TOKEN}:{uuid.uuid4().hex[:8]}"
+
+
+def _owned(task_id: str, worker_id: str | None) -> list:
+    """The condition every write of a running task's worker carries: it still owns the task."""
+    return [Task.id == task_id, Task.worker_id == worker_id, Task.status == PROCESSING]
 
 
 def _worker_is_gone(worker_id: str | None, me: str) -> bool:
@@ -121,7 +126,7 @@ class JobQueue:
         with self.sessions.begin() as s:
             res = s.execute(
                 update(Task)
-                .where(Task.id == task_id, Task.worker_id == worker_id, Task.status == PROCESSING)
+                .where(*_owned(task_id, worker_id))
                 .values(**values)
                 .returning(Task.cancel_requested)
                 .execution_options(synchronize_session=False)
@@ -131,24 +136,45 @@ class JobQueue:
             exists = s.get(Task, task_id) is not None
         return Beat(owned=False, cancel=True, exists=exists)
 
-    # ----------------------------------------------------------------- finish
+    # ----------------------------------------------------------------- moves
+    def _move(self, where: list, task_values: dict[str, object], **gen_values: object) -> str | None:
+        """Update the task matching ``where`` and give its generation the task's new status, in
+        one transaction. A move to a final state also stamps the generation's finish time and
+        error. Returns the new status, or None when no task matched (someone else moved it)."""
+        with self.sessions.begin() as s:
+            row = s.execute(
+                update(Task)
+                .where(*where)
+                .values(**task_values)
+                .returning(Task.generation_id, Task.error, Task.status)
+                .execution_options(synchronize_session=False)
+            ).first()
+            if row is None:
+                return None
+            if row.status not in ACTIVE:
+                gen_values = {"finished_at": utcnow(), "error_message": row.error, **gen_values}
+            s.execute(
+                update(Generation)
+                .where(Generation.id == row.generation_id)
+                .values(status=row.status, **gen_values)
+                .execution_options(synchronize_session=False)
+            )
+        return row.status
+
     def _finish(
         self,
         task_id: str,
-        worker_id: str | None,
+        worker_id: str,
         status: str,
         task_values: dict[str, object] | None = None,
         **gen_values: object,
     ) -> bool:
-        """Move an owned (or, with worker_id None, any active) task to a final state."""
-        now = utcnow()
-        cond = [Task.id == task_id]
-        cond += [Task.worker_id == worker_id, Task.status == PROCESSING] if worker_id else []
+        """Move a task this worker owns to a final state."""
         values: dict[str, object] = {
             "progress": Task.progress,
             **(task_values or {}),
             "status": status,
-            "finished_at": now,
+            "finished_at": utcnow(),
             "lease_expires_at": None,
             "error": gen_values.pop("error_message", None),
             "message": None,
@@ -164,23 +190,7 @@ class JobQueue:
             values["error"] = case(
                 (Task.cancel_requested, func.coalesce(Task.error, values["error"])), else_=values["error"]
             )
-        with self.sessions.begin() as s:
-            row = s.execute(
-                update(Task)
-                .where(*cond)
-                .values(**values)
-                .returning(Task.generation_id, Task.error, Task.status)
-                .execution_options(synchronize_session=False)
-            ).first()
-            if row is None:
-                return False
-            s.execute(
-                update(Generation)
-                .where(Generation.id == row.generation_id)
-                .values(status=row.status, finished_at=now, error_message=row.error, **gen_values)
-                .execution_options(synchronize_session=False)
-            )
-        return True
+        return self._move(_owned(task_id, worker_id), values, **gen_values) is not None
 
     def complete(
         self, task_id: str, worker_id: str, task_values: dict[str, object], **gen_values: object
@@ -188,28 +198,17 @@ class JobQueue:
         """Finish a task whose audio is written; ``task_values`` are its final progress columns."""
         return self._finish(task_id, worker_id, COMPLETED, task_values, **gen_values)
 
-    def fail(self, task_id: str, worker_id: str | None, reason: str) -> bool:
+    def fail(self, task_id: str, worker_id: str, reason: str) -> bool:
         return self._finish(task_id, worker_id, FAILED, error_message=reason)
 
-    def mark_cancelled(self, task_id: str, worker_id: str | None, reason: str = "cancelled") -> bool:
+    def mark_cancelled(self, task_id: str, worker_id: str, reason: str = "cancelled") -> bool:
         return self._finish(task_id, worker_id, CANCELLED, error_message=reason)
 
     def release(self, task_id: str, worker_id: str, message: str, count_attempt: bool = False) -> bool:
         """Give an owned task back to the queue (server shutting down, model not ready)."""
         attempts = Task.attempts if count_attempt else Task.attempts - 1
-        with self.sessions.begin() as s:
-            row = s.execute(
-                update(Task)
-                .where(Task.id == task_id, Task.worker_id == worker_id, Task.status == PROCESSING)
-                .values(
-                    status=QUEUED, worker_id=None, lease_expires_at=None, message=message, attempts=attempts
-                )
-                .returning(Task.generation_id)
-                .execution_options(synchronize_session=False)
-            ).first()
-            if row is not None:
-                s.execute(update(Generation).where(Generation.id == row.generation_id).values(status=QUEUED))
-        return row is not None
+        values = {"status": QUEUED, "worker_id": None, "lease_expires_at": None, "message": message}
+        return self._move(_owned(task_id, worker_id), {**values, "attempts": attempts}) is not None
 
     # ----------------------------------------------------------------- cancel
     def request_cancel(self, task_id: str, reason: str = "cancelled") -> Task | None:
@@ -227,23 +226,10 @@ class JobQueue:
             return s.get(Task, task_id)
 
     def mark_queued_cancelled(self, task_id: str, reason: str) -> bool:
-        now = utcnow()
-        with self.sessions.begin() as s:
-            row = s.execute(
-                update(Task)
-                .where(Task.id == task_id, Task.status == QUEUED)
-                .values(status=CANCELLED, finished_at=now, cancel_requested=True, message=None, error=reason)
-                .returning(Task.generation_id)
-                .execution_options(synchronize_session=False)
-            ).first()
-            if row is None:
-                return False
-            s.execute(
-                update(Generation)
-                .where(Generation.id == row.generation_id)
-                .values(status=CANCELLED, finished_at=now, error_message=reason)
-            )
-        return True
+        values = {"status": CANCELLED, "finished_at": utcnow(), "cancel_requested": True, "message": None}
+        return (
+            self._move([Task.id == task_id, Task.status == QUEUED], {**values, "error": reason}) is not None
+        )
 
     # --------------------------------------------------------------- recovery
     def recover(self, worker_id: str, now: datetime | None = None) -> int:
@@ -264,36 +250,21 @@ class JobQueue:
         return count
 
     def _recover_one(self, task_id: str, dead: str | None, attempts: int, cancel: bool) -> int:
-        owned_by_dead = and_(Task.id == task_id, Task.status == PROCESSING, Task.worker_id == dead)
         if cancel:  # the reason was stored with the cancel request
             values = {"status": CANCELLED, "finished_at": utcnow(), "message": None}
             values["error"] = func.coalesce(Task.error, "cancelled")
-            gen = {"status": CANCELLED, "finished_at": utcnow()}
         elif attempts >= self.max_attempts:
             reason = (
                 f"interrupted {attempts} time(s) while generating (the server stopped or crashed); "
                 "giving up. Try again, perhaps with a shorter text."
             )
             values = {"status": FAILED, "finished_at": utcnow(), "error": reason, "message": None}
-            gen = {"status": FAILED, "finished_at": utcnow()}
         else:
-            msg = "resuming after the server stopped during generation"
-            values = {"status": QUEUED, "message": msg}
-            gen = {"status": QUEUED}
-        with self.sessions.begin() as s:
-            row = s.execute(
-                update(Task)
-                .where(owned_by_dead)
-                .values(worker_id=None, lease_expires_at=None, **values)
-                .returning(Task.generation_id, Task.error, Task.status)
-                .execution_options(synchronize_session=False)
-            ).first()
-            if row is None:
-                return 0  # someone else recovered it first
-            if values["status"] != QUEUED:
-                gen["error_message"] = row.error
-            s.execute(update(Generation).where(Generation.id == row.generation_id).values(**gen))
-        logger.warning("task %s of stopped worker %s -> %s", task_id, dead, values["status"])
+            values = {"status": QUEUED, "message": "resuming after the server stopped during generation"}
+        status = self._move(_owned(task_id, dead), {"worker_id": None, "lease_expires_at": None, **values})
+        if status is None:
+            return 0  # someone else recovered it first
+        logger.warning("task %s of stopped worker %s -> %s", task_id, dead, status)
         return 1
 
     # ------------------------------------------------------------------ stats
