@@ -14,8 +14,8 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 
 from .deps import BatcherDep, ServiceDep
 from .errors import ApiError, error_response
+from .routes_seed import start_clone
 from .schemas import CloneRequest, JobStatus, JobSubmitted
-from .speech import check_language, check_text, frames_from_max_new_tokens, generation_options, submit
 
 router = APIRouter(tags=["jobs (seed API)"])
 
@@ -23,14 +23,8 @@ router = APIRouter(tags=["jobs (seed API)"])
 @router.post("/submit-job", response_model=JobSubmitted, status_code=200)
 async def submit_job(body: CloneRequest, service: ServiceDep, batcher: BatcherDep) -> dict[str, Any]:
     """Start generating in the background; poll /job-status, then fetch /job-result."""
-    engine, settings = batcher.engine, service.settings
-    text = check_text(body.text, settings)
-    language = check_language(engine, body.language)
-    data = await service.references.audio_bytes(body.ref_audio_base64, body.ref_audio_url)
-    voice = await service.references.voice(engine, data, body.ref_text, body.x_vector_only)
-    options = generation_options(engine, body, frames_from_max_new_tokens(body.max_new_tokens))
-    stream = submit(batcher, text, voice, language, options, settings)
-    job = service.jobs.add(stream, len(text), settings.retry_after_s)
+    stream, text = await start_clone(body, service, batcher)
+    job = service.jobs.add(stream, len(text), service.settings.retry_after_s)
     return {"job_id": job.id, "status": job.status, "text_length": job.text_length}
 
 

@@ -15,7 +15,8 @@ from fastapi.responses import Response, StreamingResponse
 
 from ..audio import SAMPLE_RATE
 from ..audio.encode import encode_audio, make_encoder
-from .deps import BatcherDep, ServiceDep
+from ..engine.batcher import Batcher, Stream
+from .deps import BatcherDep, Service, ServiceDep
 from .errors import ApiError
 from .schemas import CloneBatchRequest, CloneBatchResponse, CloneRequest
 from .speech import (
@@ -35,6 +36,18 @@ router = APIRouter(tags=["voice clone (seed API)"])
 WAV_RESPONSE = {200: {"content": {"audio/wav": {}}, "description": "16-bit PCM mono WAV at 24 kHz"}}
 
 
+async def start_clone(body: CloneRequest, service: Service, batcher: Batcher) -> tuple[Stream, str]:
+    """Check a /clone body (also /submit-job's), make its voice and submit it to the batcher.
+    Returns the running stream and the checked text."""
+    engine, settings = batcher.engine, service.settings
+    text = check_text(body.text, settings)
+    language = check_language(engine, body.language)
+    data = await service.references.audio_bytes(body.ref_audio_base64, body.ref_audio_url)
+    voice = await service.references.voice(engine, data, body.ref_text, body.x_vector_only)
+    options = generation_options(engine, body, frames_from_max_new_tokens(body.max_new_tokens))
+    return submit(batcher, text, voice, language, options, settings), text
+
+
 @router.post("/clone", responses=WAV_RESPONSE, response_class=Response)
 async def clone(body: CloneRequest, service: ServiceDep, batcher: BatcherDep, http: Request) -> Response:
     """Speak ``text`` in the voice of the reference recording; answers a WAV file.
@@ -42,13 +55,8 @@ async def clone(body: CloneRequest, service: ServiceDep, batcher: BatcherDep, ht
     With ``stream: true`` the WAV arrives chunk by chunk while it is generated (its header
     declares an unknown length, 0xFFFFFFFF, the usual convention for streamed WAV).
     """
-    engine, settings = batcher.engine, service.settings
-    text = check_text(body.text, settings)
-    language = check_language(engine, body.language)
-    data = await service.references.audio_bytes(body.ref_audio_base64, body.ref_audio_url)
-    voice = await service.references.voice(engine, data, body.ref_text, body.x_vector_only)
-    options = generation_options(engine, body, frames_from_max_new_tokens(body.max_new_tokens))
-    stream = submit(batcher, text, voice, language, options, settings)
+    settings = service.settings
+    stream, _ = await start_clone(body, service, batcher)
     headers = {"Content-Disposition": 'attachment; filename="clone.wav"'}
     if body.stream:
         chunks, first = await open_audio_stream(stream, settings)
