@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from utter.audio import write_wav
+from utter.bench.workload import reference_audio
 
 
 @pytest.fixture(scope="session")
@@ -33,14 +34,8 @@ def engine(tiny_checkpoint: Path):
 
 
 def speechlike(seconds: float, sr: int, seed: int = 0, channels: int = 1) -> np.ndarray:
-    """A deterministic, voiced-sounding test signal (harmonics with a wobbling pitch plus noise)."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds * sr)) / sr
-    f0 = 120 + 20 * np.sin(2 * np.pi * 3 * t)
-    phase = 2 * np.pi * np.cumsum(f0) / sr
-    sig = sum(np.sin(k * phase) / k for k in range(1, 6)) * (0.5 + 0.5 * np.sin(2 * np.pi * 2 * t) ** 2)
-    sig = 0.3 * sig + 0.01 * rng.standard_normal(len(t))
-    sig = sig.astype(np.float32)
+    """The benchmark's deterministic voiced-sounding signal; ``channels=2`` adds a second channel."""
+    sig = reference_audio(seconds, sr, seed)
     if channels == 2:
         return np.stack([sig, 0.8 * sig[::-1].copy()], axis=1)
     return sig
