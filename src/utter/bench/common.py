@@ -270,3 +270,16 @@ def import_qwen_tts():
     for name in ("torchaudio.compliance.kaldi", "sox", "onnxruntime"):
         _stub(name)
     return importlib.import_module("qwen_tts")
+
+
+def result_head(system: str, mode: str, device: str, spawned: float, imported: float, ready: float) -> dict:
+    """The first fields of a worker's result: who ran, where, and its cold start split into
+    imports (``spawned`` -> ``imported``) and loading (-> ``ready``), wall-clock seconds."""
+    return {
+        "system": system,
+        "mode": mode,
+        "device": device,
+        "device_info": device_info(device),
+        "load": {"cold_start_s": ready - spawned, "import_s": imported - spawned, "load_s": ready - imported},
+        "memory": {"rss_after_load_mib": rss_mib()},
+    }

@@ -24,7 +24,7 @@ import logging
 import time
 from pathlib import Path
 
-from .common import Probe, device_info, import_qwen_tts, peak_memory, rss_mib, sync
+from .common import Probe, import_qwen_tts, peak_memory, result_head, sync
 from .workload import LANGUAGE, REF_TEXT, SAMPLE_RATE, SHORT, TEXTS
 
 logger = logging.getLogger(__name__)
@@ -162,14 +162,7 @@ def measure(spec: dict) -> dict:
     model = _Official(qwen_tts, spec["model"], device, dtype, spec.get("sample", False), spec.get("seed", 0))
     sync(device)
     ready = time.time()
-    out: dict = {
-        "system": "official",
-        "mode": dtype,
-        "device": device,
-        "device_info": device_info(device),
-        "load": {"cold_start_s": ready - spawned, "import_s": imported - spawned, "load_s": ready - imported},
-        "memory": {"rss_after_load_mib": rss_mib()},
-    }
+    out = result_head("official", dtype, device, spawned, imported, ready)
     if "say" in suite:  # the recording goes in as a path, as a user of the package passes it
         wavs, sr = model.run(SHORT, frames, ref_audio=str(spec["ref_wav"]), ref_text=REF_TEXT)
         sf.write(workdir / f"say-official-{dtype}.wav", wavs[0], sr)

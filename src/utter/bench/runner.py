@@ -26,7 +26,7 @@ import logging
 import time
 from pathlib import Path
 
-from .common import Probe, device_info, median, peak_memory, rss_mib, sync
+from .common import Probe, median, peak_memory, result_head, sync
 from .workload import FRAME_SECONDS, LANGUAGE, REF_TEXT, SAMPLE_RATE, SHORT, TEXTS
 
 logger = logging.getLogger(__name__)
@@ -192,14 +192,7 @@ def measure(spec: dict) -> dict:
     engine = load_engine(spec["model"], device, mode, max_batch=1)  # as `utter say` loads it
     sync(device)
     ready = time.time()
-    out: dict = {
-        "system": "utter",
-        "mode": mode,
-        "device": device,
-        "device_info": device_info(device),
-        "load": {"cold_start_s": ready - spawned, "import_s": imported - spawned, "load_s": ready - imported},
-        "memory": {"rss_after_load_mib": rss_mib()},
-    }
+    out = result_head("utter", mode, device, spawned, imported, ready)
     opts = _options(engine, frames, spec.get("sample", False), spec.get("seed", 0))
 
     # `utter say` from process start: voice from the recording, generate, decode, write.
