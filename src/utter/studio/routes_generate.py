@@ -19,7 +19,7 @@ from sqlalchemy import select
 from ..server.errors import ApiError
 from ..server.runtime import ModelState
 from .deps import SessionDep, StudioDep
-from .inputs import clean_text, require_id
+from .inputs import clean_text, get_row, require_id
 from .models import Generation, Task, Voice
 from .routes_languages import resolve_language
 from .schemas import (
@@ -77,10 +77,7 @@ def generate(body: GenerateIn, studio: StudioDep, session: SessionDep) -> Genera
 
 
 def _task(session: SessionDep, task_id: str) -> Task:
-    task = session.get(Task, require_id(task_id, "Task"))
-    if task is None:
-        raise ApiError(404, "Task not found.")
-    return task
+    return get_row(session, Task, task_id, "Task")
 
 
 @router.get("/tasks", response_model=TaskList)

@@ -7,26 +7,21 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 from fastapi.responses import FileResponse
-from sqlalchemy import func, or_, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
 from ..server.errors import ApiError
 from .deps import SessionDep, StudioDep
-from .inputs import clean_text, require_id
+from .inputs import clean_text, get_row
 from .models import Generation
 from .schemas import ACTIVE, COMPLETED, STATUSES, GenerationList, GenerationOut
-from .views import generation_out, like, pages
+from .views import generation_out, matching, page_of, pages
 
 router = APIRouter(prefix="/api", tags=["generations"])
 
 
 def _get(session: Session, generation_id: str) -> Generation:
-    gen = session.get(
-        Generation, require_id(generation_id, "Generation"), options=[selectinload(Generation.task)]
-    )
-    if gen is None:
-        raise ApiError(404, "Generation not found.")
-    return gen
+    return get_row(session, Generation, generation_id, "Generation", options=[selectinload(Generation.task)])
 
 
 @router.get("/generations", response_model=GenerationList)
@@ -40,25 +35,15 @@ def list_generations(
     query = select(Generation)
     search = clean_text(search).strip()
     if search:
-        pattern = like(search)
-        query = query.where(
-            or_(
-                Generation.text.ilike(pattern, escape="\\"), Generation.voice_name.ilike(pattern, escape="\\")
-            )
-        )
+        query = query.where(matching(search, Generation.text, Generation.voice_name))
     if status:
         if status not in STATUSES:
             raise ApiError(
                 422, f"Unknown status {status!r}; use one of: {', '.join(STATUSES)}.", param="status"
             )
         query = query.where(Generation.status == status)
-    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
-    rows = session.scalars(
-        query.options(selectinload(Generation.task))
-        .order_by(Generation.created_at.desc(), Generation.id)
-        .offset((page - 1) * per_page)
-        .limit(per_page)
-    ).all()
+    order = (Generation.created_at.desc(), Generation.id)
+    rows, total = page_of(session, query, page, per_page, *order, options=[selectinload(Generation.task)])
     return GenerationList(
         generations=[generation_out(g, g.task) for g in rows],
         total=total,

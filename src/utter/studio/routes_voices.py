@@ -13,17 +13,17 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Query, Response, UploadFile
 from fastapi.responses import FileResponse
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from ..audio import SAMPLE_RATE, AudioError, load_audio
 from ..server.errors import ApiError
 from .deps import SessionDep, Studio, StudioDep
-from .inputs import clean_text, require_id
+from .inputs import clean_text, get_row
 from .models import Generation, Task, Voice, new_id
 from .routes_languages import resolve_language
 from .schemas import ACTIVE, CloneOut, VoiceList, VoiceOut, VoiceUpdate
-from .views import like, pages, voice_out
+from .views import matching, page_of, pages, voice_out
 
 logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/api", tags=["voices"])
@@ -57,10 +57,7 @@ def _transcript(studio: Studio, value: str | None) -> str:
 
 
 def _get_voice(session: Session, voice_id: str) -> Voice:
-    voice = session.get(Voice, require_id(voice_id, "Voice"))
-    if voice is None:
-        raise ApiError(404, "Voice not found.", param="voice_id")
-    return voice
+    return get_row(session, Voice, voice_id, "Voice", param="voice_id")
 
 
 @router.post("/clone", status_code=201, response_model=CloneOut)
@@ -126,16 +123,8 @@ def list_voices(
     query = select(Voice)
     search = clean_text(search).strip()
     if search:
-        pattern = like(search)
-        query = query.where(
-            or_(
-                Voice.name.ilike(pattern, escape="\\"), Voice.reference_transcript.ilike(pattern, escape="\\")
-            )
-        )
-    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
-    rows = session.scalars(
-        query.order_by(Voice.created_at.desc(), Voice.id).offset((page - 1) * per_page).limit(per_page)
-    ).all()
+        query = query.where(matching(search, Voice.name, Voice.reference_transcript))
+    rows, total = page_of(session, query, page, per_page, Voice.created_at.desc(), Voice.id)
     return VoiceList(
         voices=[voice_out(v) for v in rows],
         total=total,

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
+
+from sqlalchemy import ColumnElement, Select, func, or_, select
+from sqlalchemy.orm import Session
 
 from .models import Generation, Task, Voice
 from .schemas import COMPLETED, QUEUED, GenerationOut, TaskOut, VoiceOut
@@ -84,3 +88,20 @@ def like(search: str) -> str:
     """A LIKE pattern matching ``search`` literally anywhere (``%`` and ``_`` escaped with ``\\``)."""
     escaped = search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return f"%{escaped}%"
+
+
+def matching(search: str, *columns: Any) -> ColumnElement[bool]:
+    """Rows where any of ``columns`` contains ``search`` literally, case-insensitively."""
+    pattern = like(search)
+    return or_(*(column.ilike(pattern, escape="\\") for column in columns))
+
+
+def page_of(
+    session: Session, query: Select, page: int, per_page: int, *order_by: Any, options: Sequence[Any] = ()
+) -> tuple[list[Any], int]:
+    """Rows of page ``page`` (from 1) of ``query`` in ``order_by`` order, and the total count."""
+    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    rows = session.scalars(
+        query.options(*options).order_by(*order_by).offset((page - 1) * per_page).limit(per_page)
+    ).all()
+    return list(rows), total
