@@ -19,7 +19,7 @@ from starlette.requests import Request as HttpRequest
 from ..audio.encode import AudioEncoder
 from ..engine.batcher import Batcher, QueueFullError, Stream
 from ..engine.engine import Engine, Request
-from ..engine.sampling import GenerationOptions
+from ..engine.sampling import GenerationOptions, SamplingOptions
 from ..engine.voice import VoicePrompt
 from .errors import ApiError, busy
 from .schemas import SamplingFields
@@ -52,27 +52,16 @@ def generation_options(engine: Engine, fields: SamplingFields, max_frames: int |
     """The checkpoint's defaults with the request's overrides applied."""
     base = engine.default_options()
 
-    def pick(value, default):
-        return default if value is None else value
+    def overridden(options: SamplingOptions, prefix: str) -> SamplingOptions:
+        names = ("do_sample", "temperature", "top_k", "top_p")
+        given = {name: getattr(fields, prefix + name) for name in names}
+        return replace(options, **{name: value for name, value in given.items() if value is not None})
 
-    talker = replace(
-        base.talker,
-        do_sample=pick(fields.do_sample, base.talker.do_sample),
-        temperature=pick(fields.temperature, base.talker.temperature),
-        top_k=pick(fields.top_k, base.talker.top_k),
-        top_p=pick(fields.top_p, base.talker.top_p),
-    )
-    subtalker = replace(
-        base.subtalker,
-        do_sample=pick(fields.subtalker_do_sample, base.subtalker.do_sample),
-        temperature=pick(fields.subtalker_temperature, base.subtalker.temperature),
-        top_k=pick(fields.subtalker_top_k, base.subtalker.top_k),
-        top_p=pick(fields.subtalker_top_p, base.subtalker.top_p),
-    )
+    penalty = fields.repetition_penalty
     return GenerationOptions(
-        talker,
-        subtalker,
-        pick(fields.repetition_penalty, base.repetition_penalty),
+        overridden(base.talker, ""),
+        overridden(base.subtalker, "subtalker_"),
+        base.repetition_penalty if penalty is None else penalty,
         seed=fields.seed,
         max_frames=max_frames,
     )

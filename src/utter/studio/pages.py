@@ -82,26 +82,25 @@ def index() -> RedirectResponse:
     return RedirectResponse("/generate", status_code=307)
 
 
-@router.get("/clone", response_class=HTMLResponse)
-def clone_page(request: Request) -> HTMLResponse:
-    return _render(request, "clone", "Clone a voice")
+# The heading of each page of NAV.
+TITLES = {
+    "clone": "Clone a voice",
+    "generate": "Generate speech",
+    "voices": "Voices",
+    "history": "History",
+    "tasks": "Tasks",
+}
 
 
-@router.get("/generate", response_class=HTMLResponse)
-def generate_page(request: Request) -> HTMLResponse:
-    return _render(request, "generate", "Generate speech")
+def _page_route(page: str, title: str):
+    def show(request: Request) -> HTMLResponse:
+        return _render(request, page, title)
+
+    show.__name__ = f"{page}_page"
+    return show
 
 
-@router.get("/voices", response_class=HTMLResponse)
-def voices_page(request: Request) -> HTMLResponse:
-    return _render(request, "voices", "Voices")
-
-
-@router.get("/history", response_class=HTMLResponse)
-def history_page(request: Request) -> HTMLResponse:
-    return _render(request, "history", "History")
-
-
-@router.get("/tasks", response_class=HTMLResponse)
-def tasks_page(request: Request) -> HTMLResponse:
-    return _render(request, "tasks", "Tasks")
+for _page, _label, _path in NAV:
+    router.add_api_route(
+        _path, _page_route(_page, TITLES[_page]), methods=["GET"], response_class=HTMLResponse
+    )
