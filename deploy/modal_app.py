@@ -97,13 +97,7 @@ class Service:
         from utter.server.settings import ServerSettings
 
         settings = ServerSettings()
-        self.holder = EngineHolder(
-            settings.model,
-            device=settings.device,
-            dtype=settings.dtype,
-            max_batch=settings.max_batch,
-            max_queue=settings.max_queue,
-        )
+        self.holder = EngineHolder.from_settings(settings)
         self.holder.start()
         if self.holder.join() is ModelState.FAILED:
             raise RuntimeError(f"{self.holder.error} {self.holder.hint}")

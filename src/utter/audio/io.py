@@ -23,16 +23,6 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-__all__ = [
-    "SAMPLE_RATE",
-    "AudioError",
-    "duration_seconds",
-    "load_audio",
-    "resample",
-    "to_wav_bytes",
-    "write_wav",
-]
-
 logger = logging.getLogger(__name__)
 
 # The 12 Hz codec and the speaker encoder both work at 24 kHz, and the model generates 24 kHz audio.
