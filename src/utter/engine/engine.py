@@ -146,7 +146,7 @@ class Engine:
         device = device or default_device()
         if weight_mode and dtype and weight_mode != dtype:
             raise ValueError("give either a weight mode or a dtype, not both")
-        mode = weight_mode or dtype or default_weight_mode(device, max_batch)
+        mode = weight_mode or dtype or default_weight_mode(device)
         if mode not in WEIGHT_MODES:
             raise ValueError(f"unknown weight mode {mode!r}; choose one of {', '.join(WEIGHT_MODES)}")
         if device.startswith("cuda") and not torch.cuda.is_available():

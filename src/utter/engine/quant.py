@@ -127,16 +127,14 @@ def activation_dtype(mode: str, device: str | torch.device) -> torch.dtype:
     return torch.bfloat16 if mode == "int8" else _FLOAT_MODES[mode]
 
 
-def default_weight_mode(device: str | torch.device, batch: int = 1) -> str:
-    """The fastest safe mode on ``device`` (``batch``: the most rows decoded at once; every mode's
-    kernel now serves batches of 1-16 well, so it no longer changes the choice).
+def default_weight_mode(device: str | torch.device) -> str:
+    """The fastest safe mode on ``device`` (at any batch size: every mode's kernel serves 1-16 rows).
 
     Measured on the 2-core AVX-512 CPU, 0.6B sizes, random weights: see the README's benchmark
     table. int8 keeps logit cosine > 0.999 against float32 (see ``logit_drift``) and guards
     outlier rows, so it is the CPU default. GPUs: bfloat16, the dtype the model was released in
     (int8 has no fast GPU kernel here, only the dequantising fallback).
     """
-    del batch
     kind = torch.device(device).type
     if kind == "cpu" and (fbgemm_available() or _int8pack_available()):
         return "int8"

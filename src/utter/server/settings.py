@@ -28,7 +28,7 @@ class ServerSettings(BaseSettings):
     # Model
     model: str = DEFAULT_MODEL
     device: str | None = None  # cuda when a GPU is present, else cpu
-    dtype: str | None = None  # weight mode; None = quant.default_weight_mode(device, max_batch)
+    dtype: str | None = None  # weight mode; None = quant.default_weight_mode(device)
     cache_dir: str | None = None  # Hugging Face cache for hub ids
 
     # Network

@@ -124,6 +124,8 @@ class Attention(nn.Module):
             ]
         )
         self.qk_norm_weight = nn.Parameter(w.contiguous(), requires_grad=False)
+        self.qk_norm_eps = self.q_norm.eps
+        del self.q_norm, self.k_norm
 
     def forward(
         self,
@@ -139,10 +141,10 @@ class Attention(nn.Module):
         aligned, the common case) or positions [B, S]; mask: [B or 1, 1, S, kv_len] or None
         (every query sees all kv_len slots)."""
         b, s, _ = x.shape
-        if self.qkv is not None and self.qk_norm_weight is not None:
+        if self.qk_norm_weight is not None:  # fused
             heads = self.n_heads + self.n_kv
             qk, v = self.qkv(x).split([heads * self.head_dim, self.n_kv * self.head_dim], dim=-1)
-            qk = rms_norm(qk.view(b, s, heads, self.head_dim), self.qk_norm_weight, self.q_norm.eps)
+            qk = rms_norm(qk.view(b, s, heads, self.head_dim), self.qk_norm_weight, self.qk_norm_eps)
             qk = rotate(qk.transpose(1, 2), *rope)  # [B, heads, S, head_dim]
             q, k = qk[:, : self.n_heads], qk[:, self.n_heads :]
         else:
