@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ..audio import SAMPLE_RATE, load_audio, resample
+from . import native
 from .checkpoint import resolve_checkpoint, weight_files
 from .config import GenerationDefaults, ModelConfig
 from .model.layers import fuse_projections
@@ -78,6 +79,9 @@ def _load_talker(
     weights.speaker_encoder.to(dt)
     fuse_projections(weights.talker)
     apply_weight_mode(weights.talker, mode, max_batch)
+    if max_batch == 1 and dev.type == "cpu" and mode in ("int8", "float16") and dt == torch.float32:
+        if native.attach(weights.talker):
+            logger.info("decode steps run in the native kernels (%s weights)", mode)
     return weights.eval()
 
 

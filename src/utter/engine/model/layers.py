@@ -8,11 +8,16 @@ on GPUs, captured as a graph.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..config import DecoderConfig
+
+if TYPE_CHECKING:
+    from ..native import NativeStack
 
 
 class RMSNorm(nn.Module):
@@ -234,6 +239,8 @@ class DecoderStack(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.rotary = Rotary(cfg.head_dim, cfg.rope_theta)
+        # A whole-stack decode step in C for one sequence (engine/native.py), set after loading.
+        self.native: NativeStack | None = None
 
     def run(
         self,
@@ -250,6 +257,10 @@ class DecoderStack(nn.Module):
         """
         b, s, _ = x.shape
         cos, sin = self.rotary.table(kv_len, x.dtype)
+        if self.native is not None and self.native.accepts(x, cache):
+            start = positions if isinstance(positions, int) else int(positions[0, 0])
+            if start + s == kv_len:  # one sequence: it sees exactly its own positions
+                return self.native.run(x, cache, start, (cos, sin))
         if isinstance(positions, int):
             rope = (cos[positions : positions + s], sin[positions : positions + s])
             mask = None

@@ -1,0 +1,283 @@
+/* One decode step of a Qwen3 decoder stack for a single sequence, in plain C.
+ *
+ * Why this exists: on a CPU, a decode step of one stream is bound by memory bandwidth (every
+ * weight is read once per token) plus the fixed cost of each framework op. Between its four
+ * matrix-vector products a layer runs about twenty tiny ops (norms, rotary, cache writes,
+ * attention over a few hundred keys); in PyTorch eager each costs microseconds of dispatch, which
+ * over the ~110 layer passes of a frame (talker + 15 code-predictor steps) was half the frame
+ * time. Here a whole stack runs in one call: the products stream int8 (with per-row scales) or
+ * float16 weights against float32 activations, and everything else is a few loops over L1-sized
+ * arrays.
+ *
+ * Built at run time by utter/engine/native.py with the machine's C compiler (-O3 -march=native
+ * -fopenmp) and called through ctypes: no Python or torch headers are needed. Products split
+ * their output rows (attention its heads) across OpenMP threads. Loaded after torch, the library's
+ * libgomp.so.1 resolves to the copy torch already loaded, so both share one team of threads: a
+ * second runtime's threads spinning next to torch's would fight them for the cores.
+ *
+ * Math per layer (the official order; all float32):
+ *   h = rms(x) * w_in;  q,k,v = W_qkv h;  q,k = rope(rms(q|k per head) * w_qk);  cache <- k, v
+ *   x += W_o attention(q, cache);  h = rms(x) * w_post;  x += W_down (silu(W_gate h) * W_up h)
+ * and the stack's output is rms(x) * w_final.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__AVX512F__) || defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
+#define MAX_ROWS 4    /* tokens per call (the code predictor's first step has 2) */
+
+typedef struct {
+    const float *in_norm, *qk_norm, *post_norm; /* [hidden], [heads + kv_heads, head_dim], [hidden] */
+    const void *qkv, *o, *gate_up, *down;       /* [out, in] int8 or float16 (IEEE half bits) */
+    const float *qkv_s, *o_s, *gate_up_s, *down_s; /* per-output-row scales (int8 only) */
+} Layer;
+
+typedef struct {
+    int32_t n_layers, hidden, heads, kv_heads, head_dim, inter;
+    int32_t weight_type; /* 0: int8 with scales, 1: float16 */
+    float eps;
+    const float *final_norm;
+    const Layer *layers;
+} Stack;
+
+/* ------------------------------------------------------------ matrix x vectors */
+typedef struct {
+    const void *w;
+    const float *scales;
+    const float *x; /* [m, k] */
+    float *y;       /* [m, n] */
+    int m, n, k, type;
+} Gemv;
+
+/* Weights [16] (or [8]) at w + i as float lanes. */
+#if defined(__AVX512F__)
+#define LANES 16
+typedef __m512 vec;
+static inline vec load_w(const void *w, size_t i, int type) {
+    return type == 0 ? _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)((const int8_t *)w + i))))
+                     : _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)w + i)));
+}
+#define VZERO() _mm512_setzero_ps()
+#define VFMA(a, b, c) _mm512_fmadd_ps(a, b, c)
+#define VLOAD(p) _mm512_loadu_ps(p)
+static inline float vsum(vec v) { return _mm512_reduce_add_ps(v); }
+#elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#define LANES 8
+typedef __m256 vec;
+static inline vec load_w(const void *w, size_t i, int type) {
+    return type == 0 ? _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)((const int8_t *)w + i))))
+                     : _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)w + i)));
+}
+#define VZERO() _mm256_setzero_ps()
+#define VFMA(a, b, c) _mm256_fmadd_ps(a, b, c)
+#define VLOAD(p) _mm256_loadu_ps(p)
+static inline float vsum(vec v) {
+    float lanes[8], s = 0.0f;
+    _mm256_storeu_ps(lanes, v);
+    for (int l = 0; l < 8; l++) s += lanes[l];
+    return s;
+}
+#else
+#define LANES 0 /* no vector unit this file knows: native.py keeps the PyTorch path */
+#endif
+
+/* Weights are blocked for streaming (see native.py): for each block of BLOCK output rows, for
+ * each run of LANES inputs, the BLOCK rows' LANES values side by side. A block-row step is then
+ * one contiguous read (one cache line for int8 with 16 lanes), so memory is read strictly in
+ * order and the prefetcher (with a software prefetch a few lines ahead) keeps it streaming. */
+#define BLOCK 4
+#define PREFETCH_BYTES 1024
+
+int utter_lanes(void) { return LANES; }
+
+/* out[r][j] = dot(row r of block b, x row j); M is a constant at each call site, so the
+ * BLOCK x M accumulators live in registers (independent FMA chains). */
+static inline __attribute__((always_inline)) void dots(const Gemv *g, int b, const int M, const int type,
+                                                        float out[BLOCK][MAX_ROWS]) {
+#if LANES
+    const int k = g->k;
+    const size_t esize = type == 0 ? 1 : 2, step = (size_t)BLOCK * LANES * esize;
+    const char *w = (const char *)g->w + (size_t)b * BLOCK * k * esize;
+    vec acc[BLOCK][MAX_ROWS];
+    for (int r = 0; r < BLOCK; r++)
+        for (int j = 0; j < M; j++) acc[r][j] = VZERO();
+    for (int i = 0; i < k; i += LANES, w += step) {
+        _mm_prefetch(w + PREFETCH_BYTES, _MM_HINT_T0);
+        if (step > 64) _mm_prefetch(w + PREFETCH_BYTES + 64, _MM_HINT_T0);
+        vec xs[MAX_ROWS];
+        for (int j = 0; j < M; j++) xs[j] = VLOAD(g->x + (size_t)j * k + i);
+        for (int r = 0; r < BLOCK; r++) {
+            vec wv = load_w(w, (size_t)r * LANES, type);
+            for (int j = 0; j < M; j++) acc[r][j] = VFMA(wv, xs[j], acc[r][j]);
+        }
+    }
+    for (int r = 0; r < BLOCK; r++)
+        for (int j = 0; j < M; j++) out[r][j] = vsum(acc[r][j]);
+#else
+    (void)g, (void)b, (void)M, (void)type, (void)out;
+#endif
+}
+
+#define DOTS_FOR_M(type)                          \
+    switch (g->m) {                               \
+    case 1: dots(g, b, 1, type, out); break;      \
+    case 2: dots(g, b, 2, type, out); break;      \
+    case 3: dots(g, b, 3, type, out); break;      \
+    default: dots(g, b, 4, type, out); break;     \
+    }
+
+static void gemv(const void *w, const float *scales, int type, const float *x, float *y, int m, int n, int k) {
+    const Gemv gv = {w, scales, x, y, m, n, k, type}, *g = &gv;
+#pragma omp parallel for schedule(static)
+    for (int b = 0; b < n / BLOCK; b++) {
+        float out[BLOCK][MAX_ROWS];
+        if (g->type == 0) {
+            DOTS_FOR_M(0)
+        } else {
+            DOTS_FOR_M(1)
+        }
+        for (int r = 0; r < BLOCK; r++) {
+            int row = b * BLOCK + r;
+            float s = g->type == 0 ? g->scales[row] : 1.0f;
+            for (int j = 0; j < g->m; j++) g->y[(size_t)j * g->n + row] = out[r][j] * s;
+        }
+    }
+}
+
+/* Exposed for tests: y[m, n] = x[m, k] @ dequant(w[n, k]).T */
+void utter_gemv(const void *w, const float *scales, int type, const float *x, float *y, int m, int n, int k) {
+    if (m > MAX_ROWS) return;
+    gemv(w, scales, type, x, y, m, n, k);
+}
+
+/* ------------------------------------------------------------------ small ops */
+static float dot(const float *a, const float *b, int n) {
+    int i = 0;
+    float s = 0.0f;
+#if LANES
+    vec acc0 = VZERO(), acc1 = VZERO();
+    for (; i + 2 * LANES <= n; i += 2 * LANES) {
+        acc0 = VFMA(VLOAD(a + i), VLOAD(b + i), acc0);
+        acc1 = VFMA(VLOAD(a + i + LANES), VLOAD(b + i + LANES), acc1);
+    }
+    s = vsum(acc0) + vsum(acc1);
+#endif
+    for (; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+static void rms_norm(const float *x, const float *w, float *out, int d, float eps) {
+    float ss = dot(x, x, d);
+    float inv = 1.0f / sqrtf(ss / (float)d + eps);
+    for (int i = 0; i < d; i++) out[i] = x[i] * inv * w[i];
+}
+
+/* x[i] * cos[i] + rotate_half(x)[i] * signed_sin[i] (sin's first half already negated). */
+static void rope(float *x, const float *cos, const float *ssin, int d) {
+    float tmp[1024];
+    int half = d / 2;
+    for (int i = 0; i < half; i++) {
+        tmp[i] = x[i] * cos[i] + x[i + half] * ssin[i];
+        tmp[i + half] = x[i + half] * cos[i + half] + x[i] * ssin[i + half];
+    }
+    memcpy(x, tmp, sizeof(float) * d);
+}
+
+typedef struct {
+    const Stack *s;
+    const float *q;  /* [m, heads * head_dim] */
+    const float *kc, *vc; /* this layer's cache [kv_heads, T, head_dim] */
+    float *out;      /* [m, heads * head_dim] */
+    int m, pos;
+    int64_t t;
+} Attn;
+
+static void attention(const Attn *a) {
+    const int hd = a->s->head_dim, heads = a->s->heads, group = heads / a->s->kv_heads;
+    const float scale = 1.0f / sqrtf((float)hd);
+#pragma omp parallel for schedule(static)
+    for (int job = 0; job < heads * a->m; job++) {
+        float *p = malloc(sizeof(float) * (size_t)(a->pos + a->m));
+        int j = job / heads, h = job % heads, len = a->pos + j + 1; /* causal: keys 0 .. pos + j */
+        const float *q = a->q + (size_t)j * heads * hd + (size_t)h * hd;
+        const float *kc = a->kc + (size_t)(h / group) * a->t * hd, *vc = a->vc + (size_t)(h / group) * a->t * hd;
+        float mx = -INFINITY;
+        for (int t = 0; t < len; t++) {
+            p[t] = dot(q, kc + (size_t)t * hd, hd) * scale;
+            if (p[t] > mx) mx = p[t];
+        }
+        float sum = 0.0f;
+        for (int t = 0; t < len; t++) {
+            p[t] = expf(p[t] - mx);
+            sum += p[t];
+        }
+        float *o = a->out + (size_t)j * heads * hd + (size_t)h * hd;
+        for (int i = 0; i < hd; i++) o[i] = 0.0f;
+        for (int t = 0; t < len; t++) {
+            float wt = p[t] / sum;
+            for (int i = 0; i < hd; i++) o[i] += wt * vc[(size_t)t * hd + i];
+        }
+        free(p);
+    }
+}
+
+/* ------------------------------------------------------------------ the stack */
+/* Run m consecutive tokens (positions pos .. pos+m-1) of one sequence through every layer.
+ * x: [m, hidden] input embeddings; out: [m, hidden] final-normed hidden states.
+ * kc, vc: caches [n_layers, kv_heads, t, head_dim]; cos, ssin: rotary tables [>= pos+m, head_dim].
+ * Returns 0, or -1 when m or a size is out of range. */
+int utter_stack_run(const Stack *s, const float *x_in, float *out, int m, float *kc, float *vc, int64_t t,
+                    int pos, const float *cos, const float *ssin) {
+    const int d = s->hidden, hd = s->head_dim, nq = s->heads * hd, nkv = s->kv_heads * hd;
+    const int nqkv = nq + 2 * nkv, inter = s->inter;
+    if (m < 1 || m > MAX_ROWS || hd > 1024 || pos + m > t) return -1;
+    float *x = malloc(sizeof(float) * (size_t)m * d);
+    float *h = malloc(sizeof(float) * (size_t)m * (d > nq ? d : nq));
+    float *qkv = malloc(sizeof(float) * (size_t)m * nqkv);
+    float *att = malloc(sizeof(float) * (size_t)m * nq);
+    float *gu = malloc(sizeof(float) * (size_t)m * 2 * inter);
+    float *act = malloc(sizeof(float) * (size_t)m * inter);
+    float *q = malloc(sizeof(float) * (size_t)m * nq);
+    memcpy(x, x_in, sizeof(float) * (size_t)m * d);
+    for (int l = 0; l < s->n_layers; l++) {
+        const Layer *L = &s->layers[l];
+        float *kl = kc + (size_t)l * s->kv_heads * t * hd, *vl = vc + (size_t)l * s->kv_heads * t * hd;
+        for (int j = 0; j < m; j++) rms_norm(x + (size_t)j * d, L->in_norm, h + (size_t)j * d, d, s->eps);
+        gemv(L->qkv, L->qkv_s, s->weight_type, h, qkv, m, nqkv, d);
+        for (int j = 0; j < m; j++) {
+            float *row = qkv + (size_t)j * nqkv;
+            const float *c = cos + (size_t)(pos + j) * hd, *sn = ssin + (size_t)(pos + j) * hd;
+            for (int hh = 0; hh < s->heads + s->kv_heads; hh++) {
+                float *v = row + (size_t)hh * hd;
+                rms_norm(v, L->qk_norm + (size_t)hh * hd, v, hd, s->eps);
+                rope(v, c, sn, hd);
+            }
+            memcpy(q + (size_t)j * nq, row, sizeof(float) * nq);
+            for (int g = 0; g < s->kv_heads; g++) {
+                size_t at = ((size_t)g * t + pos + j) * hd;
+                memcpy(kl + at, row + nq + (size_t)g * hd, sizeof(float) * hd);
+                memcpy(vl + at, row + nq + nkv + (size_t)g * hd, sizeof(float) * hd);
+            }
+        }
+        Attn a = {s, q, kl, vl, att, m, pos, t};
+        attention(&a);
+        gemv(L->o, L->o_s, s->weight_type, att, h, m, d, nq);
+        for (size_t i = 0; i < (size_t)m * d; i++) x[i] += h[i];
+        for (int j = 0; j < m; j++) rms_norm(x + (size_t)j * d, L->post_norm, h + (size_t)j * d, d, s->eps);
+        gemv(L->gate_up, L->gate_up_s, s->weight_type, h, gu, m, 2 * inter, d);
+        for (int j = 0; j < m; j++) {
+            const float *g = gu + (size_t)j * 2 * inter, *u = g + inter;
+            for (int i = 0; i < inter; i++) act[(size_t)j * inter + i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+        }
+        gemv(L->down, L->down_s, s->weight_type, act, h, m, d, inter);
+        for (size_t i = 0; i < (size_t)m * d; i++) x[i] += h[i];
+    }
+    for (int j = 0; j < m; j++) rms_norm(x + (size_t)j * d, s->final_norm, out + (size_t)j * d, d, s->eps);
+    free(x), free(h), free(qkv), free(att), free(gu), free(act), free(q);
+    return 0;
+}
