@@ -143,8 +143,9 @@ def default_weight_mode(device: str | torch.device) -> str:
 
 def _quantize_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric per-output-channel int8: w [out, in] -> (q int8 [out, in], scales float32 [out])."""
+    peak = w.detach().abs().amax(dim=1).float()  # exact in the stored dtype, and cheaper there
     w = w.detach().float()
-    scales = torch.linalg.vector_norm(w, float("inf"), dim=1).clamp(min=1e-12) / 127.0
+    scales = peak.clamp(min=1e-12) / 127.0
     if w.is_cpu:  # one vectorised pass (round half to even, as torch.round)
         zero = torch.zeros(w.shape[0], dtype=torch.long)
         with warnings.catch_warnings():  # "quantized tensors are deprecated": only the ints are kept
@@ -364,21 +365,23 @@ def _convert_linears(module: nn.Module, make: Callable[[nn.Linear], nn.Module]) 
 
 
 @torch.no_grad()
-def apply_weight_mode(module: nn.Module, mode: str, max_batch: int = 1) -> nn.Module:
+def apply_weight_mode(
+    module: nn.Module, mode: str, max_batch: int = 1, kernel: str | None = None
+) -> nn.Module:
     """Convert a talker (or any module holding Linear layers) to ``mode`` in place; returns it.
 
     Conversion reads the weights as loaded, so load in float32 (or the checkpoint's bfloat16)
     for int8 and float16. Afterwards every floating parameter is in ``activation_dtype(mode,
     device)``, which the caller must use for KV caches and hidden states (the runner reads it
     from ``codec_head.weight.dtype``, which this function keeps true). ``max_batch`` (the most rows
-    the engine decodes at once) picks the int8 kernel, see ``int8_kernel``.
+    the engine decodes at once) picks the int8 kernel, see ``int8_kernel``, unless ``kernel`` names one.
     """
     _check_mode(mode)
     param = next(module.parameters())
     dtype = activation_dtype(mode, param.device)
     converted = 0
     if mode == "int8":
-        kernel = int8_kernel(param.device, max_batch)
+        kernel = kernel or int8_kernel(param.device, max_batch)
         if dtype != torch.float32 and kernel in ("fbgemm", "onednn"):
             kernel = "int8pack"  # activations are not float32 here (no fbgemm): weight-only int8
         converted = _convert_linears(module, lambda linear: Int8Linear.from_linear(linear, kernel))
