@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from tests.test_layers import _unfused
-from utter.engine import native
+from utter.engine import native, native_stack
 from utter.engine.engine import Engine, Request
 from utter.engine.model.layers import fuse_projections, new_cache
 from utter.engine.quant import Int8Linear, _quantize_rows, apply_weight_mode
@@ -52,7 +52,7 @@ def _as_weight_only(module: torch.nn.Module) -> torch.nn.Module:
 def test_native_stack_step_equals_the_pytorch_step(engine: Engine, mode: str) -> None:
     talker = apply_weight_mode(fuse_projections(_unfused(engine)), mode, max_batch=1)
     _as_weight_only(talker)
-    assert native.attach(talker)
+    assert native_stack.attach(talker)
     for stack in (talker.model, talker.code_predictor.model):
         cfg = stack.cfg
         torch.manual_seed(0)
@@ -76,15 +76,15 @@ def test_native_stack_step_equals_the_pytorch_step(engine: Engine, mode: str) ->
 def test_native_kernel_is_really_called(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
     """The stacks of a single-stream int8 engine go through utter_stack_run for decode steps."""
     talker = apply_weight_mode(fuse_projections(_unfused(engine)), "int8", max_batch=1)
-    assert native.attach(talker)
+    assert native_stack.attach(talker)
     calls = []
-    real = native.NativeStack.run
+    real = native_stack.NativeStack.run
 
     def counting(self, *args, **kwargs):
         calls.append(args[0].shape)
         return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(native.NativeStack, "run", counting)
+    monkeypatch.setattr(native_stack.NativeStack, "run", counting)
     stack = talker.model
     cache = new_cache(stack.cfg, 1, 9, torch.device("cpu"), torch.float32)
     with torch.inference_mode():
@@ -142,7 +142,7 @@ def test_disabled_or_unbuildable_kernels_leave_the_pytorch_path(
         native.library.cache_clear()
         assert native.library() is None
         talker = apply_weight_mode(fuse_projections(_unfused(engine)), "int8", max_batch=1)
-        assert not native.attach(talker) and talker.model.native is None
+        assert not native_stack.attach(talker) and talker.model.native is None
     finally:
         monkeypatch.undo()
         native.library.cache_clear()

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..audio import SAMPLE_RATE, load_audio, resample
-from . import native
+from . import native, native_stack
 from .checkpoint import resolve_checkpoint, weight_files
 from .config import GenerationDefaults, ModelConfig
 from .model.layers import fuse_projections
@@ -97,7 +97,7 @@ def _load_talker(
     # oneDNN's kernel packs about 3x and prefills about 2x faster than fbgemm's there.
     kernel = "onednn" if use_native and mode == "int8" and onednn_int8_available() else None
     apply_weight_mode(weights.talker, mode, max_batch, kernel=kernel)
-    if use_native and native.attach(weights.talker):
+    if use_native and native_stack.attach(weights.talker):
         logger.info("decode steps run in the native kernels (%s weights)", mode)
     return weights.eval()
 

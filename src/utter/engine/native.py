@@ -1,17 +1,15 @@
-"""The native decode step: a whole decoder stack for one sequence in one C call (CPU).
+"""The native CPU kernels (``kernels/decoder.c``): building, loading and their raw entry points.
 
-Why: a single-stream decode step on a CPU is memory-bound in its matrix-vector products and,
-in PyTorch eager, dominated by the fixed cost of the ~20 tiny ops around them in every layer.
-``kernels/decoder.c`` runs all layers of a stack for one to four tokens of one sequence in one
-call (see its header for the math). It is compiled on first use with the machine's C compiler
-(``$CC``, else ``cc``/``gcc``; ``-O3 -march=native``) into ``~/.cache/utter/kernels`` and loaded
-with ctypes, so no Python or torch headers are needed. Where no compiler works the engine logs
-one line and keeps the PyTorch path; ``UTTER_NATIVE=0`` turns it off.
+Why C: a single-stream decode step on a CPU is memory-bound in its matrix-vector products and,
+in PyTorch eager, dominated by the fixed cost of the ~20 tiny ops around them in every layer;
+``utter_stack_run`` runs all layers of a stack for one to four tokens in one call (see
+``native_stack.py`` for where it is used). The same library quantises and lays out weights at
+load time in one parallel pass each.
 
-It serves engines that decode one stream at a time (``max_batch == 1``) in the ``int8`` and
-``float16`` weight modes on the CPU: their products read int8 weights (per-row scales) or float16
-weights against float32 activations. Prefill (many positions at once) stays on the PyTorch path,
-which writes the same KV-cache layout.
+It is compiled on first use with the machine's C compiler (``$CC``, else ``cc``/``gcc``;
+``-O3 -march=native -fopenmp``) into ``~/.cache/utter/kernels`` (``UTTER_KERNEL_CACHE``) and
+loaded with ctypes, so no Python or torch headers are needed. Where no compiler works the engine
+logs one line and keeps the PyTorch path; ``UTTER_NATIVE=0`` turns it off.
 """
 
 from __future__ import annotations
@@ -28,10 +26,6 @@ import tempfile
 from pathlib import Path
 
 import torch
-from torch import nn
-
-from .model.layers import DecoderStack
-from .quant import Fp16Linear, Int8Linear
 
 logger = logging.getLogger(__name__)
 
@@ -46,11 +40,11 @@ NORMS = ("in_norm", "qk_norm", "post_norm")
 PRODUCTS = ("qkv", "o", "gate_up", "down")
 
 
-class _Layer(ctypes.Structure):
+class LayerStruct(ctypes.Structure):
     _fields_ = [(name, ctypes.c_void_p) for name in (*NORMS, *PRODUCTS, *(p + "_s" for p in PRODUCTS))]
 
 
-class _Stack(ctypes.Structure):
+class StackStruct(ctypes.Structure):
     _fields_ = [
         *[
             (name, ctypes.c_int32)
@@ -58,7 +52,7 @@ class _Stack(ctypes.Structure):
         ],  # fmt: skip
         ("eps", ctypes.c_float),
         ("final_norm", ctypes.c_void_p),
-        ("layers", ctypes.POINTER(_Layer)),
+        ("layers", ctypes.POINTER(LayerStruct)),
     ]
 
 
@@ -127,9 +121,14 @@ def library() -> ctypes.CDLL | None:
     lib.utter_gemv.argtypes = [ptr, ptr, ctypes.c_int, ptr, ptr, ctypes.c_int, ctypes.c_int, ctypes.c_int]
     lib.utter_gemv.restype = None
     lib.utter_stack_run.argtypes = [
-        ctypes.POINTER(_Stack), ptr, ptr, ctypes.c_int, ptr, ptr, ctypes.c_int64, ctypes.c_int, ptr, ptr
+        ctypes.POINTER(StackStruct), ptr, ptr, ctypes.c_int, ptr, ptr, ctypes.c_int64, ctypes.c_int, ptr, ptr
     ]  # fmt: skip
     lib.utter_stack_run.restype = ctypes.c_int
+    i64 = ctypes.c_int64
+    lib.utter_quantize_rows.argtypes = [ptr, ctypes.c_int, i64, i64, ptr, ptr]
+    lib.utter_quantize_rows.restype = None
+    lib.utter_pack.argtypes = [ptr, ctypes.c_int, i64, i64, ptr]
+    lib.utter_pack.restype = None
     lib.utter_lanes.restype = ctypes.c_int
     if lib.utter_lanes() == 0:
         logger.warning("native decode kernels unavailable: this CPU has neither AVX-512 nor AVX2+FMA+F16C")
@@ -143,7 +142,29 @@ def pack(weight: torch.Tensor, lanes: int) -> torch.Tensor:
     n, k = weight.shape
     if n % BLOCK or k % lanes:
         raise ValueError(f"weight [{n}, {k}] is not a multiple of [{BLOCK}, {lanes}]")
-    return weight.reshape(n // BLOCK, BLOCK, k // lanes, lanes).transpose(1, 2).contiguous()
+    lib = library()
+    if lib is None or weight.element_size() not in (1, 2):
+        return weight.reshape(n // BLOCK, BLOCK, k // lanes, lanes).transpose(1, 2).contiguous()
+    weight = weight.contiguous()
+    out = torch.empty(n // BLOCK, k // lanes, BLOCK, lanes, dtype=weight.dtype)
+    lib.utter_pack(weight.data_ptr(), weight.element_size(), n, k, out.data_ptr())
+    return out
+
+
+def quantize_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Symmetric per-row int8 of a float32 or bfloat16 CPU weight [n, k] in one parallel pass:
+    (q int8 [n, k], scales float32 [n]) with scale = max|row| / 127 and q = round(w / scale).
+    None where the kernels are unavailable or the weight is of another kind."""
+    lib = library()
+    if lib is None or not w.is_cpu or w.dim() != 2 or w.dtype not in (torch.float32, torch.bfloat16):
+        return None
+    w = w.detach().contiguous()
+    q = torch.empty(w.shape, dtype=torch.int8)
+    scales = torch.empty(w.shape[0], dtype=torch.float32)
+    lib.utter_quantize_rows(
+        w.data_ptr(), int(w.dtype == torch.bfloat16), *w.shape, q.data_ptr(), scales.data_ptr()
+    )
+    return q, scales
 
 
 def gemv(weight: torch.Tensor, scales: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
@@ -163,109 +184,3 @@ def gemv(weight: torch.Tensor, scales: torch.Tensor | None, x: torch.Tensor) -> 
         x.data_ptr(), y.data_ptr(), x.shape[0], n, k,
     )  # fmt: skip
     return y
-
-
-def _weights(linear: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
-    if isinstance(linear, Int8Linear) and linear.bias is None:
-        return linear.qweight, linear.scales
-    if isinstance(linear, Fp16Linear):
-        weight, bias = torch.ops.quantized.linear_unpack_fp16(linear.packed)
-        if bias is None:
-            return weight.half().contiguous(), None
-    raise ValueError(f"no native kernel for {type(linear).__name__}")
-
-
-class NativeStack:
-    """A :class:`DecoderStack`'s weights laid out for ``utter_stack_run`` (kept alive here)."""
-
-    def __init__(self, lib: ctypes.CDLL, stack: DecoderStack) -> None:
-        cfg = stack.cfg
-        self.lib = lib
-        self.keep: list[torch.Tensor] = []
-        layers = (_Layer * len(stack.layers))()
-        kinds = set()
-        lanes = lib.utter_lanes()
-        for i, layer in enumerate(stack.layers):
-            attn, mlp = layer.self_attn, layer.mlp
-            if attn.qk_norm_weight is None or mlp.gate_up is None:
-                raise ValueError("fuse projections before building the native stack")
-            fields = {
-                "in_norm": layer.input_layernorm.weight,
-                "qk_norm": attn.qk_norm_weight,
-                "post_norm": layer.post_attention_layernorm.weight,
-            }
-            linears = (attn.qkv, attn.o_proj, mlp.gate_up, mlp.down_proj)
-            for name, linear in zip(PRODUCTS, linears):
-                weight, scales = _weights(linear)
-                kinds.add(weight.dtype)
-                fields[name] = pack(weight, lanes)
-                if scales is not None:
-                    fields[name + "_s"] = scales
-            for name, tensor in fields.items():
-                tensor = tensor.detach().contiguous()
-                if tensor.is_floating_point() and tensor.dtype != torch.float16:
-                    tensor = tensor.float().contiguous()
-                self.keep.append(tensor)
-                setattr(layers[i], name, tensor.data_ptr())
-        if len(kinds) != 1:
-            raise ValueError(f"mixed weight types {kinds}")
-        final = stack.norm.weight.detach().float().contiguous()
-        self.keep.append(final)
-        self.layers = layers
-        self.struct = _Stack(
-            cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads,
-            cfg.head_dim, cfg.intermediate_size, INT8 if torch.int8 in kinds else FLOAT16,
-            cfg.rms_norm_eps, final.data_ptr(), layers,
-        )  # fmt: skip
-
-    def run(
-        self,
-        x: torch.Tensor,
-        cache: tuple[torch.Tensor, torch.Tensor],
-        position: int,
-        rope: tuple[torch.Tensor, torch.Tensor],
-    ) -> torch.Tensor:
-        """x [1, S <= 4, D] float32 at positions position..position+S-1 -> final-normed [1, S, D];
-        writes those positions of ``cache`` (k, v of [layers, 1, kv_heads, T, head_dim])."""
-        k, v = cache
-        x = x.contiguous()
-        out = torch.empty_like(x)
-        cos, sin = rope
-        rc = self.lib.utter_stack_run(
-            ctypes.byref(self.struct), x.data_ptr(), out.data_ptr(), x.shape[1], k.data_ptr(), v.data_ptr(),
-            k.shape[3], position, cos.data_ptr(), sin.data_ptr(),
-        )  # fmt: skip
-        if rc != 0:
-            raise RuntimeError(f"utter_stack_run failed ({rc}) for {x.shape[1]} tokens at {position}")
-        return out
-
-    def accepts(self, x: torch.Tensor, cache: tuple[torch.Tensor, torch.Tensor]) -> bool:
-        """Whether a call fits this kernel: one float32 sequence of at most MAX_TOKENS tokens on
-        the CPU, with a contiguous float32 cache."""
-        k, v = cache
-        return (
-            x.shape[0] == 1
-            and x.shape[1] <= MAX_TOKENS
-            and x.dtype == torch.float32
-            and k.dtype == torch.float32
-            and k.is_contiguous()
-            and v.is_contiguous()
-            and not x.requires_grad
-        )
-
-
-def attach(talker: nn.Module) -> bool:
-    """Give the talker's and the code predictor's stacks a native decode step (see module
-    docstring for when it applies). Returns whether both got one."""
-    lib = library()
-    if lib is None:
-        return False
-    stacks = [talker.model, talker.code_predictor.model]
-    try:
-        natives = [NativeStack(lib, stack) for stack in stacks]
-    except ValueError as exc:
-        logger.info("native decode step not used: %s", exc)
-        return False
-    for stack, native in zip(stacks, natives):
-        stack.native = native
-    return True

@@ -20,10 +20,12 @@
  *   x += W_o attention(q, cache);  h = rms(x) * w_post;  x += W_down (silu(W_gate h) * W_up h)
  * and the stack's output is rms(x) * w_final.
  */
+#define _DEFAULT_SOURCE /* madvise, MADV_HUGEPAGE */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
@@ -280,4 +282,65 @@ int utter_stack_run(const Stack *s, const float *x_in, float *out, int m, float 
     for (int j = 0; j < m; j++) rms_norm(x + (size_t)j * d, s->final_norm, out + (size_t)j * d, d, s->eps);
     free(x), free(h), free(qkv), free(att), free(gu), free(act), free(q);
     return 0;
+}
+
+/* ------------------------------------------------------------ weight preparation */
+/* Load-time work, done once per weight but for every weight of the model: one parallel pass each
+ * instead of several full-size tensor ops. */
+
+static inline float source_at(const void *w, int src_type, size_t i) {
+    if (src_type == 0) return ((const float *)w)[i];
+    uint32_t bits = (uint32_t)((const uint16_t *)w)[i] << 16; /* bfloat16: the top half of a float */
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+/* Symmetric per-row int8 of w [n, k] (float32 when src_type is 0, bfloat16 when 1):
+ * scales[r] = max|w[r]| / 127 (at least 1e-12 / 127), q = w / scale rounded half to even (the
+ * default rounding mode, as torch.round), within [-127, 127]. */
+void utter_quantize_rows(const void *w, int src_type, int64_t n, int64_t k, int8_t *q, float *scales) {
+#pragma omp parallel for schedule(static)
+    for (int64_t r = 0; r < n; r++) {
+        float peak = 0.0f;
+        for (int64_t i = 0; i < k; i++) {
+            float v = fabsf(source_at(w, src_type, (size_t)(r * k + i)));
+            peak = v > peak ? v : peak;
+        }
+        float scale = (peak > 1e-12f ? peak : 1e-12f) / 127.0f;
+        scales[r] = scale;
+        for (int64_t i = 0; i < k; i++) {
+            float v = nearbyintf(source_at(w, src_type, (size_t)(r * k + i)) / scale);
+            q[r * k + i] = (int8_t)(v > 127.0f ? 127.0f : (v < -127.0f ? -127.0f : v));
+        }
+    }
+}
+
+/* Ask for 2 MiB pages over the whole 2 MiB-aligned middle of a fresh buffer, before it is first
+ * written: a weight then takes a few hundred page faults instead of a quarter million, and the
+ * decode step's streaming reads miss the TLB far less. Advice only: ignored where unsupported. */
+static void advise_huge(void *p, size_t bytes) {
+#ifdef MADV_HUGEPAGE
+    const uintptr_t huge = (uintptr_t)2 << 20;
+    uintptr_t lo = ((uintptr_t)p + huge - 1) & ~(huge - 1), hi = ((uintptr_t)p + bytes) & ~(huge - 1);
+    if (hi > lo) madvise((void *)lo, hi - lo, MADV_HUGEPAGE);
+#else
+    (void)p, (void)bytes;
+#endif
+}
+
+/* The blocked layout of dots(): w [n, k] of esize-byte elements -> [n / BLOCK, k / LANES, BLOCK, LANES]. */
+void utter_pack(const void *w, int esize, int64_t n, int64_t k, void *out) {
+#if LANES
+    advise_huge(out, (size_t)(n * k * esize));
+    const int64_t runs = k / LANES;
+#pragma omp parallel for schedule(static)
+    for (int64_t b = 0; b < n / BLOCK; b++)
+        for (int64_t i = 0; i < runs; i++)
+            for (int r = 0; r < BLOCK; r++)
+                memcpy((char *)out + (((b * runs + i) * BLOCK + r) * LANES) * esize,
+                       (const char *)w + ((b * BLOCK + r) * k + i * LANES) * esize, (size_t)LANES * esize);
+#else
+    (void)w, (void)esize, (void)n, (void)k, (void)out;
+#endif
 }

@@ -1,0 +1,128 @@
+"""Decoder stacks that run their decode steps in one native call (``utter_stack_run``).
+
+It serves engines that decode one stream at a time (``max_batch == 1``) in the ``int8`` and
+``float16`` weight modes on the CPU: their products read int8 weights (per-row scales) or float16
+weights against float32 activations. Prefill (many positions at once) stays on the PyTorch path,
+which writes the same KV-cache layout; ``DecoderStack.run`` picks the path per call.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+
+import torch
+from torch import nn
+
+from . import native
+from .model.layers import DecoderStack
+from .native import FLOAT16, INT8, MAX_TOKENS, PRODUCTS, LayerStruct, StackStruct
+from .quant import Fp16Linear, Int8Linear
+
+logger = logging.getLogger(__name__)
+
+
+def _weights(linear: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+    if isinstance(linear, Int8Linear) and linear.bias is None:
+        return linear.qweight, linear.scales
+    if isinstance(linear, Fp16Linear):
+        weight, bias = torch.ops.quantized.linear_unpack_fp16(linear.packed)
+        if bias is None:
+            return weight.half().contiguous(), None
+    raise ValueError(f"no native kernel for {type(linear).__name__}")
+
+
+class NativeStack:
+    """A :class:`DecoderStack`'s weights laid out for ``utter_stack_run`` (kept alive here)."""
+
+    def __init__(self, lib: ctypes.CDLL, stack: DecoderStack) -> None:
+        cfg = stack.cfg
+        self.lib = lib
+        self.keep: list[torch.Tensor] = []
+        layers = (LayerStruct * len(stack.layers))()
+        kinds = set()
+        lanes = lib.utter_lanes()
+        for i, layer in enumerate(stack.layers):
+            attn, mlp = layer.self_attn, layer.mlp
+            if attn.qk_norm_weight is None or mlp.gate_up is None:
+                raise ValueError("fuse projections before building the native stack")
+            fields = {
+                "in_norm": layer.input_layernorm.weight,
+                "qk_norm": attn.qk_norm_weight,
+                "post_norm": layer.post_attention_layernorm.weight,
+            }
+            linears = (attn.qkv, attn.o_proj, mlp.gate_up, mlp.down_proj)
+            for name, linear in zip(PRODUCTS, linears):
+                weight, scales = _weights(linear)
+                kinds.add(weight.dtype)
+                fields[name] = native.pack(weight, lanes)
+                if scales is not None:
+                    fields[name + "_s"] = scales
+            for name, tensor in fields.items():
+                tensor = tensor.detach().contiguous()
+                if tensor.is_floating_point() and tensor.dtype != torch.float16:
+                    tensor = tensor.float().contiguous()
+                self.keep.append(tensor)
+                setattr(layers[i], name, tensor.data_ptr())
+        if len(kinds) != 1:
+            raise ValueError(f"mixed weight types {kinds}")
+        final = stack.norm.weight.detach().float().contiguous()
+        self.keep.append(final)
+        self.layers = layers
+        self.struct = StackStruct(
+            cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads,
+            cfg.head_dim, cfg.intermediate_size, INT8 if torch.int8 in kinds else FLOAT16,
+            cfg.rms_norm_eps, final.data_ptr(), layers,
+        )  # fmt: skip
+
+    def run(
+        self,
+        x: torch.Tensor,
+        cache: tuple[torch.Tensor, torch.Tensor],
+        position: int,
+        rope: tuple[torch.Tensor, torch.Tensor],
+    ) -> torch.Tensor:
+        """x [1, S <= 4, D] float32 at positions position..position+S-1 -> final-normed [1, S, D];
+        writes those positions of ``cache`` (k, v of [layers, 1, kv_heads, T, head_dim])."""
+        k, v = cache
+        x = x.contiguous()
+        out = torch.empty_like(x)
+        cos, sin = rope
+        rc = self.lib.utter_stack_run(
+            ctypes.byref(self.struct), x.data_ptr(), out.data_ptr(), x.shape[1], k.data_ptr(), v.data_ptr(),
+            k.shape[3], position, cos.data_ptr(), sin.data_ptr(),
+        )  # fmt: skip
+        if rc != 0:
+            raise RuntimeError(f"utter_stack_run failed ({rc}) for {x.shape[1]} tokens at {position}")
+        return out
+
+    def accepts(self, x: torch.Tensor, cache: tuple[torch.Tensor, torch.Tensor]) -> bool:
+        """Whether a call fits this kernel: one float32 sequence of at most MAX_TOKENS tokens on
+        the CPU, with a contiguous float32 cache."""
+        k, v = cache
+        return (
+            x.shape[0] == 1
+            and x.shape[1] <= MAX_TOKENS
+            and x.dtype == torch.float32
+            and k.dtype == torch.float32
+            and k.is_contiguous()
+            and v.is_contiguous()
+            and not x.requires_grad
+        )
+
+
+def attach(talker: nn.Module) -> bool:
+    """Give the talker's and the code predictor's stacks a native decode step (see module
+    docstring for when it applies). Returns whether both got one."""
+    lib = native.library()
+    if lib is None:
+        return False
+    stacks = [talker.model, talker.code_predictor.model]
+    try:
+        natives = [NativeStack(lib, stack) for stack in stacks]
+    except ValueError as exc:
+        logger.info("native decode step not used: %s", exc)
+        return False
+    for stack, fast in zip(stacks, natives):
+        stack.native = fast
+    return True
