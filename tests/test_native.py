@@ -13,14 +13,14 @@ import torch
 from tests.test_layers import _unfused
 from utter.engine import native, native_stack
 from utter.engine.engine import Engine, Request
-from utter.engine.model.layers import fuse_projections, new_cache
-from utter.engine.quant import Int8Linear, _quantize_rows, apply_weight_mode
+from utter.engine.model.layers import DecoderStack, fuse_projections, new_cache
+from utter.engine.quant import Fp16Linear, Int8Linear, _quantize_rows, apply_weight_mode
 from utter.engine.sampling import GenerationOptions, SamplingOptions
 
 pytestmark = pytest.mark.skipif(native.library() is None, reason="native kernels cannot be built here")
 
 
-@pytest.mark.parametrize("rows", [1, 2, 3, 4])
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 7])
 def test_gemv_equals_the_dequantized_product(rows: int) -> None:
     torch.manual_seed(rows)
     w = torch.randn(96, 80)
@@ -39,60 +39,68 @@ def test_pack_rejects_shapes_the_kernel_cannot_block() -> None:
     assert blocked.shape == (2, 2, 4, 16) and blocked[0, 1, 2, 0] == 2 * 32 + 16
 
 
-def _as_weight_only(module: torch.nn.Module) -> torch.nn.Module:
-    """int8 layers computing in float32 with the dequantized weight: the native kernel's math."""
+def _pytorch_only(module: torch.nn.Module) -> torch.nn.Module:
+    """The same weights on the PyTorch path: stacks without their native step, int8 layers
+    computing in float32 with the dequantized weight (the native kernel's math)."""
     for sub in module.modules():
         if isinstance(sub, Int8Linear):
-            sub.kernel = "dequantize"
+            sub.kernel, sub.native = "dequantize", None
+        if isinstance(sub, Fp16Linear):
+            sub.native = None
+        if isinstance(sub, DecoderStack):
+            sub.native = None
     return module
 
 
 @pytest.mark.parametrize("mode", ["int8", "float16"])
 @torch.inference_mode()
-def test_native_stack_step_equals_the_pytorch_step(engine: Engine, mode: str) -> None:
+def test_native_stack_equals_the_pytorch_stack(engine: Engine, mode: str) -> None:
+    """Prefill, a two-token step and a one-token step (tensor position) through every layer."""
     talker = apply_weight_mode(fuse_projections(_unfused(engine)), mode, max_batch=1)
-    _as_weight_only(talker)
     assert native_stack.attach(talker)
-    for stack in (talker.model, talker.code_predictor.model):
-        cfg = stack.cfg
+    reference = _pytorch_only(apply_weight_mode(fuse_projections(_unfused(engine)), mode, max_batch=1))
+    pairs = [(talker.model, reference.model), (talker.code_predictor.model, reference.code_predictor.model)]
+    for fast, slow in pairs:
+        assert fast.native is not None and slow.native is None
+        cfg = fast.cfg
         torch.manual_seed(0)
-        x = torch.randn(1, 6, cfg.hidden_size)
-        caches = []
-        outs = []
-        for use_native in (False, True):
-            saved, stack.native = stack.native, stack.native if use_native else None
-            cache = new_cache(cfg, 1, 9, torch.device("cpu"), torch.float32)
-            parts = [stack.run(x[:, :3], cache, 0, kv_len=3)]  # prefill: always the PyTorch path
-            parts.append(stack.run(x[:, 3:5], cache, 3, kv_len=5))  # two tokens (code predictor start)
-            parts.append(stack.run(x[:, 5:], cache, torch.tensor([[5]]), kv_len=6))  # one, tensor position
-            stack.native = saved
+        x = torch.randn(1, 8, cfg.hidden_size)
+        outs, caches = [], []
+        for stack in (slow, fast):
+            cache = new_cache(cfg, 1, 11, torch.device("cpu"), torch.float32)
+            parts = [stack.run(x[:, :5], cache, 0, kv_len=5)]  # a prefill of five positions
+            parts.append(stack.run(x[:, 5:7], cache, 5, kv_len=7))  # two tokens (code predictor start)
+            parts.append(stack.run(x[:, 7:], cache, torch.tensor([[7]]), kv_len=8))  # one, tensor position
             outs.append(torch.cat(parts, dim=1))
             caches.append(cache)
         torch.testing.assert_close(outs[1], outs[0], rtol=1e-4, atol=1e-4)
-        torch.testing.assert_close(caches[1][0][:, :, :, :6], caches[0][0][:, :, :, :6], rtol=1e-4, atol=1e-4)
-        torch.testing.assert_close(caches[1][1][:, :, :, :6], caches[0][1][:, :, :, :6], rtol=1e-4, atol=1e-4)
+        for i in range(2):  # keys and values as cached
+            torch.testing.assert_close(
+                caches[1][i][..., :8, :], caches[0][i][..., :8, :], rtol=1e-4, atol=1e-4
+            )
 
 
 def test_native_kernel_is_really_called(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The stacks of a single-stream int8 engine go through utter_stack_run for decode steps."""
+    """One sequence goes through utter_stack_run (prefill and steps); a batch of two does not."""
     talker = apply_weight_mode(fuse_projections(_unfused(engine)), "int8", max_batch=1)
     assert native_stack.attach(talker)
     calls = []
     real = native_stack.NativeStack.run
 
     def counting(self, *args, **kwargs):
-        calls.append(args[0].shape)
+        calls.append(tuple(args[0].shape))
         return real(self, *args, **kwargs)
 
     monkeypatch.setattr(native_stack.NativeStack, "run", counting)
     stack = talker.model
+    d = stack.cfg.hidden_size
     cache = new_cache(stack.cfg, 1, 9, torch.device("cpu"), torch.float32)
     with torch.inference_mode():
-        stack.run(torch.randn(1, 5, stack.cfg.hidden_size), cache, 0, kv_len=5)  # prefill: PyTorch
-        stack.run(torch.randn(1, 1, stack.cfg.hidden_size), cache, torch.tensor([[5]]), kv_len=6)
+        stack.run(torch.randn(1, 5, d), cache, 0, kv_len=5)
+        stack.run(torch.randn(1, 1, d), cache, torch.tensor([[5]]), kv_len=6)
         batch = new_cache(stack.cfg, 2, 9, torch.device("cpu"), torch.float32)
-        stack.run(torch.randn(2, 1, stack.cfg.hidden_size), batch, torch.tensor([[3], [4]]), kv_len=5)
-    assert calls == [torch.Size([1, 1, stack.cfg.hidden_size])]
+        stack.run(torch.randn(2, 1, d), batch, torch.tensor([[3], [4]]), kv_len=5)
+    assert calls == [(1, 5, d), (1, 1, d)]
 
 
 def _greedy(max_frames: int = 12) -> GenerationOptions:
@@ -110,12 +118,16 @@ def test_single_stream_engines_decode_natively_and_match_the_pytorch_path(
     assert fp16.talker.model.native is not None
     assert serving.talker.model.native is None  # batches keep one kernel for every row count
 
+    linears = [m for m in single.talker.modules() if isinstance(m, Int8Linear)]
+    assert linears and all(
+        m.kernel == "native" and m.packed is None for m in linears
+    )  # no oneDNN/fbgemm packs
+    assert all(m.native is not None for m in fp16.talker.modules() if isinstance(m, Fp16Linear))
+
     voice = single.create_voice(str(ref_wav), "A short reference sentence.")
     request = Request("Native kernels speak the same words.", voice, "English", _greedy())
-    _as_weight_only(single.talker)  # prefill in float32 products too: only the decode step differs
     with_native = single.generate_codes([request])[0]
-    for stack in (single.talker.model, single.talker.code_predictor.model):
-        stack.native = None
+    _pytorch_only(single.talker)
     assert torch.equal(single.generate_codes([request])[0], with_native)
 
 
@@ -147,3 +159,29 @@ def test_disabled_or_unbuildable_kernels_leave_the_pytorch_path(
         monkeypatch.undo()
         native.library.cache_clear()
     assert native.library() is not None
+
+
+def test_int8_linear_takes_the_native_path_for_float32_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(1)
+    linear = torch.nn.Linear(64, 48, bias=True)
+    want = Int8Linear.from_linear(linear, "dequantize")
+    layer = Int8Linear.from_linear(linear, "native")
+    assert layer.kernel == "native" and layer.native is not None and layer.packed is None
+    rows = []
+    real = native.PackedWeight.__call__
+
+    def counting(self, x2):
+        rows.append(x2.shape[0])
+        return real(self, x2)
+
+    monkeypatch.setattr(native.PackedWeight, "__call__", counting)
+    x = torch.randn(2, 3, 64)
+    torch.testing.assert_close(layer(x), want(x), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(layer(x[0, :1]), want(x[0, :1]), rtol=1e-5, atol=1e-5)
+    assert rows == [6, 1]
+    torch.testing.assert_close(layer(x.bfloat16()), want(x.bfloat16()), rtol=2e-2, atol=2e-2)  # other inputs
+    assert rows == [6, 1]
+    odd = Int8Linear.from_linear(torch.nn.Linear(64, 6), "native")  # 6 rows: no blocked layout
+    assert odd.native is None and odd.kernel in ("fbgemm", "dequantize")
+    with pytest.raises(ValueError, match="int8 weights need"):
+        native.PackedWeight(native.library(), layer.qweight, None)

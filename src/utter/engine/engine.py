@@ -20,21 +20,14 @@ import numpy as np
 import torch
 
 from ..audio import SAMPLE_RATE, load_audio, resample
-from . import native, native_stack
+from . import native_stack
 from .checkpoint import resolve_checkpoint, weight_files
 from .config import GenerationDefaults, ModelConfig
 from .model.layers import fuse_projections
 from .model.qwen3_tts import Qwen3TTSWeights
 from .model.speaker_encoder import extract_speaker_embedding
 from .prompt import build_prompt
-from .quant import (
-    WEIGHT_MODES,
-    activation_dtype,
-    apply_weight_mode,
-    default_weight_mode,
-    fast_bfloat16,
-    onednn_int8_available,
-)
+from .quant import WEIGHT_MODES, activation_dtype, apply_weight_mode, default_weight_mode, fast_bfloat16
 from .runner import Runner, Sequence
 from .sampling import GenerationOptions, SamplingOptions
 from .streaming import CHUNK_FRAMES, FIRST_CHUNK_FRAMES, AudioStream, PcmChunker
@@ -86,18 +79,10 @@ def _load_talker(
     load_weights(weights, weight_files(folder), dev, None if mode in ("int8", "float16") else dt)
     weights.speaker_encoder.to(dt)
     fuse_projections(weights.talker)
-    use_native = (
-        max_batch == 1
-        and dev.type == "cpu"
-        and mode in ("int8", "float16")
-        and dt == torch.float32
-        and native.library() is not None
-    )
-    # With native decode steps the int8 Linears serve only prefill (many rows) and the heads:
-    # oneDNN's kernel packs about 3x and prefills about 2x faster than fbgemm's there.
-    kernel = "onednn" if use_native and mode == "int8" and onednn_int8_available() else None
-    apply_weight_mode(weights.talker, mode, max_batch, kernel=kernel)
-    if use_native and native_stack.attach(weights.talker):
+    # One stream at a time on a CPU: the products take the native kernels (see quant.int8_kernel)
+    # and, where every one of a stack's products has, its decode steps run natively too.
+    apply_weight_mode(weights.talker, mode, max_batch)
+    if max_batch == 1 and dev.type == "cpu" and native_stack.attach(weights.talker):
         logger.info("decode steps run in the native kernels (%s weights)", mode)
     return weights.eval()
 
@@ -176,9 +161,10 @@ class Engine:
         folder = resolve_checkpoint(model, cache_dir=cache_dir)
         config = ModelConfig.load(folder)  # resolve_checkpoint has checked it is a 12 Hz Base model
         dev, dt = torch.device(device), activation_dtype(mode, device)
-        # The speech tokenizer loads beside the talker: most of its time is importing transformers
-        # (Python, under the GIL), most of the talker's is reading and converting weights (C,
-        # without it), so the two overlap.
+        # The speech and text tokenizers load beside the talker: most of their time is importing
+        # transformers (Python, under the GIL), most of the talker's is converting weights (C,
+        # without it), so the two overlap. One thread for both: transformers' lazy modules are
+        # not safe to import from two threads at once.
         with ThreadPoolExecutor(1, thread_name_prefix="utter-load") as pool:
             codec_loading = pool.submit(_load_codec, folder, dev, mode)
             tokenizer_loading = pool.submit(TextTokenizer, folder)

@@ -30,10 +30,10 @@ import torch
 logger = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("kernels") / "decoder.c"
-MAX_TOKENS = 4  # tokens per call, MAX_ROWS in decoder.c
 BLOCK = 4  # output rows per weight block, BLOCK in decoder.c
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-std=c11"]
 INT8, FLOAT16 = 0, 1
+BUILD_TIMEOUT_S = 300
 
 
 NORMS = ("in_norm", "qk_norm", "post_norm")
@@ -97,7 +97,10 @@ def build(compiler: str | None = None) -> Path:
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         out = Path(tmp) / target.name
         command = [cc, *FLAGS, str(SOURCE), "-o", str(out), "-lm"]
-        done = subprocess.run(command, capture_output=True, text=True)
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
+        except subprocess.TimeoutExpired as exc:
+            raise RuntimeError(f"{cc} took over {BUILD_TIMEOUT_S} s") from exc
         if done.returncode != 0:
             raise RuntimeError(f"{cc} failed: {done.stderr.strip()[-2000:]}")
         os.replace(out, target)  # atomic: concurrent builders never load a half-written file
@@ -167,20 +170,35 @@ def quantize_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
     return q, scales
 
 
+class PackedWeight:
+    """An int8 (with per-row scales) or float16 weight [n, k] in the kernel's blocked layout, as a
+    function of float32 inputs [m, k] -> [m, n] (weights against float32 inputs)."""
+
+    def __init__(self, lib: ctypes.CDLL, weight: torch.Tensor, scales: torch.Tensor | None) -> None:
+        self.lib = lib
+        self.n, self.k = weight.shape
+        self.kind = INT8 if weight.dtype == torch.int8 else FLOAT16
+        if (self.kind == INT8) != (scales is not None):
+            raise ValueError("int8 weights need their scales; float16 weights have none")
+        self.packed = pack(weight, lib.utter_lanes())
+        self.scales = scales.float().contiguous() if scales is not None else None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 2 or x.shape[0] < 1 or x.shape[1] != self.k:
+            raise ValueError(f"input {tuple(x.shape)} does not fit [rows, {self.k}]")
+        x = x.float().contiguous()
+        y = torch.empty(x.shape[0], self.n)
+        scales = self.scales.data_ptr() if self.scales is not None else None
+        self.lib.utter_gemv(
+            self.packed.data_ptr(), scales, self.kind, x.data_ptr(), y.data_ptr(), x.shape[0], self.n, self.k
+        )
+        return y
+
+
 def gemv(weight: torch.Tensor, scales: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
-    """x [m <= 4, k] float32 times an int8 (with per-row ``scales``) or float16 weight [n, k],
+    """x [m, k] float32 times an int8 (with per-row ``scales``) or float16 weight [n, k],
     with the native kernel: for tests and measurements."""
     lib = library()
     if lib is None:
         raise RuntimeError("native kernels are not available")
-    n, k = weight.shape
-    x = x.float().contiguous()
-    y = torch.empty(x.shape[0], n)
-    kind = INT8 if weight.dtype == torch.int8 else FLOAT16
-    s = scales.float().contiguous() if scales is not None else None
-    packed = pack(weight, lib.utter_lanes())  # held in a name: the kernel reads its memory
-    lib.utter_gemv(
-        packed.data_ptr(), s.data_ptr() if s is not None else None, kind,
-        x.data_ptr(), y.data_ptr(), x.shape[0], n, k,
-    )  # fmt: skip
-    return y
+    return PackedWeight(lib, weight, scales)(x)

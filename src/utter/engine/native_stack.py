@@ -2,8 +2,9 @@
 
 It serves engines that decode one stream at a time (``max_batch == 1``) in the ``int8`` and
 ``float16`` weight modes on the CPU: their products read int8 weights (per-row scales) or float16
-weights against float32 activations. Prefill (many positions at once) stays on the PyTorch path,
-which writes the same KV-cache layout; ``DecoderStack.run`` picks the path per call.
+weights against float32 activations. Every call of one sequence (decode steps and prefill) runs
+natively; batches of several sequences take the PyTorch path, which writes the same KV-cache
+layout. ``DecoderStack.run`` picks the path per call.
 """
 
 from __future__ import annotations
@@ -16,20 +17,16 @@ from torch import nn
 
 from . import native
 from .model.layers import DecoderStack
-from .native import FLOAT16, INT8, MAX_TOKENS, PRODUCTS, LayerStruct, StackStruct
+from .native import PRODUCTS, LayerStruct, StackStruct
 from .quant import Fp16Linear, Int8Linear
 
 logger = logging.getLogger(__name__)
 
 
-def _weights(linear: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
-    if isinstance(linear, Int8Linear) and linear.bias is None:
-        return linear.qweight, linear.scales
-    if isinstance(linear, Fp16Linear):
-        weight, bias = torch.ops.quantized.linear_unpack_fp16(linear.packed)
-        if bias is None:
-            return weight.half().contiguous(), None
-    raise ValueError(f"no native kernel for {type(linear).__name__}")
+def _packed(linear: nn.Module) -> native.PackedWeight:
+    if isinstance(linear, (Int8Linear, Fp16Linear)) and linear.native is not None and linear.bias is None:
+        return linear.native
+    raise ValueError(f"{linear} has no native weights")
 
 
 class NativeStack:
@@ -41,7 +38,6 @@ class NativeStack:
         self.keep: list[torch.Tensor] = []
         layers = (LayerStruct * len(stack.layers))()
         kinds = set()
-        lanes = lib.utter_lanes()
         for i, layer in enumerate(stack.layers):
             attn, mlp = layer.self_attn, layer.mlp
             if attn.qk_norm_weight is None or mlp.gate_up is None:
@@ -53,11 +49,11 @@ class NativeStack:
             }
             linears = (attn.qkv, attn.o_proj, mlp.gate_up, mlp.down_proj)
             for name, linear in zip(PRODUCTS, linears):
-                weight, scales = _weights(linear)
-                kinds.add(weight.dtype)
-                fields[name] = native.pack(weight, lanes)
-                if scales is not None:
-                    fields[name + "_s"] = scales
+                packed = _packed(linear)
+                kinds.add(packed.kind)
+                fields[name] = packed.packed
+                if packed.scales is not None:
+                    fields[name + "_s"] = packed.scales
             for name, tensor in fields.items():
                 tensor = tensor.detach().contiguous()
                 if tensor.is_floating_point() and tensor.dtype != torch.float16:
@@ -71,7 +67,7 @@ class NativeStack:
         self.layers = layers
         self.struct = StackStruct(
             cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads,
-            cfg.head_dim, cfg.intermediate_size, INT8 if torch.int8 in kinds else FLOAT16,
+            cfg.head_dim, cfg.intermediate_size, kinds.pop(),
             cfg.rms_norm_eps, final.data_ptr(), layers,
         )  # fmt: skip
 
@@ -82,7 +78,7 @@ class NativeStack:
         position: int,
         rope: tuple[torch.Tensor, torch.Tensor],
     ) -> torch.Tensor:
-        """x [1, S <= 4, D] float32 at positions position..position+S-1 -> final-normed [1, S, D];
+        """x [1, S, D] float32 at positions position..position+S-1 -> final-normed [1, S, D];
         writes those positions of ``cache`` (k, v of [layers, 1, kv_heads, T, head_dim])."""
         k, v = cache
         x = x.contiguous()
@@ -97,14 +93,15 @@ class NativeStack:
         return out
 
     def accepts(self, x: torch.Tensor, cache: tuple[torch.Tensor, torch.Tensor]) -> bool:
-        """Whether a call fits this kernel: one float32 sequence of at most MAX_TOKENS tokens on
-        the CPU, with a contiguous float32 cache."""
+        """Whether a call fits this kernel: one float32 sequence on the CPU (any number of
+        positions: a decode step or a prefill), with a contiguous float32 cache."""
         k, v = cache
         return (
             x.shape[0] == 1
-            and x.shape[1] <= MAX_TOKENS
+            and x.is_cpu
             and x.dtype == torch.float32
             and k.dtype == torch.float32
+            and k.shape[1] == 1
             and k.is_contiguous()
             and v.is_contiguous()
             and not x.requires_grad
@@ -112,8 +109,9 @@ class NativeStack:
 
 
 def attach(talker: nn.Module) -> bool:
-    """Give the talker's and the code predictor's stacks a native decode step (see module
-    docstring for when it applies). Returns whether both got one."""
+    """Give the talker's and the code predictor's stacks a native decode step when every product
+    in them has native weights (``kernel="native"`` int8, or float16 converted for one stream).
+    Returns whether they got it."""
     lib = native.library()
     if lib is None:
         return False

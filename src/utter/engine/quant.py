@@ -18,7 +18,9 @@ So on x86 CPUs (where fbgemm is built in):
 - ``int8`` stores weights as int8 with one scale per output channel, and quantises each input
   row to int8 on the fly with its own scale (symmetric, max-abs / 127), so the product runs on
   the int8 dot-product units: the fastest mode, and the CPU default. fbgemm serves engines that
-  decode one stream, oneDNN engines that batch (see ``int8_kernel``). Rows are quantised
+  decode one stream, oneDNN engines that batch (see ``int8_kernel``); engines whose decode
+  steps run in the native kernels (``native_stack.py``: int8 weights against float32 inputs)
+  use oneDNN for their prefill. Rows are quantised
   independently (fbgemm's one-row call over the row's own range), so a request's numbers do not
   depend on the other rows of the batch. A row with an outlier (largest value above
   ``OUTLIER_CREST`` times its RMS, where 8-bit steps would swallow its small values) is
@@ -203,10 +205,12 @@ class Int8Linear(nn.Module):
     """int8 Linear: y = x @ (qweight * scales[:, None]).T + bias.
 
     qweight [out, in] int8 with one float32 scale per output channel (symmetric, max-abs / 127).
-    Kernels: ``fbgemm`` and ``onednn`` (x86 CPUs, float32 inputs: each input row is quantised to
-    int8 with its own scale, products in int8; rows with outliers take the weight-only kernel),
-    ``int8pack`` (CPUs: ``_weight_int8pack_mm``, int8 weights times bfloat16 inputs) and
-    ``dequantize`` (anywhere: converts the whole weight on every call).
+    Kernels: ``native`` (CPUs where our kernels build: int8 weights against float32 inputs, any
+    row count, see ``native.py``; engines decoding one stream), ``fbgemm`` and ``onednn`` (x86
+    CPUs, float32 inputs: each input row is quantised to int8 with its own scale, products in
+    int8; rows with outliers take the weight-only kernel), ``int8pack`` (CPUs:
+    ``_weight_int8pack_mm``, int8 weights times bfloat16 inputs) and ``dequantize`` (anywhere:
+    converts the whole weight on every call; also what ``native`` does with other inputs).
     """
 
     def __init__(
@@ -230,6 +234,15 @@ class Int8Linear(nn.Module):
         # Rows whose max exceeds OUTLIER_CREST x RMS = OUTLIER_CREST / sqrt(in) x L2 norm.
         self.crest_limit = OUTLIER_CREST * self.in_features**-0.5
         self.packed = None
+        self.native: native.PackedWeight | None = None  # the weight in the native kernel's layout
+        if self.kernel == "native":
+            lib = native.library()
+            try:
+                self.native = native.PackedWeight(lib, self.qweight, self.scales) if lib else None
+            except ValueError:  # a shape the blocked layout does not take
+                pass
+            if self.native is None:
+                self.kernel = "fbgemm" if fbgemm_available() else "dequantize"
         if self.kernel == "fbgemm":
             zero = torch.zeros(self.out_features, dtype=torch.long)
             with warnings.catch_warnings():  # "quantized tensors are deprecated": fbgemm's packing needs one
@@ -293,7 +306,10 @@ class Int8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)
-        if self.kernel in ("fbgemm", "onednn"):
+        if self.native is not None and x2.dtype == torch.float32 and x2.is_cpu:
+            y = self.native(x2)
+            y = y if self.bias is None else y + self.bias
+        elif self.kernel in ("fbgemm", "onednn"):
             y = self._int8_rows(x2)
         elif self.kernel == "int8pack":
             y = self._weight_only(x2)
@@ -310,6 +326,8 @@ def int8_kernel(device: str | torch.device, max_batch: int = 1) -> str:
     """The int8 kernel for an engine on ``device`` serving up to ``max_batch`` rows at once."""
     if torch.device(device).type != "cpu":
         return "dequantize"
+    if max_batch <= INT8_FBGEMM_MAX_BATCH and native.library() is not None:
+        return "native"
     if fbgemm_available() and (max_batch <= INT8_FBGEMM_MAX_BATCH or not onednn_int8_available()):
         return "fbgemm"
     if onednn_int8_available():
@@ -318,25 +336,49 @@ def int8_kernel(device: str | torch.device, max_batch: int = 1) -> str:
 
 
 class Fp16Linear(nn.Module):
-    """float16 weights packed for fbgemm, float32 inputs and outputs (x86 CPUs)."""
+    """float16 weights, float32 inputs and outputs (x86 CPUs): packed for fbgemm, or with
+    ``native`` (engines decoding one stream) in the native kernel's layout, which needs no
+    fbgemm packing (other inputs then go through fbgemm, packed on first use)."""
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, native_kernel: bool = False) -> None:
         super().__init__()
         self.out_features, self.in_features = weight.shape
-        b = None if bias is None else bias.detach().float()
-        self.packed = torch.ops.quantized.linear_prepack_fp16(weight.detach().float(), b)
+        self.bias = None if bias is None else bias.detach().float()
+        self.weight = weight.detach().half().contiguous()
+        self.native: native.PackedWeight | None = None
+        lib = native.library() if native_kernel else None
+        if lib is not None:
+            try:
+                self.native = native.PackedWeight(lib, self.weight, None)
+            except ValueError:  # a shape the blocked layout does not take
+                pass
+        self.packed = None if self.native is not None else self._pack()
+
+    def _pack(self) -> torch.ScriptObject:
+        packed = torch.ops.quantized.linear_prepack_fp16(self.weight.float(), self.bias)
+        if self.native is None:
+            self.weight = None  # fbgemm holds its own copy
+        return packed
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear) -> Fp16Linear:
-        return cls(linear.weight, linear.bias)
+    def from_linear(cls, linear: nn.Linear, native_kernel: bool = False) -> Fp16Linear:
+        return cls(linear.weight, linear.bias, native_kernel)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
-        y = torch.ops.quantized.linear_dynamic_fp16(x.reshape(-1, self.in_features).float(), self.packed)
+        x2 = x.reshape(-1, self.in_features)
+        if self.native is not None and x2.dtype == torch.float32 and x2.is_cpu:
+            y = self.native(x2)
+            y = y if self.bias is None else y + self.bias
+        else:
+            if self.packed is None:
+                self.packed = self._pack()
+            y = torch.ops.quantized.linear_dynamic_fp16(x2.float(), self.packed)
         return y.to(x.dtype).view(*lead, self.out_features)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, kernel=fbgemm-fp16"
+        kernel = "native" if self.native is not None else "fbgemm-fp16"
+        return f"in_features={self.in_features}, out_features={self.out_features}, kernel={kernel}"
 
 
 def _cast_parameters(module: nn.Module, dtype: torch.dtype) -> None:
@@ -394,7 +436,8 @@ def apply_weight_mode(
             kernel = "int8pack"  # activations are not float32 here (no fbgemm): weight-only int8
         converted = _convert_linears(module, lambda linear: Int8Linear.from_linear(linear, kernel))
     elif _packed_cpu(mode, param.device):
-        converted = _convert_linears(module, Fp16Linear.from_linear)
+        single = max_batch <= INT8_FBGEMM_MAX_BATCH  # one stream: the native kernels where they build
+        converted = _convert_linears(module, lambda linear: Fp16Linear.from_linear(linear, single))
     _cast_parameters(module, dtype)
     logger.info("weight mode %s: activations in %s, %d Linear layers converted", mode, dtype, converted)
     return module

@@ -31,7 +31,7 @@
 #include <immintrin.h>
 #endif
 
-#define MAX_ROWS 4    /* tokens per call (the code predictor's first step has 2) */
+#define MAX_ROWS 4 /* tokens per register tile: a product takes them four at a time */
 
 typedef struct {
     const float *in_norm, *qk_norm, *post_norm; /* [hidden], [heads + kv_heads, head_dim], [hidden] */
@@ -99,8 +99,8 @@ int utter_lanes(void) { return LANES; }
 
 /* out[r][j] = dot(row r of block b, x row j); M is a constant at each call site, so the
  * BLOCK x M accumulators live in registers (independent FMA chains). */
-static inline __attribute__((always_inline)) void dots(const Gemv *g, int b, const int M, const int type,
-                                                        float out[BLOCK][MAX_ROWS]) {
+static inline __attribute__((always_inline)) void dots(const Gemv *g, const float *x, int b, const int M,
+                                                        const int type, float out[BLOCK][MAX_ROWS]) {
 #if LANES
     const int k = g->k;
     const size_t esize = type == 0 ? 1 : 2, step = (size_t)BLOCK * LANES * esize;
@@ -112,7 +112,7 @@ static inline __attribute__((always_inline)) void dots(const Gemv *g, int b, con
         _mm_prefetch(w + PREFETCH_BYTES, _MM_HINT_T0);
         if (step > 64) _mm_prefetch(w + PREFETCH_BYTES + 64, _MM_HINT_T0);
         vec xs[MAX_ROWS];
-        for (int j = 0; j < M; j++) xs[j] = VLOAD(g->x + (size_t)j * k + i);
+        for (int j = 0; j < M; j++) xs[j] = VLOAD(x + (size_t)j * k + i);
         for (int r = 0; r < BLOCK; r++) {
             vec wv = load_w(w, (size_t)r * LANES, type);
             for (int j = 0; j < M; j++) acc[r][j] = VFMA(wv, xs[j], acc[r][j]);
@@ -121,39 +121,45 @@ static inline __attribute__((always_inline)) void dots(const Gemv *g, int b, con
     for (int r = 0; r < BLOCK; r++)
         for (int j = 0; j < M; j++) out[r][j] = vsum(acc[r][j]);
 #else
-    (void)g, (void)b, (void)M, (void)type, (void)out;
+    (void)g, (void)x, (void)b, (void)M, (void)type, (void)out;
 #endif
 }
 
-#define DOTS_FOR_M(type)                          \
-    switch (g->m) {                               \
-    case 1: dots(g, b, 1, type, out); break;      \
-    case 2: dots(g, b, 2, type, out); break;      \
-    case 3: dots(g, b, 3, type, out); break;      \
-    default: dots(g, b, 4, type, out); break;     \
+#define DOTS_FOR_M(type)                             \
+    switch (mm) {                                    \
+    case 1: dots(g, x, b, 1, type, out); break;      \
+    case 2: dots(g, x, b, 2, type, out); break;      \
+    case 3: dots(g, x, b, 3, type, out); break;      \
+    default: dots(g, x, b, 4, type, out); break;     \
     }
 
-static void gemv(const void *w, const float *scales, int type, const float *x, float *y, int m, int n, int k) {
-    const Gemv gv = {w, scales, x, y, m, n, k, type}, *g = &gv;
+/* y[m, n] = x[m, k] @ dequant(w).T for any m: each weight block is read from memory once and
+ * used for every token (four at a time) while it sits in L1, so a prefill of m tokens costs one
+ * pass over the weights, not m. */
+static void gemv(const void *w, const float *scales, int type, const float *xs, float *y, int m, int n, int k) {
+    const Gemv gv = {w, scales, xs, y, m, n, k, type}, *g = &gv;
 #pragma omp parallel for schedule(static)
     for (int b = 0; b < n / BLOCK; b++) {
         float out[BLOCK][MAX_ROWS];
-        if (g->type == 0) {
-            DOTS_FOR_M(0)
-        } else {
-            DOTS_FOR_M(1)
-        }
-        for (int r = 0; r < BLOCK; r++) {
-            int row = b * BLOCK + r;
-            float s = g->type == 0 ? g->scales[row] : 1.0f;
-            for (int j = 0; j < g->m; j++) g->y[(size_t)j * g->n + row] = out[r][j] * s;
+        for (int j0 = 0; j0 < m; j0 += MAX_ROWS) {
+            const int mm = m - j0 < MAX_ROWS ? m - j0 : MAX_ROWS;
+            const float *x = xs + (size_t)j0 * k;
+            if (type == 0) {
+                DOTS_FOR_M(0)
+            } else {
+                DOTS_FOR_M(1)
+            }
+            for (int r = 0; r < BLOCK; r++) {
+                int row = b * BLOCK + r;
+                float s = type == 0 ? scales[row] : 1.0f;
+                for (int j = 0; j < mm; j++) y[(size_t)(j0 + j) * n + row] = out[r][j] * s;
+            }
         }
     }
 }
 
 /* Exposed for tests: y[m, n] = x[m, k] @ dequant(w[n, k]).T */
 void utter_gemv(const void *w, const float *scales, int type, const float *x, float *y, int m, int n, int k) {
-    if (m > MAX_ROWS) return;
     gemv(w, scales, type, x, y, m, n, k);
 }
 
@@ -229,7 +235,8 @@ static void attention(const Attn *a) {
 }
 
 /* ------------------------------------------------------------------ the stack */
-/* Run m consecutive tokens (positions pos .. pos+m-1) of one sequence through every layer.
+/* Run m consecutive tokens (positions pos .. pos+m-1) of one sequence through every layer
+ * (a decode step: m = 1, or 2 for the code predictor's first; a prefill: any m).
  * x: [m, hidden] input embeddings; out: [m, hidden] final-normed hidden states.
  * kc, vc: caches [n_layers, kv_heads, t, head_dim]; cos, ssin: rotary tables [>= pos+m, head_dim].
  * Returns 0, or -1 when m or a size is out of range. */
@@ -237,7 +244,7 @@ int utter_stack_run(const Stack *s, const float *x_in, float *out, int m, float 
                     int pos, const float *cos, const float *ssin) {
     const int d = s->hidden, hd = s->head_dim, nq = s->heads * hd, nkv = s->kv_heads * hd;
     const int nqkv = nq + 2 * nkv, inter = s->inter;
-    if (m < 1 || m > MAX_ROWS || hd > 1024 || pos + m > t) return -1;
+    if (m < 1 || hd > 1024 || pos + m > t) return -1;
     float *x = malloc(sizeof(float) * (size_t)m * d);
     float *h = malloc(sizeof(float) * (size_t)m * (d > nq ? d : nq));
     float *qkv = malloc(sizeof(float) * (size_t)m * nqkv);
