@@ -320,7 +320,8 @@ class Engine:
         warm = self._warm_streams.get(voice.key)
         if warm is None:
             warm = self.codec.stream()
-            warm.push(voice.ref_codes)
+            for start in range(0, voice.ref_codes.shape[0], CHUNK_FRAMES):  # the shapes later chunks reuse
+                warm.push(voice.ref_codes[start : start + CHUNK_FRAMES])
             self._warm_streams[voice.key] = warm
             while len(self._warm_streams) > WARM_STREAMS:
                 self._warm_streams.popitem(last=False)
