@@ -15,7 +15,7 @@ import torch
 
 from tests.official import import_qwen_tts
 from utter.dev.random_speech_tokenizer import speech_tokenizer_config_dict, write_random_speech_tokenizer
-from utter.engine.model.codec_decoder import CodecDecoder
+from utter.engine.model.codec_decoder import CodecDecoder, transposed_conv1d
 from utter.engine.model.codec_encoder import CodecEncoder
 from utter.engine.model.speech_tokenizer import SpeechTokenizer, SpeechTokenizerConfig, official_reference_cut
 
@@ -157,3 +157,18 @@ def test_official_reference_cut_formula() -> None:
     assert official_reference_cut(10, 20, 20 * 1920) == 10 * 1920
     assert official_reference_cut(15, 22, 22 * 1920) == 15 * 1920 - 1  # float rounding, as official
     assert official_reference_cut(0, 0, 0) == 0
+
+
+@pytest.mark.parametrize("kernel, stride, length", [(16, 8, 13), (10, 5, 7), (4, 2, 1), (3, 2, 5)])
+def test_transposed_conv_as_a_product_equals_the_convolution(kernel: int, stride: int, length: int) -> None:
+    """The decoder's upsamplers run as one GEMM plus shifted adds (kernel a multiple of the
+    stride; 3/2 takes the convolution itself): the same numbers as ConvTranspose1d."""
+    torch.manual_seed(kernel)
+    conv = torch.nn.ConvTranspose1d(24, 12, kernel, stride=stride)
+    x = torch.randn(2, 24, length)
+    with torch.no_grad():
+        torch.testing.assert_close(transposed_conv1d(conv, x), conv(x), rtol=1e-6, atol=1e-6)
+        conv16, x16 = conv.to(torch.bfloat16), x.bfloat16()
+        got, want = transposed_conv1d(conv16, x16), conv16(x16)
+        assert got.dtype == torch.bfloat16
+        torch.testing.assert_close(got.float(), want.float(), rtol=2e-2, atol=2e-2)

@@ -347,7 +347,8 @@ class Engine:
         parts: list[list[np.ndarray]] = [[] for _ in requests]
         codes: list[list[torch.Tensor]] = [[] for _ in requests]
         done: list[tuple[str, float]] = [("", 0.0)] * len(requests)
-        for i, frame, pcm, reason in self.stream_audio(requests):
+        # Whole files need no early first chunk: every chunk at the size that decodes fastest.
+        for i, frame, pcm, reason in self.stream_audio(requests, first_chunk=CHUNK_FRAMES):
             if pcm is not None:
                 parts[i].append(pcm)
             if frame is not None:

@@ -10,20 +10,23 @@ packed float16 weights with float32 activations 0.15 / 0.22 ms; ``_weight_int8pa
 weights, bfloat16 activations) 0.10 / 0.35 ms; fbgemm's int8 x int8 product 0.04 / 0.08 ms;
 oneDNN's 0.07 / 0.07 ms (flat up to 16 rows).
 
-So on x86 CPUs (where fbgemm is built in):
+Engines that decode one stream at a time (``max_batch == 1``) on CPUs where our kernels build
+(``native.py``) keep float32 activations and multiply by int8 (per-row scales) or float16
+weights in those kernels, with no input quantisation: the products stream the weights at memory
+speed, and ``native_stack.py`` runs whole decoder stacks around them in one call.
+
+Otherwise, on x86 CPUs (where fbgemm is built in):
 
 - ``float16`` stores weights as packed float16 for fbgemm and keeps activations in float32:
   1.5x faster than bfloat16 and more precise (10 mantissa bits instead of 7, float32 sums), with
   no float16 overflow risk because activations never are float16.
 - ``int8`` stores weights as int8 with one scale per output channel, and quantises each input
   row to int8 on the fly with its own scale (symmetric, max-abs / 127), so the product runs on
-  the int8 dot-product units: the fastest mode, and the CPU default. fbgemm serves engines that
-  decode one stream, oneDNN engines that batch (see ``int8_kernel``); engines whose decode
-  steps run in the native kernels (``native_stack.py``: int8 weights against float32 inputs)
-  use oneDNN for their prefill. Rows are quantised
-  independently (fbgemm's one-row call over the row's own range), so a request's numbers do not
-  depend on the other rows of the batch. A row with an outlier (largest value above
-  ``OUTLIER_CREST`` times its RMS, where 8-bit steps would swallow its small values) is
+  the int8 dot-product units: the fastest mode, and the CPU default. oneDNN serves engines that
+  batch, fbgemm single-stream engines without the native kernels (see ``int8_kernel``). Rows
+  are quantised independently (fbgemm's one-row call over the row's own range), so a request's
+  numbers do not depend on the other rows of the batch. A row with an outlier (largest value
+  above ``OUTLIER_CREST`` times its RMS, where 8-bit steps would swallow its small values) is
   computed with the weight-only kernel instead.
 
 Elsewhere (GPUs, CPUs without fbgemm) ``float16`` is plain float16 and ``int8`` is weight-only

@@ -38,6 +38,7 @@ from .model.codec_decoder import (
     SnakeBeta,
     UpsampleBlock,
     sliding_window_mask,
+    transposed_conv1d,
 )
 
 
@@ -112,7 +113,8 @@ class _TransposeConv(_Stage):
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         # x: [B, C_in, L] -> [B, C_out, L * stride]
-        y = self.conv(self.history.extend(x))  # [B, C_out, (keep + L - 1) * stride + kernel]
+        # [B, C_out, (keep + L - 1) * stride + kernel]
+        y = transposed_conv1d(self.conv, self.history.extend(x))
         start = self.history.keep * self.stride
         return y[..., start : start + x.shape[-1] * self.stride]
 

@@ -1,4 +1,5 @@
-/* One decode step of a Qwen3 decoder stack for a single sequence, in plain C.
+/* A Qwen3 decoder stack for a single sequence (decode steps and prefill), in plain C, and the
+ * load-time weight preparation it needs.
  *
  * Why this exists: on a CPU, a decode step of one stream is bound by memory bandwidth (every
  * weight is read once per token) plus the fixed cost of each framework op. Between its four
@@ -35,7 +36,7 @@
 
 typedef struct {
     const float *in_norm, *qk_norm, *post_norm; /* [hidden], [heads + kv_heads, head_dim], [hidden] */
-    const void *qkv, *o, *gate_up, *down;       /* [out, in] int8 or float16 (IEEE half bits) */
+    const void *qkv, *o, *gate_up, *down; /* int8 or float16 (IEEE half bits), blocked (see dots) */
     const float *qkv_s, *o_s, *gate_up_s, *down_s; /* per-output-row scales (int8 only) */
 } Layer;
 
@@ -48,22 +49,17 @@ typedef struct {
 } Stack;
 
 /* ------------------------------------------------------------ matrix x vectors */
-typedef struct {
-    const void *w;
-    const float *scales;
-    const float *x; /* [m, k] */
-    float *y;       /* [m, n] */
-    int m, n, k, type;
-} Gemv;
 
-/* Weights [16] (or [8]) at w + i as float lanes. */
+/* Weights [16] (or [8]) at w + i as float lanes: type 0 int8, 1 float16, 2 float32 (a converted tile). */
 #if defined(__AVX512F__)
 #define LANES 16
 typedef __m512 vec;
 static inline vec load_w(const void *w, size_t i, int type) {
+    if (type == 2) return _mm512_loadu_ps((const float *)w + i);
     return type == 0 ? _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)((const int8_t *)w + i))))
                      : _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)w + i)));
 }
+#define VSTORE(p, v) _mm512_storeu_ps(p, v)
 #define VZERO() _mm512_setzero_ps()
 #define VFMA(a, b, c) _mm512_fmadd_ps(a, b, c)
 #define VLOAD(p) _mm512_loadu_ps(p)
@@ -72,9 +68,11 @@ static inline float vsum(vec v) { return _mm512_reduce_add_ps(v); }
 #define LANES 8
 typedef __m256 vec;
 static inline vec load_w(const void *w, size_t i, int type) {
+    if (type == 2) return _mm256_loadu_ps((const float *)w + i);
     return type == 0 ? _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)((const int8_t *)w + i))))
                      : _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)w + i)));
 }
+#define VSTORE(p, v) _mm256_storeu_ps(p, v)
 #define VZERO() _mm256_setzero_ps()
 #define VFMA(a, b, c) _mm256_fmadd_ps(a, b, c)
 #define VLOAD(p) _mm256_loadu_ps(p)
@@ -97,14 +95,12 @@ static inline float vsum(vec v) {
 
 int utter_lanes(void) { return LANES; }
 
-/* out[r][j] = dot(row r of block b, x row j); M is a constant at each call site, so the
+/* out[r][j] = dot(row r of the block at w, x row j); M is a constant at each call site, so the
  * BLOCK x M accumulators live in registers (independent FMA chains). */
-static inline __attribute__((always_inline)) void dots(const Gemv *g, const float *x, int b, const int M,
+static inline __attribute__((always_inline)) void dots(const char *w, const float *x, int k, const int M,
                                                         const int type, float out[BLOCK][MAX_ROWS]) {
 #if LANES
-    const int k = g->k;
-    const size_t esize = type == 0 ? 1 : 2, step = (size_t)BLOCK * LANES * esize;
-    const char *w = (const char *)g->w + (size_t)b * BLOCK * k * esize;
+    const size_t esize = type == 0 ? 1 : type == 1 ? 2 : 4, step = (size_t)BLOCK * LANES * esize;
     vec acc[BLOCK][MAX_ROWS];
     for (int r = 0; r < BLOCK; r++)
         for (int j = 0; j < M; j++) acc[r][j] = VZERO();
@@ -121,40 +117,56 @@ static inline __attribute__((always_inline)) void dots(const Gemv *g, const floa
     for (int r = 0; r < BLOCK; r++)
         for (int j = 0; j < M; j++) out[r][j] = vsum(acc[r][j]);
 #else
-    (void)g, (void)x, (void)b, (void)M, (void)type, (void)out;
+    (void)w, (void)x, (void)k, (void)M, (void)type, (void)out;
 #endif
 }
 
 #define DOTS_FOR_M(type)                             \
     switch (mm) {                                    \
-    case 1: dots(g, x, b, 1, type, out); break;      \
-    case 2: dots(g, x, b, 2, type, out); break;      \
-    case 3: dots(g, x, b, 3, type, out); break;      \
-    default: dots(g, x, b, 4, type, out); break;     \
+    case 1: dots(wb, x, k, 1, type, out); break;     \
+    case 2: dots(wb, x, k, 2, type, out); break;     \
+    case 3: dots(wb, x, k, 3, type, out); break;     \
+    default: dots(wb, x, k, 4, type, out); break;    \
     }
 
 /* y[m, n] = x[m, k] @ dequant(w).T for any m: each weight block is read from memory once and
- * used for every token (four at a time) while it sits in L1, so a prefill of m tokens costs one
- * pass over the weights, not m. */
+ * used for every token, four at a time. Up to four tokens (decode steps) convert weights on the
+ * fly; more (a prefill) first convert the block to a float32 tile in L1/L2, so the conversion is
+ * paid once per block rather than once per group of four tokens. */
 static void gemv(const void *w, const float *scales, int type, const float *xs, float *y, int m, int n, int k) {
-    const Gemv gv = {w, scales, xs, y, m, n, k, type}, *g = &gv;
-#pragma omp parallel for schedule(static)
-    for (int b = 0; b < n / BLOCK; b++) {
+    const size_t esize = type == 0 ? 1 : 2, block_bytes = (size_t)BLOCK * k * esize;
+#pragma omp parallel
+    {
+        float *tile = m > MAX_ROWS ? malloc(sizeof(float) * BLOCK * (size_t)k) : NULL;
         float out[BLOCK][MAX_ROWS];
-        for (int j0 = 0; j0 < m; j0 += MAX_ROWS) {
-            const int mm = m - j0 < MAX_ROWS ? m - j0 : MAX_ROWS;
-            const float *x = xs + (size_t)j0 * k;
-            if (type == 0) {
-                DOTS_FOR_M(0)
-            } else {
-                DOTS_FOR_M(1)
+#pragma omp for schedule(static)
+        for (int b = 0; b < n / BLOCK; b++) {
+            const char *wb = (const char *)w + (size_t)b * block_bytes;
+            int wtype = type;
+#if LANES
+            if (tile) {
+                for (size_t i = 0; i < (size_t)BLOCK * k; i += LANES) VSTORE(tile + i, load_w(wb, i, type));
+                wb = (const char *)tile, wtype = 2;
             }
-            for (int r = 0; r < BLOCK; r++) {
-                int row = b * BLOCK + r;
-                float s = type == 0 ? scales[row] : 1.0f;
-                for (int j = 0; j < mm; j++) y[(size_t)(j0 + j) * n + row] = out[r][j] * s;
+#endif
+            for (int j0 = 0; j0 < m; j0 += MAX_ROWS) {
+                const int mm = m - j0 < MAX_ROWS ? m - j0 : MAX_ROWS;
+                const float *x = xs + (size_t)j0 * k;
+                if (wtype == 0) {
+                    DOTS_FOR_M(0)
+                } else if (wtype == 1) {
+                    DOTS_FOR_M(1)
+                } else {
+                    DOTS_FOR_M(2)
+                }
+                for (int r = 0; r < BLOCK; r++) {
+                    int row = b * BLOCK + r;
+                    float s = type == 0 ? scales[row] : 1.0f;
+                    for (int j = 0; j < mm; j++) y[(size_t)(j0 + j) * n + row] = out[r][j] * s;
+                }
             }
         }
+        free(tile);
     }
 }
 
