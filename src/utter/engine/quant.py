@@ -197,11 +197,12 @@ def onednn_int8_available() -> bool:
         return False
 
 
-# Engines serving batches use oneDNN's int8 kernel (its cost is nearly flat in the rows: 0.07 ms
-# for 3072x1024 at 1-16 rows), single-stream ones fbgemm's (0.04 ms at 1 row, 0.14 ms at 9),
-# whose one-row call quantises the row over its own range (asymmetric, 8 bits) with no extra
-# ops. One kernel per engine: a request's numbers never depend on the other rows of its batch.
-INT8_FBGEMM_MAX_BATCH = 1
+# Engines decoding at most this many rows at once (one stream) use the native kernels where they
+# build (int8 or float16 weights against float32 inputs; else fbgemm's int8 kernel, whose one-row
+# call is 0.04 ms for 3072x1024); engines serving batches use oneDNN's int8 kernel (its cost is
+# nearly flat in the rows: 0.07 ms at 1-16 rows). One kernel per engine: a request's numbers never
+# depend on the other rows of its batch.
+SINGLE_STREAM_MAX_BATCH = 1
 
 
 class Int8Linear(nn.Module):
@@ -329,9 +330,9 @@ def int8_kernel(device: str | torch.device, max_batch: int = 1) -> str:
     """The int8 kernel for an engine on ``device`` serving up to ``max_batch`` rows at once."""
     if torch.device(device).type != "cpu":
         return "dequantize"
-    if max_batch <= INT8_FBGEMM_MAX_BATCH and native.library() is not None:
+    if max_batch <= SINGLE_STREAM_MAX_BATCH and native.library() is not None:
         return "native"
-    if fbgemm_available() and (max_batch <= INT8_FBGEMM_MAX_BATCH or not onednn_int8_available()):
+    if fbgemm_available() and (max_batch <= SINGLE_STREAM_MAX_BATCH or not onednn_int8_available()):
         return "fbgemm"
     if onednn_int8_available():
         return "onednn"
@@ -439,7 +440,7 @@ def apply_weight_mode(
             kernel = "int8pack"  # activations are not float32 here (no fbgemm): weight-only int8
         converted = _convert_linears(module, lambda linear: Int8Linear.from_linear(linear, kernel))
     elif _packed_cpu(mode, param.device):
-        single = max_batch <= INT8_FBGEMM_MAX_BATCH  # one stream: the native kernels where they build
+        single = max_batch <= SINGLE_STREAM_MAX_BATCH  # one stream: the native kernels where they build
         converted = _convert_linears(module, lambda linear: Fp16Linear.from_linear(linear, single))
     _cast_parameters(module, dtype)
     logger.info("weight mode %s: activations in %s, %d Linear layers converted", mode, dtype, converted)
