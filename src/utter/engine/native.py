@@ -171,11 +171,18 @@ def quantize_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
 
 
 class PackedWeight:
-    """An int8 (with per-row scales) or float16 weight [n, k] in the kernel's blocked layout, as a
-    function of float32 inputs [m, k] -> [m, n] (weights against float32 inputs)."""
+    """An int8 (with per-row scales) or float16 weight [n, k] (and a bias) in the kernel's blocked
+    layout, as a function of float32 inputs [m, k] -> [m, n] (weights against float32 inputs)."""
 
-    def __init__(self, lib: ctypes.CDLL, weight: torch.Tensor, scales: torch.Tensor | None) -> None:
+    def __init__(
+        self,
+        lib: ctypes.CDLL,
+        weight: torch.Tensor,
+        scales: torch.Tensor | None,
+        bias: torch.Tensor | None = None,
+    ) -> None:
         self.lib = lib
+        self.bias = None if bias is None else bias.detach().float()
         self.n, self.k = weight.shape
         self.kind = INT8 if weight.dtype == torch.int8 else FLOAT16
         if (self.kind == INT8) != (scales is not None):
@@ -192,7 +199,13 @@ class PackedWeight:
         self.lib.utter_gemv(
             self.packed.data_ptr(), scales, self.kind, x.data_ptr(), y.data_ptr(), x.shape[0], self.n, self.k
         )
-        return y
+        return y if self.bias is None else y.add_(self.bias)
+
+    @staticmethod
+    def takes(x: torch.Tensor) -> bool:
+        """Whether ``x`` is an input of this kernel (float32 on the CPU); others take the layer's
+        PyTorch path."""
+        return x.dtype == torch.float32 and x.is_cpu
 
 
 def gemv(weight: torch.Tensor, scales: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:

@@ -24,7 +24,11 @@ logger = logging.getLogger(__name__)
 
 
 def _packed(linear: nn.Module) -> native.PackedWeight:
-    if isinstance(linear, (Int8Linear, Fp16Linear)) and linear.native is not None and linear.bias is None:
+    if (
+        isinstance(linear, (Int8Linear, Fp16Linear))
+        and linear.native is not None
+        and linear.native.bias is None
+    ):
         return linear.native
     raise ValueError(f"{linear} has no native weights")
 

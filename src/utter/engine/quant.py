@@ -242,7 +242,7 @@ class Int8Linear(nn.Module):
         if self.kernel == "native":
             lib = native.library()
             try:
-                self.native = native.PackedWeight(lib, self.qweight, self.scales) if lib else None
+                self.native = native.PackedWeight(lib, self.qweight, self.scales, self.bias) if lib else None
             except ValueError:  # a shape the blocked layout does not take
                 pass
             if self.native is None:
@@ -310,9 +310,8 @@ class Int8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)
-        if self.native is not None and x2.dtype == torch.float32 and x2.is_cpu:
+        if self.native is not None and self.native.takes(x2):
             y = self.native(x2)
-            y = y if self.bias is None else y + self.bias
         elif self.kernel in ("fbgemm", "onednn"):
             y = self._int8_rows(x2)
         elif self.kernel == "int8pack":
@@ -353,7 +352,7 @@ class Fp16Linear(nn.Module):
         lib = native.library() if native_kernel else None
         if lib is not None:
             try:
-                self.native = native.PackedWeight(lib, self.weight, None)
+                self.native = native.PackedWeight(lib, self.weight, None, self.bias)
             except ValueError:  # a shape the blocked layout does not take
                 pass
         self.packed = None if self.native is not None else self._pack()
@@ -371,9 +370,8 @@ class Fp16Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)
-        if self.native is not None and x2.dtype == torch.float32 and x2.is_cpu:
+        if self.native is not None and self.native.takes(x2):
             y = self.native(x2)
-            y = y if self.bias is None else y + self.bias
         else:
             if self.packed is None:
                 self.packed = self._pack()
