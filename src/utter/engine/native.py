@@ -2,7 +2,7 @@
 
 Why C: a single-stream decode step on a CPU is memory-bound in its matrix-vector products and,
 in PyTorch eager, dominated by the fixed cost of the ~20 tiny ops around them in every layer;
-``utter_stack_run`` runs all layers of a stack for one to four tokens in one call (see
+``utter_stack_run`` runs all layers of a stack for the tokens of one sequence in one call (see
 ``native_stack.py`` for where it is used). The same library quantises and lays out weights at
 load time in one parallel pass each.
 
@@ -158,8 +158,10 @@ def quantize_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
     """Symmetric per-row int8 of a float32 or bfloat16 CPU weight [n, k] in one parallel pass:
     (q int8 [n, k], scales float32 [n]) with scale = max|row| / 127 and q = round(w / scale).
     None where the kernels are unavailable or the weight is of another kind."""
+    if not w.is_cpu or w.dim() != 2 or w.dtype not in (torch.float32, torch.bfloat16):
+        return None  # checked first: a GPU engine's weights never build the CPU kernels
     lib = library()
-    if lib is None or not w.is_cpu or w.dim() != 2 or w.dtype not in (torch.float32, torch.bfloat16):
+    if lib is None:
         return None
     w = w.detach().contiguous()
     q = torch.empty(w.shape, dtype=torch.int8)

@@ -24,6 +24,7 @@ logger = logging.getLogger(__name__)
 
 
 def _packed(linear: nn.Module) -> native.PackedWeight:
+    """A layer product's native weights (the stack kernel adds no bias), else ValueError."""
     if (
         isinstance(linear, (Int8Linear, Fp16Linear))
         and linear.native is not None
