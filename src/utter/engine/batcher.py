@@ -32,6 +32,17 @@ class QueueFullError(RuntimeError):
     """The bounded request queue is full; retry later."""
 
 
+class WorkerError(RuntimeError):
+    """The worker failed while this request was running or waiting (the server's fault, not the
+    request's); the worker has recovered, or is down for good. Retry the request."""
+
+
+# A worker that fails this many times within RESTART_WINDOW_S stops restarting: something is
+# broken for good, and /health must say so (503) so a supervisor restarts the process.
+MAX_RESTARTS = 5
+RESTART_WINDOW_S = 60.0
+
+
 @dataclass
 class AudioChunk:
     """A piece of a request's audio: float32 mono PCM at 24 kHz, in order."""
@@ -152,6 +163,11 @@ class Batcher:
         self._ids = itertools.count(1)
         self._thread: threading.Thread | None = None
         self._live: dict[int, _Live] = {}
+        # Liveness, read by /health: the worker stamps every turn of its loop (also when idle).
+        self.heartbeat = time.monotonic()
+        self.steps = 0
+        self.failures: deque[float] = deque(maxlen=MAX_RESTARTS)  # when the loop last failed
+        self.dead: str | None = None  # why the worker gave up for good (None while it serves)
 
     # ---------------------------------------------------------------- control
     def start(self) -> Batcher:
@@ -184,14 +200,32 @@ class Batcher:
     def active(self) -> int:
         return len(self._live)
 
+    @property
+    def alive(self) -> bool:
+        """Whether the worker thread is running and has not given up."""
+        return self.dead is None and self._thread is not None and self._thread.is_alive()
+
+    def health(self) -> dict[str, object]:
+        """Liveness for /health: whether the worker runs, when it last turned its loop, failures."""
+        return {
+            "alive": self.alive,
+            "last_step_age_s": round(time.monotonic() - self.heartbeat, 3),
+            "steps": self.steps,
+            "recent_failures": len(self.failures),
+            "error": self.dead,
+        }
+
     # ---------------------------------------------------------------- submit
     def submit(self, request: Request) -> Stream:
         """Queue a request and return its stream at once.
 
-        Raises ValueError for a bad request (empty text, unknown language ...) and
-        :class:`QueueFullError` when ``max_queue`` requests are already waiting.
+        Raises ValueError for a bad request (empty text, unknown language ...),
+        :class:`QueueFullError` when ``max_queue`` requests are already waiting and
+        :class:`WorkerError` when the worker is down for good.
         """
         self.engine.validate(request)
+        if self.dead is not None:
+            raise WorkerError(f"the generation worker is down ({self.dead})")
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
@@ -207,27 +241,66 @@ class Batcher:
 
     # ---------------------------------------------------------------- worker
     def _run(self) -> None:
+        """The worker thread: serve until stopped, recovering from failures.
+
+        Inference mode for the whole thread: the runner's tensors are inference tensors, and any
+        in-place update outside inference mode raises. A failed step fails the requests it held
+        (:class:`WorkerError`), forgets their rows and goes on; a loop that keeps failing
+        (``MAX_RESTARTS`` in ``RESTART_WINDOW_S``) gives up, fails everything queued and marks
+        the batcher dead, so /health reports it and new requests get a clear error.
+        """
         torch.set_grad_enabled(False)
+        with torch.inference_mode():
+            while not self._stop.is_set():
+                try:
+                    self._serve()
+                except BaseException as exc:  # noqa: BLE001 - whatever it was, the callers must hear
+                    logger.exception("batcher worker failed")
+                    self._recover(exc)
+                    if self.dead is not None:
+                        break
+        down = None if self.dead is None else WorkerError(f"the generation worker is down ({self.dead})")
+        self._drain(down)
+
+    def _serve(self) -> None:
         while not self._stop.is_set():
-            try:
-                self._admit()
-                self._drop_cancelled()
-                if not self._live:
-                    self._wakeup.wait(timeout=0.5)
-                    self._wakeup.clear()
-                    continue
-                self._step()
-            except Exception as exc:  # keep serving: fail the live requests, not the process
-                logger.exception("decode step failed")
-                for live in list(self._live.values()):
-                    self.engine.runner.cancel(live.seq)
-                    self._finish(live, "error", exc)
+            self.heartbeat = time.monotonic()
+            self._admit()
+            self._drop_cancelled()
+            if not self._live:
+                self.engine.runner.release()  # idle: give back the memory a long request grew
+                self._wakeup.wait(timeout=0.5)
+                self._wakeup.clear()
+                continue
+            self._step()
+            self.steps += 1
+
+    def _recover(self, exc: BaseException) -> None:
+        """Fail the live requests and forget their rows without touching the (suspect) caches."""
+        now = time.monotonic()
+        self.failures.append(now)
+        error = WorkerError(f"generation failed on the server ({type(exc).__name__}: {exc}); retry")
+        error.__cause__ = exc
+        self.engine.runner.reset()
         for live in list(self._live.values()):
-            self._finish(live, "cancelled")
+            self._finish(live, "error", error)
+        self._live.clear()
+        if len(self.failures) == MAX_RESTARTS and now - self.failures[0] < RESTART_WINDOW_S:
+            last = f"{type(exc).__name__}: {exc}"
+            self.dead = f"{MAX_RESTARTS} failures within {RESTART_WINDOW_S:g} s, last: {last}"
+            logger.critical("batcher worker gives up: %s", self.dead)
+
+    def _drain(self, error: BaseException | None) -> None:
+        """End every live and waiting request: cancelled at a clean stop, else with ``error``."""
+        reason = "cancelled" if error is None else "error"
+        for live in list(self._live.values()):
+            self._finish(live, reason, error)
+        self._live.clear()
+        self.engine.runner.reset(reason)
         with self._lock:
             waiting, self._waiting = list(self._waiting), deque()
         for stream in waiting:
-            stream.finish_reason = "cancelled"
+            stream.error, stream.finish_reason = error, reason
             stream._put(_END)
 
     def _admit(self) -> None:
@@ -281,7 +354,7 @@ class Batcher:
 
     def _finish(self, live: _Live, reason: str, error: BaseException | None = None) -> None:
         self._live.pop(id(live.seq), None)
-        if error is None and reason != "cancelled":
+        if error is None and reason not in ("cancelled", "error"):
             try:
                 self._emit(live, live.chunker.flush())
             except Exception as exc:  # noqa: BLE001 - reported to the caller below

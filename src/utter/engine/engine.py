@@ -44,6 +44,10 @@ logger = logging.getLogger(__name__)
 # 4 frames per text token), so it only cuts audio that has gone wrong.
 FRAMES_BASE = 24
 FRAMES_PER_TOKEN = 8
+# The most frames one request may ask for (5.5 minutes of audio). Its KV cache is sized from
+# the request's limit, so an unbounded one lets a single request take all memory; longer texts
+# are split (the studio does it). Servers may lower it (UTTER_MAX_FRAMES).
+MAX_FRAMES = 4096
 WARM_STREAMS = 32  # voices whose warmed-up codec stream is kept
 
 
@@ -122,6 +126,7 @@ class Engine:
         self.dtype = dtype  # activation dtype (hidden states, KV caches)
         self.weight_mode = weight_mode
         self.runner = Runner(self.talker, config)
+        self.max_frames_limit = MAX_FRAMES  # requests asking for more are refused (validate)
         self._warm_streams: OrderedDict[str, AudioStream] = OrderedDict()  # per voice, see audio_stream
 
     # ----------------------------------------------------------------- loading
@@ -250,6 +255,12 @@ class Engine:
         """Cheap checks of a request; raises ValueError with a message meant for users."""
         if not req.text or not req.text.strip():
             raise ValueError("text is empty")
+        limit = req.options.max_frames if req.options is not None else None
+        if limit is not None and limit > self.max_frames_limit:
+            raise ValueError(
+                f"max_frames is {limit}; at most {self.max_frames_limit} frames "
+                f"({self.max_frames_limit * 0.08:g} s of audio) are allowed per request: split longer texts"
+            )
         self.config.language_id(req.language)
         dim = self.config.talker.decoder.hidden_size
         if req.voice.speaker_embedding.shape[0] != dim:

@@ -9,6 +9,7 @@ contiguous so the batched step always works on ``rows[0:B]``.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -28,6 +29,16 @@ from .sampling import GenerationOptions, apply_repetition_penalty, sample
 logger = logging.getLogger(__name__)
 
 MIN_FRAMES = 2  # the official package forbids end-of-speech in the first two frames
+INITIAL_CAPACITY = (1, 64)  # rows x positions of a fresh KV cache
+RELEASE_ABOVE_BYTES = 256 * 2**20  # an idle runner keeps a KV cache up to this size
+
+
+def _trim_heap() -> None:
+    """Ask glibc to return freed heap pages to the OS (large frees may otherwise stay mapped)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
 
 
 @dataclass(eq=False)
@@ -74,7 +85,7 @@ class Runner:
         self.prefix_cache_size = 32
         self.prefix_hits = 0
         self.graphs: StepGraphs | None = None  # fixed-shape (CUDA graph) decode step, see enable_graphs
-        self._allocate(1, 64)
+        self._allocate(*INITIAL_CAPACITY)
 
     # ----------------------------------------------------------------- memory
     def _allocate(self, batch: int, length: int) -> None:
@@ -122,6 +133,24 @@ class Runner:
             r[prefix + "top_k"][row] = so.top_k
             r[prefix + "top_p"][row] = so.top_p
             r[prefix + "greedy"][row] = not so.do_sample
+
+    def cache_bytes(self) -> int:
+        """Bytes held by the talker's KV cache (the part that grows with batch and length)."""
+        return sum(t.numel() * t.element_size() for t in self.cache)
+
+    def release(self, keep_bytes: int = RELEASE_ABOVE_BYTES) -> bool:
+        """With no live rows, shrink a KV cache larger than ``keep_bytes`` back to its initial
+        size and hand the freed memory back to the OS. Returns whether it shrank.
+
+        The cache grows to fit the largest batch and longest request seen; without this one
+        long request would keep its peak for the life of the process. Fixed-shape (graph)
+        runners keep their one allocation."""
+        if self.rows or self.graphs is not None or self.cache_bytes() <= keep_bytes:
+            return False
+        logger.info("idle: KV cache of %.0f MiB released", self.cache_bytes() / 2**20)
+        self._allocate(*INITIAL_CAPACITY)
+        _trim_heap()
+        return True
 
     def enable_graphs(self, max_batch: int, max_len: int, capture: bool | None = None) -> None:
         """Switch to fixed shapes: ``max_batch`` rows x ``max_len`` positions allocated once, the
@@ -185,11 +214,24 @@ class Runner:
         logits = self.talker.codec_head(out[:, -1])
         self.rowvars["pending"][row] = self._choose(logits, slice(row, row + 1))[0]
 
+    @torch.inference_mode()
     def cancel(self, seq: Sequence) -> None:
-        """Drop a sequence now; it costs nothing from the next step on."""
+        """Drop a sequence now; it costs nothing from the next step on.
+
+        Inference mode like ``add`` and ``step``: moving the last row into the hole writes the
+        caches in place, and they were made in inference mode (a plain in-place write to an
+        inference tensor raises, which once killed the serving thread on the first cancel)."""
         if seq in self.rows:
             seq.reason = "cancelled"
             self._remove(self.rows.index(seq))
+
+    def reset(self, reason: str = "error") -> list[Sequence]:
+        """Forget every row without touching device memory (the recovery after a failed step,
+        when the caches may be in any state): returns the sequences that were dropped."""
+        dropped, self.rows = self.rows, []
+        for seq in dropped:
+            seq.reason = reason
+        return dropped
 
     def _remove(self, row: int) -> None:
         last = len(self.rows) - 1

@@ -1,8 +1,11 @@
 """``GET /health`` and ``GET /languages``: open (no API key), cheap, and honest while loading.
 
-/health answers 200 ``{"status": "healthy"}`` only once the model can serve; while it downloads
-or loads (or after it failed) it answers 503 with the state, progress and what to do, so load
-balancers and Modal route nothing to a container that cannot serve yet.
+/health answers 200 ``{"status": "healthy"}`` only once the model can serve and its worker is
+alive; while it downloads or loads, after it failed, or when the worker is down or stuck (no
+decode step for ``worker_stall_s`` with requests waiting) it answers 503 with the state and what
+to do, so load balancers, Modal and supervisors route nothing to (or restart) a server that
+cannot serve. ``worker`` shows the liveness: ``last_step_age_s`` is how long ago the worker
+last turned its loop (it turns at least twice a second while idle).
 """
 
 from __future__ import annotations
@@ -30,17 +33,21 @@ async def health(service: ServiceDep) -> JSONResponse:
     holder = service.holder
     status: dict[str, Any] = holder.status()
     ready = holder.state is ModelState.READY and holder.batcher is not None
+    worker = status["worker"]
+    serving = ready and worker is not None and worker["healthy"]
     body: dict[str, Any] = {
-        "status": "healthy" if ready else status["state"],
+        "status": "healthy" if serving else "unhealthy" if ready else status["state"],
         "model": status["model"],
         "device": status["device"],
         "dtype": status["dtype"],
+        "activation_dtype": status["activation_dtype"],
         "supported_languages": status["languages"] or list(LANGUAGES),
         "state": status["state"],
         "progress": status["progress"],
-        "error": status["error"],
-        "hint": status["hint"],
+        "error": status["error"] or (worker or {}).get("error"),
+        "hint": status["hint"] or (None if serving or not ready else "Restart the server."),
         "version": __version__,
+        "worker": worker,
     }
     if ready:
         batcher = holder.batcher
@@ -50,7 +57,7 @@ async def health(service: ServiceDep) -> JSONResponse:
             "max_batch": batcher.max_batch,
             "max_queue": batcher.max_queue,
         }
-    return JSONResponse(body, status_code=200 if ready else 503)
+    return JSONResponse(body, status_code=200 if serving else 503)
 
 
 @router.get("/languages")

@@ -72,9 +72,11 @@ async def clone(body: CloneRequest, service: ServiceDep, batcher: BatcherDep, ht
 
 @router.post("/clone-batch", response_model=CloneBatchResponse)
 async def clone_batch(
-    body: CloneBatchRequest, service: ServiceDep, batcher: BatcherDep
+    body: CloneBatchRequest, service: ServiceDep, batcher: BatcherDep, http: Request
 ) -> CloneBatchResponse:
-    """Several texts in one voice, generated together as one batch; base64 WAV files in order."""
+    """Several texts in one voice, generated together as one batch; base64 WAV files in order.
+
+    A client that goes away (or the generation timeout) cancels every text of the batch."""
     engine, settings = batcher.engine, service.settings
     if not body.texts:
         raise ApiError(400, "texts is empty: give at least one text.", param="texts")
@@ -98,7 +100,7 @@ async def clone_batch(
     try:
         for text, language in zip(texts, languages):
             streams.append(submit(batcher, text, voice, language, options, settings))
-        audios = await asyncio.gather(*(collect(s, settings) for s in streams))
+        audios = await asyncio.gather(*(collect(s, settings, http) for s in streams))
     except BaseException:
         for s in streams:
             s.cancel()

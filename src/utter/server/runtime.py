@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import threading
 import time
 from enum import Enum
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..engine.batcher import Batcher
 from ..engine.checkpoint import CheckpointError
-from ..engine.engine import Engine
+from ..engine.engine import MAX_FRAMES, Engine
 from ..engine.streaming import CHUNK_FRAMES, FIRST_CHUNK_FRAMES
 
 if TYPE_CHECKING:
@@ -42,6 +43,17 @@ class ModelNotReady(RuntimeError):
         super().__init__(detail)
         self.state = state
         self.detail = detail
+
+
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/])(?:/[^\s/'\"]+)+/?")
+
+
+def public_text(text: str | None) -> str | None:
+    """``text`` with every absolute path cut to its last part (``/srv/models/tiny`` -> ``tiny``):
+    what an open endpoint may show about a model or an error without mapping the disk."""
+    if text is None:
+        return None
+    return _ABSOLUTE_PATH.sub(lambda m: m.group(0).rstrip("/").rsplit("/", 1)[-1] or "/", text)
 
 
 def _hint(exc: BaseException) -> str:
@@ -71,6 +83,8 @@ class EngineHolder:
             max_queue=settings.max_queue,
             first_chunk_frames=settings.first_chunk_frames,
             chunk_frames=settings.chunk_frames,
+            max_frames=settings.max_frames,
+            stall_s=settings.worker_stall_s,
         )
 
     def __init__(
@@ -83,8 +97,12 @@ class EngineHolder:
         max_queue: int = 64,
         first_chunk_frames: int = FIRST_CHUNK_FRAMES,
         chunk_frames: int = CHUNK_FRAMES,
+        max_frames: int = MAX_FRAMES,
+        stall_s: float = 120.0,
     ) -> None:
         self.model = model
+        self.max_frames = max_frames
+        self.stall_s = stall_s
         self.device = device
         self.dtype = dtype
         self.cache_dir = cache_dir
@@ -130,18 +148,39 @@ class EngineHolder:
         return self._hint
 
     def status(self) -> dict[str, Any]:
-        """A JSON-able snapshot for /health and the studio's status display."""
+        """A JSON-able snapshot for /health and the studio's status display.
+
+        Both are open without a key, so nothing here names a place on the server's disk: a
+        local model folder is shown by its name and paths in errors by their last part.
+        ``dtype`` is the weight mode (int8 weights compute with float32 activations on CPUs;
+        ``activation_dtype`` says so)."""
         engine = self.engine
         return {
             "state": self._state.value,
-            "model": self.model,
+            "model": public_text(self.model),
             "progress": self.progress,
-            "error": self._error,
+            "error": public_text(self._error),
             "hint": self._hint,
             "device": str(engine.device) if engine is not None else self.device,
-            "dtype": str(engine.dtype).removeprefix("torch.") if engine is not None else self.dtype,
+            "dtype": engine.weight_mode if engine is not None else self.dtype,
+            "activation_dtype": str(engine.dtype).removeprefix("torch.") if engine is not None else None,
             "languages": list(engine.languages) if engine is not None else [],
+            "worker": self.worker_status(),
         }
+
+    def worker_status(self) -> dict[str, Any] | None:
+        """The batcher's liveness, with ``healthy`` False when its worker is down or stuck
+        (requests waiting or running, and no turn of its loop for ``stall_s``)."""
+        batcher = self.batcher
+        if batcher is None:
+            return None
+        status = batcher.health()
+        busy = batcher.active > 0 or batcher.queued > 0
+        stalled = busy and status["last_step_age_s"] > self.stall_s
+        status["healthy"] = bool(status["alive"]) and not stalled
+        if stalled and status["error"] is None:
+            status["error"] = f"no decode step for {status['last_step_age_s']:.0f} s with requests waiting"
+        return status
 
     # ---------------------------------------------------------------- control
     def start(self) -> None:
@@ -212,6 +251,7 @@ class EngineHolder:
 
     def _start_batcher(self) -> None:
         assert self.engine is not None
+        self.engine.max_frames_limit = self.max_frames
         if self._stopped:  # stop() came while the model was loading: serve nothing
             return
         self.batcher = Batcher(

@@ -11,6 +11,7 @@ from pathlib import Path
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from ..engine.engine import MAX_FRAMES
 from ..engine.streaming import CHUNK_FRAMES, FIRST_CHUNK_FRAMES
 
 DEFAULT_MODEL = "Qwen/Qwen3-TTS-12Hz-0.6B-Base"
@@ -59,8 +60,14 @@ class ServerSettings(BaseSettings):
     # Longest a single generation may take (non-streaming) or go silent (streaming): then 504.
     generation_timeout_s: float = Field(default=900.0, gt=0)
 
+    # A worker with requests waiting and no decode step for this long is reported stuck
+    # (/health answers 503, so a supervisor can restart the process).
+    worker_stall_s: float = Field(default=120.0, gt=0)
+
     # Input limits
     max_text_chars: int = Field(default=5000, ge=1)
+    # Most frames (80 ms each) one request may ask for: the KV cache is sized from it.
+    max_frames: int = Field(default=MAX_FRAMES, ge=1, le=MAX_FRAMES)
     max_batch_items: int = Field(default=32, ge=1)
     max_request_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     ref_min_seconds: float = Field(default=1.0, ge=0)

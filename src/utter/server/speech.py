@@ -17,7 +17,7 @@ import numpy as np
 from starlette.requests import Request as HttpRequest
 
 from ..audio.encode import AudioEncoder
-from ..engine.batcher import Batcher, QueueFullError, Stream
+from ..engine.batcher import Batcher, QueueFullError, Stream, WorkerError
 from ..engine.engine import Engine, Request
 from ..engine.sampling import GenerationOptions, SamplingOptions
 from ..engine.voice import VoicePrompt
@@ -89,6 +89,8 @@ def submit(
         stream = batcher.submit(Request(text, voice, language, options))
     except QueueFullError as exc:
         raise busy(settings.retry_after_s, f"The server is busy ({exc}); retry shortly.") from exc
+    except WorkerError as exc:
+        raise ApiError(503, f"The server cannot generate now: {exc}.") from exc
     except ValueError as exc:
         raise ApiError(400, str(exc)) from exc
     # Logged inside the HTTP request, so this line links its request id to the engine's stream id.
@@ -98,6 +100,10 @@ def submit(
 
 
 def _stream_error(stream: Stream, exc: BaseException) -> ApiError:
+    if isinstance(exc, WorkerError):  # not this request's fault: another try can succeed
+        logger.error("request %s failed: %s", stream.id, exc)
+        message = "Generation failed on the server and was not completed; retry the request."
+        return ApiError(503, message, {"Retry-After": "1"})
     if isinstance(exc, ValueError):
         return ApiError(400, str(exc))
     logger.error("request %s failed: %s", stream.id, exc)

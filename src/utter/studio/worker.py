@@ -19,7 +19,7 @@ import httpx
 import numpy as np
 
 from ..audio import SAMPLE_RATE
-from ..engine.batcher import QueueFullError
+from ..engine.batcher import QueueFullError, WorkerError
 from ..server.runtime import ModelNotReady, ModelState
 from .jobs import JobQueue, make_worker_id
 from .models import Generation, Task, Voice
@@ -322,7 +322,7 @@ class JobRunner:
             job.check()
             try:
                 return await self._stream(job, request)
-            except (QueueFullError, httpx.TransportError, RemoteError) as exc:
+            except (QueueFullError, WorkerError, httpx.TransportError, RemoteError) as exc:
                 if isinstance(exc, RemoteError) and not exc.retryable:
                     raise
                 if attempt == MAX_RETRIES:
