@@ -26,9 +26,12 @@ from utter.engine.quant import (
     apply_weight_mode,
     default_weight_mode,
     fbgemm_available,
+    full_range_operands,
+    has_int8_dot,
     int8_kernel,
     logit_drift,
     onednn_int8_available,
+    onednn_int8_exact,
 )
 from utter.engine.sampling import GenerationOptions
 from utter.engine.voice import VoicePrompt
@@ -95,22 +98,45 @@ def test_int8_linear_is_the_dequantized_product_up_to_input_rounding(kernel: str
     assert _rel_err(q(x[:1, :1]), want[:1, :1]) < limit  # the one-row path too
 
 
+@pytest.mark.parametrize("kernel", [*CPU_KERNELS, "native"])
+def test_int8_kernels_are_right_onfull_range_operands(kernel: str) -> None:
+    """Rows of +-127 against weights of +-127: where a kernel sums pairs of products in 16 bits
+    (oneDNN's and fbgemm's AVX2 paths without VNNI) they saturate, 255 instead of 32258 for two
+    products. Whatever kernel a layer ends up with on this CPU must get them right."""
+    _skip_unavailable(kernel)
+    w, x = full_range_operands()
+    layer = Int8Linear(w, torch.ones(w.shape[0]), None, kernel)
+    want = x.float() @ w.float().T
+    got = layer(x.float())
+    assert float((got - want).abs().max() / want.abs().max()) < 0.02, layer.kernel
+    if layer.kernel in ("onednn", "dequantize"):  # rows whose peak is 127 quantise exactly
+        torch.testing.assert_close(got[:2], want[:2], rtol=1e-6, atol=0)
+
+
+def test_int8_kernel_choice_follows_what_the_cpu_computes_right() -> None:
+    if not fbgemm_available():
+        pytest.skip("this torch build has no fbgemm")
+    serving = int8_kernel("cpu", max_batch=16)
+    assert serving == ("onednn" if has_int8_dot() and onednn_int8_exact() else "fbgemm")
+    if not onednn_int8_exact():  # asked for by name, it is replaced rather than computing wrong numbers
+        w, _ = full_range_operands()
+        assert Int8Linear(w, torch.ones(w.shape[0]), None, "onednn").kernel != "onednn"
+
+
 @pytest.mark.parametrize("kernel", ["fbgemm", "onednn"])
 def test_int8_rows_are_quantised_on_their_own(kernel: str) -> None:
-    """A row's result does not depend on the other rows of its batch: bit for bit with fbgemm,
-    to float rounding with oneDNN (its kernels differ by the number of rows); a shared input
-    scale would move it by about 1%. (fbgemm's one-row call uses the row's own range instead:
-    engines with fbgemm decode one row at a time.)"""
+    """A row's result does not depend on the other rows of its call, one row alone included:
+    bit for bit with fbgemm, to float rounding with oneDNN (its kernels differ by the number of
+    rows); a shared input scale would move it by about 1%."""
     _skip_unavailable(kernel)
     q = Int8Linear.from_linear(_linear(256, 64), kernel)
     torch.manual_seed(1)
     x = torch.randn(6, 256) * torch.tensor([0.01, 1.0, 50.0, 3.0, 0.5, 7.0])[:, None]
     full = q(x)
-    tol = {"rtol": 0, "atol": 0} if kernel == "fbgemm" else {"rtol": 1e-6, "atol": 1e-6}
+    tol = {"rtol": 0, "atol": 0} if q.kernel == "fbgemm" else {"rtol": 1e-6, "atol": 1e-6}
     torch.testing.assert_close(q(x[2:4]), full[2:4], **tol)
     torch.testing.assert_close(q(torch.cat([x[3:5], torch.randn(3, 256) * 100]))[:2], full[3:5], **tol)
-    if kernel == "onednn":
-        torch.testing.assert_close(q(x[1:2]), full[1:2], **tol)
+    torch.testing.assert_close(q(x[1:2]), full[1:2], **tol)
 
 
 @pytest.mark.parametrize("kernel", ["fbgemm", "onednn"])
@@ -140,8 +166,7 @@ def test_int8_kernels_run_where_expected() -> None:
     single = "native" if native.library() is not None else "fbgemm"
     assert int8_kernel("cpu", max_batch=1) == single
     expected = {"fbgemm": "quantized::linear_dynamic"}
-    if onednn_int8_available():
-        assert int8_kernel("cpu", max_batch=16) == "onednn"
+    if onednn_int8_exact():
         expected["onednn"] = "onednn::qlinear_pointwise"
     for kernel, op in expected.items():
         layer = Int8Linear.from_linear(_linear(128, 64), kernel)
@@ -175,13 +200,19 @@ def test_fp16_linear_is_close_to_float32() -> None:
     torch.testing.assert_close(layer(x), want, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize(("mode", "min_cosine"), [("bfloat16", 0.999), ("float16", 0.999), ("int8", 0.99)])
+@pytest.mark.parametrize(
+    ("mode", "max_batch", "min_cosine"),
+    [("bfloat16", 1, 0.999), ("float16", 1, 0.999), ("int8", 1, 0.99), ("int8", 16, 0.99)],
+    ids=["bfloat16", "float16", "int8-single-stream", "int8-serving"],
+)
 def test_logit_drift_against_float32(
-    engine: Engine, mode: str, min_cosine: float, record_property: pytest.RecordProperty
+    engine: Engine, mode: str, max_batch: int, min_cosine: float, record_property: pytest.RecordProperty
 ) -> None:
-    candidate = apply_weight_mode(copy.deepcopy(engine.talker), mode)
+    """Every mode, including the serving engine's int8 kernel (the one that computed wrong
+    numbers on CPUs without VNNI), keeps the logits of the float32 model."""
+    candidate = apply_weight_mode(copy.deepcopy(engine.talker), mode, max_batch)
     drift = logit_drift(engine.talker, candidate)
-    logger.info("%s drift vs float32: %s", mode, drift)
+    logger.info("%s (max_batch %d) drift vs float32: %s", mode, max_batch, drift)
     record_property("drift", drift)
     assert drift.talker_cosine_min > min_cosine and drift.predictor_cosine_min > min_cosine
     # Random tiny weights give near-flat logits, so argmax ties flip easily; this is a loose floor.
@@ -198,3 +229,32 @@ def test_default_weight_mode_and_bad_modes() -> None:
     assert activation_dtype("float16", "cuda") == torch.float16
     with pytest.raises(ValueError, match="unknown weight mode"):
         apply_weight_mode(nn.Linear(2, 2), "int4")
+
+
+def test_seeded_sampling_is_the_same_on_a_prefix_cache_miss_and_hit(
+    tiny_checkpoint: Path, engine: Engine, ref_wav: Path
+) -> None:
+    """A voice's first request (prefix-cache miss) and later ones (hit) compute the request's
+    positions from bit-identical keys and values, so a seeded request sounds the same whether or
+    not its voice was used before, alone or in a batch, with the serving engine's int8 kernel."""
+    from tests.conftest import REF_TEXT
+
+    voice = engine.create_voice(ref_wav, ref_text=REF_TEXT)
+
+    def fresh() -> Engine:
+        return Engine.load(str(tiny_checkpoint), device="cpu", weight_mode="int8", max_batch=4)
+
+    request = Request(
+        "Sampled, and the same every time.", voice, "English", GenerationOptions(seed=21, max_frames=8)
+    )
+    others = [
+        Request(f"Another row {i}.", voice, "English", GenerationOptions(seed=i, max_frames=6))
+        for i in range(3)
+    ]
+    served = fresh()
+    miss = served.generate_codes([request])[0]
+    assert served.runner.prefix_hits == 0 and len(served.runner.prefix_cache) == 1
+    hit = served.generate_codes([request])[0]
+    assert served.runner.prefix_hits == 1
+    assert torch.equal(miss, hit)
+    assert torch.equal(fresh().generate_codes([*others, request])[-1], miss)  # first use, in a batch

@@ -117,3 +117,32 @@ def test_top_k_fast_path_draws_what_the_full_path_draws(monkeypatch: pytest.Monk
     fast = sample(logits, **rows)
     monkeypatch.setattr(sampling, "TOP_K_FAST_MAX", 0)
     assert torch.equal(fast, sample(logits, **rows))
+
+
+def test_noise_stays_strictly_inside_zero_and_one() -> None:
+    """The extreme hashes map inside (0, 1) in float32: at exactly 1.0 the Gumbel noise is
+    infinite and a token removed by top-k (logit -inf) becomes NaN, which argmax picks."""
+    from utter.engine.sampling import unit_interval
+
+    u = unit_interval(torch.tensor([0, 1, 2**32 - 1, 2**32 - 2**8], dtype=torch.int64))
+    assert bool(((u > 0) & (u < 1)).all()), u.tolist()
+    assert bool(torch.isfinite(-torch.log(-torch.log(u))).all())
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["top-k path", "full path"])
+def test_a_draw_never_leaves_the_top_k(monkeypatch: pytest.MonkeyPatch, fast: bool) -> None:
+    import utter.engine.sampling as sampling
+
+    if not fast:
+        monkeypatch.setattr(sampling, "TOP_K_FAST_MAX", 0)
+    torch.manual_seed(9)
+    b, v = 512, 3072
+    logits = torch.randn(b, v)
+    rows = _rows(b, temperature=1.5, top_k=50)
+    rows["seed"] = torch.randint(0, 2**62, (b,))
+    rows["counter"] = torch.randint(0, 10_000, (b,))
+    top = logits.topk(50, dim=-1).indices
+    for step in range(4):
+        rows["counter"] += step
+        drawn = sample(logits, **rows)
+        assert bool((top == drawn[:, None]).any(-1).all())

@@ -7,7 +7,8 @@ in PyTorch eager, dominated by the fixed cost of the ~20 tiny ops around them in
 load time in one parallel pass each.
 
 It is compiled on first use with the machine's C compiler (``$CC``, else ``cc``/``gcc``;
-``-O3 -march=native -fopenmp``) into ``~/.cache/utter/kernels`` (``UTTER_KERNEL_CACHE``) and
+``-O3 -march=native -fopenmp``; ``UTTER_NATIVE_MARCH`` names another target)
+into ``~/.cache/utter/kernels`` (``UTTER_KERNEL_CACHE``) and
 loaded with ctypes, so no Python or torch headers are needed. Where no compiler works the engine
 logs one line and keeps the PyTorch path; ``UTTER_NATIVE=0`` turns it off.
 """
@@ -31,7 +32,7 @@ logger = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("kernels") / "decoder.c"
 BLOCK = 4  # output rows per weight block, BLOCK in decoder.c
-FLAGS = ["-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-std=c11"]
+FLAGS = ["-O3", "-fopenmp", "-fPIC", "-shared", "-std=c11"]
 INT8, FLOAT16 = 0, 1
 BUILD_TIMEOUT_S = 300
 
@@ -81,6 +82,12 @@ def _cpu_signature() -> str:
     return platform.processor() or platform.machine()
 
 
+def march() -> str:
+    """The ``-march`` the kernels are built for: this CPU, or ``UTTER_NATIVE_MARCH`` (tests build
+    the AVX2 code path on AVX-512 machines with ``x86-64-v3``, so both paths are checked anywhere)."""
+    return os.environ.get("UTTER_NATIVE_MARCH") or "native"
+
+
 def build(compiler: str | None = None) -> Path:
     """Compile decoder.c (once per source, compiler and CPU) and return the library's path.
     Raises RuntimeError with the compiler's message when it fails."""
@@ -88,7 +95,8 @@ def build(compiler: str | None = None) -> Path:
     if cc is None:
         raise RuntimeError("no C compiler found (set CC, or install gcc)")
     source = SOURCE.read_bytes()
-    parts = [source, cc.encode(), " ".join(FLAGS).encode(), _cpu_signature().encode()]
+    flags = [*FLAGS, f"-march={march()}"]
+    parts = [source, cc.encode(), " ".join(flags).encode(), _cpu_signature().encode()]
     key = hashlib.sha256(b"\0".join(parts))
     target = cache_dir() / f"decoder-{key.hexdigest()[:16]}.so"
     if target.exists():
@@ -96,7 +104,7 @@ def build(compiler: str | None = None) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         out = Path(tmp) / target.name
-        command = [cc, *FLAGS, str(SOURCE), "-o", str(out), "-lm"]
+        command = [cc, *flags, str(SOURCE), "-o", str(out), "-lm"]
         try:
             done = subprocess.run(command, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
         except subprocess.TimeoutExpired as exc:
@@ -104,7 +112,7 @@ def build(compiler: str | None = None) -> Path:
         if done.returncode != 0:
             raise RuntimeError(f"{cc} failed: {done.stderr.strip()[-2000:]}")
         os.replace(out, target)  # atomic: concurrent builders never load a half-written file
-    logger.info("built native decode kernels: %s", target)
+    logger.info("built native decode kernels for -march=%s: %s", march(), target)
     return target
 
 

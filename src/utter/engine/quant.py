@@ -81,10 +81,23 @@ def fbgemm_available() -> bool:
     return "fbgemm" in engines and hasattr(torch.ops.quantized, "linear_dynamic")
 
 
-def _has_vnni() -> bool:
-    """Whether the CPU adds u8 x s8 products in 32 bits (VNNI). Without it fbgemm's AVX2 kernel
-    sums pairs in 16 bits, which can saturate for full-range inputs, so inputs use 7 bits."""
-    return bool({"avx512_vnni", "avx_vnni"} & _cpu_flags())
+def has_int8_dot() -> bool:
+    """Whether the CPU adds u8 x s8 products in 32 bits (VNNI, or AMX tiles). Without it the
+    int8 GEMMs of fbgemm and oneDNN sum pairs of products in 16 bits (AVX2 ``vpmaddubsw``),
+    which saturates for full-range inputs; see :func:`fbgemm_full_range` and
+    :func:`onednn_int8_exact`, which check the kernels themselves."""
+    return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & _cpu_flags())
+
+
+_ISA_FLAGS = (
+    *("avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16"),
+)
+
+
+def cpu_isa() -> str:
+    """The vector features of this CPU that pick kernels, for logs and benchmark reports."""
+    flags = _cpu_flags()
+    return " ".join(f for f in _ISA_FLAGS if f in flags) or "none of " + "/".join(_ISA_FLAGS[:4])
 
 
 @functools.cache
@@ -169,6 +182,56 @@ def _quantize_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return q, scales
 
 
+def full_range_operands() -> tuple[torch.Tensor, torch.Tensor]:
+    """int8 weights [16, 64] and inputs [4, 64] whose pair sums overflow 16 bits: rows of all
+    +-127 (the worst case) and random full-range ones. A kernel that sums in 16 bits somewhere
+    gets the all-127 products (64 x 127 x 127) badly wrong; a 2x2 product of ones never shows it."""
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randint(-127, 128, (16, 64), generator=gen).to(torch.int8)
+    x = torch.randint(-127, 128, (4, 64), generator=gen).to(torch.int8)
+    w[0], w[1], x[0], x[1] = 127, -127, 127, -127
+    return w, x
+
+
+@functools.cache
+def onednn_int8_exact() -> bool:
+    """Whether oneDNN's int8 product is exact on full-range operands on this CPU. It is with
+    VNNI or AMX; its AVX2 kernel (CPUs without VNNI, or a capped ``ONEDNN_MAX_CPU_ISA``) shifts
+    inputs to unsigned and saturates: 127 x 127 + 127 x 127 gives 255 there."""
+    if not onednn_int8_available():
+        return False
+    w, x = full_range_operands()
+    packed = torch.ops.onednn.qlinear_prepack(w, None)
+    zero = torch.zeros(w.shape[0], dtype=torch.int32)
+    y = torch.ops.onednn.qlinear_pointwise(
+        x, 1.0, 0, packed, torch.ones(w.shape[0]), zero, None, 1.0, 0, torch.float32, "none", [], ""
+    )  # fmt: skip
+    exact = bool(torch.equal(y, (x.long() @ w.long().T).float()))
+    if not exact:
+        logger.info("oneDNN's int8 product saturates on this CPU (%s): not used", cpu_isa())
+    return exact
+
+
+@functools.cache
+def fbgemm_full_range() -> bool:
+    """Whether fbgemm's int8 product takes 8-bit inputs without saturating (VNNI or AVX-512
+    kernels). If not, inputs are quantised to 7 bits (``reduce_range``), which its 16-bit pair
+    sums hold exactly. Checked on the kernel, not guessed from the CPU's flags (fbgemm can be
+    capped below what the CPU has, with ``FBGEMM_ENABLE_INSTRUCTIONS``)."""
+    if not fbgemm_available():
+        return False
+    w, x = full_range_operands()
+    zero = torch.zeros(w.shape[0], dtype=torch.long)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        qt = torch._make_per_channel_quantized_tensor(w, torch.ones(w.shape[0], dtype=torch.double), zero, 0)
+    packed = torch.ops.quantized.linear_prepack(qt, None)
+    xf = x.float()
+    want = xf @ w.float().T
+    got = torch.ops.quantized.linear_dynamic(xf, packed, False)
+    return float((got - want).abs().max() / want.abs().max()) < 0.02
+
+
 @functools.cache
 def onednn_int8_available() -> bool:
     """oneDNN's int8 x int8 Linear (x86 builds of torch; AMX or VNNI when the CPU has them)."""
@@ -235,6 +298,8 @@ class Int8Linear(nn.Module):
         self.register_buffer("scales_bf16", scales.to(torch.bfloat16).contiguous())
         self.bias = None if bias is None else nn.Parameter(bias.detach().float(), requires_grad=False)
         self.kernel = kernel or int8_kernel(qweight.device)
+        if self.kernel == "onednn" and not onednn_int8_exact():  # it would compute wrong numbers here
+            self.kernel = "fbgemm" if fbgemm_available() else "int8pack"
         # Rows whose max exceeds OUTLIER_CREST x RMS = OUTLIER_CREST / sqrt(in) x L2 norm.
         self.crest_limit = OUTLIER_CREST * self.in_features**-0.5
         self.packed = None
@@ -253,7 +318,7 @@ class Int8Linear(nn.Module):
                 warnings.simplefilter("ignore", UserWarning)
                 qt = torch._make_per_channel_quantized_tensor(self.qweight, self.scales.double(), zero, 0)
             self.packed = torch.ops.quantized.linear_prepack(qt, None)
-            self.reduce_range = not _has_vnni()
+            self.reduce_range = not fbgemm_full_range()
             # A row of [1, 0, ..., -1] fixes fbgemm's per-call input range to [-1, 1]; real rows
             # are divided by their own max-abs first, so each row's steps are its own max / 127.
             self.register_buffer("span_row", torch.zeros(1, self.in_features), persistent=False)
@@ -287,21 +352,19 @@ class Int8Linear(nn.Module):
         peak = torch.linalg.vector_norm(x2, float("inf"), dim=1, keepdim=True)  # [M, 1]
         norm = torch.linalg.vector_norm(x2, 2, dim=1, keepdim=True)
         outlier = peak > self.crest_limit * norm
-        if self.kernel == "fbgemm" and x2.shape[0] == 1:  # one row: fbgemm's own range is per row
-            y = torch.ops.quantized.linear_dynamic(x2, self.packed, self.reduce_range)
-            y = y if self.bias is None else y + self.bias
+        peak.clamp_(min=1e-30)
+        if self.kernel == "fbgemm":
+            # Every call, one row included, quantises the same way (never fbgemm's own range for
+            # a lone row): a request's numbers must not depend on how many rows share its step.
+            scaled = torch.cat([x2 / peak, self.span_row])
+            y = torch.ops.quantized.linear_dynamic(scaled, self.packed, self.reduce_range)[:-1]
         else:
-            peak.clamp_(min=1e-30)
-            if self.kernel == "fbgemm":
-                scaled = torch.cat([x2 / peak, self.span_row])
-                y = torch.ops.quantized.linear_dynamic(scaled, self.packed, self.reduce_range)[:-1]
-            else:
-                xq = torch.round(x2 * (127.0 / peak)).to(torch.int8)
-                w = (self.packed, self.scales, self.zero_points)
-                y = torch.ops.onednn.qlinear_pointwise(
-                    xq, 1 / 127, 0, *w, None, 1.0, 0, torch.float32, "none", [], ""
-                )  # fmt: skip
-            y = y * peak if self.bias is None else torch.addcmul(self.bias, y, peak)
+            xq = torch.round(x2 * (127.0 / peak)).to(torch.int8)
+            w = (self.packed, self.scales, self.zero_points)
+            y = torch.ops.onednn.qlinear_pointwise(
+                xq, 1 / 127, 0, *w, None, 1.0, 0, torch.float32, "none", [], ""
+            )  # fmt: skip
+        y = y * peak if self.bias is None else torch.addcmul(self.bias, y, peak)
         if outlier.any():
             rows = outlier[:, 0].nonzero()[:, 0]
             y[rows] = self._weight_only(x2[rows])
@@ -326,14 +389,22 @@ class Int8Linear(nn.Module):
 
 
 def int8_kernel(device: str | torch.device, max_batch: int = 1) -> str:
-    """The int8 kernel for an engine on ``device`` serving up to ``max_batch`` rows at once."""
+    """The int8 kernel for an engine on ``device`` serving up to ``max_batch`` rows at once.
+
+    oneDNN serves batches only where it is both exact and fast: CPUs with VNNI or AMX, checked
+    on the kernel itself (:func:`onednn_int8_exact`). Without them its AVX2 path saturates and was
+    the slowest kernel measured (2.8 s for one 0.6B step at batch 1, against 0.24 s with fbgemm
+    on an AVX2-only EPYC), so fbgemm (7-bit inputs there, see :func:`fbgemm_full_range`) serves.
+    """
     if torch.device(device).type != "cpu":
         return "dequantize"
     if max_batch <= SINGLE_STREAM_MAX_BATCH and native.library() is not None:
         return "native"
-    if fbgemm_available() and (max_batch <= SINGLE_STREAM_MAX_BATCH or not onednn_int8_available()):
+    if max_batch > SINGLE_STREAM_MAX_BATCH and has_int8_dot() and onednn_int8_exact():
+        return "onednn"
+    if fbgemm_available():
         return "fbgemm"
-    if onednn_int8_available():
+    if onednn_int8_exact():
         return "onednn"
     return "int8pack" if _int8pack_available() else "dequantize"
 
@@ -437,6 +508,8 @@ def apply_weight_mode(
         if dtype != torch.float32 and kernel in ("fbgemm", "onednn"):
             kernel = "int8pack"  # activations are not float32 here (no fbgemm): weight-only int8
         converted = _convert_linears(module, lambda linear: Int8Linear.from_linear(linear, kernel))
+        kernels = sorted({m.kernel for m in module.modules() if isinstance(m, Int8Linear)})
+        logger.info("int8 kernel %s for up to %d rows (CPU: %s)", "/".join(kernels), max_batch, cpu_isa())
     elif _packed_cpu(mode, param.device):
         single = max_batch <= SINGLE_STREAM_MAX_BATCH  # one stream: the native kernels where they build
         converted = _convert_linears(module, lambda linear: Fp16Linear.from_linear(linear, single))

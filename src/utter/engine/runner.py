@@ -195,18 +195,24 @@ class Runner:
         self.reserve(row + 1, n + seq.max_frames + 1)
         k_row, v_row = self.cache[0][:, row : row + 1], self.cache[1][:, row : row + 1]
         key, start = seq.prompt.prefix_key, 0
-        cached = self.prefix_cache.get(key) if key is not None else None
-        if cached is not None:
+        if key is not None and 0 < seq.prompt.prefix_len < n:
+            # A miss computes the prefix on its own first, exactly as a hit then continues from
+            # it: the request's own positions see bit-identical keys and values either way (one
+            # prefill of all positions differs by float rounding, which 8-bit inputs can turn
+            # into other codes, so a seeded request would sound different on a cache miss).
             start = seq.prompt.prefix_len
-            k_row[:, :, :, :start], v_row[:, :, :, :start] = cached
-            self.prefix_cache.move_to_end(key)
-            self.prefix_hits += 1
+            cached = self.prefix_cache.get(key)
+            if cached is None:
+                self.talker.model.run(prefill[None, :start], (k_row, v_row), 0, kv_len=start)
+                cached = (k_row[:, :, :, :start].clone(), v_row[:, :, :, :start].clone())
+                self.prefix_cache[key] = cached
+                while len(self.prefix_cache) > self.prefix_cache_size:
+                    self.prefix_cache.popitem(last=False)
+            else:
+                k_row[:, :, :, :start], v_row[:, :, :, :start] = cached
+                self.prefix_cache.move_to_end(key)
+                self.prefix_hits += 1
         out = self.talker.model.run(prefill[None, start:], (k_row, v_row), start, kv_len=n)
-        if cached is None and key is not None and seq.prompt.prefix_len > 0:
-            p = seq.prompt.prefix_len
-            self.prefix_cache[key] = (k_row[:, :, :, :p].clone(), v_row[:, :, :, :p].clone())
-            while len(self.prefix_cache) > self.prefix_cache_size:
-                self.prefix_cache.popitem(last=False)
         self.rows.append(seq)
         seq.position = n
         self._set_row(row, seq)

@@ -72,7 +72,16 @@ def noise_at(seed: torch.Tensor, counter: torch.Tensor, index: torch.Tensor) -> 
     h = _fmix32((counter[:, None] * 0x9E3779B9 + index) & _MASK32)
     h = _fmix32(h ^ lo)
     h = _fmix32(h ^ hi ^ 0x5BD1E995)
-    return ((h >> 8).to(torch.float32) + 0.5) / float(1 << 24)
+    return unit_interval(h)
+
+
+def unit_interval(h: torch.Tensor) -> torch.Tensor:
+    """32-bit hashes -> float32 strictly inside (0, 1): the top 23 bits, centred in their step.
+
+    23 bits, not 24: (2**24 - 0.5) / 2**24 rounds to exactly 1.0 in float32, where the Gumbel
+    noise -log(-log(u)) is infinite, the masked logits -inf + inf turn NaN, and argmax then picks
+    a token that top-k or top-p had removed. With 23 bits the largest value is 1 - 2**-24."""
+    return ((h >> 9).to(torch.float32) + 0.5) / float(1 << 23)
 
 
 def sample(

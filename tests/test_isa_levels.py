@@ -1,0 +1,73 @@
+"""Every CPU kernel checked at the ISA levels this machine can pretend to be.
+
+CI and developers' machines come with AVX-512, VNNI and AMX, or with AVX2 only; a kernel that is
+right on one can be wrong on the other (oneDNN's and fbgemm's AVX2 int8 paths sum in 16 bits and
+saturate). The libraries can be capped below what the CPU has (``ONEDNN_MAX_CPU_ISA``,
+``FBGEMM_ENABLE_INSTRUCTIONS``) and our native kernels built for another target
+(``UTTER_NATIVE_MARCH``), so the AVX2-only paths run here too, in a fresh process (the caps are
+read once, at the libraries' first use).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from utter.engine.quant import _cpu_flags, fbgemm_available
+
+ROOT = Path(__file__).resolve().parent.parent
+
+AVX2_ONLY = {
+    "ONEDNN_MAX_CPU_ISA": "AVX2",
+    "FBGEMM_ENABLE_INSTRUCTIONS": "AVX2",
+    "UTTER_NATIVE_MARCH": "x86-64-v3",  # AVX2 + FMA + F16C, no AVX-512
+}
+
+PROBE = """
+import json
+from utter.engine import native
+from utter.engine.quant import fbgemm_full_range, int8_kernel, onednn_int8_exact
+lib = native.library()
+print(json.dumps({
+    "onednn_exact": onednn_int8_exact(),
+    "fbgemm_full_range": fbgemm_full_range(),
+    "serving": int8_kernel("cpu", max_batch=16),
+    "lanes": lib.utter_lanes() if lib is not None else None,
+}))
+"""
+
+pytestmark = pytest.mark.skipif(
+    not {"avx2", "fma", "f16c"} <= _cpu_flags() or not fbgemm_available(),
+    reason="needs an x86-64 CPU with AVX2 and a torch build with fbgemm",
+)
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    return {**os.environ, **AVX2_ONLY, "UTTER_KERNEL_CACHE": str(tmp_path / "kernels")}
+
+
+def test_an_avx2_only_cpu_serves_int8_with_kernels_that_compute_right(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE], env=_env(tmp_path), capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr
+    probe = json.loads(out.stdout.strip().splitlines()[-1])
+    # Capped to AVX2, oneDNN's int8 product saturates and fbgemm's needs 7-bit inputs: both are
+    # detected on the kernels themselves, and batches are served by fbgemm.
+    assert probe == {"onednn_exact": False, "fbgemm_full_range": False, "serving": "fbgemm", "lanes": 8}
+
+
+def test_the_int8_and_native_tests_pass_at_avx2_level(tmp_path: Path) -> None:
+    """The kernel tests themselves, run with AVX2 kernels only (each would fail on a kernel that
+    saturates or an AVX2 code path that computes wrong)."""
+    selection = "int8 or native or drift or full_range"
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", selection]
+    command += ["tests/test_quant.py", "tests/test_native.py"]
+    out = subprocess.run(command, cwd=ROOT, env=_env(tmp_path), capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
+    assert " passed" in out.stdout and " failed" not in out.stdout
