@@ -15,6 +15,7 @@ import soundfile as sf
 import uvicorn
 
 from utter.server.app import create_app
+from utter.server.connections import uvicorn_limits
 from utter.server.runtime import EngineHolder
 from utter.server.settings import ServerSettings
 
@@ -32,7 +33,8 @@ class LiveServer:
         self._sock.bind(("127.0.0.1", 0))
         self.port = self._sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="on")
+        limits = uvicorn_limits(settings.header_timeout_s, settings.idle_timeout_s, settings.max_connections)
+        config = uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="on", **limits)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self._sock]}, daemon=True)
 
@@ -79,6 +81,7 @@ def start_server(engine, tmp: Path, holder: EngineHolder | None = None, **overri
             max_queue=settings.max_queue,
             first_chunk_frames=settings.first_chunk_frames,
             chunk_frames=settings.chunk_frames,
+            max_frames=settings.max_frames,
         )
     return LiveServer(settings, holder).start()
 

@@ -189,6 +189,7 @@ def test_a_worker_that_keeps_failing_gives_up_loudly(engine, requests_and_alone,
 
 def test_idle_runner_gives_its_grown_cache_back(engine, voice) -> None:
     runner = engine.runner
+    runner.release(keep_bytes=0)  # back to the initial size (earlier tests grew it)
     start = runner.cache_bytes()
     opts = replace(GenerationOptions.greedy(max_frames=3), ignore_eos=True)
     runner.reserve(16, 2000)  # what a long batch grows it to

@@ -32,6 +32,24 @@ from utter.server.fetch import FetchError, check_url, fetch_audio, is_public
         ("fc00::1", False),
         ("::ffff:127.0.0.1", False),  # IPv4-mapped loopback
         ("224.0.0.1", False),
+        # IPv6 addresses that embed an IPv4 one are judged by the IPv4 inside.
+        ("::ffff:7f00:1", False),  # mapped, hex spelling
+        ("0:0:0:0:0:ffff:7f00:0001", False),  # mapped, long spelling
+        ("::ffff:a9fe:a9fe", False),  # mapped cloud metadata
+        ("::ffff:8.8.8.8", True),
+        ("::127.0.0.1", False),  # IPv4-compatible
+        ("::a00:1", False),  # IPv4-compatible 10.0.0.1
+        ("::ffff:0:127.0.0.1", False),  # IPv4-translated
+        ("64:ff9b::127.0.0.1", False),  # NAT64
+        ("64:ff9b::a9fe:a9fe", False),  # NAT64 to cloud metadata
+        ("64:ff9b::c0a8:101", False),  # NAT64 to 192.168.1.1
+        ("64:ff9b::8.8.8.8", True),
+        ("64:ff9b:1::a00:1", False),  # local-use NAT64
+        ("2002:7f00:1::", False),  # 6to4 of 127.0.0.1
+        ("2002:a9fe:a9fe::1", False),  # 6to4 of 169.254.169.254
+        ("2002:a00:1::1", False),  # 6to4 of 10.0.0.1
+        ("2002:808:808::1", True),  # 6to4 of 8.8.8.8
+        ("2001:0:4136:e378:8000:63bf:80ff:fffe", False),  # Teredo (client 127.0.0.1)
     ],
 )
 def test_is_public(address: str, public: bool) -> None:

@@ -3,6 +3,7 @@
 from utter.audio.io import (
     SAMPLE_RATE,
     AudioError,
+    TooLong,
     duration_seconds,
     load_audio,
     resample,
@@ -13,6 +14,7 @@ from utter.audio.io import (
 __all__ = [
     "SAMPLE_RATE",
     "AudioError",
+    "TooLong",
     "duration_seconds",
     "load_audio",
     "resample",

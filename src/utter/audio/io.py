@@ -51,7 +51,18 @@ class AudioError(ValueError):
     """
 
 
-def load_audio(src: str | Path | bytes, target_sr: int | None = SAMPLE_RATE) -> tuple[np.ndarray, int]:
+class TooLong(AudioError):
+    """The audio is longer than the caller allows; ``seconds`` is its length, at least as far as
+    it was decoded (decoding stops just past the limit)."""
+
+    def __init__(self, message: str, seconds: float, limit: float) -> None:
+        super().__init__(message)
+        self.seconds, self.limit = seconds, limit
+
+
+def load_audio(
+    src: str | Path | bytes, target_sr: int | None = SAMPLE_RATE, max_seconds: float | None = None
+) -> tuple[np.ndarray, int]:
     """Decode an audio file (path) or an in-memory file (bytes) into mono float32.
 
     Multi-channel audio is averaged to mono exactly as ``librosa.load(mono=True)`` does, and samples stay
@@ -62,6 +73,9 @@ def load_audio(src: str | Path | bytes, target_sr: int | None = SAMPLE_RATE) -> 
         src: a path to an audio file, or the bytes of one. A ``str`` is always a path.
         target_sr: resample to this rate (soxr HQ, same as ``librosa.resample``); ``None`` keeps the
             file's own rate.
+        max_seconds: refuse longer audio (:class:`TooLong`) from the length the container declares,
+            before decoding, and never decode more than this (a small compressed file can hold
+            hours of audio: 1.5 MB of FLAC silence is 3 hours, 2.5 GB as float32).
 
     Returns:
         ``(audio, sample_rate)``: a 1-D C-contiguous float32 array and its sample rate.
@@ -76,9 +90,9 @@ def load_audio(src: str | Path | bytes, target_sr: int | None = SAMPLE_RATE) -> 
     if not data:
         raise AudioError(f"Cannot use {what}: it is empty (0 bytes).")
 
-    audio, sr = _decode_with_soundfile(data, what)
+    audio, sr = _decode_with_soundfile(data, what, max_seconds)
     if audio is None:
-        audio, sr = _decode_with_pyav(data, what)
+        audio, sr = _decode_with_pyav(data, what, max_seconds)
 
     if audio.shape[0] == 0:
         raise AudioError(f"Cannot use {what}: it contains no audio samples (it may be empty or truncated).")
@@ -202,7 +216,15 @@ def _read_file(path: Path) -> bytes:
         raise AudioError(f"Cannot read audio file {str(path)!r}: {exc.strerror or exc}.") from exc
 
 
-def _decode_with_soundfile(data: bytes, what: str) -> tuple[np.ndarray | None, int]:
+def _too_long(what: str, seconds: float, limit: float, at_least: bool = False) -> TooLong:
+    more = "more than " if at_least else ""
+    message = f"Cannot use {what}: it is {more}{seconds:.1f} s long; at most {limit:g} s is allowed."
+    return TooLong(message, seconds, limit)
+
+
+def _decode_with_soundfile(
+    data: bytes, what: str, max_seconds: float | None = None
+) -> tuple[np.ndarray | None, int]:
     """Decode with libsndfile, as librosa does; returns ``(None, 0)`` if libsndfile does not know the format.
 
     Returns audio shaped (samples, channels).
@@ -220,10 +242,15 @@ def _decode_with_soundfile(data: bytes, what: str) -> tuple[np.ndarray | None, i
 
     with f:
         declared, sr, fmt = f.frames, f.samplerate, f.format
+        limit = None if max_seconds is None else int(max_seconds * sr) + 1
+        if limit is not None and declared > limit and fmt != "MP3":  # MP3 lengths are estimates
+            raise _too_long(what, declared / sr, max_seconds)
         try:
-            audio = f.read(dtype="float32", always_2d=True)
+            audio = f.read(frames=-1 if limit is None else limit + 1, dtype="float32", always_2d=True)
         except (sf.LibsndfileError, RuntimeError) as exc:
             raise AudioError(f"Cannot use {what}: the file is corrupt or truncated ({exc}).") from exc
+        if limit is not None and audio.shape[0] > limit:
+            raise _too_long(what, max(declared, audio.shape[0]) / sr, max_seconds, at_least=declared <= limit)
 
     truncated = audio.shape[0] < declared
     if fmt == "MP3" and truncated and not _mp3_has_frame_count(data):
@@ -236,15 +263,19 @@ def _decode_with_soundfile(data: bytes, what: str) -> tuple[np.ndarray | None, i
     return audio, int(sr)
 
 
-def _decode_with_pyav(data: bytes, what: str) -> tuple[np.ndarray, int]:
+def _decode_with_pyav(data: bytes, what: str, max_seconds: float | None = None) -> tuple[np.ndarray, int]:
     """Decode with FFmpeg (PyAV) for formats libsndfile lacks; returns (samples, channels) float32."""
     chunks: list[np.ndarray] = []
+    decoded = 0
     try:
         with av.open(io.BytesIO(data), mode="r", metadata_errors="ignore") as container:
             if not container.streams.audio:
                 raise AudioError(f"Cannot use {what}: it contains no audio track.")
             stream = container.streams.audio[0]
             sr = stream.codec_context.sample_rate
+            declared = _declared_seconds(container, stream)
+            if max_seconds is not None and declared is not None and declared > max_seconds + 0.5:
+                raise _too_long(what, declared, max_seconds)
             # Converting every frame to planar float at the stream's own layout and rate changes nothing
             # but the sample format (int PCM is divided by 2**(bits-1), like libsndfile), and it keeps the
             # output consistent if the layout changes mid-stream.
@@ -252,6 +283,9 @@ def _decode_with_pyav(data: bytes, what: str) -> tuple[np.ndarray, int]:
             for frame in container.decode(stream):
                 for out in resampler.resample(frame):
                     chunks.append(out.to_ndarray())
+                    decoded += out.samples
+                if max_seconds is not None and sr and decoded > max_seconds * sr + sr // 2:
+                    raise _too_long(what, decoded / sr, max_seconds, at_least=True)
             for out in resampler.resample(None):
                 chunks.append(out.to_ndarray())
     except AudioError:
@@ -264,6 +298,16 @@ def _decode_with_pyav(data: bytes, what: str) -> tuple[np.ndarray, int]:
         raise AudioError(f"Cannot use {what}: it contains no audio samples (it may be empty or truncated).")
     # (channels, samples) -> (samples, channels), the soundfile layout used by load_audio.
     return np.ascontiguousarray(np.concatenate(chunks, axis=1).T, dtype=np.float32), int(sr)
+
+
+def _declared_seconds(container: av.container.InputContainer, stream: av.audio.AudioStream) -> float | None:
+    """The length the container or stream header declares, if any (not trusted to be exact:
+    used only to refuse at once what is far too long)."""
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None:
+        return container.duration / 1_000_000  # microseconds (av.time_base)
+    return None
 
 
 def _wav_data_chunk_truncated(data: bytes) -> bool:

@@ -150,8 +150,11 @@ class Batcher:
         max_queue: int = 64,
         first_chunk_frames: int = FIRST_CHUNK_FRAMES,
         chunk_frames: int = CHUNK_FRAMES,
+        max_frames: int | None = None,
     ) -> None:
         self.engine = engine
+        # The most frames one request may ask for (a server's cap, at most the engine's).
+        self.max_frames = min(max_frames or engine.max_frames_limit, engine.max_frames_limit)
         self.max_batch = max_batch
         self.max_queue = max_queue
         self.first_chunk_frames = first_chunk_frames
@@ -224,6 +227,12 @@ class Batcher:
         :class:`WorkerError` when the worker is down for good.
         """
         self.engine.validate(request)
+        asked = request.options.max_frames if request.options is not None else None
+        if asked is not None and asked > self.max_frames:
+            raise ValueError(
+                f"max_frames is {asked}; this server allows at most {self.max_frames} frames "
+                f"({self.max_frames * 0.08:g} s of audio) per request: split longer texts"
+            )
         if self.dead is not None:
             raise WorkerError(f"the generation worker is down ({self.dead})")
         try:

@@ -70,7 +70,12 @@ def create_app(settings: ServerSettings, holder: EngineHolder) -> FastAPI:
     )
     app.state.service = service
     install_error_handlers(app, settings.retry_after_s)
-    app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_request_bytes)
+    app.add_middleware(
+        RequestContextMiddleware,
+        max_body_bytes=settings.max_request_bytes,
+        body_timeout_s=settings.body_timeout_s,
+        api_key=settings.api_key_value(),
+    )
 
     app.include_router(routes_health.router)
     protected = [Depends(require_api_key)]

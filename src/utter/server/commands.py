@@ -82,11 +82,11 @@ def settings_from_args(args: argparse.Namespace, **overrides: Any) -> ServerSett
 
 def configure_logging(level: int = logging.INFO) -> None:
     """Logs with the request id of each line (``[-]`` outside requests)."""
-    from .middleware import RequestIdFilter
+    from .middleware import RequestIdFilter, SingleLineFormatter
 
     handler = logging.StreamHandler()
     handler.addFilter(RequestIdFilter())
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    handler.setFormatter(SingleLineFormatter(LOG_FORMAT))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
@@ -97,6 +97,7 @@ def run_api_server(args: argparse.Namespace) -> None:
     import uvicorn
 
     from .app import create_app
+    from .connections import uvicorn_limits
     from .runtime import EngineHolder
 
     configure_logging(logging.DEBUG if getattr(args, "debug", False) else logging.INFO)
@@ -105,7 +106,8 @@ def run_api_server(args: argparse.Namespace) -> None:
     app = create_app(settings, holder)
     logger.info("serving the TTS API on http://%s:%d (docs at /docs)", settings.host, settings.port)
     # Our middleware logs each request with its id; uvicorn's own access log would repeat it.
-    uvicorn.run(app, host=settings.host, port=settings.port, access_log=False, log_config=None)
+    limits = uvicorn_limits(settings.header_timeout_s, settings.idle_timeout_s, settings.max_connections)
+    uvicorn.run(app, host=settings.host, port=settings.port, access_log=False, log_config=None, **limits)
 
 
 def _run_client(args: argparse.Namespace) -> None:

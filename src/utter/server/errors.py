@@ -6,8 +6,6 @@ Both are filled with the same sentence, written for the person who sent the requ
 
 from __future__ import annotations
 
-import logging
-
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -16,8 +14,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..audio import AudioError
 from ..engine.batcher import QueueFullError
 from .runtime import ModelNotReady, ModelState
-
-logger = logging.getLogger(__name__)
 
 ERROR_TYPES = {
     400: "invalid_request_error",
@@ -74,6 +70,10 @@ def _validation_message(exc: RequestValidationError) -> tuple[int, str, str | No
     errors = exc.errors()
     if any(e.get("type") == "json_invalid" for e in errors):
         return 400, "The request body is not valid JSON.", None
+    bad_text = [e for e in errors if e.get("type") == "invalid_text"]
+    if bad_text:  # not a matter of range or shape: the text itself cannot be spoken
+        where = ".".join(str(p) for p in bad_text[0].get("loc", ()) if p != "body")
+        return 400, f"{where or 'body'}: {bad_text[0].get('msg')}.", where or None
     parts, param = [], None
     for e in errors[:5]:
         loc = [str(p) for p in e.get("loc", ()) if p not in ("body", "query", "form")]
@@ -115,8 +115,3 @@ def install_error_handlers(app: FastAPI, retry_after_s: int) -> None:
     async def _not_ready(_: Request, exc: ModelNotReady) -> JSONResponse:
         err = not_ready(exc, retry_after_s)
         return error_response(err.status, err.message, err.headers)
-
-    @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-        logger.exception("unhandled error")
-        return error_response(500, "Internal server error; the server log has the details.")

@@ -28,10 +28,44 @@ class FetchError(ValueError):
     """The URL cannot or may not be fetched; the message is for the client."""
 
 
+# IPv6 ranges whose last 32 bits are an IPv4 address the packets end up at.
+_LOW32_EMBEDDING = tuple(
+    ipaddress.ip_network(n)
+    for n in (
+        "::/96",  # IPv4-compatible (deprecated)
+        "::ffff:0:0:0/96",  # IPv4-translated (SIIT)
+        "64:ff9b::/96",  # NAT64, well-known prefix
+        "64:ff9b:1::/48",  # NAT64, local use
+    )
+)
+
+
+def embedded_ipv4(ip: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 address stands for: mapped (``::ffff:a.b.c.d`` in any
+    spelling), compatible, translated, NAT64, 6to4 (``2002:AABB:CCDD::``), Teredo (server and
+    client). Empty for a plain IPv6 address."""
+    if ip.ipv4_mapped is not None:
+        return [ip.ipv4_mapped]
+    if ip.sixtofour is not None:
+        return [ip.sixtofour]
+    if ip.teredo is not None:
+        return list(ip.teredo)
+    if any(ip in net for net in _LOW32_EMBEDDING):
+        return [ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)]
+    return []
+
+
 def is_public(ip: IPAddress) -> bool:
-    """True for globally routable unicast addresses (no loopback, private, link-local, CGNAT...)."""
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    """True for globally routable unicast addresses (no loopback, private, link-local, CGNAT...).
+
+    An IPv6 address that embeds an IPv4 one is judged by the IPv4 inside it (``::ffff:127.0.0.1``,
+    ``64:ff9b::a9fe:a9fe`` or ``2002:7f00:1::`` reach 127.0.0.1 or 169.254.169.254 through the
+    mapping, NAT64 or 6to4), and must itself be routable unless it is the mapped form."""
+    if isinstance(ip, ipaddress.IPv6Address):
+        inner = embedded_ipv4(ip)
+        if inner:
+            routable = ip.ipv4_mapped is not None or (ip.is_global and not ip.is_multicast)
+            return routable and all(v4.is_global and not v4.is_multicast for v4 in inner)
     return ip.is_global and not ip.is_multicast
 
 

@@ -18,7 +18,7 @@ from collections import OrderedDict
 import numpy as np
 from starlette.concurrency import run_in_threadpool
 
-from ..audio import SAMPLE_RATE, duration_seconds, load_audio
+from ..audio import SAMPLE_RATE, TooLong, duration_seconds, load_audio
 from ..engine.engine import Engine
 from ..engine.voice import VoicePrompt
 from .errors import ApiError
@@ -82,9 +82,13 @@ class ReferenceService:
 
     def load_checked(self, data: bytes) -> tuple[np.ndarray, float]:
         """Decode to 24 kHz mono and enforce the length limits (AudioError/ApiError -> 400)."""
-        wav, _ = load_audio(data, target_sr=SAMPLE_RATE)
-        seconds = duration_seconds(wav, SAMPLE_RATE)
         lo, hi = self.settings.ref_min_seconds, self.settings.ref_max_seconds
+        try:  # refused from the container's header, or decoded no further than the limit
+            wav, _ = load_audio(data, target_sr=SAMPLE_RATE, max_seconds=hi)
+        except TooLong as exc:
+            message = f"The reference audio is {exc.seconds:.1f} s long; at most {hi:g} s is allowed."
+            raise ApiError(400, message, param="ref_audio") from exc
+        seconds = duration_seconds(wav, SAMPLE_RATE)
         if seconds < lo:
             message = f"The reference audio is {seconds:.2f} s long; it must be at least {lo:g} s."
             raise ApiError(400, message, param="ref_audio")

@@ -11,11 +11,12 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
+from pydantic_core import PydanticCustomError
 
 from .deps import BatcherDep, ServiceDep
 from .errors import ApiError, error_response
 from .routes_seed import start_clone
-from .schemas import CloneRequest, JobStatus, JobSubmitted
+from .schemas import CloneRequest, JobStatus, JobSubmitted, check_unicode
 
 router = APIRouter(tags=["jobs (seed API)"])
 
@@ -66,5 +67,9 @@ async def cancel_job(request: Request, service: ServiceDep, job_id: str | None =
         job_id = payload.get("job_id") if isinstance(payload, dict) else None
     if not isinstance(job_id, str) or not job_id:
         raise ApiError(422, "Invalid request: job_id: missing required field.", param="job_id")
+    try:
+        check_unicode(job_id, "job_id")
+    except PydanticCustomError as exc:
+        raise ApiError(400, f"{exc}.", param="job_id") from exc
     job = await service.jobs.cancel(job_id)
     return {"job_id": job.id, "status": job.status, "cancelled": job.status == "cancelled"}

@@ -251,7 +251,6 @@ class EngineHolder:
 
     def _start_batcher(self) -> None:
         assert self.engine is not None
-        self.engine.max_frames_limit = self.max_frames
         if self._stopped:  # stop() came while the model was loading: serve nothing
             return
         self.batcher = Batcher(
@@ -260,6 +259,7 @@ class EngineHolder:
             max_queue=self.max_queue,
             first_chunk_frames=self.first_chunk_frames,
             chunk_frames=self.chunk_frames,
+            max_frames=self.max_frames,
         ).start()
         self._state = ModelState.READY
         self._settled.set()

@@ -7,14 +7,45 @@ Field names follow the two contracts we serve: the seed's voice-clone API (``tex
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
+
+from ..engine.engine import MAX_FRAMES
 
 AudioFormat = Literal["wav", "pcm", "flac", "mp3", "opus", "aac"]
 
+TOP_K_MAX = 1_000_000  # far above any vocabulary (top_k above it keeps every token anyway)
 
-class SamplingFields(BaseModel):
+
+def check_unicode(value: Any, field: str) -> Any:
+    """``value`` if every string in it is valid Unicode text; JSON's ``"\ud800"`` (a lone
+    surrogate) is not, and would fail later in the tokenizer, a file name or a database."""
+    texts = value if isinstance(value, list) else [value]
+    for text in texts:
+        if isinstance(text, str):
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                raise PydanticCustomError(
+                    "invalid_text",
+                    "{field} is not valid Unicode text (it has a lone surrogate)",
+                    {"field": field},
+                ) from None
+    return value
+
+
+class ApiModel(BaseModel):
+    """A request body: every text field must be valid Unicode (400 at the door otherwise)."""
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _valid_text(cls, value: Any, info: ValidationInfo) -> Any:
+        return check_unicode(value, info.field_name or "text")
+
+
+class SamplingFields(ApiModel):
     """Optional decoding overrides; anything left out comes from the checkpoint's defaults.
 
     ``do_sample``/``temperature``/``top_k``/``top_p`` steer the talker (codebook 0), as in the
@@ -25,17 +56,17 @@ class SamplingFields(BaseModel):
 
     do_sample: bool | None = None
     temperature: float | None = Field(default=None, gt=0, le=10)
-    top_k: int | None = Field(default=None, ge=0)
+    top_k: int | None = Field(default=None, ge=0, le=TOP_K_MAX)
     top_p: float | None = Field(default=None, gt=0, le=1)
     repetition_penalty: float | None = Field(default=None, gt=0, le=10)
     seed: int | None = Field(default=None, ge=0, lt=2**63, description="fixed seed: same request, same audio")
     subtalker_do_sample: bool | None = None
     subtalker_temperature: float | None = Field(default=None, gt=0, le=10)
-    subtalker_top_k: int | None = Field(default=None, ge=0)
+    subtalker_top_k: int | None = Field(default=None, ge=0, le=TOP_K_MAX)
     subtalker_top_p: float | None = Field(default=None, gt=0, le=1)
 
 
-class ReferenceFields(BaseModel):
+class ReferenceFields(ApiModel):
     ref_audio_base64: str | None = Field(default=None, description="reference recording, any common format")
     ref_audio_url: str | None = Field(
         default=None, description="http(s) URL; off unless the server allows it"
@@ -54,8 +85,9 @@ class CloneRequest(SamplingFields, ReferenceFields):
     max_new_tokens: int | None = Field(
         default=None,
         ge=2,
+        le=MAX_FRAMES + 1,
         description="as in the official package: at most max_new_tokens - 1 frames of 80 ms; "
-        "default: a limit derived from the text length",
+        f"default: a limit derived from the text length; at most {MAX_FRAMES + 1}",
     )
     stream: bool = Field(default=False, description="send the WAV chunk by chunk while it is generated")
 
@@ -65,7 +97,7 @@ class CloneBatchRequest(SamplingFields, ReferenceFields):
 
     texts: list[str]
     languages: list[str] | None = Field(default=None, description="one per text; default Auto for all")
-    max_new_tokens: int | None = Field(default=None, ge=2)
+    max_new_tokens: int | None = Field(default=None, ge=2, le=MAX_FRAMES + 1)
 
 
 class BatchAudio(BaseModel):
@@ -95,7 +127,9 @@ class SpeechRequest(SamplingFields):
         "events with base64 chunks; default: stream every format except wav and flac",
     )
     language: str | None = Field(default=None, description="default: the stored voice's language")
-    max_frames: int | None = Field(default=None, ge=1, description="at most this many 80 ms frames")
+    max_frames: int | None = Field(
+        default=None, ge=1, le=MAX_FRAMES, description=f"at most this many 80 ms frames (up to {MAX_FRAMES})"
+    )
 
 
 class VoiceInfo(BaseModel):
@@ -135,5 +169,5 @@ class JobStatus(BaseModel):
     error: str | None = None
 
 
-class JobRef(BaseModel):
+class JobRef(ApiModel):
     job_id: str

@@ -64,6 +64,14 @@ class ServerSettings(BaseSettings):
     # (/health answers 503, so a supervisor can restart the process).
     worker_stall_s: float = Field(default=120.0, gt=0)
 
+    # Connections: request headers must arrive within header_timeout_s and a body within
+    # body_timeout_s; idle keep-alive connections close after idle_timeout_s; beyond
+    # max_connections open connections uvicorn answers 503 instead of accepting more.
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    body_timeout_s: float = Field(default=60.0, gt=0)
+    idle_timeout_s: float = Field(default=5.0, gt=0)
+    max_connections: int = Field(default=512, ge=1)
+
     # Input limits
     max_text_chars: int = Field(default=5000, ge=1)
     # Most frames (80 ms each) one request may ask for: the KV cache is sized from it.

@@ -75,7 +75,12 @@ def create_studio_app(settings: StudioSettings | None = None, provider: TTSProvi
     app = FastAPI(title="Utter studio", version=__version__, lifespan=lifespan)
     app.state.studio = studio
     install_error_handlers(app, retry_after_s=2)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes + FORM_OVERHEAD, prefix="/api")
+    app.add_middleware(
+        BodySizeLimit,
+        max_bytes=settings.max_upload_bytes + FORM_OVERHEAD,
+        prefix="/api",
+        timeout_s=settings.body_timeout_s,
+    )
     for module in (routes_voices, routes_generate, routes_generations, routes_languages, routes_health):
         app.include_router(module.router)
     if importlib.util.find_spec(f"{__package__}.pages") is not None:  # the pages are optional

@@ -79,11 +79,15 @@ def _export(args: argparse.Namespace) -> None:
 def serve_app():  # -> FastAPI; uvicorn's factory, run in every worker process
     """The studio app built from the environment, with logging set up (workers start bare)."""
     from ..server.commands import configure_logging
+    from ..server.connections import GuardedH11Protocol
     from .app import create_studio_app
 
     if not logging.getLogger().handlers:
         configure_logging(logging.DEBUG if os.environ.get("UTTER_DEBUG") else logging.INFO)
-    return create_studio_app()
+    app = create_studio_app()
+    # Worker processes import the protocol class afresh: give them the configured deadline too.
+    GuardedH11Protocol.header_timeout_s = app.state.studio.settings.header_timeout_s
+    return app
 
 
 def run_serve(args: argparse.Namespace) -> None:
@@ -101,6 +105,7 @@ def run_serve(args: argparse.Namespace) -> None:
     import uvicorn
     from pydantic import ValidationError
 
+    from ..server.connections import uvicorn_limits
     from .db import Database, DatabaseError, describe
     from .settings import StudioSettings
 
@@ -139,6 +144,7 @@ def run_serve(args: argparse.Namespace) -> None:
         access_log=False,
         log_config=None,
         timeout_graceful_shutdown=15,
+        **uvicorn_limits(settings.header_timeout_s, settings.idle_timeout_s, settings.max_connections),
     )
 
 

@@ -1,4 +1,5 @@
-"""A cap on request bodies, enforced while they arrive (before anything is parsed or spooled).
+"""A cap on request bodies, in size and time, enforced while they arrive (before anything is
+parsed or spooled).
 
 FastAPI parses a multipart form before the handler runs, spooling files to disk, so a size check
 in the handler comes too late for a multi-gigabyte upload. This middleware refuses a declared
@@ -7,21 +8,27 @@ in the handler comes too late for a multi-gigabyte upload. This middleware refus
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..server.errors import error_response
 
 
-class _TooLarge(Exception):
-    pass
+class _Refused(Exception):
+    """The body broke a limit; ``response`` is the answer to send instead of the app's."""
+
+    def __init__(self, response: JSONResponse) -> None:
+        self.response = response
 
 
 class BodySizeLimit:
-    def __init__(self, app: ASGIApp, max_bytes: int, prefix: str = "/api") -> None:
-        self.app, self.max_bytes, self.prefix = app, max_bytes, prefix
+    def __init__(self, app: ASGIApp, max_bytes: int, prefix: str = "/api", timeout_s: float = 120.0) -> None:
+        self.app, self.max_bytes, self.prefix, self.timeout_s = app, max_bytes, prefix, timeout_s
 
-    def _reject(self) -> JSONResponse:
+    def _too_large(self) -> JSONResponse:
         mb = self.max_bytes / (1024 * 1024)
         return error_response(413, f"The request is too large: the limit is {mb:.0f} MB.")
 
@@ -31,32 +38,41 @@ class BodySizeLimit:
             return
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            await self._reject()(scope, receive, send)
+            await self._too_large()(scope, receive, send)
             return
         received = 0
-        too_large = False
+        refused: JSONResponse | None = None
         started = False
+        body_done = False
+        deadline = time.monotonic() + self.timeout_s
 
         async def limited_receive() -> Message:
-            nonlocal received, too_large
-            message = await receive()
+            nonlocal received, refused, body_done
+            if body_done:  # later reads wait for a disconnect: no deadline on those
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
+            except asyncio.TimeoutError:
+                refused = error_response(408, f"The upload took over {self.timeout_s:g} s; try again.")
+                raise _Refused(refused) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
+                body_done = not message.get("more_body", False)
                 if received > self.max_bytes:
-                    too_large = True
-                    raise _TooLarge
+                    refused = self._too_large()
+                    raise _Refused(refused)
             return message
 
         async def guarded_send(message: Message) -> None:
             nonlocal started
-            if too_large:
-                return  # the app's answer to a broken body is replaced by the 413 below
+            if refused is not None:
+                return  # the app's answer to a broken body is replaced by the refusal below
             started = started or message["type"] == "http.response.start"
             await send(message)
 
         try:
             await self.app(scope, limited_receive, guarded_send)
-        except _TooLarge:
+        except _Refused:
             pass
-        if too_large and not started:
-            await self._reject()(scope, receive, send)
+        if refused is not None and not started:
+            await refused(scope, receive, send)

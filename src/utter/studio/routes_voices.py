@@ -16,7 +16,7 @@ from fastapi.responses import FileResponse
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from ..audio import SAMPLE_RATE, AudioError, load_audio
+from ..audio import SAMPLE_RATE, AudioError, TooLong, load_audio
 from ..server.errors import ApiError
 from .deps import SessionDep, Studio, StudioDep
 from .inputs import clean_text, get_row
@@ -79,14 +79,17 @@ def clone(
         raise ApiError(
             413, f"The audio file is too large: the limit is {settings.max_upload_mb:g} MB.", param="audio"
         )
-    try:
-        wav, _ = load_audio(data, target_sr=SAMPLE_RATE)
+    lo, hi = settings.min_ref_seconds, settings.max_ref_seconds
+    try:  # refused from the container's header, or decoded no further than the limit
+        wav, _ = load_audio(data, target_sr=SAMPLE_RATE, max_seconds=hi)
+    except TooLong as exc:
+        message = f"The recording is {exc.seconds:.1f} s long; use one between {lo:g} and {hi:g} seconds."
+        raise ApiError(422, message, param="audio") from exc
     except AudioError as exc:
         raise ApiError(
             422, str(exc).replace("the uploaded audio", f"{audio.filename or 'the upload'!r}"), param="audio"
         ) from exc
     seconds = len(wav) / SAMPLE_RATE
-    lo, hi = settings.min_ref_seconds, settings.max_ref_seconds
     if not lo <= seconds <= hi:
         raise ApiError(
             422,

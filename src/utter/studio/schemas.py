@@ -13,6 +13,8 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..server.schemas import ApiModel
+
 # Task and generation states. A job only moves forward: queued -> processing -> one of the
 # final three (a job interrupted by a crash goes back to queued or ends failed with a reason).
 QUEUED, PROCESSING, COMPLETED, FAILED, CANCELLED = "queued", "processing", "completed", "failed", "cancelled"
@@ -50,7 +52,7 @@ class VoiceList(BaseModel):
     pages: int
 
 
-class VoiceUpdate(BaseModel):
+class VoiceUpdate(ApiModel):
     """``PATCH /api/voices/{id}``: any subset of the fields; a new transcript re-derives the voice."""
 
     model_config = ConfigDict(extra="forbid")
@@ -60,7 +62,7 @@ class VoiceUpdate(BaseModel):
     language: str | None = None
 
 
-class GenerateIn(BaseModel):
+class GenerateIn(ApiModel):
     """``POST /api/generate``: text in a stored voice. Options left out use the model's defaults.
 
     Long texts are split at sentence boundaries into chunks; every chunk uses this seed (a random

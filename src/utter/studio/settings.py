@@ -48,6 +48,12 @@ class StudioSettings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     workers: int = Field(1, ge=1)
+    # Connection limits, as for the TTS service (see ServerSettings): header and body deadlines,
+    # idle keep-alive, and the most open connections before new ones get 503.
+    header_timeout_s: float = Field(10.0, gt=0)
+    body_timeout_s: float = Field(120.0, gt=0)
+    idle_timeout_s: float = Field(5.0, gt=0)
+    max_connections: int = Field(512, ge=1)
 
     # Uploads and texts.
     max_upload_mb: float = Field(25.0, gt=0)

@@ -1,0 +1,74 @@
+"""Bounds on what one connection can hold: a deadline for request headers, an idle keep-alive
+timeout and a cap on open connections, for the uvicorn server of the service and the studio.
+
+uvicorn closes idle keep-alive connections, but a connection that never finishes its request
+headers (one byte a minute, or nothing at all after connecting) is kept open for ever, and
+enough of them exhaust the process's file descriptors ("slowloris"). :class:`GuardedH11Protocol`
+gives every request's headers ``header_timeout_s`` from the first byte (or from the connection
+for the first request) and closes the connection when they are late. Request bodies have their
+own deadline in :mod:`.middleware`, where the app reads them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import h11
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+logger = logging.getLogger(__name__)
+
+
+class GuardedH11Protocol(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol with a deadline for each request's headers.
+
+    A class attribute, not a constructor argument: uvicorn builds protocols itself, and worker
+    processes import this class by name (:func:`uvicorn_limits` sets it in every process)."""
+
+    header_timeout_s: float = 10.0
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._header_timer: asyncio.TimerHandle | None = None
+        self._arm_header_timer()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+            if self._header_timer is None:  # the next request has begun (keep-alive)
+                self._arm_header_timer()
+        else:
+            self._disarm_header_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_header_timer()
+        super().connection_lost(exc)
+
+    def _arm_header_timer(self) -> None:
+        self._header_timer = self.loop.call_later(self.header_timeout_s, self._headers_too_slow)
+
+    def _disarm_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _headers_too_slow(self) -> None:
+        self._header_timer = None
+        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+            logger.info("closing a connection whose request headers took over %g s", self.header_timeout_s)
+            self.transport.close()
+
+
+def uvicorn_limits(header_timeout_s: float, idle_timeout_s: float, max_connections: int) -> dict[str, Any]:
+    """Keyword arguments for ``uvicorn.run``/``uvicorn.Config`` that apply the limits.
+
+    ``limit_concurrency`` makes uvicorn answer 503 to connections beyond ``max_connections``
+    instead of accepting them without bound."""
+    GuardedH11Protocol.header_timeout_s = header_timeout_s
+    return {
+        "http": GuardedH11Protocol,
+        "timeout_keep_alive": idle_timeout_s,
+        "limit_concurrency": max_connections,
+    }
