@@ -64,17 +64,17 @@ def test_same_seed_same_audio(client, voice) -> None:
     assert np.array_equal(_audio(client, a["generation_id"]), _audio(client, b["generation_id"]))
 
 
-def test_cancel_stops_a_running_job(client, studio, voice) -> None:
+def test_cancel_stops_a_running_job_and_keeps_what_it_made(client, studio, voice) -> None:
     job = _generate(client, voice, SENTENCES * 3, max_frames=40, seed=1)
     seen = []
     deadline = time.monotonic() + 60
     while True:
         task = client.get(f"/api/tasks/{job['task_id']}").json()
         seen.append(task["progress"])
-        if task["status"] == "processing" and task["frames_done"] > 0:
+        if task["status"] == "processing" and task["chunks_done"] >= 1:
             break
         assert task["status"] in ("queued", "processing") and time.monotonic() < deadline, task
-        time.sleep(0.05)
+        time.sleep(0.02)
     r = client.post(f"/api/tasks/{job['task_id']}/cancel")
     assert r.status_code == 200 and r.json()["cancel_requested"]
     task = wait_task(client, job["task_id"], timeout=10)
@@ -85,11 +85,30 @@ def test_cancel_stops_a_running_job(client, studio, voice) -> None:
     time.sleep(0.5)
     assert client.get(f"/api/tasks/{job['task_id']}").json()["frames_done"] == frames  # nothing runs on
     gen = client.get(f"/api/generations/{job['generation_id']}").json()
-    assert gen["status"] == "cancelled" and gen["audio_url"] is None
-    assert client.get(f"/api/generations/{job['generation_id']}/audio").status_code == 404
-    assert not (studio.settings.data_dir / "generations" / f"{job['generation_id']}.parts").exists()
+    # What it made is kept: playable, downloadable, and marked as a partial result.
+    assert gen["status"] == "cancelled" and gen["partial"] and gen["resumable"] and gen["audio_url"]
+    partial = _audio(client, job["generation_id"])
+    assert len(partial) >= FRAME and gen["duration_seconds"] == pytest.approx(len(partial) / 24000)
+    assert (studio.settings.data_dir / "generations" / f"{job['generation_id']}.parts").exists()
     again = client.post(f"/api/tasks/{job['task_id']}/cancel")
     assert again.status_code == 200 and again.json()["status"] == "cancelled"  # idempotent
+
+    # Resumed, it finishes from there, and ends with the audio of a job never interrupted.
+    resumed = client.post(f"/api/tasks/{job['task_id']}/resume")
+    assert resumed.status_code == 200 and resumed.json()["status"] in ("queued", "processing", "completed")
+    assert wait_task(client, job["task_id"], timeout=120)["status"] == "completed"
+    done = client.get(f"/api/generations/{job['generation_id']}").json()
+    assert done["status"] == "completed" and not done["partial"] and done["error_message"] is None
+    whole = _audio(client, job["generation_id"])
+    lsb = 2 / 32767  # chunks read back from their 16-bit files join within a step or two of fresh ones
+    head = len(partial) - 2000  # the partial result ends in a fade-out
+    assert np.abs(whole[:head] - partial[:head]).max() <= lsb
+    fresh = _generate(client, voice, SENTENCES * 3, max_frames=40, seed=1)
+    assert wait_task(client, fresh["task_id"], timeout=120)["status"] == "completed"
+    assert np.abs(whole - _audio(client, fresh["generation_id"])).max() <= lsb
+    assert not (studio.settings.data_dir / "generations" / f"{job['generation_id']}.parts").exists()
+    again = client.post(f"/api/tasks/{job['task_id']}/resume")
+    assert again.status_code == 409  # a completed job has nothing to resume
 
 
 def test_cancel_of_finished_or_unknown_tasks(client, voice) -> None:
@@ -151,3 +170,48 @@ def test_generate_rejects_bad_input(client, voice, body, status, words) -> None:
 def test_generate_rejects_a_body_that_is_not_json(client) -> None:
     r = client.post("/api/generate", content=b"{oops", headers={"content-type": "application/json"})
     assert r.status_code == 400 and "JSON" in r.json()["detail"]
+
+
+def test_a_job_interrupted_too_often_fails_but_keeps_its_audio_and_resumes(client, studio, voice) -> None:
+    """The worker died mid-chunk on every attempt (the last kill -9 left chunk 0 done and chunk 1
+    saved up to its last few seconds): recovery fails the job without blaming the text, offers
+    chunks 0 and the saved part of 1 as a partial result, and a resume finishes it."""
+    from utter.studio.models import Task
+
+    s = studio.studio
+    job = _generate(client, voice, SENTENCES, max_frames=6, seed=5)
+    assert wait_task(client, job["task_id"])["status"] == "completed"
+    whole = _audio(client, job["generation_id"])
+    gen_id, task_id = job["generation_id"], job["task_id"]
+    with s.queue.sessions() as db:
+        chunks = db.get(Task, task_id).chunks
+    # The chunks as the job made them (each chunk alone, same seed), to lay out the interrupted state.
+    made = []
+    for text in chunks[:2]:
+        one = _generate(client, voice, text, max_frames=6, seed=5)
+        assert wait_task(client, one["task_id"])["status"] == "completed"
+        made.append(_audio(client, one["generation_id"]))
+    s.storage.save_chunk(gen_id, 0, made[0])
+    s.storage.save_running_chunk(gen_id, 1, made[1][: 2 * FRAME])
+    with s.queue.sessions.begin() as db:
+        task = db.get(Task, task_id)
+        task.status, task.generation.status = "processing", "processing"
+        task.generation.audio_path = None
+        task.worker_id = "elsewhere:1:dead:worker"
+        task.lease_expires_at = None
+        task.attempts = s.settings.job_max_attempts
+    ended: list[str] = []
+    assert s.queue.recover("me", ended=ended) == 1 and ended == [gen_id]
+    s.runner._keep_made(gen_id)
+    gen = client.get(f"/api/generations/{gen_id}").json()
+    assert gen["status"] == "failed" and gen["partial"] and gen["resumable"]
+    assert "resume" in gen["error_message"] and "shorter text" not in gen["error_message"]
+    kept = _audio(client, gen_id)
+    fade = int(24000 * studio.settings.crossfade_ms / 1000)
+    assert len(kept) == len(made[0]) + 2 * FRAME - fade  # chunk 0, then chunk 1 up to its last save
+    assert (
+        client.get(f"{gen['audio_url']}?download=1").headers["content-disposition"].startswith("attachment")
+    )
+    assert client.post(f"/api/tasks/{task_id}/resume").status_code == 200
+    assert wait_task(client, task_id, timeout=120)["status"] == "completed"
+    assert np.abs(_audio(client, gen_id) - whole).max() <= 2 / 32767

@@ -232,8 +232,10 @@ class JobQueue:
         )
 
     # --------------------------------------------------------------- recovery
-    def recover(self, worker_id: str, now: datetime | None = None) -> int:
-        """Requeue (or fail, or finish cancelling) tasks whose worker is gone. Returns how many."""
+    def recover(self, worker_id: str, now: datetime | None = None, ended: list[str] | None = None) -> int:
+        """Requeue (or fail, or finish cancelling) tasks whose worker is gone. Returns how many;
+        the generation ids of those that ended (failed or cancelled) are added to ``ended``, so
+        the caller can keep the audio they made."""
         now = now or utcnow()
         with self.sessions() as s:
             rows = s.execute(
@@ -246,26 +248,60 @@ class JobQueue:
             expired = row.lease_expires_at is None or row.lease_expires_at < now
             if not (expired or _worker_is_gone(row.worker_id, worker_id)):
                 continue
-            count += self._recover_one(row.id, row.worker_id, row.attempts, row.cancel_requested)
+            status = self._recover_one(row.id, row.worker_id, row.attempts, row.cancel_requested)
+            count += status is not None
+            if status in (FAILED, CANCELLED) and ended is not None:
+                with self.sessions() as s:
+                    ended.append(s.get(Task, row.id).generation_id)
         return count
 
-    def _recover_one(self, task_id: str, dead: str | None, attempts: int, cancel: bool) -> int:
+    def _recover_one(self, task_id: str, dead: str | None, attempts: int, cancel: bool) -> str | None:
         if cancel:  # the reason was stored with the cancel request
             values = {"status": CANCELLED, "finished_at": utcnow(), "message": None}
             values["error"] = func.coalesce(Task.error, "cancelled")
         elif attempts >= self.max_attempts:
             reason = (
-                f"interrupted {attempts} time(s) while generating (the server stopped or crashed); "
-                "giving up. Try again, perhaps with a shorter text."
+                f"interrupted {attempts} time(s) while generating (the server stopped or crashed each "
+                "time); stopped so it cannot crash the server again. The audio made so far is kept: "
+                "resume to continue from there."
             )
             values = {"status": FAILED, "finished_at": utcnow(), "error": reason, "message": None}
         else:
             values = {"status": QUEUED, "message": "resuming after the server stopped during generation"}
         status = self._move(_owned(task_id, dead), {"worker_id": None, "lease_expires_at": None, **values})
         if status is None:
-            return 0  # someone else recovered it first
+            return None  # someone else recovered it first
         logger.warning("task %s of stopped worker %s -> %s", task_id, dead, status)
-        return 1
+        return status
+
+    # ---------------------------------------------------------- what remains
+    def keep_audio(self, generation_id: str, audio_path: str, duration_seconds: float) -> bool:
+        """Offer what a failed or cancelled job made as its generation's (partial) audio."""
+        with self.sessions.begin() as s:
+            res = s.execute(
+                update(Generation)
+                .where(Generation.id == generation_id, Generation.status.in_((FAILED, CANCELLED)))
+                .values(audio_path=audio_path, duration_seconds=duration_seconds)
+                .execution_options(synchronize_session=False)
+            )
+        return bool(res.rowcount)
+
+    def resume(self, task_id: str) -> str | None:
+        """Queue a failed or cancelled task again; it continues from its finished chunks (and
+        starts its attempts afresh). Returns the new status, or None when the task is not
+        failed or cancelled."""
+        values = {
+            "status": QUEUED,
+            "cancel_requested": False,
+            "attempts": 0,
+            "error": None,
+            "finished_at": None,
+            "worker_id": None,
+            "lease_expires_at": None,
+            "message": "resuming from the audio made so far",
+        }
+        where = [Task.id == task_id, Task.status.in_((FAILED, CANCELLED))]
+        return self._move(where, values, finished_at=None, error_message=None)
 
     # ------------------------------------------------------------------ stats
     def counts(self) -> dict[str, int]:

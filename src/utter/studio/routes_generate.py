@@ -105,6 +105,22 @@ def get_task(task_id: str, studio: StudioDep, session: SessionDep) -> TaskOut:
     return task_out(_task(session, task_id), studio.provider.status())
 
 
+@router.post("/tasks/{task_id}/resume", response_model=TaskOut)
+def resume_task(task_id: str, studio: StudioDep, session: SessionDep) -> TaskOut:
+    """Continue a failed or cancelled job from the audio it made: its finished chunks are kept,
+    the rest is generated (with the same seed, so the result is what an uninterrupted job makes)."""
+    task = _task(session, require_id(task_id, "Task"))
+    gen = session.get(Generation, task.generation_id)
+    session.commit()  # end this read before the queue writes (SQLite: one writer)
+    if gen is None or gen.voice_id is None:
+        raise ApiError(409, "The voice of this generation was deleted; it cannot be resumed.")
+    if studio.queue.resume(task.id) is None:
+        raise ApiError(409, f"The task is {task.status}; only a failed or cancelled one can be resumed.")
+    studio.runner.wake()
+    session.expire_all()
+    return task_out(_task(session, task.id), studio.provider.status())
+
+
 @router.post("/tasks/{task_id}/cancel", response_model=TaskOut)
 def cancel_task(task_id: str, studio: StudioDep) -> TaskOut:
     """Cancel a job: a queued one ends at once, a running one within a moment (its stream stops).

@@ -14,7 +14,7 @@ from ..server.errors import ApiError
 from .deps import SessionDep, StudioDep
 from .inputs import clean_text, get_row
 from .models import Generation
-from .schemas import ACTIVE, COMPLETED, STATUSES, GenerationList, GenerationOut
+from .schemas import ACTIVE, STATUSES, GenerationList, GenerationOut
 from .views import generation_out, matching, page_of, pages
 
 router = APIRouter(prefix="/api", tags=["generations"])
@@ -64,7 +64,7 @@ def generation_audio(
     generation_id: str, studio: StudioDep, session: SessionDep, download: bool = False
 ) -> FileResponse:
     gen = _get(session, generation_id)
-    if gen.status != COMPLETED or not gen.audio_path:
+    if gen.status in ACTIVE or not gen.audio_path:  # a failed or cancelled one may keep what it made
         raise ApiError(404, f"This generation has no audio yet (it is {gen.status}).")
     path = studio.storage.resolve(gen.audio_path)
     if not path.is_file():

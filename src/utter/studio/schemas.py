@@ -133,7 +133,9 @@ class GenerationOut(BaseModel):
     duration_seconds: float | None  # length of the audio
     generation_seconds: float | None  # wall time spent generating it
     error_message: str | None
-    audio_url: str | None  # GET: audio/wav (add ?download=1 for an attachment); set when completed
+    audio_url: str | None  # GET: audio/wav (add ?download=1 for an attachment); set when there is audio
+    partial: bool = False  # the audio is what a failed or cancelled job made before it stopped
+    resumable: bool = False  # POST /api/tasks/{task_id}/resume continues it from that audio
     created_at: datetime
     finished_at: datetime | None
 

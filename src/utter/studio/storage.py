@@ -76,6 +76,11 @@ class Storage:
     def chunk_audio(self, generation_id: str, index: int) -> Path:
         return self.parts_dir(generation_id) / f"chunk-{int(index):04d}.wav"
 
+    def running_chunk_audio(self, generation_id: str, index: int) -> Path:
+        """What a running chunk has made so far (rewritten every few seconds of audio), so a job
+        that stops keeps its audio up to a few seconds before the stop."""
+        return self.parts_dir(generation_id) / f"chunk-{int(index):04d}.partial.wav"
+
     # ------------------------------------------------------------------ writes
     def save_voice_audio(self, voice_id: str, audio: np.ndarray) -> Path:
         path = self.voice_audio(voice_id)
@@ -85,7 +90,31 @@ class Storage:
     def save_chunk(self, generation_id: str, index: int, audio: np.ndarray) -> Path:
         path = self.chunk_audio(generation_id, index)
         path.parent.mkdir(parents=True, exist_ok=True)
+        written = write_wav(path, audio, SAMPLE_RATE)
+        self.running_chunk_audio(generation_id, index).unlink(missing_ok=True)
+        return written
+
+    def save_running_chunk(self, generation_id: str, index: int, audio: np.ndarray) -> Path:
+        path = self.running_chunk_audio(generation_id, index)
+        path.parent.mkdir(parents=True, exist_ok=True)
         return write_wav(path, audio, SAMPLE_RATE)
+
+    def made_so_far(self, generation_id: str, chunks: int) -> list[np.ndarray]:
+        """The audio of a job that stopped: its finished chunks in order, then what the first
+        unfinished one had made (empty when nothing was made)."""
+        parts: list[np.ndarray] = []
+        for index in range(chunks):
+            audio = self.load_chunk(generation_id, index)
+            if audio is None:
+                running = self.running_chunk_audio(generation_id, index)
+                if running.is_file():
+                    try:
+                        parts.append(load_audio(running, target_sr=SAMPLE_RATE)[0])
+                    except ValueError:
+                        logger.warning("ignoring unreadable partial chunk %s", running)
+                break
+            parts.append(audio)
+        return [p for p in parts if len(p)]
 
     def load_chunk(self, generation_id: str, index: int) -> np.ndarray | None:
         """A finished chunk from an earlier run of the job, or None when there is none (or it is bad)."""

@@ -9,7 +9,7 @@ from sqlalchemy import ColumnElement, Select, func, or_, select
 from sqlalchemy.orm import Session
 
 from .models import Generation, Task, Voice
-from .schemas import COMPLETED, QUEUED, GenerationOut, TaskOut, VoiceOut
+from .schemas import ACTIVE, CANCELLED, COMPLETED, FAILED, QUEUED, GenerationOut, TaskOut, VoiceOut
 
 
 def voice_out(voice: Voice) -> VoiceOut:
@@ -62,6 +62,7 @@ def task_out(task: Task, model: dict[str, Any]) -> TaskOut:
 
 
 def generation_out(gen: Generation, task: Task | None) -> GenerationOut:
+    has_audio = gen.status not in ACTIVE and gen.audio_path is not None
     return GenerationOut(
         id=gen.id,
         task_id=task.id if task is not None else None,
@@ -74,7 +75,9 @@ def generation_out(gen: Generation, task: Task | None) -> GenerationOut:
         duration_seconds=gen.duration_seconds,
         generation_seconds=gen.generation_seconds,
         error_message=gen.error_message,
-        audio_url=f"/api/generations/{gen.id}/audio" if gen.status == COMPLETED and gen.audio_path else None,
+        audio_url=f"/api/generations/{gen.id}/audio" if has_audio else None,
+        partial=has_audio and gen.status != COMPLETED,
+        resumable=task is not None and gen.status in (FAILED, CANCELLED) and gen.voice_id is not None,
         created_at=gen.created_at,
         finished_at=gen.finished_at,
     )

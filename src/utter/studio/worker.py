@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+from sqlalchemy import select
 
 from ..audio import SAMPLE_RATE
 from ..engine.batcher import QueueFullError, WorkerError
@@ -32,6 +33,7 @@ logger = logging.getLogger(__name__)
 
 RETRY_SECONDS = 2.0  # wait before retrying a chunk the TTS could not take (queue full, remote busy)
 MAX_RETRIES = 60
+SAVE_EVERY_SECONDS = 3.0  # a running chunk's audio is saved this often: a stop loses at most this much
 
 
 class _Stop(Exception):
@@ -112,7 +114,7 @@ class JobRunner:
     async def start(self) -> None:
         self._event_loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
-        recovered = await asyncio.to_thread(self.queue.recover, self.worker_id)
+        recovered = await self._recover()
         if recovered:
             logger.warning("recovered %d interrupted job(s) at start-up", recovered)
         self._loop_task = asyncio.create_task(self._loop(), name="utter-jobs")
@@ -152,7 +154,7 @@ class JobRunner:
                     await refresh()
                 if time.monotonic() - last_recovery > self.settings.job_lease_seconds / 2:
                     last_recovery = time.monotonic()
-                    await asyncio.to_thread(self.queue.recover, self.worker_id)
+                    await self._recover()
                 while (
                     not self._stopping
                     and self.provider.state is ModelState.READY
@@ -169,6 +171,31 @@ class JobRunner:
             except asyncio.TimeoutError:
                 pass
             self._wake.clear()
+
+    async def _recover(self) -> int:
+        """Take back the tasks of stopped workers; those that end keep the audio they made."""
+        ended: list[str] = []
+        count = await asyncio.to_thread(self.queue.recover, self.worker_id, None, ended)
+        for generation_id in ended:
+            await asyncio.to_thread(self._keep_made, generation_id)
+        return count
+
+    def _keep_made(self, generation_id: str | None) -> None:
+        """Offer the audio a failed or cancelled job made (finished chunks, then the running one
+        up to its last save) as its generation's partial result; its parts stay for a resume."""
+        if not generation_id:
+            return
+        with self.queue.sessions() as s:
+            task = s.scalar(select(Task).where(Task.generation_id == generation_id))
+            chunks = len(task.chunks or []) if task is not None else 0
+        parts = self.storage.made_so_far(generation_id, chunks)
+        if not parts:
+            return
+        joined = crossfade_join(parts, SAMPLE_RATE, self.settings.crossfade_ms)
+        path = self.storage.save_generation(generation_id, joined)
+        seconds = len(joined) / SAMPLE_RATE
+        if self.queue.keep_audio(generation_id, self.storage.relative(path), seconds):
+            logger.info("generation %s keeps %.1f s of audio made before it stopped", generation_id, seconds)
 
     def _spawn(self, task_id: str) -> None:
         job = _Job(task_id)
@@ -194,10 +221,13 @@ class JobRunner:
             await asyncio.to_thread(self.queue.release, job.task_id, self.worker_id, f"waiting: {exc.detail}")
         except (ValueError, RemoteError) as exc:
             logger.info("job %s failed: %s", job.task_id, exc)
-            await asyncio.to_thread(self.queue.fail, job.task_id, self.worker_id, str(exc))
+            if await asyncio.to_thread(self.queue.fail, job.task_id, self.worker_id, str(exc)):
+                await asyncio.to_thread(self._keep_made, job.generation_id)
         except Exception as exc:  # noqa: BLE001 - the job fails with the reason; the worker goes on
             logger.exception("job %s failed", job.task_id)
-            await asyncio.to_thread(self.queue.fail, job.task_id, self.worker_id, f"generation failed: {exc}")
+            reason = f"generation failed: {exc}"
+            if await asyncio.to_thread(self.queue.fail, job.task_id, self.worker_id, reason):
+                await asyncio.to_thread(self._keep_made, job.generation_id)
         finally:
             beat.cancel()
             await asyncio.gather(beat, return_exceptions=True)
@@ -206,8 +236,7 @@ class JobRunner:
         if reason == "cancelled":
             if await asyncio.to_thread(self.queue.mark_cancelled, job.task_id, self.worker_id):
                 logger.info("job %s cancelled", job.task_id)
-            if job.generation_id:
-                self.storage.delete_parts(job.generation_id)
+                await asyncio.to_thread(self._keep_made, job.generation_id)
         elif reason == "shutdown":
             await asyncio.to_thread(
                 self.queue.release, job.task_id, self.worker_id, "the server stopped; it resumes on restart"
@@ -283,7 +312,7 @@ class JobRunner:
             job.check()
             audio = await asyncio.to_thread(self.storage.load_chunk, plan.generation_id, index)
             if audio is None:
-                audio = await self._speak(job, plan, text)
+                audio = await self._speak(job, plan, text, index)
                 await asyncio.to_thread(self.storage.save_chunk, plan.generation_id, index, audio)
             parts.append(audio)
             job.frames_before += len(audio) // SAMPLES_PER_FRAME
@@ -315,13 +344,13 @@ class JobRunner:
         elif await asyncio.to_thread(self._generation_id, job.task_id) is None:
             self.storage.delete_generation(plan.generation_id)  # deleted while we finished
 
-    async def _speak(self, job: _Job, plan: _Plan, text: str) -> np.ndarray:
+    async def _speak(self, job: _Job, plan: _Plan, text: str, index: int) -> np.ndarray:
         """One chunk's audio; retries while the TTS is momentarily full or unreachable."""
         request = Synthesis(text, plan.voice, plan.language, plan.seed, plan.options)  # type: ignore[arg-type]
         for attempt in range(MAX_RETRIES + 1):
             job.check()
             try:
-                return await self._stream(job, request)
+                return await self._stream(job, request, plan.generation_id, index)
             except (QueueFullError, WorkerError, httpx.TransportError, RemoteError) as exc:
                 if isinstance(exc, RemoteError) and not exc.retryable:
                     raise
@@ -331,16 +360,25 @@ class JobRunner:
                 await asyncio.sleep(RETRY_SECONDS)
         raise AssertionError("unreachable")
 
-    async def _stream(self, job: _Job, request: Synthesis) -> np.ndarray:
+    async def _stream(self, job: _Job, request: Synthesis, generation_id: str, index: int) -> np.ndarray:
+        """The chunk's audio as it streams; what it has made is saved every few seconds, so a
+        job that stops (crash, cancel, failure) keeps all but the last few seconds of it."""
         stream = await self.provider.synthesize(request)
         job.stream = stream
         if job.stop_reason is not None:
             stream.cancel()
         pcm: list[np.ndarray] = []
+        saved = 0
         try:
             async for chunk in stream:
                 pcm.append(chunk.pcm)
                 job.frames_now, job.max_now = chunk.frames_done, chunk.max_frames
+                made = sum(len(p) for p in pcm)
+                if made - saved >= SAVE_EVERY_SECONDS * SAMPLE_RATE:
+                    await asyncio.to_thread(
+                        self.storage.save_running_chunk, generation_id, index, np.concatenate(pcm)
+                    )
+                    saved = made
         finally:
             job.stream = None
         job.check()

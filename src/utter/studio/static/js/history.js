@@ -74,6 +74,7 @@ function row(g) {
     role(el, "error").textContent = err;
     show(role(el, "error"));
   }
+  if (g.partial) badge.textContent += " · partial audio";
   const genTime = g.generation_time ?? g.generation_seconds ?? g.elapsed_seconds;
   role(el, "meta").textContent = [
     g.language,
@@ -87,9 +88,11 @@ function row(g) {
   const audioUrl = g.audio_url ?? generationAudioUrl(g.id);
   const playBtn = role(el, "play");
   const dl = role(el, "download");
-  const done = status === "completed";
+  // A failed or cancelled job keeps the audio it made (g.partial): play and download it too.
+  const done = status === "completed" || Boolean(g.partial && g.audio_url);
   playBtn.hidden = !done;
   dl.hidden = !done;
+  dl.textContent = g.partial ? "Download partial" : "Download";
   dl.href = audioUrl + (audioUrl.includes("?") ? "&" : "?") + "download=1";
   dl.download = `utter-${id}.wav`;
 
@@ -114,6 +117,22 @@ function row(g) {
     show(box);
     playBtn.textContent = "Hide player";
     pl.ready.then(() => pl.play()).catch(() => {});
+  });
+
+  const resume = role(el, "resume");
+  resume.hidden = !(g.resumable && g.task_id);
+  resume.title = "Continue from the audio made so far";
+  resume.addEventListener("click", async () => {
+    resume.disabled = true;
+    try {
+      await api(`/api/tasks/${encodeURIComponent(g.task_id)}/resume`, { method: "POST" });
+      toast("Resumed: it continues from where it stopped.", "success");
+      lastKey = "";
+      load();
+    } catch (e) {
+      resume.disabled = false;
+      toast(e.message, "error");
+    }
   });
 
   role(el, "regenerate").addEventListener("click", () => {
