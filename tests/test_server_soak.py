@@ -1,0 +1,154 @@
+"""Soak: hundreds of requests from 12 concurrent clients that behave well, leave, cancel, time
+out and send garbage, all at once, bounded in time. At the end the server must be healthy and
+idle, every well-formed request must have its right answer, and nothing may leak: no rows in the
+runner, no .part files, no threads, and memory back near where it started.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+
+from tests.conftest import REF_TEXT
+from tests.server_support import API_KEY, b64, start_server
+
+CLIENTS = 12
+REQUESTS = 240
+TIME_LIMIT_S = 150.0
+
+
+def rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def clone_body(ref: str, seed: int, frames: int = 4, **extra) -> dict:
+    return {
+        "text": f"Soak request {seed % 4}.",
+        "language": "English",
+        "ref_audio_base64": ref,
+        "ref_text": REF_TEXT,
+        "max_new_tokens": frames + 1,
+        "seed": seed % 4,
+        **extra,
+    }
+
+
+BAD = [
+    ("/clone", {"text": ""}, 400),
+    ("/clone", {"language": "Elvish"}, 400),
+    ("/clone", {"ref_audio_base64": "not audio at all"}, 400),
+    ("/clone", {"max_new_tokens": 2**70}, 422),
+    ("/clone", {"top_k": -1}, 422),
+    ("/clone-batch", {"texts": []}, 400),
+    ("/v1/audio/speech", {"voice": "no-such-voice"}, 404),
+]
+
+
+def test_soak_with_cancels_disconnects_bad_inputs_and_timeouts(engine, ref_wav, tmp_path) -> None:
+    ref = b64(ref_wav.read_bytes())
+    srv = start_server(engine, tmp_path, max_batch=16, generation_timeout_s=3.0)
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    try:
+        with srv.client() as http:
+            expected = {seed: http.post("/clone", json=clone_body(ref, seed)).content for seed in range(4)}
+            assert all(len(v) > 44 for v in expected.values())
+            for _ in range(2):  # warm up every path once before measuring memory and threads
+                http.post("/clone", json=clone_body(ref, 0))
+        time.sleep(0.5)
+        threads_before, rss_before = threading.active_count(), rss_mb()
+        outcomes: Counter[str] = Counter()
+        failures: list[str] = []
+        lock = threading.Lock()
+        deadline = time.monotonic() + TIME_LIMIT_S
+        counter = iter(range(REQUESTS))
+
+        def record(kind: str, ok: bool, detail: str = "") -> None:
+            with lock:
+                outcomes[kind] += 1
+                if not ok:
+                    failures.append(f"{kind}: {detail}"[:300])
+
+        def client(worker: int) -> None:
+            rng = random.Random(worker)
+            with httpx.Client(base_url=srv.url, headers=headers, timeout=60) as c:
+                for n in counter:
+                    if time.monotonic() > deadline:
+                        return
+                    kind = rng.choice(
+                        ["good", "good", "good", "stream-leave", "cancel", "bad", "give-up", "long"]
+                    )
+                    seed = rng.randrange(1000)
+                    try:
+                        if kind == "good":
+                            r = c.post("/clone", json=clone_body(ref, seed))
+                            record(
+                                kind, r.status_code == 200 and r.content == expected[seed % 4], r.text[:200]
+                            )
+                        elif kind == "stream-leave":
+                            with c.stream(
+                                "POST", "/clone", json=clone_body(ref, seed, 400, stream=True)
+                            ) as r:
+                                next(r.iter_bytes())
+                            record(kind, r.status_code == 200)
+                        elif kind == "cancel":
+                            job = c.post("/submit-job", json=clone_body(ref, seed, 400)).json()["job_id"]
+                            time.sleep(rng.random() * 0.2)
+                            r = c.post("/cancel-job", json={"job_id": job})
+                            record(kind, r.status_code == 200, r.text)
+                        elif kind == "bad":
+                            path, fields, status = BAD[n % len(BAD)]
+                            payload = {**clone_body(ref, seed), **fields}
+                            if path == "/clone-batch":
+                                payload.pop("text")
+                            if path == "/v1/audio/speech":
+                                payload = {"input": "Hi.", **fields}
+                            r = c.post(path, json=payload)
+                            record(kind, r.status_code == status, f"{path} {fields}: {r.status_code}")
+                        elif kind == "give-up":
+                            quick = httpx.Timeout(60, read=0.2)
+                            try:
+                                c.post("/clone", json=clone_body(ref, seed, 400), timeout=quick)
+                                record(kind, True)
+                            except httpx.ReadTimeout:
+                                record(kind, True)
+                        else:  # "long": the server's generation timeout (3 s) stops it
+                            r = c.post("/clone", json=clone_body(ref, seed, 4000 if n % 2 else 3000))
+                            record(kind, r.status_code in (200, 504), f"{r.status_code} {r.text[:100]}")
+                    except Exception as exc:  # noqa: BLE001 - every failure is reported below
+                        record(kind, False, repr(exc))
+
+        workers = [threading.Thread(target=client, args=(i,)) for i in range(CLIENTS)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join(timeout=TIME_LIMIT_S + 120)
+        assert not failures, failures[:10]
+        assert sum(outcomes.values()) >= 100, outcomes  # hundreds, unless the time bound came first
+        assert outcomes["good"] > 0 and outcomes["cancel"] > 0 and outcomes["bad"] > 0
+
+        batcher = srv.holder.batcher
+        end = time.monotonic() + 60
+        while batcher.active or batcher.queued:
+            assert time.monotonic() < end, "the server never went idle"
+            time.sleep(0.05)
+        time.sleep(1.0)  # idle turns of the worker release the KV cache
+        with srv.client() as http:
+            health = http.get("/health")
+            assert health.status_code == 200 and health.json()["worker"]["alive"], health.text
+            assert http.post("/clone", json=clone_body(ref, 2)).content == expected[2]
+        assert engine.runner.active == 0
+        assert not list(srv.settings.jobs_dir.glob("*.part"))
+        time.sleep(0.5)
+        assert threading.active_count() <= threads_before + 2, threading.enumerate()
+        grown = rss_mb() - rss_before
+        assert grown < 200, f"memory grew by {grown:.0f} MB"
+    finally:
+        srv.stop()
