@@ -91,10 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--seed", type=int, default=0)
 
     from .bench.commands import register as register_bench
+    from .bench.drift import register as register_drift
     from .server.commands import register as register_client
     from .studio.commands import register as register_studio
 
     register_bench(sub)
+    register_drift(sub)
     register_client(sub)
     register_studio(sub)
     return parser

@@ -115,6 +115,15 @@ def test_a_killed_server_resumes_or_fails_its_jobs_on_restart(tmp_path, tiny_che
     assert task["status"] == "failed" and "interrupted 3 time(s)" in task["error"]
     gen = second.client.get(f"/api/generations/{task['generation_id']}").json()
     assert gen["status"] == "failed" and "interrupted" in gen["error_message"]
+    # It keeps what it made before the kill (finished chunks, the running one up to its last
+    # save), playable, and a resume finishes it.
+    if rows[doomed]["chunks_done"] > 0:
+        assert gen["partial"] and gen["audio_url"] and gen["duration_seconds"] > 0
+        assert second.client.get(gen["audio_url"]).status_code == 200
+    assert gen["resumable"]
+    assert second.client.post(f"/api/tasks/{doomed}/resume").status_code == 200
+    task = wait_task(second.client, doomed)
+    assert task["status"] == "completed" and task["chunks_done"] == 6, task
 
     # A graceful stop hands a running job back to the queue without counting an attempt.
     paused = _submit(second, voice, seed=5, text=" ".join([TEXT] * 20))  # long: still running at the stop
