@@ -146,3 +146,19 @@ def test_a_draw_never_leaves_the_top_k(monkeypatch: pytest.MonkeyPatch, fast: bo
         rows["counter"] += step
         drawn = sample(logits, **rows)
         assert bool((top == drawn[:, None]).any(-1).all())
+
+
+def test_a_row_draws_the_same_beside_a_row_with_ties() -> None:
+    """A row with tied logits at its k-th value sends the whole batch down the full path; every
+    other row must still draw what it draws alone (the fast path), for sampled rows."""
+    torch.manual_seed(12)
+    b, v = 6, 3072
+    logits = torch.randn(b, v) * 2
+    logits[0, :20] = 5.0  # twenty tokens tied at the top, top_k 8: a tie at the k-th value
+    rows = _rows(b, temperature=0.9, top_k=8, top_p=0.8)
+    rows["seed"] = torch.arange(100, 100 + b)
+    rows["counter"] = torch.arange(7, 7 + b)
+    together = sample(logits, **rows)
+    for i in range(1, b):
+        alone = sample(logits[i : i + 1], **{k: t[i : i + 1] for k, t in rows.items()})
+        assert int(alone) == int(together[i])

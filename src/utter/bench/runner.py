@@ -69,7 +69,12 @@ def _frame_run(engine, voice, opts, device: str) -> dict:
     with Probe(device) as probe:
         probe.wrap(runner, "add", "prefill")
         probe.wrap(runner, "step", "step")
-        has_cp = probe.wrap(runner, "_predict_codebooks", "cp")
+        # With fixed-shape (CUDA graph) steps the code predictor runs inside graphs.frame (a
+        # replay): _predict_codebooks is only called at capture, and timing it read 0.0 ms.
+        cp_owner, cp_name = (
+            (runner.graphs, "frame") if runner.graphs is not None else (runner, "_predict_codebooks")
+        )
+        has_cp = probe.wrap(cp_owner, cp_name, "cp")
         _probe_codec(probe, engine)
         start = time.perf_counter()
         result = engine.generate_batch([Request(SHORT, voice, LANGUAGE, opts)])[0]
