@@ -50,3 +50,18 @@ def ref_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 REF_TEXT = "Prosecutors have opened a massive investigation."
+
+
+@pytest.fixture(scope="session")
+def ref_b64(ref_wav: Path) -> str:
+    """The reference recording as the seed API sends it (base64)."""
+    import base64
+
+    return base64.b64encode(ref_wav.read_bytes()).decode()
+
+
+@pytest.fixture(scope="module")
+def http(server):
+    """A client of the test module's ``server`` fixture, sending the API key."""
+    with server.client() as client:
+        yield client

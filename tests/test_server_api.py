@@ -33,17 +33,6 @@ def server(engine, tmp_path_factory, private_tmp):
     srv.stop()
 
 
-@pytest.fixture(scope="module")
-def http(server):
-    with server.client() as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
-def ref_b64(ref_wav) -> str:
-    return b64(ref_wav.read_bytes())
-
-
 def clone_body(ref_b64: str, **extra) -> dict:
     body = {
         "text": "Hello from the test.",

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from tests.conftest import REF_TEXT
-from tests.server_support import b64, start_server
+from tests.server_support import start_server
 
 SURVIVOR_FRAMES = 12
 LEAVER_FRAMES = 2000  # far longer than the test: they are still generating when they leave
@@ -79,8 +79,8 @@ LEAVERS = [
 
 
 @pytest.fixture(scope="module")
-def ref(ref_wav) -> str:
-    return b64(ref_wav.read_bytes())
+def ref(ref_b64) -> str:
+    return ref_b64
 
 
 @pytest.mark.parametrize("rows", [2, 8, 16])

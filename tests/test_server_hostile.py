@@ -38,14 +38,8 @@ def server(engine, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def http(server):
-    with server.client() as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
-def ref(ref_wav) -> str:
-    return b64(ref_wav.read_bytes())
+def ref(ref_b64) -> str:
+    return ref_b64
 
 
 def body(ref: str, **extra) -> dict:

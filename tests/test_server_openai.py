@@ -29,12 +29,6 @@ def server(engine, data_dir):
 
 
 @pytest.fixture(scope="module")
-def http(server):
-    with server.client() as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
 def voice_id(http, ref_wav) -> str:
     files = {"audio": ("ref.wav", ref_wav.read_bytes(), "audio/wav")}
     r = http.post(
