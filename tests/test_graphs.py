@@ -56,3 +56,35 @@ def test_fixed_runner_refuses_requests_that_do_not_fit(engine, ref_wav, fixed_ru
         engine.generate_codes(
             [Request("Too long.", voice, "English", GenerationOptions.greedy(max_frames=600))]
         )
+
+
+def test_fixed_shape_steps_follow_each_steps_sampling_plan(engine, ref_wav, fixed_runner) -> None:
+    """Graphs are kept per (bucket, sampling plan): batches that are all greedy, all top-k, or
+    need the full path, and batches whose plan changes as rows leave, give the dynamic codes."""
+    voice = engine.create_voice(ref_wav, ref_text=REF_TEXT)
+    top_k = SamplingOptions(do_sample=True, temperature=0.9, top_k=30, top_p=1.0)
+    top_p = SamplingOptions(do_sample=True, temperature=0.9, top_k=30, top_p=0.7)
+    reqs = [
+        Request("Greedy and short.", voice, "English", GenerationOptions.greedy(max_frames=3)),
+        Request("Top k only.", voice, "English", GenerationOptions(top_k, top_k, seed=8, max_frames=6)),
+        Request("Top p too.", voice, "English", GenerationOptions(top_p, top_k, seed=9, max_frames=4)),
+    ]
+    plans_seen = set()
+    original = fixed_runner._plan
+
+    def spy(rows):
+        plans = original(rows)
+        plans_seen.add(plans)
+        return plans
+
+    fixed_runner._plan = spy
+    fixed = engine.generate_codes(reqs)
+    dynamic_runner = Runner(engine.talker, engine.config)
+    engine.runner, saved = dynamic_runner, engine.runner
+    try:
+        dynamic = engine.generate_codes(reqs)
+    finally:
+        engine.runner = saved
+    assert len(plans_seen) >= 3  # full, then top-k once the top-p row has left, ...
+    for a, b in zip(fixed, dynamic):
+        assert a.shape == b.shape and torch.equal(a, b)

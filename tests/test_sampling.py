@@ -162,3 +162,46 @@ def test_a_row_draws_the_same_beside_a_row_with_ties() -> None:
     for i in range(1, b):
         alone = sample(logits[i : i + 1], **{k: t[i : i + 1] for k, t in rows.items()})
         assert int(alone) == int(together[i])
+
+
+@pytest.mark.parametrize("shortcuts", [True, False], ids=["cpu shortcuts", "device path"])
+def test_plans_pick_cheaper_paths_that_draw_the_same(
+    monkeypatch: pytest.MonkeyPatch, shortcuts: bool
+) -> None:
+    """A plan (host knowledge of the options) never changes a draw: greedy batches take a bare
+    argmax, top-k batches without top-p one topk instead of two sorts (ties at the k-th value
+    kept), on the CPU and on the device path GPUs and CUDA graphs run (forced here)."""
+    import utter.engine.sampling as sampling
+    from utter.engine.opcount import count_ops
+    from utter.engine.sampling import SamplingOptions, SamplingPlan
+
+    monkeypatch.setattr(sampling, "CPU_SHORTCUTS", shortcuts)
+    torch.manual_seed(21)
+    b, v = 32, 3072
+    logits = torch.randn(b, v) * 3
+    logits[0, :30] = 8.0  # tied at the top: k-th value ties for top_k <= 30
+    logits[1, 100:] = float("-inf")  # masked tokens, as the talker's control ids are
+    options = [SamplingOptions(True, 0.5 + (i % 5) / 5, 1 + (i * 7) % 60, 1.0) for i in range(b)]
+    options[3] = SamplingOptions(do_sample=False)
+    rows = {
+        "temperature": torch.tensor([o.temperature for o in options]),
+        "top_k": torch.tensor([o.top_k for o in options]),
+        "top_p": torch.tensor([o.top_p for o in options]),
+        "greedy": torch.tensor([not o.do_sample for o in options]),
+        "seed": torch.arange(b) * 1000 + 5,
+        "counter": torch.arange(b) + 3,
+    }
+    plan = SamplingPlan.of(options)
+    assert plan == SamplingPlan(top_k=max(o.top_k for o in options if o.do_sample))
+    free, free_ops = count_ops(lambda: sample(logits, **rows))
+    planned, planned_ops = count_ops(lambda: sample(logits, **rows, plan=plan))
+    assert torch.equal(free, planned)
+    if not shortcuts:  # the device path: no sort at all with the plan
+        assert "aten.sort.default" in free_ops.ops and "aten.sort.default" not in planned_ops.ops
+    greedy_rows = {**rows, "greedy": torch.ones(b, dtype=torch.bool)}
+    greedy_plan = SamplingPlan.of([SamplingOptions(do_sample=False)] * b)
+    assert greedy_plan.greedy
+    argmax, ops = count_ops(lambda: sample(logits, **greedy_rows, plan=greedy_plan))
+    assert torch.equal(argmax, logits.argmax(-1)) and ops.kernels <= 3
+    with_top_p = [*options[:-1], SamplingOptions(True, 0.9, 40, 0.8)]
+    assert SamplingPlan.of(with_top_p) == SamplingPlan()  # top-p needs the sorted path

@@ -24,7 +24,7 @@ from .prompt import TalkerPrompt
 
 if TYPE_CHECKING:
     from .graphs import StepGraphs
-from .sampling import GenerationOptions, apply_repetition_penalty, sample
+from .sampling import GenerationOptions, SamplingPlan, apply_repetition_penalty, sample
 
 logger = logging.getLogger(__name__)
 
@@ -79,12 +79,16 @@ class Runner:
         suppress[self.eos] = False
         self.suppress = suppress.to(self.device)
         self.rows: list[Sequence] = []
+        self.pending_host: list[int] = []  # each row's pending codebook-0 token, as the host last saw it
         self.capacity = (0, 0)
         # Voice prefix cache: KV of the prefill positions that depend only on (voice, language).
         self.prefix_cache: OrderedDict[tuple, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
         self.prefix_cache_size = 32
         self.prefix_hits = 0
         self.graphs: StepGraphs | None = None  # fixed-shape (CUDA graph) decode step, see enable_graphs
+        # How the talker ("t_") and the code predictor ("s_") sample this step, from the rows'
+        # options on the host (see SamplingPlan): no device reads to choose a path.
+        self.plans: dict[str, SamplingPlan] = {"t_": SamplingPlan(), "s_": SamplingPlan()}
         self._allocate(*INITIAL_CAPACITY)
 
     # ----------------------------------------------------------------- memory
@@ -100,6 +104,7 @@ class Runner:
             "pending": torch.zeros(batch, dtype=torch.long, device=dev),  # codebook-0 token to complete
             "seen": torch.zeros(batch, self.vocab, dtype=torch.bool, device=dev),  # for the penalty
             "frames": torch.zeros(batch, dtype=torch.long, device=dev),
+            "position": torch.zeros(batch, dtype=torch.long, device=dev),  # next KV position, on the device
             "counter": torch.zeros(batch, dtype=torch.long, device=dev),  # random draws so far
             "seed": torch.zeros(batch, dtype=torch.long, device=dev),
             "penalty": torch.ones(batch, device=dev),
@@ -216,9 +221,13 @@ class Runner:
         self.rows.append(seq)
         seq.position = n
         self._set_row(row, seq)
+        self.rowvars["position"][row] = n
+        self._plan([seq])
         self.rowvars["hidden"][row] = out[0, -1]
         logits = self.talker.codec_head(out[:, -1])
-        self.rowvars["pending"][row] = self._choose(logits, slice(row, row + 1))[0]
+        token = self._choose(logits, slice(row, row + 1))[0]
+        self.rowvars["pending"][row] = token
+        self.pending_host.append(int(token))  # the admission's one host read
 
     @torch.inference_mode()
     def cancel(self, seq: Sequence) -> None:
@@ -235,6 +244,7 @@ class Runner:
         """Forget every row without touching device memory (the recovery after a failed step,
         when the caches may be in any state): returns the sequences that were dropped."""
         dropped, self.rows = self.rows, []
+        self.pending_host = []
         for seq in dropped:
             seq.reason = reason
         return dropped
@@ -248,7 +258,9 @@ class Runner:
             for value in self.rowvars.values():
                 value[row] = value[last]
             self.rows[row] = self.rows[last]
+            self.pending_host[row] = self.pending_host[last]
         self.rows.pop()
+        self.pending_host.pop()
 
     # ------------------------------------------------------------------ decode
     def _choose(self, logits: torch.Tensor, rows: slice) -> torch.Tensor:
@@ -263,6 +275,14 @@ class Runner:
         self.rowvars["seen"][rows] = r["seen"].scatter(1, tokens[:, None], True)
         return tokens
 
+    def _plan(self, rows: list[Sequence]) -> tuple[SamplingPlan, SamplingPlan]:
+        """Set (and return) the sampling plans for a step of ``rows``."""
+        self.plans = {
+            "t_": SamplingPlan.of([s.options.talker for s in rows]),
+            "s_": SamplingPlan.of([s.options.subtalker for s in rows]),
+        }
+        return self.plans["t_"], self.plans["s_"]
+
     def _sample(self, logits: torch.Tensor, r: dict[str, torch.Tensor], prefix: str) -> torch.Tensor:
         tokens = sample(
             logits,
@@ -272,6 +292,7 @@ class Runner:
             r[prefix + "greedy"],
             r["seed"],
             r["counter"],
+            self.plans[prefix],
         )
         r["counter"] += 1  # a view of the row state: advances it in place
         return tokens
@@ -294,53 +315,67 @@ class Runner:
 
     @torch.inference_mode()
     def step(self) -> list[StepOutput]:
-        """Advance every active sequence by one frame; finished sequences leave the batch."""
-        outputs: list[StepOutput] = []
+        """Advance every active sequence by one frame; finished sequences leave the batch.
+
+        One read of the device per step, at its end: the frame's codes and the next pending
+        tokens come back together (the host decides end of speech from the tokens it read the
+        step before). Positions and text embeddings stay on the device."""
+        ended: list[StepOutput] = []
         # 1. sequences whose pending token is end-of-speech are done.
-        pending = self.rowvars["pending"][: len(self.rows)].tolist()
         for row in reversed(range(len(self.rows))):
-            if pending[row] == self.eos:
+            if self.pending_host[row] == self.eos:
                 seq = self.rows[row]
                 seq.reason = "eos"
-                outputs.append(StepOutput(seq, None))
+                ended.append(StepOutput(seq, None))
                 self._remove(row)
         b = len(self.rows)
         if b == 0:
-            return outputs
-        # 2. complete the pending frame of every row and hand it out.
-        codes = self.graphs.frame(b) if self.graphs is not None else self._predict_codebooks(b)
-        codes_cpu = codes.cpu()
-        for row, seq in enumerate(self.rows):
+            return ended
+        # 2. complete the pending frame of every row.
+        plans = self._plan(self.rows)
+        codes = self.graphs.frame(b, plans) if self.graphs is not None else self._predict_codebooks(b)
+        made = list(self.rows)  # the rows of ``codes``
+        for seq in made:
             seq.frames += 1
-            outputs.append(StepOutput(seq, codes_cpu[row]))
-        # 3. one talker step for the rows that go on.
+        # 3. rows at their frame limit leave; one talker step for the rows that go on.
         order = list(range(b))  # which row of ``codes`` each remaining row holds
+        limited: list[StepOutput] = []
         for row in reversed(range(b)):
             seq = self.rows[row]
             if seq.frames >= seq.max_frames:
                 seq.reason = "max_frames"
-                outputs.append(StepOutput(seq, None))
+                limited.append(StepOutput(seq, None))
                 order[row] = order[-1]  # the same move _remove makes for the row
                 order.pop()
                 self._remove(row)
-        b = len(self.rows)
-        if b == 0:
-            return outputs
-        codes = codes[order]
+        n = len(self.rows)
+        if n:
+            self._talker_step(n, codes if order == list(range(b)) else codes[order])
+        # 4. the one host read: this frame's codes and the next pending tokens.
+        flat = codes.reshape(-1)
+        host = (torch.cat([flat, self.rowvars["pending"][:n]]) if n else flat).cpu()
+        codes_cpu = host[: flat.numel()].view(b, -1)
+        self.pending_host = host[flat.numel() :].tolist()
+        outputs = ended + [StepOutput(seq, codes_cpu[row]) for row, seq in enumerate(made)]
+        return outputs + limited
+
+    def _talker_step(self, b: int, codes: torch.Tensor) -> None:
+        """The talker step of rows [0, b) from their frame's codes [b, N] (fixed shapes or not)."""
         text = []
         for seq in self.rows:
             step = seq.frames - 1
             tr = seq.prompt.trailing
             text.append(tr[step] if step < tr.shape[0] else seq.prompt.pad)
         text_emb = torch.stack(text).to(self.device, self.dtype)
-        positions = torch.tensor([s.position for s in self.rows], device=self.device)
+        positions = self.rowvars["position"][:b]
+        plans = self._plan(self.rows)
         if self.graphs is not None:
-            self.graphs.advance(b, codes, text_emb, positions)
+            self.graphs.advance(b, codes, text_emb, positions, plans)
         else:
             self._advance(b, codes, text_emb, positions, kv_len=max(s.position for s in self.rows) + 1)
+        positions += 1  # a view of the row state: advances it in place
         for seq in self.rows:
             seq.position += 1
-        return outputs
 
     def _advance(
         self, b: int, codes: torch.Tensor, text_emb: torch.Tensor, positions: torch.Tensor, kv_len: int

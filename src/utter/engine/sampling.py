@@ -84,6 +84,29 @@ def unit_interval(h: torch.Tensor) -> torch.Tensor:
     return ((h >> 9).to(torch.float32) + 0.5) / float(1 << 23)
 
 
+@dataclass(frozen=True)
+class SamplingPlan:
+    """What the caller knows on the host about a batch's options, so that :func:`sample` picks
+    its path without reading the device (a host sync, and not allowed inside a CUDA graph).
+
+    ``greedy``: every row is greedy (argmax, no sort, no noise). ``top_k``: every sampling row
+    has 0 < top_k <= this and top_p == 1, so the k-th value comes from one ``topk`` instead of
+    sorting the vocabulary. Neither: the full path. The runner derives it from its rows' options.
+    """
+
+    greedy: bool = False
+    top_k: int | None = None
+
+    @classmethod
+    def of(cls, options: list[SamplingOptions]) -> SamplingPlan:
+        sampling = [o for o in options if o.do_sample]
+        if not sampling:
+            return cls(greedy=True)
+        if all(0 < o.top_k <= TOP_K_FAST_MAX and o.top_p >= 1.0 for o in sampling):
+            return cls(top_k=max(o.top_k for o in sampling))
+        return cls()
+
+
 def sample(
     logits: torch.Tensor,
     temperature: torch.Tensor,
@@ -92,25 +115,41 @@ def sample(
     greedy: torch.Tensor,
     seed: torch.Tensor,
     counter: torch.Tensor,
+    plan: SamplingPlan | None = None,
 ) -> torch.Tensor:
     """Pick one token per row of logits [B, V] with per-row options (all [B] tensors).
 
     Greedy rows take the argmax. Sampling rows apply temperature, top-k and top-p as HF's
     warpers do (ties at the k-th value are kept) and then draw with the Gumbel-max trick on
     :func:`uniform_noise`, which samples exactly from the softmax of the filtered logits.
+    Every path draws the same token; ``plan`` (host knowledge of the options) only picks the
+    cheapest one without looking at the device.
     """
     logits = logits.float()
     vocab = logits.shape[-1]
+    if plan is not None and plan.greedy:
+        return logits.argmax(-1)
     best = logits.argmax(-1)
-    if logits.is_cpu:  # data-dependent shortcuts: free on the CPU, not allowed in CUDA graphs
-        if bool(greedy.all()):
+    if logits.is_cpu and CPU_SHORTCUTS:  # data-dependent shortcuts: free on the CPU, not in CUDA graphs
+        if plan is None and bool(greedy.all()):
             return best
-        k_max = int(top_k.max())
-        if int(top_k.min()) > 0 and k_max < min(TOP_K_FAST_MAX, vocab):
-            drawn = _sample_top_k(logits, temperature, top_k, top_p, seed, counter, k_max)
-            if drawn is not None:
-                return torch.where(greedy, best, drawn)
+        k_max = plan.top_k if plan is not None and plan.top_k is not None else int(top_k.max())
+        if (plan is not None and plan.top_k is not None) or (int(top_k.min()) > 0 and k_max < TOP_K_FAST_MAX):
+            if k_max < vocab:
+                # greedy and padding rows may hold any top_k: keep their index in range
+                k = top_k.clamp(min=1, max=k_max)
+                drawn = _sample_top_k(logits, temperature, k, top_p, seed, counter, k_max)
+                if drawn is not None:
+                    return torch.where(greedy, best, drawn)
     scaled = logits / torch.where(greedy, torch.ones_like(temperature), temperature)[:, None]
+    if plan is not None and plan.top_k is not None and plan.top_k < vocab:
+        # top-k without top-p: the k-th value from one topk, no sort, no host sync (ties at the
+        # k-th value are kept, as in HF); then the same noise over the whole vocabulary.
+        k = top_k.clamp(min=1, max=plan.top_k)
+        kth = scaled.topk(plan.top_k, dim=-1).values.gather(1, (k - 1)[:, None])
+        scaled = scaled.masked_fill(scaled < kth, float("-inf"))
+        gumbel = -torch.log(-torch.log(uniform_noise(seed, counter, vocab)))
+        return torch.where(greedy, best, (scaled + gumbel).argmax(-1))
     ordered = scaled.sort(-1, descending=True).values
     k = torch.where(top_k > 0, top_k.clamp(max=vocab), torch.full_like(top_k, vocab))
     kth = ordered.gather(1, (k - 1)[:, None])
@@ -127,6 +166,8 @@ def sample(
 
 # Below this top-k, sampling looks at the k best tokens only instead of sorting the vocabulary.
 TOP_K_FAST_MAX = 256
+# Tests turn the CPU-only shortcuts off to run the device path (what GPUs and graphs run) here.
+CPU_SHORTCUTS = True
 
 
 def _sample_top_k(
