@@ -97,6 +97,7 @@ def test_bench_tiny_quick_end_to_end(tmp_path: Path, capsys) -> None:
     assert {"load", "say", "frame", "ttfa", "concurrency", "texts", "memory"} <= set(full)
     assert FRAME_KEYS <= set(full["frame"])
     assert full["frame"]["frames"] == 8 and full["frame"]["frames_ok"]
+    assert 0 < full["frame"]["kernels_per_frame"] <= full["frame"]["ops_per_frame"]  # the launch proxy
     assert full["say"]["frames_ok"] and full["say"]["seconds"] > full["load"]["cold_start_s"] > 0
     assert 0 < full["ttfa"]["seconds"] < full["say"]["seconds"]
     assert set(full["concurrency"]) == {"1", "4"}

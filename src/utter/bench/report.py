@@ -199,6 +199,14 @@ def table(doc: dict) -> str:
         ("codec decode (ms/frame)", [_fmt(_get(r, "frame", "codec_ms"), 1) for _, r in cols]),
         ("x real time, 1 stream (all in)", [_fmt(_get(r, "frame", "x_realtime")) for _, r in cols]),
         (
+            "aten ops dispatched per frame, 1 stream",
+            [_fmt(_get(r, "frame", "kernels_per_frame"), 0) for _, r in cols],
+        ),
+        (
+            "GPU kernels per frame, 1 stream",
+            [_fmt(_get(r, "frame", "gpu_kernels_per_frame"), 0) for _, r in cols],
+        ),
+        (
             "first audio, stored voice (s; official: whole request)",
             [_fmt(_get(r, "ttfa", "seconds"), 3) for _, r in cols],
         ),

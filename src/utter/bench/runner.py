@@ -105,6 +105,34 @@ def _frame_run(engine, voice, opts, device: str) -> dict:
     }
 
 
+def _step_counts(engine, voice, opts, device: str) -> dict:
+    """What one warm decode step of one stream dispatches: aten ops (the CPU-side count; work
+    inside native kernels or replayed CUDA graphs dispatches none) and, on CUDA, the GPU kernels
+    the profiler sees."""
+    from ..engine.engine import Request
+    from ..engine.opcount import count_ops
+
+    runner = engine.runner
+    runner.add(engine._sequence(Request(SHORT, voice, LANGUAGE, opts)))
+    try:
+        runner.step()
+        _, ops = count_ops(runner.step)
+        out = {"ops_per_frame": ops.total, "kernels_per_frame": ops.kernels}
+        if device.startswith("cuda"):
+            from torch.autograd import DeviceType
+            from torch.profiler import ProfilerActivity, profile
+
+            sync(device)
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                runner.step()
+                sync(device)
+            out["gpu_kernels_per_frame"] = sum(1 for e in prof.events() if e.device_type == DeviceType.CUDA)
+    finally:
+        for seq in list(runner.rows):
+            runner.cancel(seq)
+    return out
+
+
 def _probe_codec(probe: Probe, engine) -> None:
     """Time codec decoding, one-shot (``codec.decode``) and streamed (``AudioStream.push``, on
     every stream: the engine forks per-request streams from a warm one per voice); reference
@@ -219,6 +247,7 @@ def measure(spec: dict) -> dict:
         }
     if "frame" in suite:
         out["frame"] = _frame_run(engine, voice, opts, device)
+        out["frame"].update(_step_counts(engine, voice, opts, device))
     voice_path = workdir / f"voice-utter-{mode}.safetensors"
     voice.save(voice_path)
     if "texts" in suite:
