@@ -88,3 +88,30 @@ def test_fixed_shape_steps_follow_each_steps_sampling_plan(engine, ref_wav, fixe
     assert len(plans_seen) >= 3  # full, then top-k once the top-p row has left, ...
     for a, b in zip(fixed, dynamic):
         assert a.shape == b.shape and torch.equal(a, b)
+
+
+def test_fixed_shape_steps_attend_over_the_live_length_only(engine, ref_wav, fixed_runner) -> None:
+    """The talker attends over the length bucket of the longest live row, not the whole cache:
+    requests that grow across buckets give the dynamic codes."""
+    from utter.engine.graphs import length_buckets
+
+    assert length_buckets(512) == [64, 128, 256, 512] and length_buckets(64) == [64]
+    voice = engine.create_voice(ref_wav, ref_text=REF_TEXT)
+    reqs = [
+        Request("A request that runs on.", voice, "English", GenerationOptions.greedy(max_frames=90)),
+        Request("Short.", voice, "English", GenerationOptions.greedy(max_frames=5)),
+    ]
+    lengths = []
+    run = fixed_runner.graphs._run
+    fixed_runner.graphs._run = lambda key, fn, length=None: (lengths.append(length), run(key, fn, length))
+    fixed = engine.generate_codes(reqs)
+    dynamic_runner = Runner(engine.talker, engine.config)
+    engine.runner, saved = dynamic_runner, engine.runner
+    try:
+        dynamic = engine.generate_codes(reqs)
+    finally:
+        engine.runner = saved
+    used = sorted({n for n in lengths if n is not None})
+    assert len(used) >= 2 and used[-1] < 512, used  # grew across buckets, never the whole cache
+    for a, b in zip(fixed, dynamic):
+        assert a.shape == b.shape and torch.equal(a, b)

@@ -1,20 +1,27 @@
 """Fixed-shape decode steps, replayed from CUDA graphs on GPUs.
 
 On a GPU the decode loop is bound by kernel launches, not FLOPs: a frame is one talker step plus
-15 code-predictor steps of about 10 small kernels per layer. Capturing each step once per
-batch-size bucket and replaying it removes that overhead. Graphs need fixed shapes and fixed
-addresses, so in this mode the runner allocates its caches once, pads the batch up to the
-nearest bucket, and the talker attends over the whole cache length with a position mask.
-Padding rows are free rows: whatever they compute lands in state that admission resets.
+15 code-predictor steps of about 10 small kernels per layer. Capturing each step once and
+replaying it removes that overhead. Graphs need fixed shapes and fixed addresses, so in this
+mode the runner allocates its caches once and each step is run at a bucket of shapes:
 
-A graph also fixes the sampling path (greedy, top-k, full: see ``SamplingPlan``), so graphs are
-kept per (bucket, plans): the full path for every bucket is captured up front, the others the
-first time a step needs them (between two steps, with the row state saved and restored).
+- the batch is padded up to the nearest batch bucket (1, 2, 4, ... max_batch). Padding rows are
+  free rows: whatever they compute lands in state that admission resets;
+- the talker attends over the nearest length bucket (64, 128, ... the cache length) at or above
+  the longest live row, with a position mask, instead of the whole preallocated cache;
+- the sampling path (greedy, top-k, full: see ``SamplingPlan``) is fixed too.
+
+Graphs are kept per (batch bucket, length bucket, plans). The full sampling path of every batch
+bucket at the shortest length is captured up front; every other combination the first time a
+step needs it, between two steps, with the row state saved and restored (capture runs write KV
+only at the last position of the length bucket, which a live row has either not reached, and
+masks, or writes itself in the same step).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
@@ -26,6 +33,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+Plans = tuple[SamplingPlan, SamplingPlan]
+FULL: Plans = (SamplingPlan(), SamplingPlan())
+MIN_LENGTH_BUCKET = 64
+
 
 def buckets(max_batch: int) -> list[int]:
     """1, 2, 4, 8, ... up to max_batch (always included)."""
@@ -36,14 +47,24 @@ def buckets(max_batch: int) -> list[int]:
     return out + [max_batch]
 
 
+def length_buckets(max_len: int) -> list[int]:
+    """64, 128, 256, ... up to the cache length (always included)."""
+    out, n = [], MIN_LENGTH_BUCKET
+    while n < max_len:
+        out.append(n)
+        n *= 2
+    return out + [max_len]
+
+
 class StepGraphs:
     """The runner's two step functions at fixed shapes, captured per bucket when ``capture``."""
 
     def __init__(self, runner: Runner, capture: bool) -> None:
         self.runner = runner
         self.capture = capture
-        batch, _ = runner.capacity
+        batch, length = runner.capacity
         self.sizes = buckets(batch)
+        self.lengths = length_buckets(length)
         tc = runner.cfg.talker
         dev, dt = runner.device, runner.dtype
         # Static inputs and outputs of the graphs.
@@ -51,36 +72,32 @@ class StepGraphs:
         self.codes_in = torch.zeros(batch, tc.num_code_groups, dtype=torch.long, device=dev)
         self.text_in = torch.zeros(batch, tc.decoder.hidden_size, dtype=dt, device=dev)
         self.pos_in = torch.zeros(batch, dtype=torch.long, device=dev)
-        self._frame_graphs: dict[tuple, torch.cuda.CUDAGraph | None] = {}
-        self._advance_graphs: dict[tuple, torch.cuda.CUDAGraph | None] = {}
+        self._graphs: dict[tuple, torch.cuda.CUDAGraph | None] = {}
         if capture:
             try:
                 self._capture_all()
             except Exception:  # a driver or op that cannot be captured: run eagerly instead
                 logger.exception("CUDA graph capture failed; using eager fixed-shape steps")
                 self.capture = False
-                self._frame_graphs.clear()
-                self._advance_graphs.clear()
+                self._graphs.clear()
 
     def bucket(self, b: int) -> int:
         return next(s for s in self.sizes if s >= b)
+
+    def length_bucket(self, kv_len: int) -> int:
+        return next((n for n in self.lengths if n >= kv_len), self.lengths[-1])
 
     # ------------------------------------------------------------ the steps
     def _frame_fn(self, b: int) -> None:
         self.codes_out[:b] = self.runner._predict_codebooks(b)
 
-    def _advance_fn(self, b: int) -> None:
-        length = self.runner.capacity[1]
-        self.runner._advance(b, self.codes_in[:b], self.text_in[:b], self.pos_in[:b], kv_len=length)
+    def _advance_fn(self, b: int, kv_len: int) -> None:
+        self.runner._advance(b, self.codes_in[:b], self.text_in[:b], self.pos_in[:b], kv_len=kv_len)
 
-    def frame(self, b: int, plans: tuple[SamplingPlan, SamplingPlan] | None = None) -> torch.Tensor:
+    def frame(self, b: int, plans: Plans | None = None) -> torch.Tensor:
         """Codes [b, N] of the pending frame of rows [0, b), sampled as ``plans`` say."""
         size = self.bucket(b)
-        graph = self._graph(self._frame_graphs, self._frame_fn, size, plans)
-        if graph is not None:
-            graph.replay()
-        else:
-            self._frame_fn(size)
+        self._run(("frame", size, plans or FULL), lambda: self._frame_fn(size))
         return self.codes_out[:b].clone()
 
     def advance(
@@ -89,83 +106,79 @@ class StepGraphs:
         codes: torch.Tensor,
         text: torch.Tensor,
         positions: torch.Tensor,
-        plans: tuple[SamplingPlan, SamplingPlan] | None = None,
+        plans: Plans | None = None,
+        kv_len: int | None = None,
     ) -> None:
+        """The talker step of rows [0, b); ``kv_len``: one more than the largest live position."""
         size = self.bucket(b)
+        length = self.length_bucket(kv_len or self.runner.capacity[1])
         self.codes_in[:b] = codes
         self.text_in[:b] = text
         self.pos_in[:b] = positions
-        if size > b:  # padding rows write at the last cache position, which no request reaches
-            self.pos_in[b:size] = self.runner.capacity[1] - 1
+        if size > b:  # padding rows (free rows) write at the bucket's last position
+            self.pos_in[b:size] = length - 1
             self.codes_in[b:size] = 0
-        graph = self._graph(self._advance_graphs, self._advance_fn, size, plans)
+        self._run(("advance", size, length, plans or FULL), lambda: self._advance_fn(size, length), length)
+
+    def _run(self, key: tuple, fn: Callable[[], None], length: int | None = None) -> None:
+        """Replay the graph of ``key``, capturing it first if it is new; eager without graphs."""
+        if self.capture and key not in self._graphs:
+            saved = self._save_rows(length)
+            try:
+                self._graphs[key] = self._capture(fn)
+            except Exception:  # noqa: BLE001 - that one step runs eagerly from now on
+                logger.exception("capturing the decode step %s failed; it runs eagerly", key)
+                self._graphs[key] = None
+            finally:
+                self._restore_rows(saved)
+        graph = self._graphs.get(key)
         if graph is not None:
             graph.replay()
         else:
-            self._advance_fn(size)
-
-    def _graph(self, store: dict, fn, size: int, plans: tuple | None) -> torch.cuda.CUDAGraph | None:
-        """The captured graph for (size, plans), capturing it now if it is new; None: eager."""
-        if not self.capture:
-            return None
-        key = (size, plans or (SamplingPlan(), SamplingPlan()))
-        if key not in store:
-            saved = self._save_rows()
-            try:
-                store[key] = self._capture(fn, size)
-            except Exception:  # noqa: BLE001 - that one step runs eagerly from now on
-                logger.exception("capturing the decode step for %s failed; it runs eagerly", key)
-                store[key] = None
-            finally:
-                self._restore_rows(saved)
-        return store[key]
+            fn()
 
     # ------------------------------------------------------------ capture
     def _inputs(self) -> list[tuple[str, torch.Tensor]]:
         return [("_codes_in", self.codes_in), ("_text_in", self.text_in), ("_pos_in", self.pos_in)]
 
-    def _save_rows(self) -> dict[str, torch.Tensor]:
+    def _save_rows(self, length: int | None) -> dict[str, torch.Tensor]:
         """Row state (warm-up and capture runs advance it) and the inputs they overwrite."""
         saved = {k: v.clone() for k, v in self.runner.rowvars.items()}
-        saved.update(
-            _codes_in=self.codes_in.clone(), _text_in=self.text_in.clone(), _pos_in=self.pos_in.clone()
-        )
-        # Capture runs write KV at these positions: the last cache position, which no request reaches.
-        self.pos_in.fill_(self.runner.capacity[1] - 1)
+        saved.update({name: buffer.clone() for name, buffer in self._inputs()})
+        # Capture runs write KV at the length bucket's last position only (see the module doc).
+        self.pos_in.fill_((length or self.runner.capacity[1]) - 1)
         return saved
 
     def _restore_rows(self, saved: dict[str, torch.Tensor]) -> None:
-        for name, buffer in (
-            ("_codes_in", self.codes_in),
-            ("_text_in", self.text_in),
-            ("_pos_in", self.pos_in),
-        ):
+        for name, buffer in self._inputs():
             buffer.copy_(saved.pop(name))
         for k, v in saved.items():
             self.runner.rowvars[k].copy_(v)
 
-    def _capture(self, fn, size: int) -> torch.cuda.CUDAGraph:
+    def _capture(self, fn: Callable[[], None]) -> torch.cuda.CUDAGraph:
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
-            fn(size)  # warm-up: lazy initialisation must not happen during capture
+            fn()  # warm-up: lazy initialisation must not happen during capture
         torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self._pool):
-            fn(size)
+            fn()
         torch.cuda.synchronize()
         return graph
 
     def _capture_all(self) -> None:
-        """Capture every bucket with the full sampling path (what any mix of options can take)."""
+        """Capture every batch bucket with the full sampling path at the shortest length."""
         self._pool = torch.cuda.graph_pool_handle()
-        plans = (SamplingPlan(), SamplingPlan())
-        saved = self._save_rows()
+        length = self.lengths[0]
+        saved = self._save_rows(length)
         try:
-            self.runner.plans = {"t_": plans[0], "s_": plans[1]}
+            self.runner.plans = {"t_": FULL[0], "s_": FULL[1]}
             for size in reversed(self.sizes):
-                self._frame_graphs[(size, plans)] = self._capture(self._frame_fn, size)
-                self._advance_graphs[(size, plans)] = self._capture(self._advance_fn, size)
+                self._graphs[("frame", size, FULL)] = self._capture(lambda s=size: self._frame_fn(s))
+                self._graphs[("advance", size, length, FULL)] = self._capture(
+                    lambda s=size: self._advance_fn(s, length)
+                )
         finally:
             self._restore_rows(saved)
         logger.info("captured decode-step CUDA graphs for batch sizes %s", self.sizes)

@@ -369,10 +369,11 @@ class Runner:
         text_emb = torch.stack(text).to(self.device, self.dtype)
         positions = self.rowvars["position"][:b]
         plans = self._plan(self.rows)
+        kv_len = max(s.position for s in self.rows) + 1
         if self.graphs is not None:
-            self.graphs.advance(b, codes, text_emb, positions, plans)
+            self.graphs.advance(b, codes, text_emb, positions, plans, kv_len)
         else:
-            self._advance(b, codes, text_emb, positions, kv_len=max(s.position for s in self.rows) + 1)
+            self._advance(b, codes, text_emb, positions, kv_len=kv_len)
         positions += 1  # a view of the row state: advances it in place
         for seq in self.rows:
             seq.position += 1
