@@ -1,0 +1,79 @@
+"""On a GPU (skipped without one): captured CUDA graphs, captured on first use per batch bucket,
+length bucket and sampling plan, give the eager dynamic step's codes, and a step reads the
+device once. Run by ``scripts/gpu_check.sh`` on a lent GPU; the same logic runs on the CPU in
+``test_graphs.py`` and ``test_host_reads.py``.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+
+import pytest
+import torch
+
+from tests.conftest import REF_TEXT
+from utter.engine.engine import Engine, Request
+from utter.engine.runner import Runner
+from utter.engine.sampling import GenerationOptions, SamplingOptions
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@pytest.fixture(scope="module")
+def cuda_engine(tiny_checkpoint):
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    return Engine.load(str(tiny_checkpoint), device="cuda", weight_mode="float32", max_batch=4)
+
+
+def _requests(engine, ref_wav) -> list[Request]:
+    voice = engine.create_voice(ref_wav, ref_text=REF_TEXT)
+    top_k = SamplingOptions(do_sample=True, temperature=0.9, top_k=30, top_p=1.0)
+    top_p = SamplingOptions(do_sample=True, temperature=0.9, top_k=30, top_p=0.7)
+    return [
+        Request("Greedy, running on for a while.", voice, "English", GenerationOptions.greedy(max_frames=90)),
+        Request("Top k only.", voice, "English", GenerationOptions(top_k, top_k, seed=8, max_frames=20)),
+        Request("Top p too.", voice, "English", GenerationOptions(top_p, top_k, seed=9, max_frames=6)),
+    ]
+
+
+def test_captured_graphs_equal_the_eager_dynamic_step(cuda_engine, ref_wav) -> None:
+    reqs = _requests(cuda_engine, ref_wav)
+    saved = cuda_engine.runner
+    try:
+        cuda_engine.runner = Runner(cuda_engine.talker, cuda_engine.config)
+        cuda_engine.runner.enable_graphs(max_batch=4, max_len=512, capture=True)
+        graphs = cuda_engine.runner.graphs
+        assert graphs.capture, "capture failed at start"
+        captured = cuda_engine.generate_codes(reqs)
+        keys = [k for k, g in graphs._graphs.items() if g is not None]
+        assert any(k[0] == "advance" and k[2] > 64 for k in keys)  # a longer length bucket, captured lazily
+        cuda_engine.runner = Runner(cuda_engine.talker, cuda_engine.config)
+        eager = cuda_engine.generate_codes(reqs)
+    finally:
+        cuda_engine.runner = saved
+    for a, b in zip(captured, eager):
+        assert a.shape == b.shape and torch.equal(a.cpu(), b.cpu())
+
+
+def test_one_device_read_per_step_on_cuda(cuda_engine, ref_wav, monkeypatch) -> None:
+    runner = Runner(cuda_engine.talker, cuda_engine.config)
+    for req in _requests(cuda_engine, ref_wav):
+        opts = dataclasses.replace(req.options, ignore_eos=True)
+        runner.add(cuda_engine._sequence(dataclasses.replace(req, options=opts)))
+    order: list[str] = []
+    for name in ("cpu", "item", "tolist", "__bool__", "__int__", "__float__"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _original=original, _name=name, **kwargs):
+            order.append(f"{_name}:{self.device.type}")
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    with torch.inference_mode():
+        for _ in range(5):
+            order.clear()
+            runner.step()
+            assert [o for o in order if o.endswith(":cuda")] == ["cpu:cuda"], order
+    counts = collections.Counter(order)
+    assert counts["cpu:cuda"] == 1
