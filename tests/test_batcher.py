@@ -110,3 +110,38 @@ def test_seeded_sampling_is_batch_independent(engine, voice) -> None:
         audio = mine.audio()
         other.audio()
     assert_same_audio(audio, engine.decode(alone, voice))
+
+
+def test_waiting_requests_are_admitted_together_and_sound_as_alone(engine, voice, monkeypatch) -> None:
+    """Requests that wait together are prefilled in one call; each sounds as it does alone, and
+    one that cannot be prepared fails alone."""
+    reqs = [
+        Request(
+            f"Admitted together, number {i}.", voice, "English", GenerationOptions(seed=i, max_frames=5 + i)
+        )
+        for i in range(5)
+    ]
+    alone = [engine.generate_codes([r])[0] for r in reqs]
+    batches: list[int] = []
+    add_many = engine.runner.add_many
+    monkeypatch.setattr(
+        engine.runner, "add_many", lambda seqs: (batches.append(len(seqs)), add_many(seqs))[1]
+    )
+    sequence = engine._sequence
+
+    def broken(request):
+        if "broken" in request.text:
+            raise RuntimeError("cannot prepare this one")
+        return sequence(request)
+
+    monkeypatch.setattr(engine, "_sequence", broken)
+    batcher = Batcher(engine, max_batch=8)  # not started: everything waits
+    streams = [batcher.submit(r) for r in reqs]
+    bad = batcher.submit(Request("A broken one.", voice, "English", GenerationOptions(seed=9, max_frames=4)))
+    with batcher:
+        audios = [s.audio() for s in streams]
+        with pytest.raises(RuntimeError, match="cannot prepare"):
+            bad.audio()
+    assert batches[0] == 5  # the five good ones in one prefill
+    for audio, req, codes in zip(audios, reqs, alone):
+        assert_same_audio(audio, engine.decode(codes, req.voice))

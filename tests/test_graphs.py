@@ -65,9 +65,9 @@ def test_fixed_shape_steps_follow_each_steps_sampling_plan(engine, ref_wav, fixe
     top_k = SamplingOptions(do_sample=True, temperature=0.9, top_k=30, top_p=1.0)
     top_p = SamplingOptions(do_sample=True, temperature=0.9, top_k=30, top_p=0.7)
     reqs = [
-        Request("Greedy and short.", voice, "English", GenerationOptions.greedy(max_frames=3)),
-        Request("Top k only.", voice, "English", GenerationOptions(top_k, top_k, seed=8, max_frames=6)),
-        Request("Top p too.", voice, "English", GenerationOptions(top_p, top_k, seed=9, max_frames=4)),
+        Request("Greedy and longest.", voice, "English", GenerationOptions.greedy(max_frames=8)),
+        Request("Top k only.", voice, "English", GenerationOptions(top_k, top_k, seed=8, max_frames=5)),
+        Request("Top p too.", voice, "English", GenerationOptions(top_p, top_k, seed=9, max_frames=3)),
     ]
     plans_seen = set()
     original = fixed_runner._plan
@@ -85,7 +85,7 @@ def test_fixed_shape_steps_follow_each_steps_sampling_plan(engine, ref_wav, fixe
         dynamic = engine.generate_codes(reqs)
     finally:
         engine.runner = saved
-    assert len(plans_seen) >= 3  # full, then top-k once the top-p row has left, ...
+    assert len(plans_seen) == 3  # full, then top-k once the top-p row has left, then greedy
     for a, b in zip(fixed, dynamic):
         assert a.shape == b.shape and torch.equal(a, b)
 

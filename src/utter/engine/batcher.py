@@ -313,11 +313,14 @@ class Batcher:
             stream._put(_END)
 
     def _admit(self) -> None:
+        """Move waiting requests into free rows, all of them prefilled in one call (they join at
+        the next step together); a request that cannot be prepared fails alone."""
         runner = self.engine.runner
-        while runner.active < self.max_batch:
+        ready: list[tuple[Stream, Sequence, PcmChunker]] = []
+        while runner.active + len(ready) < self.max_batch:
             with self._lock:
                 if not self._waiting:
-                    return
+                    break
                 stream = self._waiting.popleft()
             if stream.cancelled:
                 stream.finish_reason = "cancelled"
@@ -328,14 +331,34 @@ class Batcher:
                 chunker = PcmChunker(
                     self.engine.audio_stream(stream.request.voice), self.first_chunk_frames, self.chunk_frames
                 )
-                runner.add(seq)
             except Exception as exc:  # a bad request must not take the batch down
-                logger.exception("request %s failed at admission", stream.id)
-                stream.error, stream.finish_reason = exc, "error"
-                stream._put(_END)
+                self._refuse(stream, exc)
                 continue
+            ready.append((stream, seq, chunker))
+        if not ready:
+            return
+        try:
+            runner.add_many([seq for _, seq, _ in ready])
+            admitted = ready
+        except Exception:  # noqa: BLE001 - find the request at fault: one by one
+            logger.exception("batched admission of %d requests failed; admitting one by one", len(ready))
+            for _, seq, _ in ready:  # whatever got in before the failure leaves again
+                runner.cancel(seq)
+            admitted = []
+            for item in ready:
+                try:
+                    runner.add(item[1])
+                    admitted.append(item)
+                except Exception as exc:  # noqa: BLE001 - reported to its caller
+                    self._refuse(item[0], exc)
+        for stream, seq, chunker in admitted:
             stream.max_frames = seq.max_frames
             self._live[id(seq)] = _Live(stream, seq, chunker)
+
+    def _refuse(self, stream: Stream, exc: BaseException) -> None:
+        logger.exception("request %s failed at admission", stream.id, exc_info=exc)
+        stream.error, stream.finish_reason = exc, "error"
+        stream._put(_END)
 
     def _drop_cancelled(self) -> None:
         for live in list(self._live.values()):

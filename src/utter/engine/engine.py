@@ -290,8 +290,7 @@ class Engine:
         made, and (index, None, reason) when a request ends ("eos", "max_frames", "cancelled")."""
         seqs = [self._sequence(r) for r in requests]
         index = {id(s): i for i, s in enumerate(seqs)}
-        for s in seqs:
-            self.runner.add(s)
+        self.runner.add_many(seqs)
         try:
             while self.runner.active:
                 for out in self.runner.step():

@@ -33,6 +33,13 @@ INITIAL_CAPACITY = (1, 64)  # rows x positions of a fresh KV cache
 RELEASE_ABOVE_BYTES = 256 * 2**20  # an idle runner keeps a KV cache up to this size
 
 
+def _own_start(seq: Sequence, n: int) -> int:
+    """Where a request's own prefill positions start: after its voice prefix when that prefix
+    can come from (or go into) the prefix cache, else at 0."""
+    key, start = seq.prompt.prefix_key, seq.prompt.prefix_len
+    return start if key is not None and 0 < start < n else 0
+
+
 def _trim_heap() -> None:
     """Ask glibc to return freed heap pages to the OS (large frees may otherwise stay mapped)."""
     try:
@@ -189,45 +196,77 @@ class Runner:
 
     @torch.inference_mode()
     def add(self, seq: Sequence) -> None:
-        """Prefill ``seq`` into the next free row and pick its first codebook-0 token.
+        """Prefill ``seq`` into the next free row and pick its first codebook-0 token."""
+        self.add_many([seq])
+
+    @torch.inference_mode()
+    def add_many(self, seqs: list[Sequence]) -> None:
+        """Prefill ``seqs`` into the next free rows in one call and pick their first tokens.
 
         The leading positions that depend only on the voice and language come from the prefix
-        cache when this voice was used before, so only the request's own positions are computed.
-        """
-        prefill = seq.prompt.prefill.to(self.device, self.dtype)
-        n = prefill.shape[0]
-        row = len(self.rows)
-        self.reserve(row + 1, n + seq.max_frames + 1)
+        cache when the voice was used before (a miss computes them on their own first), so only
+        each request's own positions are computed: all requests' together, right-padded, each row
+        at its own positions (padding positions lie beyond the row's prompt: their keys and values
+        are rewritten by the row's own steps before any query can see them). One host read for
+        the lot. A request's numbers do not depend on the others it is admitted with."""
+        if not seqs:
+            return
+        first, b = len(self.rows), len(seqs)
+        prefills = [seq.prompt.prefill.to(self.device, self.dtype) for seq in seqs]
+        starts = [_own_start(seq, p.shape[0]) for seq, p in zip(seqs, prefills)]
+        width = max(p.shape[0] - start for p, start in zip(prefills, starts))
+        kv_len = max(start + width for start in starts)
+        longest = max(p.shape[0] + seq.max_frames + 1 for seq, p in zip(seqs, prefills))
+        self.reserve(first + b, max(longest, kv_len))  # once: growing copies only admitted rows
+        for i, (seq, p) in enumerate(zip(seqs, prefills)):
+            self._prefix(first + i, seq, p, starts[i])
+        rests = [p[start:] for p, start in zip(prefills, starts)]
+        rows = slice(first, first + b)
+        cache = (self.cache[0][:, rows], self.cache[1][:, rows])
+        if b == 1:  # one sequence: aligned positions (and the native stack where it runs)
+            out = self.talker.model.run(rests[0][None], cache, starts[0], kv_len=kv_len)[:, -1]
+        else:
+            x = prefills[0].new_zeros(b, width, prefills[0].shape[-1])
+            for i, rest in enumerate(rests):
+                x[i, : rest.shape[0]] = rest
+            offsets = torch.arange(width, device=self.device)
+            positions = torch.tensor(starts, device=self.device)[:, None] + offsets[None, :]
+            out = self.talker.model.run(x, cache, positions, kv_len=kv_len)
+            last = torch.tensor([r.shape[0] - 1 for r in rests], device=self.device)
+            out = out[torch.arange(b, device=self.device), last]
+        for i, (seq, p) in enumerate(zip(seqs, prefills)):
+            self.rows.append(seq)
+            seq.position = p.shape[0]
+            self._set_row(first + i, seq)
+            self.rowvars["position"][first + i] = seq.position
+        self._plan(seqs)
+        self.rowvars["hidden"][rows] = out
+        tokens = self._choose(self.talker.codec_head(out), rows)
+        self.rowvars["pending"][rows] = tokens
+        self.pending_host.extend(tokens.tolist())  # the admission's one host read
+
+    def _prefix(self, row: int, seq: Sequence, prefill: torch.Tensor, start: int) -> None:
+        """Fill the voice prefix (positions < ``start``) of ``seq`` in ``row`` from the prefix
+        cache, computing and caching it on a miss."""
+        if start == 0:
+            return
         k_row, v_row = self.cache[0][:, row : row + 1], self.cache[1][:, row : row + 1]
-        key, start = seq.prompt.prefix_key, 0
-        if key is not None and 0 < seq.prompt.prefix_len < n:
-            # A miss computes the prefix on its own first, exactly as a hit then continues from
-            # it: the request's own positions see bit-identical keys and values either way (one
-            # prefill of all positions differs by float rounding, which 8-bit inputs can turn
-            # into other codes, so a seeded request would sound different on a cache miss).
-            start = seq.prompt.prefix_len
-            cached = self.prefix_cache.get(key)
-            if cached is None:
-                self.talker.model.run(prefill[None, :start], (k_row, v_row), 0, kv_len=start)
-                cached = (k_row[:, :, :, :start].clone(), v_row[:, :, :, :start].clone())
-                self.prefix_cache[key] = cached
-                while len(self.prefix_cache) > self.prefix_cache_size:
-                    self.prefix_cache.popitem(last=False)
-            else:
-                k_row[:, :, :, :start], v_row[:, :, :, :start] = cached
-                self.prefix_cache.move_to_end(key)
-                self.prefix_hits += 1
-        out = self.talker.model.run(prefill[None, start:], (k_row, v_row), start, kv_len=n)
-        self.rows.append(seq)
-        seq.position = n
-        self._set_row(row, seq)
-        self.rowvars["position"][row] = n
-        self._plan([seq])
-        self.rowvars["hidden"][row] = out[0, -1]
-        logits = self.talker.codec_head(out[:, -1])
-        token = self._choose(logits, slice(row, row + 1))[0]
-        self.rowvars["pending"][row] = token
-        self.pending_host.append(int(token))  # the admission's one host read
+        key = seq.prompt.prefix_key
+        # A miss computes the prefix on its own first, exactly as a hit then continues from
+        # it: the request's own positions see bit-identical keys and values either way (one
+        # prefill of all positions differs by float rounding, which 8-bit inputs can turn
+        # into other codes, so a seeded request would sound different on a cache miss).
+        cached = self.prefix_cache.get(key)
+        if cached is None:
+            self.talker.model.run(prefill[None, :start], (k_row, v_row), 0, kv_len=start)
+            cached = (k_row[:, :, :, :start].clone(), v_row[:, :, :, :start].clone())
+            self.prefix_cache[key] = cached
+            while len(self.prefix_cache) > self.prefix_cache_size:
+                self.prefix_cache.popitem(last=False)
+        else:
+            k_row[:, :, :, :start], v_row[:, :, :, :start] = cached
+            self.prefix_cache.move_to_end(key)
+            self.prefix_hits += 1
 
     @torch.inference_mode()
     def cancel(self, seq: Sequence) -> None:
