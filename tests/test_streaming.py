@@ -255,3 +255,39 @@ def test_fork_continues_independently(tmp_path) -> None:
         fresh.push(ref)
         np.testing.assert_allclose(out, fresh.push(codes), atol=1e-6, rtol=0)
     assert warm.frames == 9 and fa.frames == 14
+
+
+def test_streams_pushed_together_equal_streams_pushed_alone(tmp_path) -> None:
+    """A server's streams due at the same step are decoded in one call: streams at different
+    positions (short and long pasts, before and beyond the sliding window, different chunk
+    sizes grouped apart) each get what pushing alone gives and end in the same state."""
+    from utter.dev.random_speech_tokenizer import write_random_speech_tokenizer
+    from utter.engine.model.speech_tokenizer import SpeechTokenizer
+    from utter.engine.streaming import push_together
+
+    folder = tmp_path / "st"
+    write_random_speech_tokenizer(folder, size="tiny", seed=5)
+    tok = SpeechTokenizer.load(folder, device=torch.device("cpu"), dtype=torch.float32)
+    gen = torch.Generator().manual_seed(1)
+
+    def codes(n: int) -> torch.Tensor:
+        return torch.randint(0, tok.codebook_size, (n, tok.num_codebooks), generator=gen)
+
+    window = tok.decoder.pre_transformer.cfg.sliding_window
+    histories = [codes(n) for n in (0, 3, window - 1, window + 7, 2 * window)]
+    alone, together = [], []
+    for past in histories:
+        a, b = tok.stream(), tok.stream()
+        if past.shape[0]:
+            a.push(past)
+            b.push(past)
+        alone.append(a)
+        together.append(b)
+    for chunk_sizes in ([2, 2, 2, 2, 2], [5, 5, 1, 5, 1], [12, 12, 12, 12, 12]):
+        chunks = [codes(t) for t in chunk_sizes]
+        want = [s.push(c) for s, c in zip(alone, chunks)]
+        got = push_together(together, chunks, batched=True)
+        for w, g in zip(want, got):
+            assert w.shape == g.shape
+            np.testing.assert_allclose(g, w, atol=1e-5, rtol=0)
+    assert [s.frames for s in together] == [s.frames for s in alone]

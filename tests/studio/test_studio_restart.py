@@ -92,10 +92,11 @@ def test_a_killed_server_resumes_or_fails_its_jobs_on_restart(tmp_path, tiny_che
     first = Serve(data, tiny_checkpoint, log)
     voice = clone(first.client, "durable")
     resumed, doomed = _submit(first, voice, seed=3), _submit(first, voice, seed=4)
+    _wait_chunks(first, doomed, 1)  # both claimed and generating (a busy machine claims late)
     _wait_chunks(first, resumed, 2)
     first.kill()
     rows = {task_id: _row(data, task_id) for task_id in (resumed, doomed)}
-    assert all(row["status"] == "processing" for row in rows.values())  # killed mid-job
+    assert all(row["status"] == "processing" for row in rows.values()), rows  # killed mid-job
     assert 2 <= rows[resumed]["chunks_done"] < 6
     with sqlite3.connect(data / "utter.db") as db:  # as if this job had already crashed the server 3 times
         db.execute("UPDATE tasks SET attempts = 3 WHERE id = ?", (doomed,))

@@ -23,7 +23,7 @@ import torch
 
 from .engine import Engine, Request
 from .runner import Sequence
-from .streaming import CHUNK_FRAMES, FIRST_CHUNK_FRAMES, PcmChunker
+from .streaming import CHUNK_FRAMES, FIRST_CHUNK_FRAMES, PcmChunker, push_together
 
 logger = logging.getLogger(__name__)
 
@@ -367,15 +367,27 @@ class Batcher:
                 self._finish(live, "cancelled")
 
     def _step(self) -> None:
+        """One decode step; then the audio of every stream with a chunk due, decoded in one
+        batched call, handed out before the streams that ended are finished."""
+        due: list[tuple[_Live, torch.Tensor]] = []
+        ended: list[tuple[_Live, str]] = []
         for out in self.engine.runner.step():
             live = self._live.get(id(out.sequence))
             if live is None:
                 continue
             if out.codes is not None:
                 live.stream.frames += 1
-                self._emit(live, live.chunker.add(out.codes))
+                chunk = live.chunker.offer(out.codes)
+                if chunk is not None:
+                    due.append((live, chunk))
             else:
-                self._finish(live, out.sequence.reason)
+                ended.append((live, out.sequence.reason))
+        if due:
+            pcms = push_together([live.chunker.stream for live, _ in due], [chunk for _, chunk in due])
+            for (live, _), pcm in zip(due, pcms):
+                self._emit(live, pcm)
+        for live, reason in ended:
+            self._finish(live, reason)
 
     def _emit(self, live: _Live, pcm: np.ndarray | None) -> None:
         if pcm is None:
