@@ -66,6 +66,14 @@ def test_health_languages_and_docs(server, http) -> None:
     assert langs["default"] == "Auto" and "Auto" in langs["languages"] and langs["note"]
     docs = open_client.get("/docs")
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
+    # Offline: every script and style of the pages comes from this server, never a CDN.
+    assert "cdn." not in docs.text and "/docs/assets/swagger-ui-bundle.js" in docs.text
+    bundle = open_client.get("/docs/assets/swagger-ui-bundle.js")
+    assert bundle.status_code == 200 and "SwaggerUIBundle" in bundle.text
+    assert open_client.get("/docs/assets/swagger-ui.css").status_code == 200
+    redoc = open_client.get("/redoc")
+    assert redoc.status_code == 200 and "cdn." not in redoc.text and "fonts.googleapis" not in redoc.text
+    assert open_client.get("/docs/assets/redoc.standalone.js").status_code == 200
     spec = open_client.get("/openapi.json").json()
     for path in (
         "/clone",
@@ -235,7 +243,9 @@ def test_mounted_under_a_prefix(tmp_path) -> None:
     try:
         with srv.client(api_key=None) as http:
             assert http.get("/tts/health").json()["status"] == "loading"
-            assert "/tts/openapi.json" in http.get("/tts/docs").text
+            docs = http.get("/tts/docs").text
+            assert "/tts/openapi.json" in docs and "/tts/docs/assets/swagger-ui-bundle.js" in docs
+            assert http.get("/tts/docs/assets/swagger-ui-bundle.js").status_code == 200
             assert "/clone" in http.get("/tts/openapi.json").json()["paths"]
             r = http.get("/tts/v1/audio/voices/")  # no redirect to an absolute URL
             assert r.status_code == 404 and "location" not in r.headers

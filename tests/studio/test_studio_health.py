@@ -16,6 +16,24 @@ from utter.studio.provider import LocalProvider
 from utter.studio.storage import Storage
 
 
+def test_docs_work_offline(client) -> None:
+    """The studio's API docs and the TTS service's (under /tts) load nothing from a CDN."""
+    for prefix in ("", "/tts"):
+        page = client.get(f"{prefix}/docs")
+        assert page.status_code == 200 and "cdn." not in page.text
+        assert f"{prefix}/docs/assets/swagger-ui-bundle.js" in page.text
+        assert client.get(f"{prefix}/docs/assets/swagger-ui-bundle.js").status_code == 200
+
+
+def test_unknown_addresses_get_a_page_in_the_browser_and_json_in_the_api(client) -> None:
+    page = client.get("/no/such/page", headers={"Accept": "text/html,application/xhtml+xml"})
+    assert page.status_code == 404 and page.headers["content-type"].startswith("text/html")
+    assert "Page not found" in page.text and 'href="/generate"' in page.text
+    api = client.get("/api/no-such-thing", headers={"Accept": "text/html"})
+    assert api.status_code == 404 and api.json()["detail"]
+    assert client.get("/no/such/page").json()["detail"]  # not a browser: JSON as before
+
+
 def test_health_and_languages(client) -> None:
     health = client.get("/api/health").json()
     assert health["status"] == "ok" and health["database"] == "ok"

@@ -18,6 +18,7 @@ from fastapi import Depends, FastAPI
 from .. import __version__
 from . import routes_health, routes_jobs, routes_openai, routes_seed, routes_voices
 from .deps import Service, require_api_key
+from .docs import install_offline_docs
 from .errors import install_error_handlers
 from .jobs import JobManager
 from .middleware import RequestContextMiddleware
@@ -67,7 +68,10 @@ def create_app(settings: ServerSettings, holder: EngineHolder) -> FastAPI:
         description=DESCRIPTION,
         lifespan=lifespan,
         redirect_slashes=False,
+        docs_url=None,  # served offline below
+        redoc_url=None,
     )
+    install_offline_docs(app)
     app.state.service = service
     install_error_handlers(app, settings.retry_after_s)
     app.add_middleware(

@@ -136,7 +136,8 @@ class RequestContextMiddleware:
         root = scope.get("root_path", "")
         route = path[len(root) :] if root and path.startswith(root) else path
         try:
-            if route not in OPEN_PATHS and not api_key_matches(headers, self.api_key):
+            public = route in OPEN_PATHS or route.startswith("/docs/assets/")
+            if not public and not api_key_matches(headers, self.api_key):
                 # Connection: close, so the unread body is never read (nor waited for).
                 refusal = error_response(
                     401, API_KEY_MESSAGE, {"WWW-Authenticate": "Bearer", "Connection": "close"}

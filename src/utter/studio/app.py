@@ -14,11 +14,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
-from ..server.errors import install_error_handlers
+from ..server.docs import install_offline_docs
+from ..server.errors import error_response, install_error_handlers
 from . import (
     routes_generate,
     routes_generations,
@@ -72,14 +75,25 @@ def create_studio_app(settings: StudioSettings | None = None, provider: TTSProvi
             provider.stop()
             db.dispose()
 
-    app = FastAPI(title="Utter studio", version=__version__, lifespan=lifespan)
+    app = FastAPI(title="Utter studio", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
+    install_offline_docs(app)
     app.state.studio = studio
     install_error_handlers(app, retry_after_s=2)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 404 and importlib.util.find_spec(f"{__package__}.pages") is not None:
+            pages = importlib.import_module(f"{__package__}.pages")
+            if pages.wants_page(request):  # a browser on a wrong address: a page, not JSON
+                return pages.not_found_page(request)
+        return error_response(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+
     app.add_middleware(
         BodySizeLimit,
         max_bytes=settings.max_upload_bytes + FORM_OVERHEAD,
         prefix="/api",
         timeout_s=settings.body_timeout_s,
+        shown_limit_mb=settings.max_upload_mb,
     )
     for module in (routes_voices, routes_generate, routes_generations, routes_languages, routes_health):
         app.include_router(module.router)

@@ -94,6 +94,7 @@ class Database:
         """Run Alembic up to head, programmatically (the migrations ship inside the package)."""
         cfg = Config()
         cfg.set_main_option("script_location", str(MIGRATIONS))
+        logging.getLogger("alembic").setLevel(logging.WARNING)  # its seven INFO lines per start; ours below
         try:
             with self.engine.begin() as conn:
                 if self.dialect == "postgresql":

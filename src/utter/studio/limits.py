@@ -25,12 +25,20 @@ class _Refused(Exception):
 
 
 class BodySizeLimit:
-    def __init__(self, app: ASGIApp, max_bytes: int, prefix: str = "/api", timeout_s: float = 120.0) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_bytes: int,
+        prefix: str = "/api",
+        timeout_s: float = 120.0,
+        shown_limit_mb: float | None = None,
+    ) -> None:
         self.app, self.max_bytes, self.prefix, self.timeout_s = app, max_bytes, prefix, timeout_s
+        # The limit people are told (the upload's own), not the body's (which adds form framing).
+        self.shown_limit_mb = shown_limit_mb if shown_limit_mb is not None else max_bytes / (1024 * 1024)
 
     def _too_large(self) -> JSONResponse:
-        mb = self.max_bytes / (1024 * 1024)
-        return error_response(413, f"The request is too large: the limit is {mb:.0f} MB.")
+        return error_response(413, f"The request is too large: the limit is {self.shown_limit_mb:g} MB.")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not scope["path"].startswith(self.prefix):

@@ -77,6 +77,23 @@ def _render(request: Request, page: str, title: str) -> HTMLResponse:
     return templates.TemplateResponse(request, f"{page}.html", context)
 
 
+def not_found_page(request: Request) -> HTMLResponse:
+    """The page a browser gets for an address the studio does not have (instead of JSON)."""
+    response = _render(request, "not_found", "Page not found")
+    response.status_code = 404
+    return response
+
+
+def wants_page(request: Request) -> bool:
+    """A browser navigating to a page (not the JSON API, the TTS service or a static file)."""
+    path = request.url.path
+    return (
+        request.method == "GET"
+        and "text/html" in request.headers.get("accept", "")
+        and not path.startswith(("/api/", "/tts/", "/static/", "/docs"))
+    )
+
+
 @router.get("/", response_class=HTMLResponse)
 def index() -> RedirectResponse:
     return RedirectResponse("/generate", status_code=307)

@@ -226,7 +226,9 @@ function renderJob(t) {
 function tickTimes(t) {
   role(job, "elapsed").textContent = clock(elapsedOf(t));
   const eta = etaOf(t);
-  role(job, "eta").textContent = t.status === "completed" ? "done" : eta === null ? "—" : `~${clock(eta)}`;
+  const stopped = t.status === "cancelled" || t.status === "failed";  // no time left to estimate
+  role(job, "eta").textContent =
+    t.status === "completed" ? "done" : stopped || eta === null ? "—" : `~${clock(eta)}`;
 }
 
 /** The finished generation as the server describes it (its audio URL and timings), if it says. */
