@@ -25,7 +25,7 @@ from .middleware import RequestContextMiddleware
 from .references import ReferenceService
 from .runtime import EngineHolder
 from .settings import ServerSettings
-from .voices import VoiceStore
+from .voices import VoiceLibrary, VoiceStore
 
 logger = logging.getLogger(__name__)
 
@@ -41,13 +41,14 @@ When the server has an API key, send `Authorization: Bearer KEY` or `X-API-Key: 
 """
 
 
-def create_app(settings: ServerSettings, holder: EngineHolder) -> FastAPI:
-    """Build the service around ``holder`` (which may still be loading its model)."""
+def create_app(settings: ServerSettings, holder: EngineHolder, voices: VoiceLibrary | None = None) -> FastAPI:
+    """Build the service around ``holder`` (which may still be loading its model); its stored
+    voices live in ``voices`` (default: a file store under the data dir)."""
     service = Service(
         settings=settings,
         holder=holder,
         references=ReferenceService(settings),
-        voices=VoiceStore(settings.voices_dir),
+        voices=voices if voices is not None else VoiceStore(settings.voices_dir),
         jobs=JobManager(settings.jobs_dir, settings.job_ttl_s, settings.max_jobs),
     )
 

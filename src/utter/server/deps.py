@@ -19,7 +19,7 @@ from .middleware import API_KEY_MESSAGE, api_key_matches
 from .references import ReferenceService
 from .runtime import EngineHolder
 from .settings import ServerSettings
-from .voices import VoiceStore
+from .voices import VoiceLibrary
 
 
 @dataclass
@@ -27,7 +27,7 @@ class Service:
     settings: ServerSettings
     holder: EngineHolder
     references: ReferenceService
-    voices: VoiceStore
+    voices: VoiceLibrary
     jobs: JobManager
 
 

@@ -18,7 +18,7 @@ import threading
 import time
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -29,6 +29,21 @@ logger = logging.getLogger(__name__)
 
 _ID = re.compile(r"^voice_[0-9a-f]{16}$")
 _PROMPT_CACHE = 64  # loaded prompts kept in memory (a few KB each in x-vector mode, ~100 KB in ICL)
+
+
+class VoiceLibrary(Protocol):
+    """Where the service's stored voices live: :class:`VoiceStore` (files) when it runs alone;
+    the studio's library (``studio/voice_library.py``) when the studio serves it, so both see
+    one set of voices. Voices are JSON-able dicts in the shape of ``schemas.VoiceInfo``."""
+
+    def list(self) -> list[dict[str, Any]]: ...
+    def get(self, voice_id: str) -> dict[str, Any]: ...
+    def resolve(self, voice: str) -> dict[str, Any]: ...
+    def prompt(self, voice_id: str) -> VoicePrompt: ...
+    def create(
+        self, name: str, language: str, prompt: VoicePrompt, reference: np.ndarray, model: str
+    ) -> dict[str, Any]: ...
+    def delete(self, voice_id: str) -> None: ...
 
 
 class VoiceNotFound(KeyError):

@@ -36,6 +36,7 @@ from .limits import BodySizeLimit
 from .provider import LocalProvider, TTSProvider, make_provider
 from .settings import StudioSettings
 from .storage import Storage
+from .voice_library import StudioVoiceLibrary
 from .worker import JobRunner
 
 logger = logging.getLogger(__name__)
@@ -44,12 +45,15 @@ STATIC_DIR = Path(__file__).parent / "static"
 FORM_OVERHEAD = 1024 * 1024  # multipart framing and the text fields around an upload
 
 
-def _mount_tts(app: FastAPI, settings: StudioSettings, provider: LocalProvider) -> None:
-    """The TTS service (seed /clone API, OpenAI API) on the same model, under /tts."""
+def _mount_tts(app: FastAPI, settings: StudioSettings, provider: LocalProvider, studio: Studio) -> None:
+    """The TTS service (seed /clone API, OpenAI API) on the same model and the same voice
+    library (see ``voice_library.py``), under /tts."""
     from ..server.app import create_app
 
+    service_settings = settings.service_settings(manage_holder=False)
+    voices = StudioVoiceLibrary(studio, provider, legacy_dir=service_settings.voices_dir)
     # The studio starts and stops the holder (mounted apps get no lifespan).
-    app.mount("/tts", create_app(settings.service_settings(manage_holder=False), provider.holder))
+    app.mount("/tts", create_app(service_settings, provider.holder, voices))
 
 
 def create_studio_app(settings: StudioSettings | None = None, provider: TTSProvider | None = None) -> FastAPI:
@@ -101,6 +105,6 @@ def create_studio_app(settings: StudioSettings | None = None, provider: TTSProvi
         app.include_router(importlib.import_module(f"{__package__}.pages").router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static")
     if isinstance(provider, LocalProvider):
-        _mount_tts(app, settings, provider)
+        _mount_tts(app, settings, provider, studio)
     logger.info("studio data in %s, %s TTS", storage.root, provider.kind)
     return app

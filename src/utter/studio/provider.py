@@ -123,7 +123,8 @@ class LocalProvider:
         engine = self.holder.engine
         return list(engine.languages) if engine is not None else list(LANGUAGES)
 
-    def _model_key(self) -> str:
+    def model_key(self) -> str:
+        """Names the loaded model in voice-prompt cache files (a prompt is per model)."""
         assert self.holder.engine is not None
         return hashlib.sha1(str(self.holder.engine.folder.resolve()).encode()).hexdigest()[:16]
 
@@ -134,7 +135,7 @@ class LocalProvider:
         engine = self.holder.engine
         if engine is None:
             raise ModelNotReady(self.holder.state, "the model is not loaded yet")
-        path = self.storage.voice_prompt(voice.id, self._model_key())
+        path = self.storage.voice_prompt(voice.id, self.model_key())
         lock = self._prompt_locks.setdefault(voice.id, asyncio.Lock())
         async with lock:
             if path.is_file():

@@ -13,17 +13,18 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Query, Response, UploadFile
 from fastapi.responses import FileResponse
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ..audio import SAMPLE_RATE, AudioError, TooLong, load_audio
 from ..server.errors import ApiError
 from .deps import SessionDep, Studio, StudioDep
 from .inputs import clean_text, get_row
-from .models import Generation, Task, Voice, new_id
+from .models import Voice, new_id
 from .routes_languages import resolve_language
-from .schemas import ACTIVE, CloneOut, VoiceList, VoiceOut, VoiceUpdate
+from .schemas import CloneOut, VoiceList, VoiceOut, VoiceUpdate
 from .views import matching, page_of, pages, voice_out
+from .voice_library import remove_voice
 
 logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/api", tags=["voices"])
@@ -166,18 +167,8 @@ def update_voice(voice_id: str, body: VoiceUpdate, studio: StudioDep, session: S
 def delete_voice(voice_id: str, studio: StudioDep, session: SessionDep) -> Response:
     """Delete a voice and its files. Its unfinished jobs are cancelled; finished audio is kept."""
     voice = _get_voice(session, voice_id)
-    active = session.scalars(
-        select(Task.id).join(Generation).where(Generation.voice_id == voice.id, Task.status.in_(ACTIVE))
-    ).all()
     session.commit()  # end this read before the queue writes (SQLite allows one writer)
-    # Flag the jobs first: a job that trips over the vanished voice then ends cancelled, not failed.
-    for task_id in active:
-        studio.queue.request_cancel(task_id, "the voice was deleted")
-        studio.runner.cancel_local(task_id)
-    session.delete(voice)
-    session.execute(update(Generation).where(Generation.voice_id == voice_id).values(voice_id=None))
-    session.commit()
-    studio.storage.delete_voice(voice_id)
+    remove_voice(studio, voice.id)
     return Response(status_code=204)
 
 
