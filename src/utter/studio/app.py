@@ -33,6 +33,7 @@ from .db import Database
 from .deps import Studio
 from .jobs import JobQueue
 from .limits import BodySizeLimit
+from .login import LoginGate
 from .provider import LocalProvider, TTSProvider, make_provider
 from .settings import StudioSettings
 from .storage import Storage
@@ -51,6 +52,9 @@ def _mount_tts(app: FastAPI, settings: StudioSettings, provider: LocalProvider, 
     from ..server.app import create_app
 
     service_settings = settings.service_settings(manage_holder=False)
+    if settings.password_value() and service_settings.api_key_value() is None:
+        # One secret: programs use the studio's password as the TTS service's key too.
+        service_settings = service_settings.model_copy(update={"api_key": settings.password})
     voices = StudioVoiceLibrary(studio, provider, legacy_dir=service_settings.voices_dir)
     # The studio starts and stops the holder (mounted apps get no lifespan).
     app.mount("/tts", create_app(service_settings, provider.holder, voices))
@@ -99,6 +103,10 @@ def create_studio_app(settings: StudioSettings | None = None, provider: TTSProvi
         timeout_s=settings.body_timeout_s,
         shown_limit_mb=settings.max_upload_mb,
     )
+    password = settings.password_value()
+    if password:  # added last: the outermost layer, before any body is read
+        api_key = settings.service_settings().api_key_value()
+        app.add_middleware(LoginGate, password=password, api_key=api_key)
     for module in (routes_voices, routes_generate, routes_generations, routes_languages, routes_health):
         app.include_router(module.router)
     if importlib.util.find_spec(f"{__package__}.pages") is not None:  # the pages are optional

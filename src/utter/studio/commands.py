@@ -107,6 +107,7 @@ def run_serve(args: argparse.Namespace) -> None:
 
     from ..server.connections import uvicorn_limits
     from .db import Database, DatabaseError, describe
+    from .login import needs_password
     from .settings import StudioSettings
 
     _export(args)
@@ -119,6 +120,11 @@ def run_serve(args: argparse.Namespace) -> None:
         first = exc.errors()[0]
         where = ".".join(str(x) for x in first["loc"])
         raise SystemExit(f"utter: error: bad setting {where + ': ' if where else ''}{first['msg']}") from exc
+    if needs_password(settings.host) and not settings.password_value() and not settings.open_network:
+        raise SystemExit(
+            f"utter: error: listening on {settings.host} opens the studio to other machines; set a "
+            "password (UTTER_PASSWORD) or, on a trusted network, UTTER_OPEN_NETWORK=1"
+        )
     try:
         db = Database(settings.db_url)
         db.migrate()

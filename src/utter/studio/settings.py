@@ -48,6 +48,12 @@ class StudioSettings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     workers: int = Field(1, ge=1)
+    # Login (studio/login.py): with a password every page, /api and /tts need it (a session from
+    # /login, or "Authorization: Bearer PASSWORD"); listening beyond loopback needs one unless
+    # the network is trusted (open_network).
+    password: SecretStr | None = None
+    open_network: bool = False
+
     # Connection limits, as for the TTS service (see ServerSettings): header and body deadlines,
     # idle keep-alive, and the most open connections before new ones get 503.
     header_timeout_s: float = Field(10.0, gt=0)
@@ -72,6 +78,10 @@ class StudioSettings(BaseSettings):
     job_lease_seconds: float = Field(30.0, gt=0)  # a job whose worker stops heartbeating is recovered
     job_max_attempts: int = Field(3, ge=1)  # after this many interrupted runs a job fails
     job_poll_seconds: float = Field(1.0, gt=0)  # how often an idle worker looks for new jobs
+
+    def password_value(self) -> str | None:
+        value = self.password.get_secret_value() if self.password is not None else None
+        return value or None
 
     @field_validator("tts_endpoint", "database_url", "device", "dtype", "cache_dir", mode="before")
     @classmethod
