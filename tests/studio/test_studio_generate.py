@@ -215,3 +215,25 @@ def test_a_job_interrupted_too_often_fails_but_keeps_its_audio_and_resumes(clien
     assert client.post(f"/api/tasks/{task_id}/resume").status_code == 200
     assert wait_task(client, task_id, timeout=120)["status"] == "completed"
     assert np.abs(_audio(client, gen_id) - whole).max() <= 2 / 32767
+
+
+def test_audio_downloads_in_every_format_and_history_keeps_the_settings(client, voice) -> None:
+    from utter.audio import load_audio
+
+    job = _generate(client, voice, "Take it away.", seed=77, max_frames=5, temperature=0.7, top_k=20)
+    assert wait_task(client, job["task_id"])["status"] == "completed"
+    gen = client.get(f"/api/generations/{job['generation_id']}").json()
+    assert gen["seed"] == 77 and gen["options"] == {"temperature": 0.7, "top_k": 20, "max_frames": 5}
+    wav = _audio(client, job["generation_id"])
+    for fmt, media in (
+        ("wav", "audio/wav"),
+        ("mp3", "audio/mpeg"),
+        ("opus", "audio/ogg"),
+        ("flac", "audio/flac"),
+    ):
+        r = client.get(f"{gen['audio_url']}?download=1&format={fmt}")
+        assert r.status_code == 200 and r.headers["content-type"].startswith(media), fmt
+        assert r.headers["content-disposition"].endswith(f'.{fmt}"'), r.headers["content-disposition"]
+        decoded, sr = load_audio(r.content, target_sr=24000)
+        assert sr == 24000 and abs(len(decoded) - len(wav)) < 24000 * 0.1, fmt  # codecs pad a little
+    assert client.get(f"{gen['audio_url']}?format=aiff").status_code == 422

@@ -10,6 +10,8 @@ from fastapi.responses import FileResponse
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
+from ..audio import SAMPLE_RATE, load_audio
+from ..audio.encode import FORMATS, encode_audio
 from ..server.errors import ApiError
 from .deps import SessionDep, StudioDep
 from .inputs import clean_text, get_row
@@ -59,19 +61,35 @@ def get_generation(generation_id: str, session: SessionDep) -> GenerationOut:
     return generation_out(gen, gen.task)
 
 
+DOWNLOAD_FORMATS = ("wav", "mp3", "opus", "flac")
+
+
 @router.get("/generations/{generation_id}/audio", response_class=FileResponse)
 def generation_audio(
-    generation_id: str, studio: StudioDep, session: SessionDep, download: bool = False
-) -> FileResponse:
+    generation_id: str,
+    studio: StudioDep,
+    session: SessionDep,
+    download: bool = False,
+    format: Annotated[str, Query(description="wav (as stored), mp3, opus (Ogg) or flac")] = "wav",
+) -> Response:
     gen = _get(session, generation_id)
+    if format not in DOWNLOAD_FORMATS:
+        raise ApiError(
+            422, f"Unknown format {format!r}; choose one of: {', '.join(DOWNLOAD_FORMATS)}.", param="format"
+        )
     if gen.status in ACTIVE or not gen.audio_path:  # a failed or cancelled one may keep what it made
         raise ApiError(404, f"This generation has no audio yet (it is {gen.status}).")
     path = studio.storage.resolve(gen.audio_path)
     if not path.is_file():
         raise ApiError(404, "The audio of this generation is missing from the data directory.")
     name = re.sub(r"[^A-Za-z0-9_-]+", "-", gen.voice_name).strip("-") or "voice"
-    filename = f"utter-{name}-{gen.id[:8]}.wav" if download else None
-    return FileResponse(path, media_type="audio/wav", filename=filename)
+    media_type, extension = FORMATS[format]
+    filename = f"utter-{name}-{gen.id[:8]}.{extension}" if download else None
+    if format == "wav":
+        return FileResponse(path, media_type=media_type, filename=filename)
+    audio, _ = load_audio(path, target_sr=SAMPLE_RATE)
+    headers = {"Content-Disposition": f'attachment; filename="{filename}"'} if filename else None
+    return Response(encode_audio(audio, format), media_type=media_type, headers=headers)
 
 
 @router.delete("/generations/{generation_id}", status_code=204)

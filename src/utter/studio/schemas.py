@@ -10,6 +10,7 @@ Times are ISO 8601 in UTC.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -134,6 +135,8 @@ class GenerationOut(BaseModel):
     generation_seconds: float | None  # wall time spent generating it
     error_message: str | None
     audio_url: str | None  # GET: audio/wav (add ?download=1 for an attachment); set when there is audio
+    seed: int | None = None  # the seed it was made with (Regenerate with it makes the same audio)
+    options: dict[str, Any] = Field(default_factory=dict)  # the sampling options asked for
     partial: bool = False  # the audio is what a failed or cancelled job made before it stopped
     resumable: bool = False  # POST /api/tasks/{task_id}/resume continues it from that audio
     created_at: datetime

@@ -76,6 +76,8 @@ def generation_out(gen: Generation, task: Task | None) -> GenerationOut:
         generation_seconds=gen.generation_seconds,
         error_message=gen.error_message,
         audio_url=f"/api/generations/{gen.id}/audio" if has_audio else None,
+        seed=gen.seed,
+        options=dict(gen.options or {}),
         partial=has_audio and gen.status != COMPLETED,
         resumable=task is not None and gen.status in (FAILED, CANCELLED) and gen.voice_id is not None,
         created_at=gen.created_at,

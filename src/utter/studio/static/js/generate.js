@@ -314,6 +314,17 @@ if (pre?.voice_id !== undefined && pre?.voice_id !== null) {
 }
 updateCounter();
 restoreOpts();
+if (pre && (pre.seed !== undefined || pre.options)) {
+  // Regenerate from History: the same seed and settings make the same audio.
+  const o = pre.options || {};
+  $("#greedy").checked = Boolean(o.greedy);
+  for (const [k, sel] of OPTS) {
+    const v = k === "seed" ? pre.seed : o[k];
+    $(sel).value = v === undefined || v === null ? "" : v;
+  }
+  $("#advanced").open = true;
+  saveOpts();
+}
 syncSampling();
 const askedLanguage = pre?.language ?? new URLSearchParams(location.search).get("language");
 Promise.all([loadVoices(), fillLanguageSelects(askedLanguage ?? "Auto")]).then(() => {

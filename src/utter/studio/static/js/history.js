@@ -21,6 +21,17 @@ let refresh = null;
 const players = new Map(); // generation id -> player kept open across refreshes
 let lastKey = "";
 
+/** The sampling settings a generation asked for, in a few words ("" for the defaults). */
+function settingsText(options) {
+  if (!options) return "";
+  if (options.greedy) return "greedy";
+  const names = { temperature: "temp", top_k: "top-k", top_p: "top-p", repetition_penalty: "rep" };
+  return Object.entries(names)
+    .filter(([k]) => options[k] !== undefined && options[k] !== null)
+    .map(([k, label]) => `${label} ${options[k]}`)
+    .join(", ");
+}
+
 const renderPager = pager($("#pager"), (p) => load(p));
 
 async function load(p = page) {
@@ -80,6 +91,8 @@ function row(g) {
     g.language,
     g.duration ?? g.duration_seconds ? `${secs(g.duration ?? g.duration_seconds)} audio` : "",
     genTime ? `made in ${secs(genTime)}` : "",
+    g.seed !== undefined && g.seed !== null ? `seed ${g.seed}` : "",
+    settingsText(g.options),
     when(g.created_at),
   ]
     .filter(Boolean)
@@ -93,8 +106,14 @@ function row(g) {
   playBtn.hidden = !done;
   dl.hidden = !done;
   dl.textContent = g.partial ? "Download partial" : "Download";
-  dl.href = audioUrl + (audioUrl.includes("?") ? "&" : "?") + "download=1";
-  dl.download = `utter-${id}.wav`;
+  const format = role(el, "format");
+  format.hidden = !done;
+  const setFormat = () => {
+    dl.href = audioUrl + (audioUrl.includes("?") ? "&" : "?") + `download=1&format=${format.value}`;
+    dl.download = `utter-${id}.${format.value}`;
+  };
+  format.addEventListener("change", setFormat);
+  setFormat();
 
   const box = role(el, "player");
   if (players.has(id)) {
@@ -136,7 +155,8 @@ function row(g) {
   });
 
   role(el, "regenerate").addEventListener("click", () => {
-    sessionStorage.setItem("utter.prefill", JSON.stringify({ text: g.text, voice_id: g.voice_id ?? g.voice?.id, language: g.language }));
+    const settings = { text: g.text, voice_id: g.voice_id ?? g.voice?.id, language: g.language };
+    sessionStorage.setItem("utter.prefill", JSON.stringify({ ...settings, seed: g.seed, options: g.options ?? {} }));
     location.href = "/generate";
   });
   role(el, "regenerate").disabled = !(g.voice_id ?? g.voice?.id);
