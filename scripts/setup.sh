@@ -5,10 +5,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-[ -x .venv/bin/python ] || "$PY" -m venv .venv
+say() { echo "utter setup: $*" >&2; }  # pip is quiet: say what takes the time
+[ -x .venv/bin/python ] || { say "creating .venv"; "$PY" -m venv .venv; }
 . .venv/bin/activate
 pip install -q --upgrade pip >/dev/null 2>&1 || true
-python -c "import torch" 2>/dev/null || pip install -q "${UTTER_TORCH:-torch==2.13.0}"
+if ! python -c "import torch" 2>/dev/null; then
+  say "installing PyTorch (${UTTER_TORCH:-torch==2.13.0}); the first time this takes a few minutes"
+  pip install -q "${UTTER_TORCH:-torch==2.13.0}"
+fi
+say "installing Utter and its dependencies"
 if [ "${1:-}" = "--dev" ]; then
   pip install -q -e ".[dev]"
   # The official package is a test-only reference. It pins gradio and torchaudio, which tests
@@ -17,3 +22,4 @@ if [ "${1:-}" = "--dev" ]; then
 else
   pip install -q -e .
 fi
+say "ready"

@@ -106,3 +106,31 @@ def test_a_model_that_cannot_be_had_is_reported_with_what_to_do(tmp_path, monkey
             assert client.get("/clone").status_code == 200
     finally:
         server.stop()
+
+
+def test_a_failed_model_is_retried_from_the_page_without_a_restart(tmp_path, tiny_checkpoint, caplog) -> None:
+    import logging
+    import shutil
+
+    folder = tmp_path / "model-arrives-later"
+    server = _server(tmp_path, str(folder))
+    try:
+        client = server.client
+        deadline = time.monotonic() + 30
+        while client.get("/api/health").json()["model"]["state"] != "failed":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        failures = [r for r in caplog.records if "loading" in r.getMessage() and r.levelno >= logging.ERROR]
+        assert failures and all(r.exc_info is None for r in failures)  # one clear line, no traceback
+        shutil.copytree(tiny_checkpoint, folder)  # what the person fixed
+        r = client.post("/api/model/retry")
+        assert r.status_code == 202
+        while client.get("/api/health").json()["model"]["state"] != "ready":
+            assert time.monotonic() < deadline + 60
+            time.sleep(0.05)
+        assert client.post("/api/model/retry").status_code == 409  # nothing to retry now
+        voice = clone(client, "after the retry")
+        job = client.post("/api/generate", json={"voice_id": voice, "text": "Back.", "max_frames": 2}).json()
+        assert wait_task(client, job["task_id"])["status"] == "completed"
+    finally:
+        server.stop()

@@ -191,6 +191,20 @@ class EngineHolder:
             self._thread = threading.Thread(target=self._load, name="utter-model-loader", daemon=True)
             self._thread.start()
 
+    def retry(self) -> bool:
+        """Load again after a failure (the network is back, the folder was fixed), without a
+        restart; returns False (and does nothing) unless the model had failed."""
+        with self._lock:
+            if self._state is not ModelState.FAILED or self._stopped:
+                return False
+            self._error = self._hint = None
+            self._state, self._progress = ModelState.LOADING, None
+            self._settled.clear()
+            self._thread = None
+        logger.info("retrying to load %s", public_text(self.model))
+        self.start()
+        return True
+
     def stop(self) -> None:
         """Stop the batcher (live requests end as "cancelled"). A load in progress is abandoned."""
         self._stopped = True
@@ -242,7 +256,10 @@ class EngineHolder:
             )
             self._start_batcher()
         except Exception as exc:  # noqa: BLE001 - reported through state/error/hint
-            logger.exception("loading %s failed", self.model)
+            if isinstance(exc, CheckpointError):  # expected (offline, wrong folder): one clear line
+                logger.error("loading %s failed: %s %s", self.model, exc, _hint(exc))
+            else:
+                logger.exception("loading %s failed", self.model)
             self._error, self._hint = str(exc), _hint(exc)
             self._state = ModelState.FAILED
             self._settled.set()

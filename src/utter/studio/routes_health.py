@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from ..server.errors import ApiError
 from .deps import StudioDep
 from .schemas import HealthOut, ModelStatus
 
@@ -24,3 +25,22 @@ def health(studio: StudioDep) -> HealthOut:
         status = "degraded"
     jobs = studio.queue.counts() if database == "ok" else {}
     return HealthOut(status=status, model=ModelStatus(**model), database=database, jobs=jobs)
+
+
+@router.post("/model/retry", status_code=202)
+async def retry_model(studio: StudioDep) -> dict[str, str]:
+    """Load the model again after it failed (the network is back, the folder fixed): no restart.
+    The page's banner offers it; ``/api/health`` then shows the new attempt."""
+    provider = studio.provider
+    holder = getattr(provider, "holder", None)
+    if holder is not None:
+        if not holder.retry():
+            raise ApiError(
+                409, f"The model is {holder.state.value}; only a model that failed can be retried."
+            )
+    else:  # a remote TTS service: ask it again now
+        refresh = getattr(provider, "refresh", None)
+        if refresh is not None:
+            await refresh()
+    studio.runner.wake()
+    return {"state": provider.state.value}

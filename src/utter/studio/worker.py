@@ -19,7 +19,7 @@ import httpx
 import numpy as np
 from sqlalchemy import select
 
-from ..audio import SAMPLE_RATE
+from ..audio import SAMPLE_RATE, AudioError
 from ..engine.batcher import QueueFullError, WorkerError
 from ..server.runtime import ModelNotReady, ModelState
 from .jobs import JobQueue, make_worker_id
@@ -312,7 +312,12 @@ class JobRunner:
             job.check()
             audio = await asyncio.to_thread(self.storage.load_chunk, plan.generation_id, index)
             if audio is None:
-                audio = await self._speak(job, plan, text, index)
+                try:
+                    audio = await self._speak(job, plan, text, index)
+                except AudioError as exc:  # the recording vanished meanwhile: say so, name no path
+                    if not plan.voice.audio_path.is_file():
+                        raise ValueError("the voice of this generation was deleted") from exc
+                    raise
                 await asyncio.to_thread(self.storage.save_chunk, plan.generation_id, index, audio)
             parts.append(audio)
             job.frames_before += len(audio) // SAMPLES_PER_FRAME

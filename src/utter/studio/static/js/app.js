@@ -81,7 +81,7 @@ function renderHealth(h) {
   } else if (h.state === "failed") {
     title = "The model is unavailable.";
     detail = h.reason || "It could not be loaded.";
-    hint ||= "Check the server's log, then restart it with a model it can reach (e.g. --model pointing at a local folder).";
+    hint ||= "Fix what the message says (network, --model folder), then try again; no restart needed.";
   } else if (h.state === "unreachable") {
     title = "Cannot reach the studio server.";
     detail = "Retrying…";
@@ -91,6 +91,7 @@ function renderHealth(h) {
   role(banner, "detail").textContent = detail;
   role(banner, "hint").textContent = hint;
   role(banner, "hint").hidden = !hint;
+  role(banner, "retry").hidden = h.state !== "failed";
   const showBar = h.state === "downloading" || h.state === "loading";
   bar.hidden = !showBar;
   bar.classList.toggle("indeterminate", showBar && h.progress === null);
@@ -98,6 +99,7 @@ function renderHealth(h) {
 }
 
 let healthTimer = null;
+let unreachableFor = 0; // health polls in a row that found no server
 
 async function pollHealth() {
   clearTimeout(healthTimer);
@@ -114,8 +116,22 @@ async function pollHealth() {
   lastHealth = h;
   renderHealth(h);
   for (const fn of healthListeners) fn(h);
-  healthTimer = setTimeout(pollHealth, h.state === "ready" || h.state === "failed" ? 15000 : 1500);
+  // While the server is unreachable, back off (1.5 s doubling to 15 s) instead of polling every second.
+  unreachableFor = h.state === "unreachable" ? unreachableFor + 1 : 0;
+  const wait = h.state === "ready" || h.state === "failed" ? 15000 : Math.min(15000, 1500 * 2 ** unreachableFor);
+  healthTimer = setTimeout(pollHealth, wait);
 }
+
+document.getElementById("model-banner")?.querySelector("[data-role=retry]")?.addEventListener("click", async (e) => {
+  e.target.disabled = true;
+  try {
+    await api("/api/model/retry", { method: "POST" });
+  } catch {
+    /* the banner shows what the server says next */
+  }
+  e.target.disabled = false;
+  pollHealth();
+});
 
 // ---- running-job indicator -----------------------------------------------------------------
 
