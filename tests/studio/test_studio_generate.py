@@ -237,3 +237,28 @@ def test_audio_downloads_in_every_format_and_history_keeps_the_settings(client, 
         decoded, sr = load_audio(r.content, target_sr=24000)
         assert sr == 24000 and abs(len(decoded) - len(wav)) < 24000 * 0.1, fmt  # codecs pad a little
     assert client.get(f"{gen['audio_url']}?format=aiff").status_code == 422
+
+
+def test_a_running_jobs_audio_streams_while_it_is_made(client, voice) -> None:
+    """GET /api/tasks/{id}/live.wav: a WAV stream that starts with what is made so far and
+    follows the job to its end; its audio is the job's chunks back to back."""
+    job = _generate(client, voice, SENTENCES * 2, max_frames=30, seed=4)
+    deadline = time.monotonic() + 60
+    while (task := client.get(f"/api/tasks/{job['task_id']}").json())["frames_done"] == 0:
+        assert task["status"] in ("queued", "processing") and time.monotonic() < deadline, task
+        time.sleep(0.02)
+    received = b""
+    with client.stream("GET", f"/api/tasks/{job['task_id']}/live.wav") as r:
+        assert r.status_code == 200 and r.headers["content-type"] == "audio/wav"
+        for piece in r.iter_bytes():
+            if not received:  # the first bytes came while the job was still running
+                assert client.get(f"/api/tasks/{job['task_id']}").json()["status"] == "processing"
+            received += piece
+    assert received[:4] == b"RIFF" and received[36:40] == b"data"
+    live = np.frombuffer(received[44:], dtype="<i2")
+    task = wait_task(client, job["task_id"])
+    assert task["status"] == "completed"
+    final = _audio(client, job["generation_id"])
+    fade = int(24000 * 0.04)
+    assert len(live) == len(final) + (task["chunks_total"] - 1) * fade  # chunks back to back, no crossfades
+    assert client.get(f"/api/tasks/{job['task_id']}/live.wav").status_code == 404  # over: play the result

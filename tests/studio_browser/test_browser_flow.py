@@ -113,13 +113,31 @@ def test_clone_generate_play_download_history_delete(page: Page, ref_audio, shot
     expect(items).to_have_count(1)
     item.locator("[data-role=play]").click()
     page.wait_for_function("document.querySelector('.history-item audio')?.duration > 0")
+    expect(item.locator("[data-role=meta]")).to_contain_text("seed 7")
     shot(page, "history")
+    item.locator("[data-role=format]").select_option("mp3")
+    with page.expect_download() as info:
+        item.locator("[data-role=download]").click()
+    assert info.value.suggested_filename.endswith(".mp3")
+    mp3 = open(info.value.path(), "rb").read()
+    assert mp3[:3] == b"ID3" or mp3[0] == 0xFF, mp3[:8]
+
+    # The Tasks page's Open lands on this very generation.
+    page.goto("/tasks")
+    opened = page.locator("[data-role=open]:visible").first
+    expect(opened).to_have_attribute("href", re.compile(r"/history\?generation="))
+    opened.click()
+    expect(page.locator(".history-item")).to_have_count(1)
+    page.goto(f"/history?search={tag}")
+    expect(items).to_have_count(1)
 
     # Regenerate: back on Generate with the same text and voice, ready to tweak.
     item.locator("[data-role=regenerate]").click()
     expect(page).to_have_url(re.compile(r"/generate"))
     expect(page.locator("#text")).to_have_value(text)
     expect(page.locator("#voice-select option:checked")).to_have_text(name)
+    expect(page.locator("#seed")).to_have_value("7")  # the settings it was made with come along
+    expect(page.locator("#temperature")).to_have_value("0.8")
 
     # Delete it from History; it is gone from the list and from the API.
     page.goto(f"/history?search={tag}")

@@ -8,14 +8,18 @@ load, the request is refused with the reason, since waiting cannot help until a 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import secrets
 from typing import Annotated
 
 from fastapi import APIRouter, Query
+from fastapi.responses import StreamingResponse
 from sqlalchemy import select
 
+from ..audio import SAMPLE_RATE
+from ..audio.encode import pcm16, wav_header
 from ..server.errors import ApiError
 from ..server.runtime import ModelState
 from .deps import SessionDep, StudioDep
@@ -103,6 +107,30 @@ def list_tasks(
 @router.get("/tasks/{task_id}", response_model=TaskOut)
 def get_task(task_id: str, studio: StudioDep, session: SessionDep) -> TaskOut:
     return task_out(_task(session, task_id), studio.provider.status())
+
+
+@router.get("/tasks/{task_id}/live.wav", response_class=StreamingResponse)
+async def live_audio(task_id: str, studio: StudioDep) -> StreamingResponse:
+    """The audio of a running job as it is made: a WAV stream (unknown length, the usual
+    convention for streamed WAV) that starts with what is made so far and follows the job until
+    it ends. 404 when the job is not running in this process (queued, finished, or another
+    worker's): then its generation's audio is the thing to play."""
+    job = studio.runner.live_job(require_id(task_id, "Task"))
+    if job is None:
+        raise ApiError(404, "This job is not running here; play its generation's audio instead.")
+
+    async def body():
+        yield wav_header(SAMPLE_RATE)  # unknown length: the job is still running
+        sent = 0
+        while True:
+            while sent < len(job.live):
+                yield pcm16(job.live[sent]).astype("<i2").tobytes()
+                sent += 1
+            if job.done and sent >= len(job.live):
+                return
+            await asyncio.sleep(0.05)
+
+    return StreamingResponse(body(), media_type="audio/wav", headers={"Cache-Control": "no-store"})
 
 
 @router.post("/tasks/{task_id}/resume", response_model=TaskOut)

@@ -67,6 +67,10 @@ class _Job:
     max_now: int = 0
     stream: SynthesisStream | None = None
     stop_reason: str | None = None  # "cancelled", "lost", "gone", "shutdown"
+    # The audio made so far, in order, as it streams (finished chunks, then the running one):
+    # what GET /api/tasks/{id}/live.wav plays while the job runs.
+    live: list[np.ndarray] = field(default_factory=list)
+    done: bool = False
 
     def stop(self, reason: str) -> None:
         if self.stop_reason is None:
@@ -136,6 +140,10 @@ class JobRunner:
         """Look for work now (thread-safe: routes call it from the thread pool)."""
         if self._wake is not None and self._event_loop is not None and not self._event_loop.is_closed():
             self._event_loop.call_soon_threadsafe(self._wake.set)
+
+    def live_job(self, task_id: str) -> _Job | None:
+        """The running job of this process with ``task_id`` (its ``live`` audio grows), or None."""
+        return self.jobs.get(task_id)
 
     def cancel_local(self, task_id: str) -> None:
         """Stop a job of this process at once (the database flag reaches other processes)."""
@@ -229,6 +237,7 @@ class JobRunner:
             if await asyncio.to_thread(self.queue.fail, job.task_id, self.worker_id, reason):
                 await asyncio.to_thread(self._keep_made, job.generation_id)
         finally:
+            job.done = True
             beat.cancel()
             await asyncio.gather(beat, return_exceptions=True)
 
@@ -311,6 +320,7 @@ class JobRunner:
         for index, text in enumerate(job.chunks):
             job.check()
             audio = await asyncio.to_thread(self.storage.load_chunk, plan.generation_id, index)
+            live_base = len(job.live)
             if audio is None:
                 try:
                     audio = await self._speak(job, plan, text, index)
@@ -320,6 +330,8 @@ class JobRunner:
                     raise
                 await asyncio.to_thread(self.storage.save_chunk, plan.generation_id, index, audio)
             parts.append(audio)
+            if len(job.live) == live_base:  # a chunk from an earlier run (not streamed now)
+                job.live.append(audio)
             job.frames_before += len(audio) // SAMPLES_PER_FRAME
             job.frames_now = job.max_now = 0
             job.chunks_done = index + 1
@@ -374,9 +386,11 @@ class JobRunner:
             stream.cancel()
         pcm: list[np.ndarray] = []
         saved = 0
+        base = len(job.live)  # a retried chunk streams again from its start
         try:
             async for chunk in stream:
                 pcm.append(chunk.pcm)
+                job.live.append(chunk.pcm)
                 job.frames_now, job.max_now = chunk.frames_done, chunk.max_frames
                 made = sum(len(p) for p in pcm)
                 if made - saved >= SAVE_EVERY_SECONDS * SAMPLE_RATE:
@@ -384,8 +398,14 @@ class JobRunner:
                         self.storage.save_running_chunk, generation_id, index, np.concatenate(pcm)
                     )
                     saved = made
+        except BaseException:
+            del job.live[base:]
+            raise
         finally:
             job.stream = None
+        if len(job.live) - base != len(pcm):  # keep the live audio exactly this chunk's
+            del job.live[base:]
+            job.live.extend(pcm)
         job.check()
         if stream.finish_reason == "cancelled":
             raise _Stop("cancelled")

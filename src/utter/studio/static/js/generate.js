@@ -218,6 +218,10 @@ function renderJob(t) {
   if (t.status === "cancelled") msg = "Cancelled.";
   role(job, "message").textContent = msg;
   role(job, "cancel").hidden = ["completed", "failed", "cancelled"].includes(t.status);
+  // Hear it while it is made: the job's audio so far, then as it comes (one gapless stream).
+  const live = role(job, "live");
+  const listening = live.dataset.task === String(t.id);
+  role(job, "listen").hidden = t.status !== "running" || listening;
   tickTimes(t);
   if (t.status === "failed") alertIn(errorBox, `Generation failed: ${t.error || "unknown error"}`);
   if (t.status === "completed" && shownResultFor !== String(t.id)) showResult(t);
@@ -262,6 +266,15 @@ async function showResult(t) {
     })
     .catch((err) => toast(err.message, "error"));
 }
+
+role(job, "listen").addEventListener("click", () => {
+  const live = role(job, "live");
+  live.dataset.task = String(currentId);
+  live.src = `/api/tasks/${encodeURIComponent(currentId)}/live.wav`;
+  live.hidden = false;
+  role(job, "listen").hidden = true;
+  live.play().catch(() => {});
+});
 
 role(job, "cancel").addEventListener("click", async () => {
   if (!currentId) return;

@@ -33,16 +33,30 @@ function settingsText(options) {
 }
 
 const renderPager = pager($("#pager"), (p) => load(p));
+let only = new URLSearchParams(location.search).get("generation");
+const showAll = () => {
+  if (!only) return;
+  only = null;
+  const url = new URL(location.href);
+  url.searchParams.delete("generation");
+  history.replaceState(null, "", url);
+};
 
 async function load(p = page) {
   page = Math.max(1, p);
   clearTimeout(refresh);
   const term = search.value.trim();
   const status = statusSel.value;
-  syncQuery({ page, search: term, status });
+  if (!only) syncQuery({ page, search: term, status });
   let data;
   try {
-    data = pageOf(await api("/api/generations", { params: { page, per_page: PER_PAGE, search: term, status } }), ["generations"], PER_PAGE);
+    if (only) {
+      // Opened from the Tasks page: that one generation (the search box shows all again).
+      const g = await api(`/api/generations/${encodeURIComponent(only)}`);
+      data = { items: [g], total: 1, pages: 1 };
+    } else {
+      data = pageOf(await api("/api/generations", { params: { page, per_page: PER_PAGE, search: term, status } }), ["generations"], PER_PAGE);
+    }
   } catch (err) {
     alertIn(listError, err.message);
     refresh = setTimeout(load, 5000);
@@ -182,6 +196,6 @@ function row(g) {
   return el;
 }
 
-search.addEventListener("input", debounce(() => load(1), 250));
-statusSel.addEventListener("change", () => load(1));
+search.addEventListener("input", debounce(() => (showAll(), load(1)), 250));
+statusSel.addEventListener("change", () => (showAll(), load(1)));
 load();

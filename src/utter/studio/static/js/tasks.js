@@ -58,7 +58,7 @@ function fill(el, t) {
   show(role(el, "cancel"), !isTerminal(t.status));
   const open = role(el, "open");
   show(open, t.status === "completed");
-  if (t.title) open.href = `/history?search=${encodeURIComponent(t.title.slice(0, 40))}`;
+  if (t.generationId != null) open.href = `/history?generation=${encodeURIComponent(t.generationId)}`;
 }
 
 function render(tasks) {
