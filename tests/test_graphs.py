@@ -18,6 +18,19 @@ def test_buckets() -> None:
     assert buckets(16) == [1, 2, 4, 8, 16]
 
 
+def _dynamic_codes(engine, reqs) -> list[torch.Tensor]:
+    """The same requests' codes on a fresh dynamic (non-fixed-shape) runner."""
+    saved, engine.runner = engine.runner, Runner(engine.talker, engine.config)
+    try:
+        return engine.generate_codes(reqs)
+    finally:
+        engine.runner = saved
+
+
+def assert_same_codes(fixed: list[torch.Tensor], dynamic: list[torch.Tensor]) -> None:
+    assert_same_codes(fixed, dynamic)
+
+
 @pytest.fixture
 def fixed_runner(engine):
     saved = engine.runner
@@ -40,14 +53,8 @@ def test_fixed_shape_step_equals_dynamic(engine, ref_wav, fixed_runner) -> None:
     ]
     fixed = engine.generate_codes(reqs)  # 3 rows run in the bucket of 4, then 2 ...
     assert fixed_runner.active == 0
-    dynamic_runner = Runner(engine.talker, engine.config)
-    engine.runner, saved = dynamic_runner, engine.runner
-    try:
-        dynamic = engine.generate_codes(reqs)
-    finally:
-        engine.runner = saved
-    for a, b in zip(fixed, dynamic):
-        assert a.shape == b.shape and torch.equal(a, b)
+    dynamic = _dynamic_codes(engine, reqs)
+    assert_same_codes(fixed, dynamic)
 
 
 def test_fixed_runner_refuses_requests_that_do_not_fit(engine, ref_wav, fixed_runner) -> None:
@@ -79,15 +86,9 @@ def test_fixed_shape_steps_follow_each_steps_sampling_plan(engine, ref_wav, fixe
 
     fixed_runner._plan = spy
     fixed = engine.generate_codes(reqs)
-    dynamic_runner = Runner(engine.talker, engine.config)
-    engine.runner, saved = dynamic_runner, engine.runner
-    try:
-        dynamic = engine.generate_codes(reqs)
-    finally:
-        engine.runner = saved
+    dynamic = _dynamic_codes(engine, reqs)
     assert len(plans_seen) == 3  # full, then top-k once the top-p row has left, then greedy
-    for a, b in zip(fixed, dynamic):
-        assert a.shape == b.shape and torch.equal(a, b)
+    assert_same_codes(fixed, dynamic)
 
 
 def test_fixed_shape_steps_attend_over_the_live_length_only(engine, ref_wav, fixed_runner) -> None:
@@ -105,13 +106,7 @@ def test_fixed_shape_steps_attend_over_the_live_length_only(engine, ref_wav, fix
     run = fixed_runner.graphs._run
     fixed_runner.graphs._run = lambda key, fn, length=None: (lengths.append(length), run(key, fn, length))
     fixed = engine.generate_codes(reqs)
-    dynamic_runner = Runner(engine.talker, engine.config)
-    engine.runner, saved = dynamic_runner, engine.runner
-    try:
-        dynamic = engine.generate_codes(reqs)
-    finally:
-        engine.runner = saved
+    dynamic = _dynamic_codes(engine, reqs)
     used = sorted({n for n in lengths if n is not None})
     assert len(used) >= 2 and used[-1] < 512, used  # grew across buckets, never the whole cache
-    for a, b in zip(fixed, dynamic):
-        assert a.shape == b.shape and torch.equal(a, b)
+    assert_same_codes(fixed, dynamic)
