@@ -162,6 +162,7 @@ function validate() {
 
 form.addEventListener("submit", async (e) => {
   e.preventDefault();
+  await voicesLoaded; // a quick click must not find the list still empty
   const [problem, field] = validate();
   alertIn(errorBox, problem);
   if (problem) {
@@ -340,7 +341,8 @@ if (pre && (pre.seed !== undefined || pre.options)) {
 }
 syncSampling();
 const askedLanguage = pre?.language ?? new URLSearchParams(location.search).get("language");
-Promise.all([loadVoices(), fillLanguageSelects(askedLanguage ?? "Auto")]).then(() => {
+const voicesLoaded = loadVoices();
+Promise.all([voicesLoaded, fillLanguageSelects(askedLanguage ?? "Auto")]).then(() => {
   if (askedLanguage) langSel.dataset.touched = "1";
   else followVoiceLanguage();
 });
