@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .engine import Engine, Request
+from .engine import MAX_FRAMES, Engine, Request
 from .runner import Sequence
 from .streaming import CHUNK_FRAMES, FIRST_CHUNK_FRAMES, PcmChunker, push_together
 
@@ -154,7 +154,7 @@ class Batcher:
     ) -> None:
         self.engine = engine
         # The most frames one request may ask for (a server's cap, at most the engine's).
-        self.max_frames = min(max_frames or engine.max_frames_limit, engine.max_frames_limit)
+        self.max_frames = min(max_frames or MAX_FRAMES, MAX_FRAMES)
         self.max_batch = max_batch
         self.max_queue = max_queue
         self.first_chunk_frames = first_chunk_frames

@@ -126,7 +126,6 @@ class Engine:
         self.dtype = dtype  # activation dtype (hidden states, KV caches)
         self.weight_mode = weight_mode
         self.runner = Runner(self.talker, config)
-        self.max_frames_limit = MAX_FRAMES  # requests asking for more are refused (validate)
         self._warm_streams: OrderedDict[str, AudioStream] = OrderedDict()  # per voice, see audio_stream
 
     # ----------------------------------------------------------------- loading
@@ -256,10 +255,10 @@ class Engine:
         if not req.text or not req.text.strip():
             raise ValueError("text is empty")
         limit = req.options.max_frames if req.options is not None else None
-        if limit is not None and limit > self.max_frames_limit:
+        if limit is not None and limit > MAX_FRAMES:
             raise ValueError(
-                f"max_frames is {limit}; at most {self.max_frames_limit} frames "
-                f"({self.max_frames_limit * 0.08:g} s of audio) are allowed per request: split longer texts"
+                f"max_frames is {limit}; at most {MAX_FRAMES} frames "
+                f"({MAX_FRAMES * 0.08:g} s of audio) are allowed per request: split longer texts"
             )
         self.config.language_id(req.language)
         dim = self.config.talker.decoder.hidden_size

@@ -17,6 +17,7 @@ import asyncio
 import base64
 import hashlib
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
@@ -104,7 +105,7 @@ class LocalProvider:
     def __init__(self, holder: EngineHolder, storage: Storage) -> None:
         self.holder = holder
         self.storage = storage
-        self._prompt_locks: dict[str, asyncio.Lock] = {}
+        self._prompt_locks: dict[str, threading.Lock] = {}
 
     def start(self) -> None:
         self.holder.start()
@@ -129,25 +130,27 @@ class LocalProvider:
         return hashlib.sha1(str(self.holder.engine.folder.resolve()).encode()).hexdigest()[:16]
 
     async def voice_prompt(self, voice: VoiceSource):  # -> VoicePrompt
-        """The voice's prompt for the loaded model: from its cache file, else computed and cached."""
+        """:meth:`prompt_for` off the event loop."""
+        return await asyncio.to_thread(self.prompt_for, voice)
+
+    def prompt_for(self, voice: VoiceSource):  # -> VoicePrompt
+        """The voice's prompt for the loaded model: from its cache file, else computed and cached.
+        The one place prompts are made for stored voices (studio jobs and the /tts service)."""
         from ..engine.voice import VoicePrompt
 
         engine = self.holder.engine
         if engine is None:
             raise ModelNotReady(self.holder.state, "the model is not loaded yet")
         path = self.storage.voice_prompt(voice.id, self.model_key())
-        lock = self._prompt_locks.setdefault(voice.id, asyncio.Lock())
-        async with lock:
+        with self._prompt_locks.setdefault(voice.id, threading.Lock()):
             if path.is_file():
                 try:
                     return VoicePrompt.load(path)
                 except ValueError:
                     logger.warning("recomputing unreadable voice prompt %s", path)
             started = time.perf_counter()
-            prompt = await asyncio.to_thread(
-                engine.create_voice, voice.audio_path, voice.transcript, voice.transcript is None
-            )
-            await asyncio.to_thread(prompt.save, path)
+            prompt = engine.create_voice(voice.audio_path, voice.transcript, voice.transcript is None)
+            prompt.save(path)
             logger.info("computed voice %s in %.1fs", voice.id, time.perf_counter() - started)
             return prompt
 

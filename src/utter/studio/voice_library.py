@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,15 +23,16 @@ import numpy as np
 from sqlalchemy import select, update
 
 from ..audio import SAMPLE_RATE
-from ..server.runtime import ModelNotReady, public_text
+from ..server.runtime import public_text
 from ..server.voices import VoiceNotFound, VoiceStore
 from .models import Generation, Task, Voice, new_id
+from .provider import VoiceSource
 from .schemas import ACTIVE
 
 if TYPE_CHECKING:
     from ..engine.voice import VoicePrompt
     from .deps import Studio
-    from .provider import LocalProvider
+    from .provider import LocalProvider  # noqa: F401 - the type of self.provider
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +69,6 @@ class StudioVoiceLibrary:
         self.studio = studio
         self.provider = provider
         self.legacy_dir = legacy_dir
-        self._locks: dict[str, threading.Lock] = {}
         self._aliases: dict[str, str] = {}
         if legacy_dir is not None:
             self._aliases = self._import(legacy_dir)
@@ -114,26 +113,11 @@ class StudioVoiceLibrary:
             raise
 
     def prompt(self, voice_id: str) -> VoicePrompt:
-        """The voice's prompt for the loaded model: the cached file, else computed and cached
-        (the same cache the studio's jobs use)."""
-        from ..engine.voice import VoicePrompt
-
+        """The voice's prompt for the loaded model, made and cached as for the studio's jobs."""
         meta = self.get(voice_id)
-        engine = self.provider.holder.engine
-        if engine is None:
-            raise ModelNotReady(self.provider.holder.state, "the model is not loaded yet")
-        path = self.studio.storage.voice_prompt(meta["id"], self.provider.model_key())
-        with self._locks.setdefault(meta["id"], threading.Lock()):
-            if path.is_file():
-                try:
-                    return VoicePrompt.load(path)
-                except ValueError:
-                    logger.warning("recomputing unreadable voice prompt %s", path)
-            with self.studio.db.sessions() as s:
-                audio = self.studio.storage.resolve(s.get(Voice, meta["id"]).audio_path)
-            prompt = engine.create_voice(audio, meta["ref_text"], meta["x_vector_only"])
-            prompt.save(path)
-            return prompt
+        with self.studio.db.sessions() as s:
+            audio = self.studio.storage.resolve(s.get(Voice, meta["id"]).audio_path)
+        return self.provider.prompt_for(VoiceSource(meta["id"], audio, meta["ref_text"]))
 
     # ----------------------------------------------------------------- writes
     def create(

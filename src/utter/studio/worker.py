@@ -403,9 +403,6 @@ class JobRunner:
             raise
         finally:
             job.stream = None
-        if len(job.live) - base != len(pcm):  # keep the live audio exactly this chunk's
-            del job.live[base:]
-            job.live.extend(pcm)
         job.check()
         if stream.finish_reason == "cancelled":
             raise _Stop("cancelled")
