@@ -18,7 +18,7 @@ import pytest
 from tests.studio.support import clone, free_port, wait_task
 
 TEXT = " ".join(f"This is sentence number {n}." for n in ("one", "two", "three", "four", "five", "six"))
-FRAMES = 4  # per chunk; six chunks of one sentence each (chunk_chars 40)
+FRAMES = 16  # per chunk; six chunks of one sentence each (chunk_chars 40); long enough to kill mid-job
 
 
 class Serve:
@@ -79,9 +79,11 @@ def _submit(server: Serve, voice: str, seed: int, text: str = TEXT) -> str:
     return server.client.post("/api/generate", json=body).json()["task_id"]
 
 
-def _wait_chunks(server: Serve, task_id: str, chunks: int) -> None:
+def _wait_chunks(server: Serve, task_id: str, chunks: int, also: tuple[str, int] | None = None) -> None:
+    """Until the task has ``chunks`` chunks done (and the task in ``also`` its count too)."""
+    wanted = [(task_id, chunks)] + ([also] if also else [])
     deadline = time.monotonic() + 120
-    while server.client.get(f"/api/tasks/{task_id}").json()["chunks_done"] < chunks:
+    while any(server.client.get(f"/api/tasks/{t}").json()["chunks_done"] < n for t, n in wanted):
         assert time.monotonic() < deadline
         time.sleep(0.02)
 
@@ -92,11 +94,12 @@ def test_a_killed_server_resumes_or_fails_its_jobs_on_restart(tmp_path, tiny_che
     first = Serve(data, tiny_checkpoint, log)
     voice = clone(first.client, "durable")
     resumed, doomed = _submit(first, voice, seed=3), _submit(first, voice, seed=4)
-    _wait_chunks(first, doomed, 1)  # both claimed and generating (a busy machine claims late)
-    _wait_chunks(first, resumed, 2)
+    _wait_chunks(first, resumed, 2, also=(doomed, 1))  # both generating (a busy machine claims late)
     first.kill()
     rows = {task_id: _row(data, task_id) for task_id in (resumed, doomed)}
-    assert all(row["status"] == "processing" for row in rows.values()), rows  # killed mid-job
+    assert all(row["status"] == "processing" for row in rows.values()), [
+        (r["status"], r["chunks_done"], r["attempts"]) for r in rows.values()
+    ]  # killed mid-job
     assert 2 <= rows[resumed]["chunks_done"] < 6
     with sqlite3.connect(data / "utter.db") as db:  # as if this job had already crashed the server 3 times
         db.execute("UPDATE tasks SET attempts = 3 WHERE id = ?", (doomed,))
