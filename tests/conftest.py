@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,10 @@ import pytest
 
 from utter.audio import write_wav
 from utter.bench.workload import reference_audio
+
+# The default transcription model is a hub id: servers under test would try the (unreachable)
+# hub on the first reference sent without words. Tests of transcription pass the tiny one.
+os.environ.setdefault("UTTER_ASR_MODEL", "none")
 
 
 @pytest.fixture(scope="session")
@@ -24,6 +29,14 @@ def tiny_wide_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from utter.dev.tiny_checkpoint import write_tiny_checkpoint
 
     return write_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny-wide", size="tiny-wide", seed=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_whisper(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random Whisper checkpoint in the hub's layout (see utter.dev.tiny_whisper)."""
+    from utter.dev.tiny_whisper import write_tiny_whisper
+
+    return write_tiny_whisper(tmp_path_factory.mktemp("asr") / "tiny-whisper", seed=0)
 
 
 @pytest.fixture(scope="session")

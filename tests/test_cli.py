@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -100,7 +101,8 @@ def test_x_vector_only_and_text_file(tiny_checkpoint: Path, ref_wav: Path, tmp_p
     [
         (["--ref-text", REF_TEXT, "--text", "   "], "nothing to say"),
         (["--ref-text", REF_TEXT, "--text", "hi", "--language", "Klingon"], "unknown language 'Klingon'"),
-        (["--text", "hi"], "--ref-text"),
+        (["--text", "hi", "--asr-model", "none"], "--ref-text"),
+        (["--text", "hi", "--asr-model", "/no/such/whisper"], "give --ref-text or --x-vector-only"),
         (["--ref-text", REF_TEXT, "--x-vector-only", "--text", "hi"], "drop --ref-text"),
         (["--ref-text", REF_TEXT, "--text", "hi", "--max-frames", "0"], "--max-frames"),
         (["--ref-text", REF_TEXT, "--text-file", "/nonexistent/t.txt"], "text file not found"),
@@ -179,3 +181,33 @@ def test_tiny_checkpoint_command(tmp_path: Path, capsys) -> None:
         "speech_tokenizer/preprocessor_config.json",
     ):
         assert (tmp_path / "c" / name).is_file(), name
+
+
+def test_transcribe_and_clone_without_a_transcript(
+    tiny_checkpoint: Path, tiny_whisper: Path, ref_wav: Path, tmp_path: Path, capsys, caplog
+) -> None:
+    """`utter transcribe` prints what the (tiny, random) Whisper hears; `utter say` without
+    --ref-text clones with that transcript, exactly as if it had been given."""
+    from utter.asr import Transcriber, resolve_asr_model
+    from utter.audio import SAMPLE_RATE, load_audio
+
+    caplog.set_level(logging.INFO, logger="utter")
+    wav, _ = load_audio(ref_wav, target_sr=SAMPLE_RATE)
+    heard = Transcriber.load(resolve_asr_model(str(tiny_whisper)), device="cpu").transcribe(wav, SAMPLE_RATE)
+    assert main(["transcribe", str(ref_wav), "--asr-model", str(tiny_whisper), "--device", "cpu"]) == 0
+    assert capsys.readouterr().out.strip() == heard.text
+    assert main(["transcribe", str(tmp_path / "nope.wav"), "--asr-model", str(tiny_whisper)]) == 2
+    assert "not found" in capsys.readouterr().err
+
+    common = ["--text", "Hello there.", "--greedy", "--max-frames", "4"]
+    auto, given = tmp_path / "auto.wav", tmp_path / "given.wav"
+    assert main(_say(tiny_checkpoint, ref_wav, auto, "--asr-model", str(tiny_whisper), *common)) == 0
+    assert main(_say(tiny_checkpoint, ref_wav, given, "--ref-text", heard.text, *common)) == 0
+    assert np.array_equal(sf.read(auto)[0], sf.read(given)[0])
+    assert heard.text in caplog.text
+
+
+def test_dev_tiny_whisper(tmp_path: Path, capsys) -> None:
+    assert main(["dev", "tiny-whisper", str(tmp_path / "w")]) == 0
+    assert "RANDOM Whisper" in capsys.readouterr().out
+    assert (tmp_path / "w" / "generation_config.json").is_file()

@@ -1,4 +1,4 @@
-"""Command line: ``utter say``, ``utter voice``, ``utter download``, ``utter dev tiny-checkpoint``.
+"""Command line: ``utter say``, ``utter voice``, ``utter transcribe``, ``utter download``, ``utter dev``.
 
 Errors a user can fix (missing file, not audio, empty text, unknown language, offline hub id)
 print one line and exit with status 2; the traceback is only shown with ``--debug``.
@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 DEFAULT_MODEL = "Qwen/Qwen3-TTS-12Hz-0.6B-Base"
+DEFAULT_ASR_MODEL = "openai/whisper-small"
 log = logging.getLogger("utter")
 
 
@@ -42,6 +43,12 @@ def _add_voice_args(p: argparse.ArgumentParser, required: bool) -> None:
     )
     p.add_argument("--ref-text", help="transcript of the reference recording (ICL mode, best quality)")
     p.add_argument("--ref-text-file", help="file holding the transcript of the reference recording")
+    p.add_argument(
+        "--asr-model",
+        default=DEFAULT_ASR_MODEL,
+        help="Whisper hub id or folder that transcribes a reference given without --ref-text "
+        "(default: %(default)s; 'none' to require --ref-text)",
+    )
     p.add_argument(
         "--x-vector-only",
         action="store_true",
@@ -79,9 +86,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_voice_args(voice, required=True)
     voice.add_argument("-o", "--output", required=True, help="voice file to write (.safetensors)")
 
+    tr = sub.add_parser("transcribe", help="print the words spoken in a recording (Whisper)")
+    tr.add_argument("audio", help="recording (wav, mp3, m4a, flac, ogg; any rate)")
+    tr.add_argument(
+        "--asr-model", default=DEFAULT_ASR_MODEL, help="Whisper hub id or folder (default: %(default)s)"
+    )
+    tr.add_argument("--language", default=None, help="language name or code (default: detected)")
+    tr.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda if available)")
+    tr.add_argument("--cache-dir", default=None, help="Hugging Face cache folder for hub ids")
+
     dl = sub.add_parser("download", help="fetch a model from the Hugging Face hub ahead of time")
-    dl.add_argument("model", help="hub id, e.g. Qwen/Qwen3-TTS-12Hz-0.6B-Base")
+    dl.add_argument(
+        "model", help="hub id, e.g. Qwen/Qwen3-TTS-12Hz-0.6B-Base (or openai/whisper-small with --asr)"
+    )
     dl.add_argument("--dir", default=None, help="download into this folder instead of the HF cache")
+    dl.add_argument("--asr", action="store_true", help="the model is a Whisper transcription model")
 
     dev = sub.add_parser("dev", help="developer tools")
     dev_sub = dev.add_subparsers(dest="dev_command", required=True)
@@ -89,6 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("dir", help="output folder")
     tiny.add_argument("--size", default="tiny", choices=["tiny", "tiny-wide", "0.6b", "1.7b"])
     tiny.add_argument("--seed", type=int, default=0)
+    tiny_asr = dev_sub.add_parser(
+        "tiny-whisper", help="write a RANDOM Whisper checkpoint in the hub's layout"
+    )
+    tiny_asr.add_argument("dir", help="output folder")
+    tiny_asr.add_argument("--seed", type=int, default=0)
 
     from .bench.commands import register as register_bench
     from .bench.drift import register as register_drift
@@ -122,14 +146,33 @@ def _load_engine(args: argparse.Namespace):
     )
 
 
+def _transcriber(model: str, device: str | None, cache_dir: str | None):
+    from .asr import Transcriber, resolve_asr_model
+
+    return Transcriber.load(resolve_asr_model(model, cache_dir), device=device, name=model)
+
+
 def _make_voice(engine, args: argparse.Namespace):
+    from .asr import AsrError
+    from .audio import SAMPLE_RATE, load_audio
+
     ref_text = _read_text(args.ref_text, args.ref_text_file, "ref-text")
     if args.x_vector_only and ref_text:
         raise UsageError("--x-vector-only clones without a transcript; drop --ref-text")
-    if not args.x_vector_only and not (ref_text and ref_text.strip()):
-        raise UsageError("give the reference transcript with --ref-text (or use --x-vector-only)")
     if not Path(args.ref).is_file():
         raise UsageError(f"reference audio not found: {args.ref}")
+    if not args.x_vector_only and not (ref_text and ref_text.strip()):
+        if args.asr_model.strip().lower() in ("", "none", "off"):
+            raise UsageError("give the reference transcript with --ref-text (or use --x-vector-only)")
+        wav, _ = load_audio(args.ref, target_sr=SAMPLE_RATE)
+        try:
+            heard = _transcriber(args.asr_model, args.device, args.cache_dir).transcribe(wav, SAMPLE_RATE)
+        except AsrError as exc:
+            raise UsageError(f"give --ref-text or --x-vector-only: {exc}") from exc
+        if not heard.text:
+            raise UsageError("no words were recognised in the reference; give --ref-text or --x-vector-only")
+        log.info("reference transcript (%s): %s", heard.language_code, heard.text)
+        return engine.create_voice((wav, SAMPLE_RATE), ref_text=heard.text)
     return engine.create_voice(args.ref, ref_text=ref_text, x_vector_only=args.x_vector_only)
 
 
@@ -195,9 +238,25 @@ def cmd_voice(args: argparse.Namespace) -> None:
     log.info("wrote voice %s (%s)", args.output, mode)
 
 
+def cmd_transcribe(args: argparse.Namespace) -> None:
+    from .audio import load_audio
+
+    if not Path(args.audio).is_file():
+        raise UsageError(f"audio file not found: {args.audio}")
+    wav, sr = load_audio(args.audio)
+    heard = _transcriber(args.asr_model, args.device, args.cache_dir).transcribe(wav, sr, args.language)
+    log.info("%.1f s of audio, language %s", heard.seconds, heard.language_code)
+    print(heard.text)
+
+
 def cmd_download(args: argparse.Namespace) -> None:
     from .engine.checkpoint import download_checkpoint
 
+    if args.asr:
+        from .asr.whisper import download_asr_model
+
+        print(download_asr_model(args.model, args.dir))
+        return
     path = download_checkpoint(args.model, args.dir)
     print(path)
 
@@ -208,6 +267,11 @@ def cmd_dev(args: argparse.Namespace) -> None:
     if args.dev_command == "tiny-checkpoint":
         path = write_tiny_checkpoint(args.dir, size=args.size, seed=args.seed)
         print(f"wrote a RANDOM {args.size} checkpoint to {path} (random weights make noise, not speech)")
+    elif args.dev_command == "tiny-whisper":
+        from .dev.tiny_whisper import write_tiny_whisper
+
+        path = write_tiny_whisper(args.dir, seed=args.seed)
+        print(f"wrote a RANDOM Whisper checkpoint to {path} (it transcribes gibberish)")
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
@@ -216,7 +280,14 @@ def cmd_bench(args: argparse.Namespace) -> None:
     run(args)
 
 
-COMMANDS = {"say": cmd_say, "voice": cmd_voice, "download": cmd_download, "dev": cmd_dev, "bench": cmd_bench}
+COMMANDS = {
+    "say": cmd_say,
+    "voice": cmd_voice,
+    "transcribe": cmd_transcribe,
+    "download": cmd_download,
+    "dev": cmd_dev,
+    "bench": cmd_bench,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -227,12 +298,13 @@ def main(argv: list[str] | None = None) -> int:
     if not args.debug:
         for noisy in ("httpx", "huggingface_hub", "urllib3", "filelock"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
+    from .asr import AsrError
     from .audio import AudioError
     from .engine.checkpoint import CheckpointError
 
     try:
         (COMMANDS.get(args.command) or args.func)(args)
-    except (UsageError, AudioError, CheckpointError, ValueError, FileNotFoundError) as exc:
+    except (UsageError, AudioError, CheckpointError, AsrError, ValueError, FileNotFoundError) as exc:
         if args.debug:
             raise
         print(f"utter: error: {exc}", file=sys.stderr)

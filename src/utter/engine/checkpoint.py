@@ -9,6 +9,7 @@ to be asked the question is bounded by a short timeout instead of the OS's TCP t
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import logging
 import os
@@ -216,7 +217,7 @@ def _cached_snapshot(repo_id: str, cache_dir: str | None) -> Path | None:
         return None
 
 
-def _probe_hub(repo_id: str) -> Any:
+def _probe_hub(repo_id: str, known: tuple[str, ...] = KNOWN_MODELS) -> Any:
     """Ask the hub about ``repo_id`` with a bounded timeout; map failures to user messages."""
     import requests
     from huggingface_hub import HfApi
@@ -241,7 +242,7 @@ def _probe_hub(repo_id: str) -> Any:
     except (RepositoryNotFoundError, RevisionNotFoundError) as exc:
         raise CheckpointError(
             f"There is no local folder {repo_id!r} and no model of that name on the Hugging Face hub. "
-            f"Check the spelling; Utter runs {' or '.join(KNOWN_MODELS)}, or pass `--model /path/to/folder`."
+            f"Check the spelling; Utter runs {' or '.join(known)}, or give the path of a local folder."
         ) from exc
     except requests.exceptions.Timeout as exc:
         raise _unreachable(
@@ -263,9 +264,14 @@ def _connection_reason(exc: Exception) -> str:
     return "connection failed"
 
 
-def _size_note(info: Any) -> str:
-    sizes = [s.size for s in (getattr(info, "siblings", None) or []) if getattr(s, "size", None)]
-    return f" ({sum(sizes) / 1e9:.1f} GB)" if sizes else ""
+def _wanted_bytes(info: Any, allow_patterns: list[str] | None) -> int:
+    """Bytes of the repository's files a download will fetch (those matching ``allow_patterns``)."""
+    total = 0
+    for sibling in getattr(info, "siblings", None) or []:
+        name, size = getattr(sibling, "rfilename", ""), getattr(sibling, "size", None) or 0
+        if allow_patterns is None or any(fnmatch.fnmatch(name, p) for p in allow_patterns):
+            total += size
+    return total
 
 
 def _folder_bytes(folder: Path) -> int:
@@ -308,10 +314,15 @@ def _download(
     cache_dir: str | None,
     local_dir: str | None,
     progress: Callable[[float], None] | None = None,
+    known: tuple[str, ...] = KNOWN_MODELS,
+    allow_patterns: list[str] | None = None,
 ) -> Path:
     """Fetch ``model`` from the hub into the cache (or ``local_dir``) with a progress bar.
 
     ``progress``, when given, is called from a helper thread with the fraction downloaded (0..1).
+    ``known`` are the repositories Utter was tested with (others get a warning);
+    ``allow_patterns`` limits the files fetched (hub repos often hold the weights three times:
+    safetensors, PyTorch and TensorFlow).
     """
     import requests
     from huggingface_hub import constants, snapshot_download
@@ -320,14 +331,12 @@ def _download(
 
     if _offline():
         raise _unreachable(model, "offline mode is on: HF_HUB_OFFLINE=1")
-    info = _probe_hub(model)
-    if model not in KNOWN_MODELS:
-        logger.warning(
-            "%s is not one of the models Utter was tested with (%s)", model, ", ".join(KNOWN_MODELS)
-        )
+    info = _probe_hub(model, known)
+    if model not in known:
+        logger.warning("%s is not one of the models Utter was tested with (%s)", model, ", ".join(known))
     where = local_dir or "the Hugging Face cache"
-    logger.info("downloading %s%s to %s", model, _size_note(info), where)
-    total = sum(getattr(s, "size", None) or 0 for s in (getattr(info, "siblings", None) or []))
+    total = _wanted_bytes(info, allow_patterns)
+    logger.info("downloading %s%s to %s", model, f" ({total / 1e9:.1f} GB)" if total else "", where)
     finished = threading.Event()
     if progress is not None and total > 0:
         progress(0.0)
@@ -344,6 +353,7 @@ def _download(
             cache_dir=cache_dir,
             local_dir=local_dir,
             etag_timeout=hub_timeout(),
+            allow_patterns=allow_patterns,
         )
     except (OfflineModeIsEnabled, LocalEntryNotFoundError) as exc:
         raise _unreachable(model, "the connection was lost while downloading") from exc

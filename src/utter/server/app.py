@@ -16,7 +16,8 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 
 from .. import __version__
-from . import routes_health, routes_jobs, routes_openai, routes_seed, routes_voices
+from . import routes_health, routes_jobs, routes_openai, routes_seed, routes_transcribe, routes_voices
+from .asr import AsrHolder
 from .deps import Service, require_api_key
 from .docs import install_offline_docs
 from .errors import install_error_handlers
@@ -34,22 +35,35 @@ Voice cloning with Qwen3-TTS.
 
 * **Seed API** (`/clone`, `/clone-batch`, `/submit-job` ...): the reference audio travels with
   every request (its prompt is cached by content).
-* **OpenAI API** (`/v1/audio/speech`): speak in a stored voice (`POST /v1/voices`).
+* **OpenAI API** (`/v1/audio/speech`): speak in a stored voice (`POST /v1/voices`);
+  `/v1/audio/transcriptions` transcribes a recording (Whisper, loaded on first use).
+
+A reference sent without a transcript is transcribed (when a transcription model is set) so
+it clones in the better ICL mode; otherwise it clones from the speaker embedding (x-vector).
 
 When the server has an API key, send `Authorization: Bearer KEY` or `X-API-Key: KEY`
 (`/health` and these docs stay open).
 """
 
 
-def create_app(settings: ServerSettings, holder: EngineHolder, voices: VoiceLibrary | None = None) -> FastAPI:
+def create_app(
+    settings: ServerSettings,
+    holder: EngineHolder,
+    voices: VoiceLibrary | None = None,
+    asr: AsrHolder | None = None,
+) -> FastAPI:
     """Build the service around ``holder`` (which may still be loading its model); its stored
-    voices live in ``voices`` (default: a file store under the data dir)."""
+    voices live in ``voices`` (default: a file store under the data dir) and its transcription
+    model in ``asr`` (default: ``settings.asr_model``, loaded on first use)."""
+    if asr is None:
+        asr = AsrHolder(settings.asr_model, settings.asr_device or settings.device, settings.cache_dir)
     service = Service(
         settings=settings,
         holder=holder,
-        references=ReferenceService(settings),
+        references=ReferenceService(settings, asr),
         voices=voices if voices is not None else VoiceStore(settings.voices_dir),
         jobs=JobManager(settings.jobs_dir, settings.job_ttl_s, settings.max_jobs),
+        asr=asr,
     )
 
     @asynccontextmanager
@@ -84,7 +98,7 @@ def create_app(settings: ServerSettings, holder: EngineHolder, voices: VoiceLibr
 
     app.include_router(routes_health.router)
     protected = [Depends(require_api_key)]
-    for module in (routes_seed, routes_jobs, routes_openai, routes_voices):
+    for module in (routes_seed, routes_jobs, routes_openai, routes_voices, routes_transcribe):
         app.include_router(module.router, dependencies=protected)
     if settings.api_key_value() is None and settings.host not in ("127.0.0.1", "localhost", "::1"):
         logger.warning("serving on %s without an API key (set UTTER_API_KEY)", settings.host)

@@ -13,6 +13,7 @@ from fastapi import Depends, Request
 
 from ..engine.batcher import Batcher
 from ..engine.engine import Engine
+from .asr import AsrHolder
 from .errors import ApiError
 from .jobs import JobManager
 from .middleware import API_KEY_MESSAGE, api_key_matches
@@ -29,6 +30,7 @@ class Service:
     references: ReferenceService
     voices: VoiceLibrary
     jobs: JobManager
+    asr: AsrHolder
 
 
 def get_service(request: Request) -> Service:

@@ -4,6 +4,10 @@ Encoding a reference (speaker encoder + codec encoder) costs far more than a sho
 and seed clients send the same reference with every /clone call, so prompts are cached by the
 hash of (audio bytes, transcript, mode). Encoding runs in a worker thread, one at a time, so the
 event loop keeps serving and a burst of uploads cannot pile up on the device.
+
+A reference without a transcript is transcribed first when the server has a transcription
+model (``asr.py``), so it clones in ICL mode like one sent with its words; without one (or
+when it cannot be loaded) it clones from the speaker embedding alone (x-vector), as the seed did.
 """
 
 from __future__ import annotations
@@ -14,13 +18,16 @@ import hashlib
 import logging
 import threading
 from collections import OrderedDict
+from dataclasses import dataclass
 
 import numpy as np
 from starlette.concurrency import run_in_threadpool
 
+from ..asr import Transcriber, Transcript
 from ..audio import SAMPLE_RATE, TooLong, duration_seconds, load_audio
 from ..engine.engine import Engine
 from ..engine.voice import VoicePrompt
+from .asr import AsrHolder
 from .errors import ApiError
 from .fetch import FetchError, fetch_audio
 from .settings import ServerSettings
@@ -45,11 +52,22 @@ def decode_base64_audio(value: str, field: str = "ref_audio_base64") -> bytes:
     return data
 
 
+@dataclass(frozen=True)
+class Encoded:
+    """A fresh prompt, the decoded 24 kHz reference (for storing) and the transcript made for it
+    (None when the client gave one or asked for x-vector mode)."""
+
+    prompt: VoicePrompt
+    reference: np.ndarray
+    transcript: Transcript | None
+
+
 class ReferenceService:
     """Turns uploaded/fetched reference audio into voice prompts, with limits and a cache."""
 
-    def __init__(self, settings: ServerSettings) -> None:
+    def __init__(self, settings: ServerSettings, asr: AsrHolder) -> None:
         self.settings = settings
+        self.asr = asr
         self._cache: OrderedDict[str, VoicePrompt] = OrderedDict()
         self._cache_lock = threading.Lock()
         self._encode_lock = threading.Lock()  # one encode at a time on the device
@@ -98,27 +116,36 @@ class ReferenceService:
         return wav, seconds
 
     def _encode(
-        self, engine: Engine, data: bytes, ref_text: str | None, x_vector_only: bool
-    ) -> tuple[VoicePrompt, np.ndarray]:
-        wav, _ = self.load_checked(data)
+        self, engine: Engine, wav: np.ndarray, ref_text: str | None, transcriber: Transcriber | None
+    ) -> Encoded:
+        transcript = None
+        if ref_text is None and transcriber is not None:
+            transcript = transcriber.transcribe(wav, SAMPLE_RATE)
+            ref_text = transcript.text or None  # silence or noise: nothing to align, x-vector
         with self._encode_lock:
-            prompt = engine.create_voice((wav, SAMPLE_RATE), ref_text=ref_text, x_vector_only=x_vector_only)
-        return prompt, wav
+            prompt = engine.create_voice(
+                (wav, SAMPLE_RATE), ref_text=ref_text, x_vector_only=ref_text is None
+            )
+        return Encoded(prompt, wav, transcript)
 
-    @staticmethod
-    def _mode(ref_text: str | None, x_vector_only: bool) -> tuple[str | None, bool]:
-        """No transcript means x-vector-only mode, as in the seed API; that mode ignores any text."""
+    def _mode(self, ref_text: str | None, x_vector_only: bool) -> tuple[str | None, bool]:
+        """(transcript, transcribe?): x-vector mode ignores any text; no transcript means one is
+        made when the server can transcribe, else x-vector mode (as in the seed API)."""
         ref_text = ref_text.strip() if ref_text and ref_text.strip() else None
-        x_vector_only = x_vector_only or ref_text is None
-        return (None if x_vector_only else ref_text), x_vector_only
+        if x_vector_only:
+            return None, False
+        return ref_text, ref_text is None and self.asr.enabled
 
     async def encode(
         self, engine: Engine, data: bytes, ref_text: str | None, x_vector_only: bool = False
-    ) -> tuple[VoicePrompt, np.ndarray]:
-        """A fresh prompt and the decoded 24 kHz reference (for storing); 400 for bad audio."""
-        ref_text, x_vector_only = self._mode(ref_text, x_vector_only)
+    ) -> Encoded:
+        """A fresh prompt for this reference; 400 for bad audio, 503 while the transcription
+        model it needs is still on its way."""
+        ref_text, transcribe = self._mode(ref_text, x_vector_only)
         try:
-            return await run_in_threadpool(self._encode, engine, data, ref_text, x_vector_only)
+            wav, _ = await run_in_threadpool(self.load_checked, data)  # bad audio: 400 before any wait
+            transcriber = await self.asr.wait_ready(self.settings.ready_timeout_s) if transcribe else None
+            return await run_in_threadpool(self._encode, engine, wav, ref_text, transcriber)
         except ValueError as exc:  # AudioError and the engine's checks: the client's input
             raise ApiError(400, str(exc), param="ref_audio") from exc
 
@@ -126,14 +153,14 @@ class ReferenceService:
         self, engine: Engine, data: bytes, ref_text: str | None, x_vector_only: bool = False
     ) -> VoicePrompt:
         """A prompt for this reference, from the cache when the same one was seen recently."""
-        ref_text, x_vector_only = self._mode(ref_text, x_vector_only)
-        key = hashlib.sha256(data + b"\0" + (ref_text or "").encode() + (b"\1" if x_vector_only else b"\0"))
-        digest = key.hexdigest()
+        text, transcribe = self._mode(ref_text, x_vector_only)
+        mode = b"\2" if transcribe else b"\0" if text else b"\1"
+        digest = hashlib.sha256(data + b"\0" + (text or "").encode() + mode).hexdigest()
         with self._cache_lock:
             if digest in self._cache:
                 self._cache.move_to_end(digest)
                 return self._cache[digest]
-        prompt, _ = await self.encode(engine, data, ref_text, x_vector_only)
+        prompt = (await self.encode(engine, data, ref_text, x_vector_only)).prompt
         if self.settings.voice_cache_size > 0:
             with self._cache_lock:
                 self._cache[digest] = prompt

@@ -48,6 +48,7 @@ async def health(service: ServiceDep) -> JSONResponse:
         "hint": status["hint"] or (None if serving or not ready else "Restart the server."),
         "version": __version__,
         "worker": worker,
+        "asr": service.asr.status(),
     }
     if ready:
         batcher = holder.batcher

@@ -29,8 +29,12 @@ async def create_voice(
     engine: EngineDep,
     audio: Annotated[UploadFile, File(description="reference recording (wav, mp3, m4a, flac, ogg; 1-60 s)")],
     name: Annotated[str, Form(description="a name to show")],
-    ref_text: Annotated[str | None, Form(description="transcript of the recording (best quality)")] = None,
-    language: Annotated[str, Form(description="default language for this voice")] = "Auto",
+    ref_text: Annotated[
+        str | None, Form(description="transcript of the recording; made by transcription when left out")
+    ] = None,
+    language: Annotated[
+        str, Form(description="default language for this voice (Auto: the transcribed one, if any)")
+    ] = "Auto",
     x_vector_only: Annotated[bool, Form(description="ignore ref_text; speaker embedding only")] = False,
 ) -> dict[str, Any]:
     """Compute a voice from a recording and store it; answers its ``id`` for ``voice`` fields."""
@@ -41,9 +45,11 @@ async def create_voice(
     data = await audio.read()
     if not data:
         raise ApiError(400, "The uploaded audio is empty.", param="audio")
-    prompt, reference = await service.references.encode(engine, data, ref_text, x_vector_only)
+    made = await service.references.encode(engine, data, ref_text, x_vector_only)
+    if made.transcript is not None and language == "Auto" and made.transcript.language in engine.languages:
+        language = made.transcript.language
     return await run_in_threadpool(
-        service.voices.create, name, language, prompt, reference, service.holder.model
+        service.voices.create, name, language, made.prompt, made.reference, service.holder.model
     )
 
 

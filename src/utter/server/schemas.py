@@ -72,7 +72,9 @@ class ReferenceFields(ApiModel):
         default=None, description="http(s) URL; off unless the server allows it"
     )
     ref_text: str | None = Field(
-        default=None, description="transcript of the reference; omit for x-vector mode"
+        default=None,
+        description="transcript of the reference; transcribed when left out (x-vector mode when the "
+        "server cannot transcribe)",
     )
     x_vector_only: bool = Field(default=False, description="clone from the speaker embedding only")
 

@@ -15,6 +15,7 @@ from ..engine.engine import MAX_FRAMES
 from ..engine.streaming import CHUNK_FRAMES, FIRST_CHUNK_FRAMES
 
 DEFAULT_MODEL = "Qwen/Qwen3-TTS-12Hz-0.6B-Base"
+DEFAULT_ASR_MODEL = "openai/whisper-small"
 
 
 def default_data_dir() -> Path:
@@ -31,6 +32,12 @@ class ServerSettings(BaseSettings):
     device: str | None = None  # cuda when a GPU is present, else cpu
     dtype: str | None = None  # weight mode; None = quant.default_weight_mode(device)
     cache_dir: str | None = None  # Hugging Face cache for hub ids
+
+    # Transcription of references sent without a transcript (server/asr.py): a Whisper hub id or
+    # folder, loaded on first use; "none" turns it off (such references then clone by x-vector).
+    asr_model: str = DEFAULT_ASR_MODEL
+    asr_device: str | None = None  # None: the TTS device
+    asr_max_seconds: float = Field(default=600.0, gt=0)  # longest audio /v1/audio/transcriptions takes
 
     # Network
     host: str = "127.0.0.1"  # loopback unless asked: the service has no key by default

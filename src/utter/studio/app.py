@@ -20,6 +20,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
+from ..server.asr import AsrHolder
 from ..server.docs import install_offline_docs
 from ..server.errors import error_response, install_error_handlers
 from . import (
@@ -27,6 +28,7 @@ from . import (
     routes_generations,
     routes_health,
     routes_languages,
+    routes_transcribe,
     routes_voices,
 )
 from .db import Database
@@ -57,7 +59,7 @@ def _mount_tts(app: FastAPI, settings: StudioSettings, provider: LocalProvider, 
         service_settings = service_settings.model_copy(update={"api_key": settings.password})
     voices = StudioVoiceLibrary(studio, provider, legacy_dir=service_settings.voices_dir)
     # The studio starts and stops the holder (mounted apps get no lifespan).
-    app.mount("/tts", create_app(service_settings, provider.holder, voices))
+    app.mount("/tts", create_app(service_settings, provider.holder, voices, studio.asr))
 
 
 def create_studio_app(settings: StudioSettings | None = None, provider: TTSProvider | None = None) -> FastAPI:
@@ -70,7 +72,8 @@ def create_studio_app(settings: StudioSettings | None = None, provider: TTSProvi
     provider = provider or make_provider(settings, storage)
     queue = JobQueue(db.sessions, settings.job_lease_seconds, settings.job_max_attempts)
     runner = JobRunner(settings, queue, storage, provider)
-    studio = Studio(settings, db, storage, provider, queue, runner)
+    asr = AsrHolder(settings.asr_model, settings.asr_device or settings.device, settings.cache_dir)
+    studio = Studio(settings, db, storage, provider, queue, runner, asr)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -107,7 +110,15 @@ def create_studio_app(settings: StudioSettings | None = None, provider: TTSProvi
     if password:  # added last: the outermost layer, before any body is read
         api_key = settings.service_settings().api_key_value()
         app.add_middleware(LoginGate, password=password, api_key=api_key)
-    for module in (routes_voices, routes_generate, routes_generations, routes_languages, routes_health):
+    routers = (
+        routes_voices,
+        routes_transcribe,
+        routes_generate,
+        routes_generations,
+        routes_languages,
+        routes_health,
+    )
+    for module in routers:
         app.include_router(module.router)
     if importlib.util.find_spec(f"{__package__}.pages") is not None:  # the pages are optional
         app.include_router(importlib.import_module(f"{__package__}.pages").router)

@@ -9,6 +9,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
+from ..server.asr import AsrHolder
 from .db import Database
 from .jobs import JobQueue
 from .provider import TTSProvider
@@ -27,6 +28,7 @@ class Studio:
     provider: TTSProvider
     queue: JobQueue
     runner: JobRunner
+    asr: AsrHolder
 
 
 def get_studio(request: Request) -> Studio:

@@ -24,7 +24,9 @@ def health(studio: StudioDep) -> HealthOut:
     if database != "ok":
         status = "degraded"
     jobs = studio.queue.counts() if database == "ok" else {}
-    return HealthOut(status=status, model=ModelStatus(**model), database=database, jobs=jobs)
+    return HealthOut(
+        status=status, model=ModelStatus(**model), database=database, jobs=jobs, asr=studio.asr.status()
+    )
 
 
 @router.post("/model/retry", status_code=202)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Annotated
 
+import numpy as np
 from fastapi import APIRouter, File, Form, Query, Response, UploadFile
 from fastapi.responses import FileResponse
 from sqlalchemy import select
@@ -61,20 +62,9 @@ def _get_voice(session: Session, voice_id: str) -> Voice:
     return get_row(session, Voice, voice_id, "Voice", param="voice_id")
 
 
-@router.post("/clone", status_code=201, response_model=CloneOut)
-def clone(
-    studio: StudioDep,
-    session: SessionDep,
-    name: Annotated[str, Form()],
-    audio: Annotated[UploadFile, File(description="reference recording: wav, mp3, m4a, flac, ogg ...")],
-    transcript: Annotated[str | None, Form()] = None,
-    language: Annotated[str, Form()] = "Auto",
-    x_vector_only: Annotated[bool, Form()] = False,
-) -> CloneOut:
+def read_reference(studio: Studio, audio: UploadFile) -> np.ndarray:
+    """The upload decoded to 24 kHz mono, checked for size, format and length (422/413)."""
     settings = studio.settings
-    name = _name(name)
-    language = resolve_language(studio, language)
-    text = None if x_vector_only else _transcript(studio, transcript)
     data = audio.file.read(settings.max_upload_bytes + 1)
     if len(data) > settings.max_upload_bytes:
         raise ApiError(
@@ -97,6 +87,54 @@ def clone(
             f"The recording is {seconds:.1f} s long; use one between {lo:g} and {hi:g} seconds.",
             param="audio",
         )
+    return wav
+
+
+def _transcribe(studio: Studio, wav: np.ndarray, language: str) -> tuple[str, str]:
+    """(transcript, language) made by the transcription model for a clone sent without words;
+    422 when there is none to make it (the page then asks for the words or transcript-free mode)."""
+    asr = studio.asr
+    transcriber = asr.wait_ready_sync(studio.settings.asr_wait_seconds) if asr.enabled else None
+    if transcriber is None:
+        raise ApiError(
+            422,
+            "Give the transcript: the exact words spoken in the recording, or tick transcript-free mode "
+            f"({asr.unavailable_reason()}).",
+            param="transcript",
+        )
+    made = transcriber.transcribe(wav, SAMPLE_RATE)
+    if not made.text:
+        raise ApiError(
+            422,
+            "No words were recognised in the recording: give the transcript, or use transcript-free mode.",
+            param="transcript",
+        )
+    if language == "Auto" and made.language in studio.provider.languages():
+        language = made.language
+    return _transcript(studio, made.text), language
+
+
+@router.post("/clone", status_code=201, response_model=CloneOut)
+def clone(
+    studio: StudioDep,
+    session: SessionDep,
+    name: Annotated[str, Form()],
+    audio: Annotated[UploadFile, File(description="reference recording: wav, mp3, m4a, flac, ogg ...")],
+    transcript: Annotated[
+        str | None, Form(description="the words spoken; transcribed when left out (if the studio can)")
+    ] = None,
+    language: Annotated[str, Form()] = "Auto",
+    x_vector_only: Annotated[bool, Form()] = False,
+) -> CloneOut:
+    name = _name(name)
+    language = resolve_language(studio, language)
+    given = " ".join(clean_text(transcript).split())
+    text = None if x_vector_only or not given else _transcript(studio, given)
+    wav = read_reference(studio, audio)
+    transcribed = not x_vector_only and text is None
+    if transcribed:
+        text, language = _transcribe(studio, wav, language)
+    seconds = len(wav) / SAMPLE_RATE
     voice_id = new_id()
     path = studio.storage.save_voice_audio(voice_id, wav)
     try:
@@ -113,8 +151,10 @@ def clone(
     except BaseException:
         studio.storage.delete_voice(voice_id)  # nothing half-made stays behind
         raise
-    logger.info("cloned voice %s (%s, %.1f s)", voice_id, name, seconds)
-    return CloneOut(id=voice_id, name=name)
+    logger.info(
+        "cloned voice %s (%s, %.1f s%s)", voice_id, name, seconds, ", transcribed" if transcribed else ""
+    )
+    return CloneOut(id=voice_id, name=name, language=language, transcript=text, transcribed=transcribed)
 
 
 @router.get("/voices", response_model=VoiceList)

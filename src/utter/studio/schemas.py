@@ -28,6 +28,18 @@ class CloneOut(BaseModel):
 
     id: str
     name: str
+    language: str = "Auto"
+    transcript: str | None = None
+    transcribed: bool = False  # the transcript was made by the transcription model
+
+
+class TranscriptOut(BaseModel):
+    """``POST /api/transcribe``: the words of a recording and the language they are in."""
+
+    text: str
+    language: str  # the engine's name ("English"), or "Auto" for a language it does not speak
+    language_code: str  # Whisper's code: "en", "nl" ...
+    seconds: float
 
 
 class VoiceOut(BaseModel):
@@ -182,3 +194,4 @@ class HealthOut(BaseModel):
     model: ModelStatus
     database: str
     jobs: dict[str, int]  # queued / processing counts
+    asr: dict[str, Any] | None = None  # the transcription model's state (server/asr.py)

@@ -40,6 +40,11 @@ class StudioSettings(BaseSettings):
     cache_dir: str | None = None
     max_batch: int = Field(16, ge=1)
     max_queue: int = Field(64, ge=1)
+    # Transcription of references (the Clone page's Transcribe button, clones without a
+    # transcript): a Whisper hub id or folder, loaded on first use; "none" turns it off.
+    asr_model: str = "openai/whisper-small"
+    asr_device: str | None = None  # None: the TTS device
+    asr_wait_seconds: float = Field(120.0, ge=0)  # a clone without words waits this long for the model
     tts_endpoint: str | None = None  # e.g. https://me--utter.modal.run; set -> RemoteProvider
     tts_api_key: SecretStr | None = None
     tts_timeout: float = Field(900.0, gt=0)  # seconds one remote chunk may take
@@ -83,7 +88,9 @@ class StudioSettings(BaseSettings):
         value = self.password.get_secret_value() if self.password is not None else None
         return value or None
 
-    @field_validator("tts_endpoint", "database_url", "device", "dtype", "cache_dir", mode="before")
+    @field_validator(
+        "tts_endpoint", "database_url", "device", "dtype", "cache_dir", "asr_device", mode="before"
+    )
     @classmethod
     def _blank_is_none(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
@@ -103,6 +110,8 @@ class StudioSettings(BaseSettings):
             "device": self.device,
             "dtype": self.dtype,
             "cache_dir": self.cache_dir,
+            "asr_model": self.asr_model,
+            "asr_device": self.asr_device,
             "data_dir": self.data_dir,
             "host": self.host,
             "max_batch": self.max_batch,

@@ -1,7 +1,8 @@
 // Clone page: pick (drag and drop) or record the reference audio, check it here (type, size,
-// duration), preview it, then send it with its transcript. The server checks everything again.
+// duration), preview it, have it transcribed (or type the words), then send it. The server checks
+// everything again.
 
-import { api, fillLanguageSelects } from "./api.js";
+import { ApiError, api, fillLanguageSelects } from "./api.js";
 import { Recorder, canRecord } from "./recorder.js";
 import { WaveformPlayer, decodeAudio } from "./waveform.js";
 import { $, alertIn, busy, bytes, clock, limits, role, show, toast } from "./ui.js";
@@ -26,9 +27,13 @@ const recordBtn = $("#record-btn");
 const recordTime = $("#record-time");
 const submit = $("#clone-btn");
 const success = $("#clone-success");
+const transcribeBtn = $("#transcribe-btn");
+const transcribeStatus = $("#transcribe-status");
+const languageSelect = $("#language");
 
 let chosen = null; // {file, duration}
 let player = null;
+let asrOn = false; // the studio can transcribe (GET /api/asr: anything but "off")
 
 const extOf = (name) => (name.includes(".") ? name.split(".").pop().toLowerCase() : "");
 
@@ -75,6 +80,7 @@ async function accept(file) {
   player?.destroy();
   player = new WaveformPlayer(role(preview, "player"), { blob: file });
   drop.classList.add("has-file");
+  syncTranscribe();
   if (!nameInput.value.trim() && !file.name.startsWith("recording-")) {
     nameInput.value = file.name.replace(/\.[^.]+$/, "").replace(/[_-]+/g, " ").slice(0, MAX_NAME);
   }
@@ -86,7 +92,80 @@ function clearPreview() {
   show(preview, false);
   drop.classList.remove("has-file");
   input.value = "";
+  syncTranscribe();
 }
+
+// ---- transcription -------------------------------------------------------------------------
+
+function syncTranscribe() {
+  show(transcribeBtn, asrOn);
+  transcribeBtn.disabled = !chosen || xvec.checked || transcribeBtn.getAttribute("aria-busy") === "true";
+  transcribeBtn.title = chosen ? "Write the transcript from the audio" : "Choose or record the audio first";
+}
+
+function say(text) {
+  transcribeStatus.textContent = text || "";
+  show(transcribeStatus, Boolean(text));
+}
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/** The words of the chosen audio from /api/transcribe; while the model downloads (first use), the
+ *  server answers 503 quickly and this shows its progress and asks again. */
+async function transcribe() {
+  const file = chosen?.file;
+  if (!file) return;
+  const done = busy(transcribeBtn, "Transcribing…");
+  transcribeBtn.setAttribute("aria-busy", "true");
+  alertIn(formError, "");
+  say("Listening to the recording…");
+  try {
+    for (;;) {
+      const data = new FormData();
+      data.set("audio", file, file.name);
+      if (languageSelect.value && languageSelect.value !== "Auto") data.set("language", languageSelect.value);
+      data.set("wait", "2");
+      try {
+        const out = await api("/api/transcribe", { method: "POST", form: data });
+        if (chosen?.file !== file) return; // another file was chosen meanwhile
+        transcript.value = out.text;
+        const known = [...languageSelect.options].some((o) => o.value === out.language);
+        if (languageSelect.value === "Auto" && known && out.language !== "Auto") languageSelect.value = out.language;
+        const lang = out.language !== "Auto" ? out.language : out.language_code;
+        say(`Transcribed (${lang}). Check the words and correct any mistakes before cloning.`);
+        return;
+      } catch (err) {
+        if (!(err instanceof ApiError) || err.status !== 503) throw err;
+        const state = await api("/api/asr").catch(() => null);
+        if (!state || state.state === "failed" || state.state === "off") throw err;
+        const pct = state.progress != null ? ` ${Math.round(state.progress * 100)}%` : "";
+        say(
+          state.state === "downloading"
+            ? `Downloading the speech recognition model${pct} (first use only)…`
+            : "Loading the speech recognition model…",
+        );
+        await sleep(1500);
+        if (chosen?.file !== file) return;
+      }
+    }
+  } catch (err) {
+    say("");
+    alertIn(formError, err.message);
+  } finally {
+    transcribeBtn.removeAttribute("aria-busy");
+    done();
+    syncTranscribe();
+  }
+}
+
+transcribeBtn.addEventListener("click", transcribe);
+api("/api/asr")
+  .then((s) => {
+    asrOn = s?.state !== "off";
+    syncTranscribe();
+    syncMode();
+  })
+  .catch(() => {});
 
 // ---- picking a file ------------------------------------------------------------------------
 
@@ -163,9 +242,14 @@ function syncMode() {
   transcript.closest(".field").classList.toggle("disabled", xvec.checked);
   transcript.placeholder = xvec.checked
     ? "Not needed in transcript-free mode."
-    : "Type the words spoken in the reference audio.";
+    : asrOn
+      ? "Type the words spoken in the reference audio, or press Transcribe (left empty, it is transcribed when you clone)."
+      : "Type the words spoken in the reference audio.";
 }
-xvec.addEventListener("change", syncMode);
+xvec.addEventListener("change", () => {
+  syncMode();
+  syncTranscribe();
+});
 for (const el of [nameInput, transcript, xvec]) el.addEventListener("input", () => alertIn(formError, ""));
 syncMode();
 
@@ -176,7 +260,7 @@ function validate() {
   const name = nameInput.value.trim();
   if (!name) return "Give the voice a name.";
   if (name.length > MAX_NAME) return `The name is too long (at most ${MAX_NAME} characters).`;
-  if (!xvec.checked && !transcript.value.trim()) {
+  if (!xvec.checked && !transcript.value.trim() && !asrOn) {
     return "Type the transcript of the audio, or tick transcript-free mode (lower quality).";
   }
   if (!xvec.checked && transcript.value.trim().length > MAX_TRANSCRIPT) {
@@ -199,7 +283,7 @@ form.addEventListener("submit", async (e) => {
   data.set("language", $("#language").value || "Auto");
   data.set("x_vector_only", xvec.checked ? "true" : "false");
   if (!xvec.checked) data.set("transcript", transcript.value.trim());
-  const done = busy(submit, "Cloning…");
+  const done = busy(submit, !xvec.checked && !transcript.value.trim() ? "Transcribing and cloning…" : "Cloning…");
   show(success, false);
   try {
     const voice = await api("/api/clone", { method: "POST", form: data });
@@ -207,9 +291,11 @@ form.addEventListener("submit", async (e) => {
     role(success, "name").textContent = name;
     role(success, "generate").href = `/generate?voice=${encodeURIComponent(voice?.id ?? "")}`;
     show(success);
-    toast(`Voice “${name}” created.`, "success");
+    if (voice?.transcribed) toast(`Voice “${name}” created; its transcript: “${voice.transcript}”`, "success", 8000);
+    else toast(`Voice “${name}” created.`, "success");
     nameInput.value = "";
     transcript.value = "";
+    say("");
     chosen = null;
     clearPreview();
     success.scrollIntoView({ behavior: "smooth", block: "nearest" });
