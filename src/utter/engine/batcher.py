@@ -241,6 +241,8 @@ class Batcher:
             loop = None
         stream = Stream(request, f"req-{next(self._ids)}", loop)
         stream._batcher = self
+        if request.feed is not None:  # text arriving later wakes the worker
+            request.feed.bind(self._wake)
         with self._lock:
             if len(self._waiting) >= self.max_queue:
                 raise QueueFullError(f"{len(self._waiting)} requests are already waiting")
@@ -276,8 +278,10 @@ class Batcher:
             self.heartbeat = time.monotonic()
             self._admit()
             self._drop_cancelled()
+            self._pump_text()
             if not self._live:
                 self.engine.runner.release()  # idle: give back the memory a long request grew
+            if not self.engine.runner.active:  # idle, or every request waits for its text
                 self._wakeup.wait(timeout=0.5)
                 self._wakeup.clear()
                 continue
@@ -312,12 +316,23 @@ class Batcher:
             stream.error, stream.finish_reason = error, reason
             stream._put(_END)
 
+    def _pump_text(self) -> None:
+        """Hand requests whose text is arriving the words that became final; those that were
+        parked for want of text rejoin the batch."""
+        fed = [live.seq for live in self._live.values() if live.seq.feed is not None]
+        for seq in fed:
+            self.engine.pump_text(seq)
+        if fed:
+            self.engine.runner.resume()
+
     def _admit(self) -> None:
         """Move waiting requests into free rows, all of them prefilled in one call (they join at
-        the next step together); a request that cannot be prepared fails alone."""
+        the next step together); a request that cannot be prepared fails alone. A request whose
+        text is arriving waits, in its place in the queue, until its first words are final."""
         runner = self.engine.runner
         ready: list[tuple[Stream, Sequence, PcmChunker]] = []
-        while runner.active + len(ready) < self.max_batch:
+        early: list[Stream] = []  # fed requests with no final word yet
+        while runner.live + len(ready) < self.max_batch:
             with self._lock:
                 if not self._waiting:
                     break
@@ -325,6 +340,9 @@ class Batcher:
             if stream.cancelled:
                 stream.finish_reason = "cancelled"
                 stream._put(_END)
+                continue
+            if not self.engine.text_ready(stream.request):
+                early.append(stream)
                 continue
             try:
                 seq = self.engine._sequence(stream.request)
@@ -335,6 +353,9 @@ class Batcher:
                 self._refuse(stream, exc)
                 continue
             ready.append((stream, seq, chunker))
+        if early:
+            with self._lock:
+                self._waiting.extendleft(reversed(early))
         if not ready:
             return
         try:
@@ -371,13 +392,18 @@ class Batcher:
         batched call, handed out before the streams that ended are finished."""
         due: list[tuple[_Live, torch.Tensor]] = []
         ended: list[tuple[_Live, str]] = []
-        for out in self.engine.runner.step():
+        runner = self.engine.runner
+        outputs = runner.step()
+        waiting = {id(p.seq) for p in runner.parked}
+        for out in outputs:
             live = self._live.get(id(out.sequence))
             if live is None:
                 continue
             if out.codes is not None:
                 live.stream.frames += 1
                 chunk = live.chunker.offer(out.codes)
+                if chunk is None and id(out.sequence) in waiting:
+                    chunk = live.chunker.take()  # waiting for text: play what is made so far
                 if chunk is not None:
                     due.append((live, chunk))
             else:

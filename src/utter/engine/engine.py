@@ -31,7 +31,8 @@ from .quant import WEIGHT_MODES, activation_dtype, apply_weight_mode, default_we
 from .runner import Runner, Sequence
 from .sampling import GenerationOptions, SamplingOptions
 from .streaming import CHUNK_FRAMES, FIRST_CHUNK_FRAMES, AudioStream, PcmChunker
-from .text import TextTokenizer
+from .text import ROLE_TOKENS, TARGET_TAIL, TextTokenizer
+from .textfeed import TextFeed
 from .voice import VoicePrompt
 from .weights import load_weights
 
@@ -57,12 +58,14 @@ def default_device() -> str:
 
 @dataclass(frozen=True)
 class Request:
-    """One text to speak in one voice."""
+    """One text to speak in one voice. With ``feed`` the text arrives in pieces while it is
+    spoken (``text`` is then ignored; see textfeed.py)."""
 
     text: str
     voice: VoicePrompt
     language: str = "Auto"
     options: GenerationOptions | None = None
+    feed: TextFeed | None = None
 
 
 @dataclass
@@ -252,7 +255,9 @@ class Engine:
 
     def validate(self, req: Request) -> None:
         """Cheap checks of a request; raises ValueError with a message meant for users."""
-        if not req.text or not req.text.strip():
+        if req.feed is None and (not req.text or not req.text.strip()):
+            raise ValueError("text is empty")
+        if req.feed is not None and req.feed.closed and not req.feed.text.strip():
             raise ValueError("text is empty")
         limit = req.options.max_frames if req.options is not None else None
         if limit is not None and limit > MAX_FRAMES:
@@ -271,18 +276,66 @@ class Engine:
         if codes is not None and (codes.shape[1] != self.config.talker.num_code_groups or codes.numel() == 0):
             raise ValueError("this voice's reference codes do not fit this model")
 
+    def text_ready(self, req: Request) -> bool:
+        """Whether a request can start: always, unless its text is arriving and no word of it is
+        final yet (then it waits in the queue, holding no row)."""
+        if req.feed is None:
+            return True
+        text, closed = req.feed.committed_text(self.tokenizer)
+        return closed or bool(text)
+
     def _sequence(self, req: Request) -> Sequence:
         self.validate(req)
         language_id = self.config.language_id(req.language)
         opts = req.options or self.default_options()
-        target = self.tokenizer.target_ids(req.text)
+        closed = True
+        if req.feed is None:
+            target = self.tokenizer.target_ids(req.text)
+        else:
+            ids, closed = req.feed.take(self.tokenizer)
+            if not ids:
+                raise ValueError("text is empty")
+            frame = self.tokenizer.target_ids("x")  # the framing around any text
+            target = frame[:ROLE_TOKENS] + ids + frame[-TARGET_TAIL:]
         ref_ids = None
         if req.voice.ref_codes is not None:
             ref_ids = self.tokenizer.reference_ids(req.voice.ref_text or "")
-        prompt = build_prompt(self.talker, self.config, target, language_id, req.voice, ref_ids)
-        max_frames = opts.max_frames or self.frame_limit(self.tokenizer.text_token_count(target))
+        prompt = build_prompt(
+            self.talker, self.config, target, language_id, req.voice, ref_ids, text_open=not closed
+        )
+        tokens = self.tokenizer.text_token_count(target)
+        max_frames = opts.max_frames or self.frame_limit(tokens)
         seed = opts.seed if opts.seed is not None else random.getrandbits(63)
-        return Sequence(prompt=prompt, options=opts, max_frames=max_frames, seed=seed)
+        seq = Sequence(prompt=prompt, options=opts, max_frames=max_frames, seed=seed)
+        if req.feed is not None:
+            seq.feed, seq.text_closed, seq.text_tokens = req.feed, closed, tokens
+        return seq
+
+    @torch.inference_mode()
+    def pump_text(self, seq: Sequence) -> bool:
+        """Hand a request the text that became final since the last call (and the end of its
+        text once closed); its frame limit grows with its text. Returns whether anything came."""
+        if seq.feed is None or seq.text_closed:
+            return False
+        ids, closed = seq.feed.take(self.tokenizer)
+        if not ids and not closed:
+            return False
+        dev = self.talker.codec_head.weight.device
+        emb = self.talker.embed_text(torch.tensor([ids], dtype=torch.long, device=dev))[0]
+        eos = None
+        if closed:
+            eos = self.talker.embed_text(torch.tensor([[self.config.tts_eos_id]], device=dev))[0, 0]
+        self.runner.extend_text(seq, emb, eos)
+        seq.text_tokens += len(ids)
+        if seq.options.max_frames is None:
+            seq.max_frames = max(seq.max_frames, min(self.frame_limit(seq.text_tokens), MAX_FRAMES))
+            need = seq.position + seq.max_frames - seq.frames + 2
+            runner = self.runner
+            if runner.graphs is None:
+                runner.reserve(max(runner.capacity[0], 1), need)
+            elif need > runner.capacity[1]:  # fixed shapes: the limit is what the cache holds
+                seq.max_frames -= need - runner.capacity[1]
+        return True
 
     def stream_codes(self, requests: list[Request]) -> Iterator[tuple[int, torch.Tensor | None, str]]:
         """Run requests as one batch. Yields (request index, frame codes [N], "") as each frame is

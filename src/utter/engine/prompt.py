@@ -41,8 +41,13 @@ def build_prompt(
     language_id: int | None,
     voice: VoicePrompt,
     reference_ids: list[int] | None,
+    text_open: bool = False,
 ) -> TalkerPrompt:
-    """Assemble the prefill embeddings for one request (see module docstring)."""
+    """Assemble the prefill embeddings for one request (see module docstring).
+
+    ``text_open``: more text will follow (``textfeed.py``): the text's end-of-text embedding
+    is left out (the runner appends it when the text is closed), and nothing stands in for
+    text not yet received, so ``trailing`` may be empty."""
     tc = cfg.talker
     dev = talker.codec_head.weight.device
     dtype = talker.codec_head.weight.dtype
@@ -67,7 +72,8 @@ def build_prompt(
         if reference_ids is None:
             raise ValueError("an ICL voice prompt needs its reference transcript ids")
         text_emb = talker.embed_text(torch.cat([_ids(reference_ids, dev), text])[None])[0]
-        text_emb = torch.cat([text_emb, eos[None]])
+        if not text_open:
+            text_emb = torch.cat([text_emb, eos[None]])
         frames = talker.embed_frame(voice.ref_codes.to(dev))
         codec_emb = torch.cat([talker.embed_codec(_ids([tc.codec_bos_id], dev)[None])[0], frames])
         n_text, n_codec = text_emb.shape[0], codec_emb.shape[0]
@@ -76,14 +82,16 @@ def build_prompt(
             trailing = text_emb[n_codec:]
         else:
             icl = torch.cat([text_emb, pad.expand(n_codec - n_text, -1)]) + codec_emb
-            trailing = pad[None]
+            trailing = pad[None][:0] if text_open else pad[None]
         prefill = torch.cat([head, icl])
         # Up to here the positions carry only the reference transcript and codes: voice-only.
         shared = head.shape[0] + min(len(reference_ids), n_codec)
     else:
         first = talker.embed_text(text[None, :1])[0] + codec_seq[-1:]
         prefill = torch.cat([head, first])
-        trailing = torch.cat([talker.embed_text(text[None, 1:])[0], eos[None]])
+        trailing = talker.embed_text(text[None, 1:])[0]
+        if not text_open:
+            trailing = torch.cat([trailing, eos[None]])
         shared = head.shape[0]
     # The last position is always computed per request: its hidden state starts the decode.
     shared = min(shared, prefill.shape[0] - 1)

@@ -4,7 +4,8 @@ One call to :meth:`Runner.step` moves every active sequence forward by one frame
 predictor fills codebooks 1..N-1 of the pending frame, the frame is handed out at once, and the
 talker (one batched forward over all rows) predicts codebook 0 of the next frame. Requests can
 join (``add``) or leave (end of speech, frame limit, ``cancel``) between steps; rows stay
-contiguous so the batched step always works on ``rows[0:B]``.
+contiguous so the batched step always works on ``rows[0:B]``. A request whose text is still
+arriving and has run out of it is parked (``parking.py``) and comes back when text arrives.
 """
 
 from __future__ import annotations
@@ -20,10 +21,12 @@ import torch
 from .config import ModelConfig
 from .model.layers import new_cache
 from .model.talker import Talker
+from .parking import ParkedRow, park, starved, unpark
 from .prompt import TalkerPrompt
 
 if TYPE_CHECKING:
     from .graphs import StepGraphs
+    from .textfeed import TextFeed
 from .sampling import GenerationOptions, SamplingPlan, apply_repetition_penalty, sample
 
 logger = logging.getLogger(__name__)
@@ -59,6 +62,9 @@ class Sequence:
     frames: int = 0  # frames handed out so far
     position: int = 0  # next KV-cache position to write
     reason: str = ""  # why it ended: "eos", "max_frames" or "cancelled" ("" while running)
+    feed: TextFeed | None = None  # text still arriving (see textfeed.py), else None
+    text_closed: bool = True  # False while ``feed`` may bring more text
+    text_tokens: int = 0  # text tokens received (for the frame limit of a fed request)
 
 
 @dataclass
@@ -86,6 +92,7 @@ class Runner:
         suppress[self.eos] = False
         self.suppress = suppress.to(self.device)
         self.rows: list[Sequence] = []
+        self.parked: list[ParkedRow] = []  # requests waiting for text, out of the batch
         self.pending_host: list[int] = []  # each row's pending codebook-0 token, as the host last saw it
         self.capacity = (0, 0)
         # Voice prefix cache: KV of the prefill positions that depend only on (voice, language).
@@ -192,7 +199,31 @@ class Runner:
     # ---------------------------------------------------------------- requests
     @property
     def active(self) -> int:
+        """Rows in the batch (parked requests not counted)."""
         return len(self.rows)
+
+    @property
+    def live(self) -> int:
+        """Requests held: in the batch or parked (each needs a row when it runs)."""
+        return len(self.rows) + len(self.parked)
+
+    @torch.inference_mode()
+    def extend_text(self, seq: Sequence, embeddings: torch.Tensor, close: torch.Tensor | None) -> None:
+        """Append text positions [T, D] to a request whose text is arriving (and, with ``close``,
+        the end-of-text embedding: its text is complete); a parked request then comes back."""
+        prompt = seq.prompt
+        parts = [prompt.trailing, embeddings.to(prompt.trailing)]
+        if close is not None:
+            parts.append(close.to(prompt.trailing)[None])
+            seq.text_closed = True
+        prompt.trailing = torch.cat(parts)
+
+    @torch.inference_mode()
+    def resume(self) -> int:
+        """Bring back every parked request that can go on; returns how many came back."""
+        ready = [p for p in self.parked if not starved(p.seq)]
+        unpark(self, ready)
+        return len(ready)
 
     @torch.inference_mode()
     def add(self, seq: Sequence) -> None:
@@ -278,12 +309,17 @@ class Runner:
         if seq in self.rows:
             seq.reason = "cancelled"
             self._remove(self.rows.index(seq))
+        for p in self.parked:
+            if p.seq is seq:
+                seq.reason = "cancelled"
+                self.parked.remove(p)
+                break
 
     def reset(self, reason: str = "error") -> list[Sequence]:
         """Forget every row without touching device memory (the recovery after a failed step,
         when the caches may be in any state): returns the sequences that were dropped."""
-        dropped, self.rows = self.rows, []
-        self.pending_host = []
+        dropped, self.rows = self.rows + [p.seq for p in self.parked], []
+        self.parked, self.pending_host = [], []
         for seq in dropped:
             seq.reason = reason
         return dropped
@@ -376,7 +412,8 @@ class Runner:
         made = list(self.rows)  # the rows of ``codes``
         for seq in made:
             seq.frames += 1
-        # 3. rows at their frame limit leave; one talker step for the rows that go on.
+        # 3. rows at their frame limit leave, rows out of text are parked; one talker step for
+        #    the rows that go on.
         order = list(range(b))  # which row of ``codes`` each remaining row holds
         limited: list[StepOutput] = []
         for row in reversed(range(b)):
@@ -384,8 +421,13 @@ class Runner:
             if seq.frames >= seq.max_frames:
                 seq.reason = "max_frames"
                 limited.append(StepOutput(seq, None))
-                order[row] = order[-1]  # the same move _remove makes for the row
-                order.pop()
+            elif starved(seq):
+                park(self, row, codes[order[row]])
+            else:
+                continue
+            order[row] = order[-1]  # the same move _remove makes for the row
+            order.pop()
+            if seq.reason:
                 self._remove(row)
         n = len(self.rows)
         if n:
@@ -418,12 +460,20 @@ class Runner:
             seq.position += 1
 
     def _advance(
-        self, b: int, codes: torch.Tensor, text_emb: torch.Tensor, positions: torch.Tensor, kv_len: int
+        self,
+        b: int,
+        codes: torch.Tensor,
+        text_emb: torch.Tensor,
+        positions: torch.Tensor,
+        kv_len: int,
+        start: int = 0,
     ) -> None:
-        """One talker step for rows [0, b): codes [b, N] of the frame just made, the text
-        embedding [b, D] that goes with it, positions [b]. Picks each row's next codebook-0 token."""
+        """One talker step for rows [start, start + b): codes [b, N] of the frame just made, the
+        text embedding [b, D] that goes with it, positions [b]. Picks each row's next
+        codebook-0 token."""
+        rows = slice(start, start + b)
         x = (self.talker.embed_frame(codes) + text_emb)[:, None]
-        cache = (self.cache[0][:, :b], self.cache[1][:, :b])
+        cache = (self.cache[0][:, rows], self.cache[1][:, rows])
         out = self.talker.model.run(x, cache, positions[:, None], kv_len=kv_len)
-        self.rowvars["hidden"][:b] = out[:, -1]
-        self.rowvars["pending"][:b] = self._choose(self.talker.codec_head(out[:, -1]), slice(0, b))
+        self.rowvars["hidden"][rows] = out[:, -1]
+        self.rowvars["pending"][rows] = self._choose(self.talker.codec_head(out[:, -1]), rows)

@@ -40,6 +40,22 @@ class TextTokenizer:
             raise ValueError("text is empty")
         return ids
 
+    def text_ids(self, text: str) -> list[int]:
+        """Ids of ``text`` as they stand inside the framed target (between role and tail)."""
+        return self._ids(_TARGET.format(text=text))[ROLE_TOKENS:-TARGET_TAIL]
+
+    def pre_tokenize(self, text: str) -> list[tuple[str, tuple[int, int]]]:
+        """The tokenizer's pre-tokens of ``text`` (normalised as the tokenizer does) with their
+        character spans: no token ever crosses a pre-token boundary (see ``textfeed.py``)."""
+        backend = self._tok.backend_tokenizer
+        if backend.normalizer is not None:
+            text = backend.normalizer.normalize_str(text)
+        return backend.pre_tokenizer.pre_tokenize_str(text)
+
+    def normalize(self, text: str) -> str:
+        backend = self._tok.backend_tokenizer
+        return backend.normalizer.normalize_str(text) if backend.normalizer is not None else text
+
     def reference_ids(self, text: str) -> list[int]:
         """Ids of the reference transcript without its framing."""
         ids = self._ids(_REFERENCE.format(text=text))
