@@ -25,15 +25,19 @@ API_KEY = "test-key-123"
 class LiveServer:
     """``create_app`` (or ``app``) served by uvicorn over loopback; ``stop()`` shuts it down."""
 
-    def __init__(self, settings: ServerSettings, holder: EngineHolder, app=None) -> None:
+    def __init__(
+        self, settings: ServerSettings, holder: EngineHolder, app=None, tls: tuple[Path, Path] | None = None
+    ) -> None:
         self.settings, self.holder = settings, holder
         self.app = app if app is not None else create_app(settings, holder)
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind(("127.0.0.1", 0))
         self.port = self._sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         limits = uvicorn_limits(settings.header_timeout_s, settings.idle_timeout_s, settings.max_connections)
+        if tls:  # (certificate, key): for clients that only speak wss:// (ElevenLabs' realtime SDK)
+            limits = {**limits, "ssl_certfile": str(tls[0]), "ssl_keyfile": str(tls[1])}
         config = uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="on", **limits)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self._sock]}, daemon=True)
@@ -57,7 +61,9 @@ class LiveServer:
         return httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
 
 
-def start_server(engine, tmp: Path, holder: EngineHolder | None = None, **overrides) -> LiveServer:
+def start_server(
+    engine, tmp: Path, holder: EngineHolder | None = None, tls: tuple[Path, Path] | None = None, **overrides
+) -> LiveServer:
     """A server around the session's tiny engine (its own batcher), with test-sized limits."""
     values = dict(
         model="tiny",
@@ -83,7 +89,7 @@ def start_server(engine, tmp: Path, holder: EngineHolder | None = None, **overri
             chunk_frames=settings.chunk_frames,
             max_frames=settings.max_frames,
         )
-    return LiveServer(settings, holder).start()
+    return LiveServer(settings, holder, tls=tls).start()
 
 
 def b64(data: bytes) -> str:
@@ -94,3 +100,16 @@ def read_wav(data: bytes) -> tuple[np.ndarray, int, str]:
     """(int16 samples, rate, subtype) of a WAV file in memory."""
     with sf.SoundFile(io.BytesIO(data)) as f:
         return f.read(dtype="int16"), f.samplerate, f.subtype
+
+
+def self_signed(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key (openssl), for TLS on loopback."""
+    import subprocess
+
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key

@@ -163,3 +163,21 @@ def test_a_request_starts_with_its_first_final_word(engine, ref_wav) -> None:
             list(stream)
     with pytest.raises(ValueError, match="closed"):
         empty.push("more")
+
+
+def test_flush_makes_the_text_so_far_final(engine) -> None:
+    tok = engine.tokenizer
+    feed = TextFeed("Hello wor")
+    assert feed.take(tok) == (tok.text_ids("Hello"), False)  # "wor" may grow
+    assert not TextFeed("Hel").ready(tok)
+    feed.flush()  # the client says: "wor" is complete
+    new, closed = feed.take(tok)
+    assert new == tok.text_ids("Hello wor")[len(tok.text_ids("Hello")) :] and not closed
+    feed.push("ld again")
+    feed.close()
+    rest, closed = feed.take(tok)
+    assert closed and rest == tok.text_ids("ld again")  # after a flush, a new text begins
+    assert feed.text == "Hello world again"
+    flushed = TextFeed("Hi")
+    flushed.flush()
+    assert flushed.ready(tok)

@@ -48,6 +48,9 @@ _AV_FORMATS: dict[str, tuple[str, str, str, int | None, dict[str, str]]] = {
     # Ogg holds pages back for up to a second by default; 20 ms pages let audio flow as made.
     "opus": ("ogg", "libopus", "flt", 32_000, {"page_duration": "20000"}),
     "aac": ("adts", "aac", "fltp", 64_000, {}),
+    # G.711 telephone audio (8 kHz), raw: what ElevenLabs' ulaw_8000 / alaw_8000 carry.
+    "ulaw": ("mulaw", "pcm_mulaw", "s16", None, {}),
+    "alaw": ("alaw", "pcm_alaw", "s16", None, {}),
 }
 
 SPEED_RANGE = (0.25, 4.0)
@@ -131,9 +134,12 @@ class _Sink:
 class AvEncoder(AudioEncoder):
     """flac/mp3/opus/aac through PyAV. ``seekable=True`` (whole files) lets FLAC finish its header."""
 
-    def __init__(self, fmt: str, sr: int = SAMPLE_RATE, seekable: bool = False) -> None:
-        muxer, codec, self._sample_fmt, bit_rate, options = _AV_FORMATS[fmt]
-        self.content_type = FORMATS[fmt][0]
+    def __init__(
+        self, fmt: str, sr: int = SAMPLE_RATE, seekable: bool = False, bit_rate: int | None = None
+    ) -> None:
+        muxer, codec, self._sample_fmt, default_rate, options = _AV_FORMATS[fmt]
+        bit_rate = bit_rate or default_rate
+        self.content_type = FORMATS[fmt][0] if fmt in FORMATS else f"audio/{fmt}"
         self._file: io.BytesIO | _Sink = io.BytesIO() if seekable else _Sink()
         self._container = av.open(self._file, mode="w", format=muxer, options=options)
         self._stream = self._container.add_stream(codec, rate=sr, layout="mono")

@@ -279,10 +279,7 @@ class Engine:
     def text_ready(self, req: Request) -> bool:
         """Whether a request can start: always, unless its text is arriving and no word of it is
         final yet (then it waits in the queue, holding no row)."""
-        if req.feed is None:
-            return True
-        text, closed = req.feed.committed_text(self.tokenizer)
-        return closed or bool(text)
+        return req.feed is None or req.feed.ready(self.tokenizer)
 
     def _sequence(self, req: Request) -> Sequence:
         self.validate(req)

@@ -11,6 +11,8 @@ tokens of *complete pre-tokens*: the tokenizer's own pre-tokenizer splits the te
 far and the last piece (which the next characters could still extend) waits until more text
 comes or the feed is closed. The ids handed out are then a prefix of the whole text's ids, and
 a request fed in pieces reads exactly the text positions it would have read given all at once.
+:meth:`TextFeed.flush` makes the text so far final at once (a client that knows a phrase is
+complete); text after it is tokenized on its own, as if a new text began there.
 """
 
 from __future__ import annotations
@@ -21,12 +23,15 @@ from typing import Any
 
 
 class TextFeed:
-    """Thread-safe: callers :meth:`push` and :meth:`close` from any thread; the engine's worker
-    takes the new token ids with :meth:`take`."""
+    """Thread-safe: callers :meth:`push`, :meth:`flush` and :meth:`close` from any thread; the
+    engine's worker takes the new token ids with :meth:`take`."""
 
     def __init__(self, text: str = "", close: bool = False) -> None:
         self._lock = threading.Lock()
-        self._text = text
+        self._text = text  # the text since the last flush
+        self._before = ""  # the text up to the last flush (final)
+        self._unread: list[str] = []  # flushed pieces not tokenized yet
+        self._flushed_ids: list[int] = []
         self._closed = close
         self._given = 0  # ids handed to the engine so far
         self._notify: Callable[[], None] | None = None  # wakes the engine's worker
@@ -41,6 +46,15 @@ class TextFeed:
             self._text += text
         self._wake()
 
+    def flush(self) -> None:
+        """Make everything received so far final, even a word that more text could extend."""
+        with self._lock:
+            if self._text:
+                self._unread.append(self._text)
+                self._before += self._text
+                self._text = ""
+        self._wake()
+
     def close(self) -> None:
         """No more text: the request speaks the rest and ends (idempotent)."""
         with self._lock:
@@ -53,11 +67,12 @@ class TextFeed:
 
     @property
     def text(self) -> str:
+        """Everything received so far."""
         with self._lock:
-            return self._text
+            return self._before + self._text
 
     def bind(self, notify: Callable[[], None]) -> None:
-        """Called by the engine's worker: ``notify`` runs after every push and close."""
+        """Called by the engine's worker: ``notify`` runs after every push, flush and close."""
         self._notify = notify
 
     def _wake(self) -> None:
@@ -65,8 +80,8 @@ class TextFeed:
             self._notify()
 
     def committed_text(self, tokenizer: Any) -> tuple[str, bool]:
-        """(the text whose tokens are final, closed): all of it once closed, else the text up to
-        the start of its last pre-token."""
+        """(the part of the text since the last flush whose tokens are final, closed): all of it
+        once closed, else the text up to the start of its last pre-token."""
         with self._lock:
             text, closed = self._text, self._closed
         text = tokenizer.normalize(text)  # spans below are in the normalised text
@@ -76,11 +91,24 @@ class TextFeed:
         cut = pieces[-1][1][0] if pieces else 0
         return text[:cut], closed
 
+    def ready(self, tokenizer: Any) -> bool:
+        """Whether a request on this feed can start: a word is final, or the text is closed."""
+        with self._lock:
+            if self._closed or self._before.strip() or self._flushed_ids:
+                return True
+        return bool(self.committed_text(tokenizer)[0])
+
     def take(self, tokenizer: Any) -> tuple[list[int], bool]:
         """(new final token ids since the last call, closed). ``tokenizer`` is the engine's
         :class:`~utter.engine.text.TextTokenizer`."""
+        with self._lock:
+            unread, self._unread = self._unread, []
+        for piece in unread:  # final as a whole: tokenized once, on its own
+            piece = tokenizer.normalize(piece)
+            if piece.strip():
+                self._flushed_ids += tokenizer.text_ids(piece)
         text, closed = self.committed_text(tokenizer)
-        ids = tokenizer.text_ids(text) if text else []
+        ids = self._flushed_ids + (tokenizer.text_ids(text) if text else [])
         new = ids[self._given :]
         self._given = max(self._given, len(ids))
         return new, closed

@@ -16,7 +16,16 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 
 from .. import __version__
-from . import routes_health, routes_jobs, routes_openai, routes_seed, routes_transcribe, routes_voices
+from . import (
+    routes_elevenlabs,
+    routes_health,
+    routes_jobs,
+    routes_openai,
+    routes_realtime,
+    routes_seed,
+    routes_transcribe,
+    routes_voices,
+)
 from .asr import AsrHolder
 from .deps import Service, require_api_key
 from .docs import install_offline_docs
@@ -98,8 +107,18 @@ def create_app(
 
     app.include_router(routes_health.router)
     protected = [Depends(require_api_key)]
-    for module in (routes_seed, routes_jobs, routes_openai, routes_voices, routes_transcribe):
+    for module in (
+        routes_seed,
+        routes_jobs,
+        routes_openai,
+        routes_voices,
+        routes_transcribe,
+        routes_elevenlabs,
+    ):
         app.include_router(module.router, dependencies=protected)
+    # WebSockets check the key themselves (also from the query string or the first message).
+    app.include_router(routes_realtime.router)
+    app.include_router(routes_elevenlabs.ws_router)
     if settings.api_key_value() is None and settings.host not in ("127.0.0.1", "localhost", "::1"):
         logger.warning("serving on %s without an API key (set UTTER_API_KEY)", settings.host)
     return app

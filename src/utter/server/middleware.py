@@ -48,11 +48,11 @@ def log_safe(text: object) -> str:
 
 
 def api_key_matches(headers: Mapping[str, str], expected: str | None) -> bool:
-    """Whether lower-cased ``headers`` carry ``expected`` as ``Authorization: Bearer KEY`` or
-    ``X-API-Key: KEY`` (always True without a key). Constant-time comparison."""
+    """Whether lower-cased ``headers`` carry ``expected`` as ``Authorization: Bearer KEY``,
+    ``X-API-Key: KEY`` or ``xi-api-key: KEY`` (always True without a key). Constant-time comparison."""
     if expected is None:
         return True
-    given = headers.get("x-api-key", "")
+    given = headers.get("x-api-key", "") or headers.get("xi-api-key", "")  # the latter: ElevenLabs clients
     auth = headers.get("authorization", "")
     if not given and auth[:7].lower() == "bearer ":
         given = auth[7:].strip()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from ..engine.engine import MAX_FRAMES
@@ -134,16 +134,33 @@ class SpeechRequest(SamplingFields):
     )
 
 
+class RealtimeStart(SamplingFields):
+    """First message of a ``/v1/realtime/speech`` WebSocket session (``type: "start"``)."""
+
+    type: Literal["start"] = "start"
+    voice: str = Field(description="id (or unique name) of a stored voice")
+    language: str | None = Field(default=None, description="default: the stored voice's language")
+    response_format: AudioFormat = Field(default="pcm", description="pcm: raw s16le, 24 kHz, mono")
+    max_frames: int | None = Field(default=None, ge=1, le=MAX_FRAMES)
+
+
 class VoiceInfo(BaseModel):
     id: str
     name: str
     object: str = "voice"
+    voice_id: str = ""  # = id, for ElevenLabs clients
+    category: str = "cloned"  # ElevenLabs' field
     language: str
     ref_text: str | None
     x_vector_only: bool
     reference_seconds: float
     model: str
     created_at: float
+
+    @model_validator(mode="after")
+    def _voice_id(self) -> VoiceInfo:
+        self.voice_id = self.voice_id or self.id
+        return self
 
 
 class VoiceList(BaseModel):

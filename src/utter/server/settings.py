@@ -79,6 +79,10 @@ class ServerSettings(BaseSettings):
     idle_timeout_s: float = Field(default=5.0, gt=0)
     max_connections: int = Field(default=512, ge=1)
 
+    # A realtime (WebSocket) session whose input stays open with no text for this long is closed:
+    # it holds a place in the batch while it waits.
+    realtime_idle_timeout_s: float = Field(default=20.0, gt=0)
+
     # Input limits
     max_text_chars: int = Field(default=5000, ge=1)
     # Most frames (80 ms each) one request may ask for: the KV cache is sized from it.

@@ -1,0 +1,183 @@
+"""``WS /v1/realtime/speech``: text in pieces, audio out as it is made; the same speech as the
+whole text, first audio before the text is complete, and every way a client can misbehave."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import numpy as np
+import pytest
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.sync.client import connect
+
+from tests.server_support import API_KEY, start_server
+
+TEXT = "Realtime speech arrives in pieces, word by word, as a language model writes its reply."
+
+
+@pytest.fixture(scope="module")
+def server(engine, tmp_path_factory):
+    srv = start_server(engine, tmp_path_factory.mktemp("realtime"), realtime_idle_timeout_s=2.0)
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def voice_id(server, ref_wav) -> str:
+    with server.client() as http:
+        files = {"audio": ("ref.wav", ref_wav.read_bytes(), "audio/wav")}
+        r = http.post(
+            "/v1/voices", files=files, data={"name": "Agent", "x_vector_only": "true", "language": "English"}
+        )
+        assert r.status_code == 201, r.text
+        return r.json()["id"]
+
+
+def _ws(server, key: str | None = API_KEY, path: str = "/v1/realtime/speech"):
+    url = server.url.replace("http", "ws") + path + (f"?api_key={key}" if key else "")
+    return connect(url, open_timeout=30, close_timeout=30)
+
+
+def _drain(ws) -> tuple[bytes, list[dict]]:
+    audio, events = b"", []
+    for message in ws:
+        if isinstance(message, bytes):
+            audio += message
+        else:
+            events.append(json.loads(message))
+    return audio, events
+
+
+def test_text_in_pieces_speaks_like_the_whole_text(server, voice_id) -> None:
+    start = {"type": "start", "voice": voice_id, "seed": 5, "max_frames": 40}
+    with _ws(server) as ws:
+        ws.send(json.dumps(start))
+        assert json.loads(ws.recv(30)) == {"type": "started", "format": "pcm", "sample_rate": 24000}
+        words = TEXT.split(" ")
+        for i in range(0, len(words), 3):
+            ws.send(json.dumps({"type": "text", "text": (" " if i else "") + " ".join(words[i : i + 3])}))
+            time.sleep(0.05)
+        ws.send(json.dumps({"type": "close"}))
+        audio, events = _drain(ws)
+        assert ws.close_code == 1000
+    assert events == [
+        {"type": "done", "reason": "max_frames", "frames": 40, "audio_seconds": pytest.approx(3.2)}
+    ]
+    with server.client() as http:
+        body = {
+            "input": TEXT,
+            "voice": voice_id,
+            "response_format": "pcm",
+            "seed": 5,
+            "max_frames": 40,
+        }
+        whole = http.post("/v1/audio/speech", json=body).content
+    got, want = np.frombuffer(audio, np.int16), np.frombuffer(whole, np.int16)
+    assert len(got) == len(want) == 40 * 1920
+    assert np.abs(got.astype(int) - want).max() <= 2
+
+
+def test_first_audio_comes_before_the_text_is_complete(server, voice_id) -> None:
+    with _ws(server) as ws:
+        ws.send(json.dumps({"type": "start", "voice": voice_id, "seed": 1, "max_frames": 200}))
+        ws.recv(30)
+        ws.send(json.dumps({"type": "text", "text": "Hello there and"}))
+        first = ws.recv(60)  # audio for "Hello there", while the input is still open
+        assert isinstance(first, bytes) and len(first) > 0
+        ws.send(json.dumps({"type": "flush"}))  # "and" is final too
+        ws.send(json.dumps({"type": "text", "text": " goodbye."}))
+        ws.send(json.dumps({"type": "close"}))
+        audio, events = _drain(ws)
+    assert events[-1]["type"] == "done" and events[-1]["reason"] in ("eos", "max_frames")
+
+
+def _error(ws) -> dict:
+    while True:
+        message = ws.recv(30)
+        if isinstance(message, str) and json.loads(message)["type"] == "error":
+            return json.loads(message)
+
+
+@pytest.mark.parametrize(
+    ("first", "code", "words"),
+    [
+        ("not json", 400, "first message"),
+        (json.dumps({"type": "start"}), 400, "voice"),
+        (json.dumps({"type": "start", "voice": "voice_0000000000000000"}), 404, "Unknown voice"),
+        (json.dumps({"type": "start", "voice": "{voice}", "temperature": -1}), 400, "temperature"),
+        (
+            json.dumps({"type": "start", "voice": "{voice}", "response_format": "midi"}),
+            400,
+            "response_format",
+        ),
+    ],
+)
+def test_bad_starts_get_an_error_message(server, voice_id, first: str, code: int, words: str) -> None:
+    with _ws(server) as ws:
+        ws.send(first.replace("{voice}", voice_id))
+        error = _error(ws)
+        assert error["code"] == code and words in error["message"]
+        with pytest.raises(ConnectionClosed):
+            ws.recv(10)
+        assert ws.close_code == 1008
+
+
+def test_misbehaving_clients(server, voice_id) -> None:
+    start = json.dumps({"type": "start", "voice": voice_id, "max_frames": 30})
+    with pytest.raises(InvalidStatus):  # no key: the handshake is refused
+        _ws(server, key=None).close()
+    with pytest.raises(InvalidStatus):
+        _ws(server, key="wrong").close()
+    with _ws(server) as ws:  # a silent client is closed after the idle timeout (2 s here)
+        ws.send(start)
+        ws.recv(30)
+        ws.send(json.dumps({"type": "text", "text": "Then nothing more"}))
+        error = _error(ws)
+        assert error["code"] == 408 and "No text" in error["message"]
+    with _ws(server) as ws:
+        ws.send(start)
+        ws.recv(30)
+        ws.send(json.dumps({"type": "dance"}))
+        assert "Unknown message type" in _error(ws)["message"]
+    with _ws(server) as ws:
+        ws.send(start)
+        ws.recv(30)
+        ws.send(json.dumps({"type": "text", "text": "x" * 301}))  # the test server allows 300
+        assert "over 300 characters" in _error(ws)["message"]
+    with _ws(server) as ws:  # text after close
+        ws.send(start)
+        ws.recv(30)
+        ws.send(json.dumps({"type": "close"}))
+        error = _error(ws)
+        assert "empty" in error["message"]
+
+
+def test_clients_that_leave_cost_nothing(server, voice_id) -> None:
+    """Clients hang up at every point (before starting, while parked, mid-audio); the batcher
+    ends with no rows and nothing parked, and the server stays healthy."""
+    start = json.dumps({"type": "start", "voice": voice_id, "max_frames": 400})
+
+    def leave(when: int) -> None:
+        with _ws(server) as ws:
+            if when == 0:
+                return
+            ws.send(start)
+            ws.recv(30)
+            ws.send(json.dumps({"type": "text", "text": "A reply that never ends, because"}))
+            if when == 2:
+                ws.recv(60)
+
+    threads = [threading.Thread(target=leave, args=(i % 3,)) for i in range(9)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    runner = server.holder.batcher.engine.runner
+    deadline = time.monotonic() + 30
+    while runner.active or runner.parked or server.holder.batcher.queued:
+        assert time.monotonic() < deadline, (runner.active, len(runner.parked))
+        time.sleep(0.05)
+    with server.client() as http:
+        assert http.get("/health").json()["status"] == "healthy"
