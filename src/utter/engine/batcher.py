@@ -321,7 +321,8 @@ class Batcher:
         parked for want of text rejoin the batch."""
         fed = [live.seq for live in self._live.values() if live.seq.feed is not None]
         for seq in fed:
-            self.engine.pump_text(seq)
+            if self.engine.pump_text(seq):
+                seq.max_frames = min(seq.max_frames, self.max_frames)
         if fed:
             self.engine.runner.resume()
 
@@ -346,6 +347,7 @@ class Batcher:
                 continue
             try:
                 seq = self.engine._sequence(stream.request)
+                seq.max_frames = min(seq.max_frames, self.max_frames)  # the server's cap, also by default
                 chunker = PcmChunker(
                     self.engine.audio_stream(stream.request.voice), self.first_chunk_frames, self.chunk_frames
                 )
