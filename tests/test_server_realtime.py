@@ -181,3 +181,32 @@ def test_clients_that_leave_cost_nothing(server, voice_id) -> None:
         time.sleep(0.05)
     with server.client() as http:
         assert http.get("/health").json()["status"] == "healthy"
+
+
+def test_client_realtime_pipes_stdin(server, voice_id, tmp_path, monkeypatch, capsys) -> None:
+    """`utter client realtime` sends stdin as it comes and writes a WAV whose audio is the
+    session's (the same seed over the API gives the same samples)."""
+    import io
+    import os
+
+    import soundfile as sf
+
+    from utter.cli import main
+
+    read, write = os.pipe()
+    os.write(write, TEXT.encode())
+    os.close(write)
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(os.fdopen(read, "rb")))
+    out = tmp_path / "reply.wav"
+    args = ["client", "--endpoint", server.url, "--api-key", API_KEY, "realtime", "--voice", voice_id]
+    assert main([*args, "--seed", "5", "--max-frames", "40", "-o", str(out)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["done"]["frames"] == 40 and result["size_bytes"] == 40 * 1920 * 2
+    audio, sr = sf.read(out, dtype="int16")
+    assert sr == 24000 and len(audio) == 40 * 1920
+    with server.client() as http:
+        body = {"input": TEXT, "voice": voice_id, "response_format": "pcm", "seed": 5, "max_frames": 40}
+        whole = np.frombuffer(http.post("/v1/audio/speech", json=body).content, np.int16)
+    assert np.abs(audio.astype(int) - whole).max() <= 2
+    assert main([*args[:4], "wrong", *args[5:], "-o", str(tmp_path / "x.wav")]) == 2
+    assert "refused" in capsys.readouterr().err

@@ -4,6 +4,7 @@
     utter client --endpoint URL languages
     utter client --endpoint URL clone --ref ref.wav --ref-text "..." --text "Hello" -o out.wav
     utter client --endpoint URL batch --ref ref.wav --text "One." --text "Two." --out-dir outs/
+    llm ... | utter client --endpoint URL realtime --voice ID -o reply.wav     (realtime_client.py)
 
 Results (JSON, file names) go to stdout; progress and timings go to the log.
 """
@@ -53,6 +54,9 @@ def add_client_args(p: argparse.ArgumentParser) -> None:
             c.add_argument("--stream", action="store_true", help="receive the audio while it is generated")
         else:
             c.add_argument("--out-dir", default="batch_output", help="folder for the WAV files")
+    from .realtime_client import add_realtime_args
+
+    add_realtime_args(sub)
 
 
 def _out(data: Any) -> None:
@@ -99,6 +103,13 @@ def run(args: argparse.Namespace) -> None:
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
     base = args.endpoint.rstrip("/")
     started = time.perf_counter()
+    if args.client_command == "realtime":
+        from .realtime_client import run_realtime
+
+        result = run_realtime(args, ClientError)
+        if args.output != "-":
+            _out(result)
+        return
     try:
         with httpx.Client(base_url=base, headers=headers, timeout=args.timeout) as http:
             _COMMANDS[args.client_command](http, args)
