@@ -104,6 +104,9 @@ def test_bench_tiny_quick_end_to_end(tmp_path: Path, capsys) -> None:
     assert all(c["frames_ok"] and c["audio_s"] > 0 for c in full["concurrency"].values())
     assert full["concurrency"]["4"]["audio_s"] == 4 * full["concurrency"]["1"]["audio_s"]
     assert set(full["texts"]) == {"short", "long"} and all(t["frames_ok"] for t in full["texts"].values())
+    assert set(full["realtime"]) == {"20", "35", "50"}
+    for fed in full["realtime"].values():
+        assert fed["frames_ok"] and 0 < fed["first_audio_s"] < 60 and fed["stall_s"] >= 0
     assert full["memory"]["peak_rss_mib"] > 0
     light = doc["utter"][modes[1]]
     assert "error" not in light, light
@@ -143,3 +146,13 @@ def test_official_end_of_speech_is_disabled(tiny_checkpoint: Path, ref_wav: Path
     del model.talker.generate  # back to the package's own generate (EOS on)
     model.run("Hi.", 6, voice_clone_prompt=prompt)
     assert model.lengths[0] < 6
+
+
+def test_playback_stalls() -> None:
+    from utter.bench.realtime import playback
+
+    # chunks of 1 s arriving at 0, 0.5 and 3 s: the player has 1.5 s by 2.0 s, then waits 1 s
+    assert playback([(0.0, 1.0), (0.5, 1.0), (3.0, 1.0)]) == {"stall_s": 1.0, "stalls": 1, "min_lead_s": 0.0}
+    ahead = playback([(0.0, 1.0), (0.2, 1.0), (0.4, 1.0)])
+    assert ahead == {"stall_s": 0.0, "stalls": 0, "min_lead_s": 0.8}
+    assert playback([(1.0, 2.0)]) == {"stall_s": 0.0, "stalls": 0, "min_lead_s": 0.0}

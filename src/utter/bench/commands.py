@@ -22,7 +22,7 @@ from pathlib import Path
 
 logger = logging.getLogger("utter.bench")
 
-FULL_SUITE = ["say", "frame", "ttfa", "concurrency", "texts"]
+FULL_SUITE = ["say", "frame", "ttfa", "concurrency", "texts", "realtime"]
 LIGHT_SUITE = ["say", "frame", "ttfa"]
 OFFICIAL_DTYPES = ("bfloat16", "float32", "float16")
 

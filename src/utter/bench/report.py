@@ -163,6 +163,11 @@ def _fmt(v, digits: int = 2) -> str:
     return str(v)
 
 
+def _pair(a, b) -> str:
+    """"a / b" for two figures measured together (one column cell), "-" when there is none."""
+    return "-" if a is None else f"{_fmt(a)} / {_fmt(b)}"
+
+
 def _columns(doc: dict) -> list[tuple[str, dict]]:
     cols = [(f"utter {m}", r) for m, r in (doc.get("utter") or {}).items()]
     cols += [(f"official {m}", r) for m, r in (doc.get("official") or {}).items()]
@@ -175,6 +180,7 @@ def _all_ok(r: dict) -> bool | None:
     flags = [v.get("frames_ok") for v in r.values() if isinstance(v, dict) and "frames_ok" in v]
     flags += [v.get("frames_ok") for v in (r.get("concurrency") or {}).values()]
     flags += [v.get("frames_ok") for v in (r.get("texts") or {}).values()]
+    flags += [v.get("frames_ok") for v in (r.get("realtime") or {}).values()]
     return all(flags) if flags else None
 
 
@@ -216,6 +222,16 @@ def table(doc: dict) -> str:
             (
                 f"audio s per s, {c} streams",
                 [_fmt(_get(r, "concurrency", str(c), "audio_s_per_s")) for _, r in cols],
+            )
+        )
+    for rate in ("20", "35", "50"):
+        rows.append(
+            (
+                f"text streamed in at {rate} tokens/s: first audio / playback stalls (s)",
+                [
+                    _pair(_get(r, "realtime", rate, "first_audio_s"), _get(r, "realtime", rate, "stall_s"))
+                    for _, r in cols
+                ],
             )
         )
     for name, n in (s.get("text_frames") or {}).items():

@@ -17,6 +17,8 @@ makes exactly the frames asked for (checked: ``frames_ok``):
 - ``concurrency``: N streams submitted together to one Batcher; aggregate audio seconds per
   wall second until the last one ends.
 - ``texts``: the three seed texts, each with a frame budget from its length (``workload``).
+- ``realtime``: the medium text arriving at 20/35/50 LLM tokens per second while it is spoken
+  (``realtime.py``): first audio after the first text, and whether playback ever stalls.
 """
 
 from __future__ import annotations
@@ -254,7 +256,7 @@ def measure(spec: dict) -> dict:
         out["texts"] = {
             name: _text_run(engine, voice, opts, name, n, device) for name, n in spec.get("texts", {}).items()
         }
-    if "ttfa" in suite or "concurrency" in suite:
+    if suite & {"ttfa", "concurrency", "realtime"}:
         # A server's engine: sized (and, on CPUs, its int8 kernel chosen) for the largest batch.
         concurrency = spec.get("concurrency") or [1]
         del engine
@@ -267,5 +269,9 @@ def measure(spec: dict) -> dict:
             if "concurrency" in suite:
                 out["concurrency"] = {str(c): _concurrent(batcher, voice, opts, c) for c in concurrency}
                 out["concurrency_mode"] = "one Batcher, all streams submitted together"
+            if "realtime" in suite:
+                from .realtime import measure_realtime
+
+                out["realtime"] = measure_realtime(batcher, voice, opts, frames)
     out["memory"].update(peak_memory(device))
     return out
