@@ -209,3 +209,33 @@ def test_two_studios_on_one_database_share_the_jobs(database_url: str, tmp_path,
     finally:
         for server in servers:
             server.stop()
+
+
+def test_upgrade_fills_the_search_keys_of_existing_rows(database_url: str) -> None:
+    """A database made by the first schema, with rows in it, gains folded search keys on upgrade."""
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import text
+
+    from utter.studio.db import MIGRATIONS
+    from utter.studio.search import search_key
+
+    db = Database(database_url)
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with db.engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0001")
+        conn.execute(
+            text(
+                "INSERT INTO voices (id, name, language, reference_transcript, reference_seconds, audio_path,"
+                " created_at, updated_at) VALUES ('a' || :pad, 'ÉLODIE', 'French', 'Straße', 3.0, 'x.wav',"
+                " CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
+            ),
+            {"pad": "0" * 31},
+        )
+    db.migrate()
+    with db.engine.connect() as conn:
+        row = conn.execute(text("SELECT search_key, name_key FROM voices")).one()
+    assert tuple(row) == (search_key("ÉLODIE", "Straße"), "élodie")
+    db.dispose()

@@ -124,3 +124,42 @@ def test_delete_removes_the_voice_and_its_files(client, studio) -> None:
     assert client.get(f"/api/voices/{voice_id}").status_code == 404
     assert client.get(f"/api/voices/{voice_id}/preview").status_code == 404
     assert client.delete(f"/api/voices/{voice_id}").status_code == 404
+
+
+def test_search_folds_case_in_any_script_and_says_why(client) -> None:
+    tag = unique("fold")
+    élodie = clone(client, f"ÉLODIE {tag}")
+    straße = clone(client, f"Straße {tag}", transcript=f"Die GROSSE Straße am Ufer, {tag}.")
+    wide = clone(client, f"ＡＢＣ {tag}")  # full-width letters
+
+    def found(search: str) -> dict[str, dict]:
+        voices = client.get("/api/voices", params={"search": search}).json()["voices"]
+        return {v["id"]: v["match"] for v in voices}
+
+    assert set(found(f"élodie {tag}")) == {élodie}  # SQLite's LIKE folds only ASCII
+    assert set(found(f"strasse {tag}")) == {straße}  # ß folds to ss
+    assert set(found(f"abc {tag}")) == {wide}
+    why = found("große straße")[straße]
+    snippet = f"Die GROSSE Straße am Ufer, {tag}."
+    assert why == {"field": "transcript", "snippet": snippet, "matched": "GROSSE Straße"}
+    assert found(f"élodie {tag}")[élodie]["field"] == "name"
+    assert client.get(f"/api/voices/{élodie}").json()["match"] is None  # no search, no match
+
+
+def test_duplicate_names_are_refused(client, studio) -> None:
+    name = unique("Twin")
+    first = clone(client, name)
+    r = client.post(
+        "/api/clone",
+        data={"name": name.upper(), "transcript": "words"},
+        files={"audio": ("a.wav", audio_bytes(3))},
+    )
+    assert r.status_code == 409 and "already exists" in r.json()["detail"]
+    other = clone(client, unique("Other"))
+    r = client.patch(f"/api/voices/{other}", json={"name": f" {name.lower()} "})
+    assert r.status_code == 409
+    assert client.patch(f"/api/voices/{first}", json={"name": name}).status_code == 200  # itself: fine
+    # The same library through the TTS API under /tts.
+    files = {"audio": ("a.wav", audio_bytes(3), "audio/wav")}
+    r = client.post("/tts/v1/voices", files=files, data={"name": name, "ref_text": "words"})
+    assert r.status_code == 409, r.text

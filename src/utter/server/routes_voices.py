@@ -17,7 +17,7 @@ from .errors import ApiError
 from .routes_openai import unknown_voice
 from .schemas import VoiceInfo, VoiceList
 from .speech import check_language
-from .voices import VoiceNotFound
+from .voices import VoiceNameTaken, VoiceNotFound
 
 router = APIRouter(tags=["voices"])
 MAX_NAME = 100
@@ -48,9 +48,12 @@ async def create_voice(
     made = await service.references.encode(engine, data, ref_text, x_vector_only)
     if made.transcript is not None and language == "Auto" and made.transcript.language in engine.languages:
         language = made.transcript.language
-    return await run_in_threadpool(
-        service.voices.create, name, language, made.prompt, made.reference, service.holder.model
-    )
+    try:
+        return await run_in_threadpool(
+            service.voices.create, name, language, made.prompt, made.reference, service.holder.model
+        )
+    except VoiceNameTaken as exc:
+        raise ApiError(409, str(exc), param="name") from exc
 
 
 @router.get("/v1/audio/voices", response_model=VoiceList)

@@ -16,6 +16,7 @@ import secrets
 import shutil
 import threading
 import time
+import unicodedata
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Protocol
@@ -44,6 +45,20 @@ class VoiceLibrary(Protocol):
         self, name: str, language: str, prompt: VoicePrompt, reference: np.ndarray, model: str
     ) -> dict[str, Any]: ...
     def delete(self, voice_id: str) -> None: ...
+
+
+def fold(text: str | None) -> str:
+    """How names (and the studio's searches) compare: NFKC-normalised, then case-folded in any
+    script ("Élodie" = "ÉLODIE", "Straße" = "STRASSE")."""
+    return unicodedata.normalize("NFKC", text or "").casefold()
+
+
+class VoiceNameTaken(ValueError):
+    """Another voice already has this name (compared folded): names must tell voices apart."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"A voice named {name!r} already exists; choose another name.")
+        self.name = name
 
 
 class VoiceNotFound(KeyError):
@@ -76,6 +91,9 @@ class VoiceStore:
         reference: np.ndarray,
         model: str,
     ) -> dict[str, Any]:
+        with self._lock:
+            if any(fold(v.get("name")) == fold(name) for v in self.list()):
+                raise VoiceNameTaken(name)
         voice_id = f"voice_{secrets.token_hex(8)}"
         meta = {
             "id": voice_id,
@@ -131,7 +149,7 @@ class VoiceStore:
         try:
             return self.get(voice)
         except VoiceNotFound:
-            named = [v for v in self.list() if v.get("name") == voice]
+            named = [v for v in self.list() if fold(v.get("name")) == fold(voice)]
             if len(named) == 1:
                 return named[0]
             raise

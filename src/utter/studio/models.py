@@ -10,10 +10,24 @@ import uuid
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    event,
+)
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
+
+from .search import fold, search_key
 
 
 def new_id() -> str:
@@ -59,6 +73,9 @@ class Voice(Base):
     reference_transcript: Mapped[str | None] = mapped_column(Text)
     reference_seconds: Mapped[float] = mapped_column(Float)
     audio_path: Mapped[str] = mapped_column(String(255))  # reference recording, 24 kHz mono WAV
+    # Folded copies for search and for telling names apart (search.py); kept by the listener below.
+    search_key: Mapped[str | None] = mapped_column(Text)
+    name_key: Mapped[str | None] = mapped_column(String(400), index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
@@ -74,6 +91,7 @@ class Generation(Base):
     voice_id: Mapped[str | None] = mapped_column(ForeignKey("voices.id", ondelete="SET NULL"))
     voice_name: Mapped[str] = mapped_column(String(100))  # kept when the voice is deleted
     text: Mapped[str] = mapped_column(Text)
+    search_key: Mapped[str | None] = mapped_column(Text)  # folded text and voice name (search.py)
     language: Mapped[str] = mapped_column(String(32))
     options: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # sampling options as asked
     seed: Mapped[int] = mapped_column(BigInteger)
@@ -124,3 +142,16 @@ class Task(Base):
     generation: Mapped[Generation] = relationship(back_populates="task")
 
     __table_args__ = (Index("ix_tasks_status_created_at", "status", "created_at"),)
+
+
+@event.listens_for(Voice, "before_insert")
+@event.listens_for(Voice, "before_update")
+def _voice_keys(_mapper: Any, _connection: Any, voice: Voice) -> None:
+    voice.search_key = search_key(voice.name, voice.reference_transcript)
+    voice.name_key = fold(voice.name)
+
+
+@event.listens_for(Generation, "before_insert")
+@event.listens_for(Generation, "before_update")
+def _generation_keys(_mapper: Any, _connection: Any, gen: Generation) -> None:
+    gen.search_key = search_key(gen.text, gen.voice_name)

@@ -17,7 +17,8 @@ from .deps import SessionDep, StudioDep
 from .inputs import clean_text, get_row
 from .models import Generation
 from .schemas import ACTIVE, STATUSES, GenerationList, GenerationOut
-from .views import generation_out, matching, page_of, pages
+from .search import matches
+from .views import generation_out, page_of, pages
 
 router = APIRouter(prefix="/api", tags=["generations"])
 
@@ -37,7 +38,7 @@ def list_generations(
     query = select(Generation)
     search = clean_text(search).strip()
     if search:
-        query = query.where(matching(search, Generation.text, Generation.voice_name))
+        query = query.where(matches(Generation.search_key, search))
     if status:
         if status not in STATUSES:
             raise ApiError(
@@ -47,7 +48,7 @@ def list_generations(
     order = (Generation.created_at.desc(), Generation.id)
     rows, total = page_of(session, query, page, per_page, *order, options=[selectinload(Generation.task)])
     return GenerationList(
-        generations=[generation_out(g, g.task) for g in rows],
+        generations=[generation_out(g, g.task, search) for g in rows],
         total=total,
         page=page,
         per_page=per_page,

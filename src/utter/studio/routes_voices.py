@@ -24,8 +24,9 @@ from .inputs import clean_text, get_row
 from .models import Voice, new_id
 from .routes_languages import resolve_language
 from .schemas import CloneOut, VoiceList, VoiceOut, VoiceUpdate
-from .views import matching, page_of, pages, voice_out
-from .voice_library import remove_voice
+from .search import matches
+from .views import page_of, pages, voice_out
+from .voice_library import name_taken, remove_voice
 
 logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/api", tags=["voices"])
@@ -127,6 +128,8 @@ def clone(
     x_vector_only: Annotated[bool, Form()] = False,
 ) -> CloneOut:
     name = _name(name)
+    if name_taken(session, name):
+        raise ApiError(409, f"A voice named “{name}” already exists; choose another name.", param="name")
     language = resolve_language(studio, language)
     given = " ".join(clean_text(transcript).split())
     text = None if x_vector_only or not given else _transcript(studio, given)
@@ -167,10 +170,10 @@ def list_voices(
     query = select(Voice)
     search = clean_text(search).strip()
     if search:
-        query = query.where(matching(search, Voice.name, Voice.reference_transcript))
+        query = query.where(matches(Voice.search_key, search))
     rows, total = page_of(session, query, page, per_page, Voice.created_at.desc(), Voice.id)
     return VoiceList(
-        voices=[voice_out(v) for v in rows],
+        voices=[voice_out(v, search) for v in rows],
         total=total,
         page=page,
         per_page=per_page,
@@ -190,7 +193,10 @@ def update_voice(voice_id: str, body: VoiceUpdate, studio: StudioDep, session: S
     if not fields:
         raise ApiError(422, "Nothing to change: give name, reference_transcript or language.")
     if "name" in fields:
-        voice.name = _name(body.name)
+        name = _name(body.name)
+        if name_taken(session, name, except_id=voice.id):
+            raise ApiError(409, f"A voice named “{name}” already exists; choose another name.", param="name")
+        voice.name = name
     if "language" in fields:
         voice.language = resolve_language(studio, body.language)
     new_transcript = None

@@ -53,6 +53,7 @@ class VoiceOut(BaseModel):
     created_at: datetime
     updated_at: datetime
     preview_url: str  # GET: audio/wav of the reference recording
+    match: dict[str, str] | None = None  # with ?search=: {field, snippet, matched} (search.py)
 
 
 class VoiceList(BaseModel):
@@ -151,6 +152,7 @@ class GenerationOut(BaseModel):
     options: dict[str, Any] = Field(default_factory=dict)  # the sampling options asked for
     partial: bool = False  # the audio is what a failed or cancelled job made before it stopped
     resumable: bool = False  # POST /api/tasks/{task_id}/resume continues it from that audio
+    match: dict[str, str] | None = None  # with ?search=: {field, snippet, matched} (search.py)
     created_at: datetime
     finished_at: datetime | None
 

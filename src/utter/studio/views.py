@@ -5,15 +5,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, func, or_, select
+from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
 from .models import Generation, Task, Voice
 from .schemas import ACTIVE, CANCELLED, COMPLETED, FAILED, QUEUED, GenerationOut, TaskOut, VoiceOut
+from .search import why
 
 
-def voice_out(voice: Voice) -> VoiceOut:
+def voice_out(voice: Voice, search: str | None = None) -> VoiceOut:
+    """``search``: the query the voice was found by; ``match`` then says where it matched."""
+    fields = {"name": voice.name, "transcript": voice.reference_transcript}
     return VoiceOut(
+        match=why(search, fields) if search else None,
         id=voice.id,
         name=voice.name,
         language=voice.language,
@@ -61,9 +65,10 @@ def task_out(task: Task, model: dict[str, Any]) -> TaskOut:
     )
 
 
-def generation_out(gen: Generation, task: Task | None) -> GenerationOut:
+def generation_out(gen: Generation, task: Task | None, search: str | None = None) -> GenerationOut:
     has_audio = gen.status not in ACTIVE and gen.audio_path is not None
     return GenerationOut(
+        match=why(search, {"text": gen.text, "voice": gen.voice_name}) if search else None,
         id=gen.id,
         task_id=task.id if task is not None else None,
         voice_id=gen.voice_id,
@@ -87,18 +92,6 @@ def generation_out(gen: Generation, task: Task | None) -> GenerationOut:
 
 def pages(total: int, per_page: int) -> int:
     return max(1, -(-total // per_page))
-
-
-def like(search: str) -> str:
-    """A LIKE pattern matching ``search`` literally anywhere (``%`` and ``_`` escaped with ``\\``)."""
-    escaped = search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return f"%{escaped}%"
-
-
-def matching(search: str, *columns: Any) -> ColumnElement[bool]:
-    """Rows where any of ``columns`` contains ``search`` literally, case-insensitively."""
-    pattern = like(search)
-    return or_(*(column.ilike(pattern, escape="\\") for column in columns))
 
 
 def page_of(

@@ -21,10 +21,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 
 from ..audio import SAMPLE_RATE
 from ..server.runtime import public_text
-from ..server.voices import VoiceNotFound, VoiceStore
+from ..server.voices import VoiceNameTaken, VoiceNotFound, VoiceStore, fold
 from .models import Generation, Task, Voice, new_id
 from .provider import VoiceSource
 from .schemas import ACTIVE
@@ -60,6 +61,14 @@ def remove_voice(studio: Studio, voice_id: str) -> bool:
         s.execute(update(Generation).where(Generation.voice_id == voice_id).values(voice_id=None))
     studio.storage.delete_voice(voice_id)
     return True
+
+
+def name_taken(session: Session, name: str, except_id: str | None = None) -> bool:
+    """Whether another voice has ``name``, compared folded ("anna" = "ANNA" = "Anna")."""
+    query = select(Voice.id).where(Voice.name_key == fold(name))
+    if except_id is not None:
+        query = query.where(Voice.id != except_id)
+    return session.scalar(query.limit(1)) is not None
 
 
 class StudioVoiceLibrary:
@@ -107,7 +116,7 @@ class StudioVoiceLibrary:
             return self.get(voice)
         except VoiceNotFound:
             with self.studio.db.sessions() as s:
-                named = s.scalars(select(Voice).where(Voice.name == voice)).all()
+                named = s.scalars(select(Voice).where(Voice.name_key == fold(voice))).all()
                 if len(named) == 1:
                     return self._info(named[0])
             raise
@@ -124,6 +133,9 @@ class StudioVoiceLibrary:
         self, name: str, language: str, prompt: VoicePrompt, reference: np.ndarray, model: str
     ) -> dict[str, Any]:
         """Store a voice made through the API: its recording, its prompt for this model, its row."""
+        with self.studio.db.sessions() as s:
+            if name_taken(s, name):
+                raise VoiceNameTaken(name)
         voice_id = new_id()
         storage = self.studio.storage
         path = storage.save_voice_audio(voice_id, reference)

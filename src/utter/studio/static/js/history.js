@@ -3,7 +3,7 @@
 
 import { api, generationAudioUrl, normStatus, pageOf } from "./api.js";
 import { WaveformPlayer } from "./waveform.js";
-import { $, alertIn, confirmDialog, debounce, pager, role, secs, show, statusLabel, syncQuery, toast, when } from "./ui.js";
+import { $, alertIn, confirmDialog, debounce, pager, role, secs, show, statusLabel, syncQuery, toast, when, showMatch } from "./ui.js";
 
 const PER_PAGE = 10;
 const list = $("#history-list");
@@ -94,6 +94,8 @@ function row(g) {
   role(el, "voice").textContent = voiceName;
   role(el, "text").textContent = g.text;
   role(el, "text").title = g.text;
+  // The text shows in full only when short; a match deep in a long one gets its words shown.
+  showMatch(role(el, "match"), g.match, g.text.length > 120 ? ["voice"] : ["text", "voice"]);
   const err = g.error_message ?? g.error;
   if (status === "failed" && err) {
     role(el, "error").textContent = err;

@@ -148,3 +148,27 @@ export const statusLabel = {
   failed: "Failed",
   cancelled: "Cancelled",
 };
+
+const FIELD_LABEL = { name: "the name", transcript: "the transcript", text: "the text", voice: "the voice name" };
+
+/** Fill a row's "why it matched" note from the API's `match` ({field, snippet, matched}),
+ *  with the matched words marked; hidden when there is no search or the match is in plain view. */
+export function showMatch(el, match, visibleFields = []) {
+  if (!el) return;
+  if (!match || visibleFields.includes(match.field)) {
+    el.hidden = true;
+    return;
+  }
+  const { snippet, matched } = match;
+  const at = matched ? snippet.indexOf(matched) : -1;
+  const mark = document.createElement("mark");
+  mark.textContent = at >= 0 ? matched : "";
+  el.replaceChildren(
+    `Matched in ${FIELD_LABEL[match.field] ?? match.field}: “`,
+    at >= 0 ? snippet.slice(0, at) : snippet,
+    mark,
+    at >= 0 ? snippet.slice(at + matched.length) : "",
+    "”",
+  );
+  el.hidden = false;
+}

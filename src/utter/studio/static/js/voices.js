@@ -2,7 +2,7 @@
 
 import { api, pageOf, voicePreviewUrl } from "./api.js";
 import { WaveformPlayer } from "./waveform.js";
-import { $, alertIn, confirmDialog, debounce, pager, role, show, syncQuery, toast, when } from "./ui.js";
+import { $, alertIn, confirmDialog, debounce, pager, role, show, syncQuery, toast, when, showMatch } from "./ui.js";
 
 const PER_PAGE = 12;
 const list = $("#voice-list");
@@ -56,6 +56,7 @@ function row(v) {
   ].filter(Boolean);
   role(el, "meta").textContent = meta.join(" · ");
   if (transcript) role(el, "meta").title = `Transcript: ${transcript}`;
+  showMatch(role(el, "match"), v.match, ["name"]);
   role(el, "generate").href = `/generate?voice=${encodeURIComponent(v.id)}`;
 
   // Preview: the reference recording, drawn and playable inline.
