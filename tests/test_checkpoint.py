@@ -173,8 +173,7 @@ def test_tokenizer_json_replaces_vocab_and_merges(tmp_path: Path, no_network: No
 @pytest.mark.parametrize(
     ("change", "expected"),
     [
-        ({"tts_model_type": "custom_voice"}, "CustomVoice checkpoint"),
-        ({"tts_model_type": "voice_design"}, "VoiceDesign checkpoint"),
+        ({"tts_model_type": "voice_conversion"}, "unknown kind (tts_model_type 'voice_conversion')"),
         ({"tokenizer_type": "qwen3_tts_tokenizer_25hz"}, "qwen3_tts_tokenizer_25hz speech tokenizer"),
         ({"model_type": "qwen2"}, "holds a qwen2 model"),
     ],

@@ -65,6 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(say)
     _add_voice_args(say, required=False)
     say.add_argument("--voice", help="a voice file written by `utter voice` (instead of --ref)")
+    say.add_argument("--speaker", help="a preset speaker of a CustomVoice model (Vivian, Ryan ...)")
+    say.add_argument(
+        "--instruct",
+        help="how to speak (CustomVoice 1.7B: 'slowly, whispering'), or the voice itself (VoiceDesign)",
+    )
     say.add_argument("--text", help="text to speak")
     say.add_argument("--text-file", help="file holding the text to speak")
     say.add_argument("--language", default="Auto", help="Auto or one of the 10 languages (default: Auto)")
@@ -85,6 +90,24 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(voice)
     _add_voice_args(voice, required=True)
     voice.add_argument("-o", "--output", required=True, help="voice file to write (.safetensors)")
+
+    design = sub.add_parser(
+        "design", help="make a voice from a description (VoiceDesign), then keep it as a Base-model voice"
+    )
+    design.add_argument(
+        "--model", default="Qwen/Qwen3-TTS-12Hz-1.7B-VoiceDesign", help="the VoiceDesign model"
+    )
+    design.add_argument("--base-model", default=DEFAULT_MODEL, help="the Base model the voice is kept for")
+    design.add_argument("--description", required=True, help="the voice: 'a warm, low female voice ...'")
+    design.add_argument("--text", default=None, help="what the designed voice says in its clip")
+    design.add_argument("--language", default="Auto")
+    design.add_argument("--seed", type=int, default=None, help="another seed, another take of the voice")
+    design.add_argument("--clip", default=None, help="also keep the designed clip as this WAV file")
+    design.add_argument(
+        "-o", "--output", required=True, help="voice file to write (.safetensors), for --voice"
+    )
+    design.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda if available)")
+    design.add_argument("--cache-dir", default=None, help="Hugging Face cache folder for hub ids")
 
     tr = sub.add_parser("transcribe", help="print the words spoken in a recording (Whisper)")
     tr.add_argument("audio", help="recording (wav, mp3, m4a, flac, ogg; any rate)")
@@ -108,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("dir", help="output folder")
     tiny.add_argument("--size", default="tiny", choices=["tiny", "tiny-wide", "0.6b", "1.7b"])
     tiny.add_argument("--seed", type=int, default=0)
+    tiny.add_argument("--variant", default="base", choices=["base", "custom_voice", "voice_design"])
     tiny_asr = dev_sub.add_parser(
         "tiny-whisper", help="write a RANDOM Whisper checkpoint in the hub's layout"
     )
@@ -208,16 +232,31 @@ def cmd_say(args: argparse.Namespace) -> None:
     text = _read_text(args.text, args.text_file, "text")
     if text is None or not text.strip():
         raise UsageError("nothing to say: give a non-empty --text or --text-file")
-    if (args.voice is None) == (args.ref is None):
-        raise UsageError("give a reference recording with --ref (and --ref-text), or a saved --voice file")
+    if args.voice is not None and args.ref is not None:
+        raise UsageError(
+            "give a reference recording with --ref (and --ref-text), or a saved --voice file, not both"
+        )
     if args.max_frames is not None and args.max_frames < 1:
         raise UsageError("--max-frames must be at least 1")
     engine = _load_engine(args)
     if args.language.strip().lower() not in {lang.lower() for lang in engine.languages}:
         raise UsageError(f"unknown language {args.language!r}; choose one of: {', '.join(engine.languages)}")
-    voice = VoicePrompt.load(args.voice) if args.voice else _make_voice(engine, args)
+    voice = None
+    if engine.variant == "base":
+        if args.voice is None and args.ref is None:
+            raise UsageError(
+                "give a reference recording with --ref (and --ref-text), or a saved --voice file"
+            )
+        voice = VoicePrompt.load(args.voice) if args.voice else _make_voice(engine, args)
+    elif args.voice is not None or args.ref is not None:
+        raise UsageError(
+            f"{args.model} is a {engine.variant} model: it cannot clone (--ref/--voice need a Base model); "
+            + ("use --speaker" if engine.variant == "custom_voice" else "describe the voice with --instruct")
+        )
     started = time.perf_counter()
-    audio = engine.generate(text, voice, args.language, _options(engine, args))
+    audio = engine.generate(
+        text, voice, args.language, _options(engine, args), speaker=args.speaker, instruct=args.instruct
+    )
     elapsed = time.perf_counter() - started
     write_wav(args.output, audio, engine.sample_rate)
     seconds = len(audio) / engine.sample_rate
@@ -236,6 +275,51 @@ def cmd_voice(args: argparse.Namespace) -> None:
     voice.save(args.output)
     mode = "x-vector only" if voice.x_vector_only else f"ICL, {voice.ref_frames} reference frames"
     log.info("wrote voice %s (%s)", args.output, mode)
+
+
+DESIGN_TEXT = {
+    "Chinese": "今天的天气很好，我们一起去公园散步吧。",
+    "Japanese": "今日はとても良い天気ですね。一緒に散歩に行きましょう。",
+    "Korean": "오늘 날씨가 정말 좋네요. 같이 산책하러 가요.",
+    "German": "Heute ist ein schöner Tag, lass uns zusammen im Park spazieren gehen.",
+    "French": "Il fait très beau aujourd'hui, allons nous promener ensemble dans le parc.",
+    "Russian": "Сегодня прекрасная погода, давай погуляем вместе в парке.",
+    "Portuguese": "Hoje está um dia lindo, vamos passear juntos no parque.",
+    "Spanish": "Hoy hace un día precioso, vamos a pasear juntos por el parque.",
+    "Italian": "Oggi è una bellissima giornata, andiamo a fare una passeggiata nel parco.",
+}
+DEFAULT_DESIGN_TEXT = "Today is a lovely day. Let's take a walk in the park together and talk for a while."
+
+
+def cmd_design(args: argparse.Namespace) -> None:
+    """Design, then clone: the VoiceDesign model speaks a clip in the described voice; the Base
+    model makes a voice of that clip and its text (ICL), so it stays the same for any text."""
+    from dataclasses import replace
+
+    from .audio import SAMPLE_RATE, write_wav
+    from .engine.engine import Engine
+
+    if not args.description.strip():
+        raise UsageError("describe the voice with --description")
+    text = args.text or DESIGN_TEXT.get(args.language.strip().capitalize(), DEFAULT_DESIGN_TEXT)
+    designer = Engine.load(args.model, device=args.device, cache_dir=args.cache_dir, max_batch=1)
+    if designer.variant != "voice_design":
+        raise UsageError(f"{args.model} is a {designer.variant} model; --model must be a VoiceDesign model")
+    options = replace(designer.default_options(), seed=args.seed)
+    clip = designer.generate(text, None, args.language, options, instruct=args.description)
+    del designer
+    if args.clip:
+        write_wav(args.clip, clip, SAMPLE_RATE)
+        log.info("wrote the designed clip %s (%.1f s)", args.clip, len(clip) / SAMPLE_RATE)
+    base = Engine.load(args.base_model, device=args.device, cache_dir=args.cache_dir, max_batch=1)
+    voice = base.create_voice((clip, SAMPLE_RATE), ref_text=text)
+    voice.save(args.output)
+    log.info(
+        "wrote voice %s: use it with `utter say --model %s --voice %s`",
+        args.output,
+        args.base_model,
+        args.output,
+    )
 
 
 def cmd_transcribe(args: argparse.Namespace) -> None:
@@ -265,8 +349,9 @@ def cmd_dev(args: argparse.Namespace) -> None:
     from .dev.tiny_checkpoint import write_tiny_checkpoint
 
     if args.dev_command == "tiny-checkpoint":
-        path = write_tiny_checkpoint(args.dir, size=args.size, seed=args.seed)
-        print(f"wrote a RANDOM {args.size} checkpoint to {path} (random weights make noise, not speech)")
+        path = write_tiny_checkpoint(args.dir, size=args.size, seed=args.seed, variant=args.variant)
+        kind = f"{args.size} {args.variant}"
+        print(f"wrote a RANDOM {kind} checkpoint to {path} (random weights make noise, not speech)")
     elif args.dev_command == "tiny-whisper":
         from .dev.tiny_whisper import write_tiny_whisper
 
@@ -284,6 +369,7 @@ COMMANDS = {
     "say": cmd_say,
     "voice": cmd_voice,
     "transcribe": cmd_transcribe,
+    "design": cmd_design,
     "download": cmd_download,
     "dev": cmd_dev,
     "bench": cmd_bench,

@@ -1,4 +1,7 @@
-"""Write a randomly initialised Qwen3-TTS 12 Hz Base checkpoint in the official on-disk layout.
+"""Write a randomly initialised Qwen3-TTS 12 Hz checkpoint in the official on-disk layout.
+
+Any variant: Base (clones voices), CustomVoice (a table of preset speakers, two of them
+speaking Chinese in a dialect) or VoiceDesign (neither speakers nor a speaker encoder).
 
 No model hub is reachable in CI, so tests, benchmarks and offline development build their own
 checkpoints: config.json, generation_config.json, model.safetensors, the real Qwen2 text
@@ -67,7 +70,13 @@ def _decoder(hidden: int, inter: int, layers: int, heads: int, kv: int, head_dim
     }
 
 
-def _config(size: str) -> dict[str, Any]:
+# The released CustomVoice speakers (model card); the codec ids are this random checkpoint's own.
+SPEAKERS = ("vivian", "serena", "uncle_fu", "dylan", "eric", "ryan", "aiden", "ono_anna", "sohee")
+DIALECTS = {"dylan": "beijing_dialect", "eric": "sichuan_dialect"}
+VARIANTS = ("base", "custom_voice", "voice_design")
+
+
+def _config(size: str, variant: str = "base") -> dict[str, Any]:
     """config.json for one of the sizes: tiny, tiny-wide (talker wider than the predictor), 0.6b, 1.7b."""
     if size == "tiny":
         talker, cp, text_hidden, se = (
@@ -115,8 +124,10 @@ def _config(size: str) -> dict[str, Any]:
         codec_language_id=dict(LANGUAGE_IDS),
         pad_token_id=CODEC_IDS["codec_pad_id"],
         position_id_per_seconds=13,
-        spk_id={},
-        spk_is_dialect={},
+        spk_id={name: 3000 + i for i, name in enumerate(SPEAKERS)} if variant == "custom_voice" else {},
+        spk_is_dialect={name: DIALECTS.get(name, False) for name in SPEAKERS}
+        if variant == "custom_voice"
+        else {},
         **CODEC_IDS,
     )
     return {
@@ -124,7 +135,7 @@ def _config(size: str) -> dict[str, Any]:
         "model_type": "qwen3_tts",
         "tokenizer_type": "qwen3_tts_tokenizer_12hz",
         "tts_model_size": {"tiny": "tiny", "tiny-wide": "tiny", "0.6b": "0b6", "1.7b": "1b7"}[size],
-        "tts_model_type": "base",
+        "tts_model_type": variant,
         "assistant_token_id": 77091,
         "im_start_token_id": 151644,
         "im_end_token_id": 151645,
@@ -195,16 +206,20 @@ def write_checkpoint_files(folder: Path, config: dict[str, Any]) -> None:
     write_text_tokenizer(folder)
 
 
-def write_tiny_checkpoint(folder: str | Path, size: str = "tiny", seed: int = 0) -> Path:
-    """Write a random checkpoint of ``size`` to ``folder`` and return the folder."""
+def write_tiny_checkpoint(
+    folder: str | Path, size: str = "tiny", seed: int = 0, variant: str = "base"
+) -> Path:
+    """Write a random checkpoint of ``size`` and ``variant`` to ``folder`` and return the folder."""
     from .random_speech_tokenizer import write_random_speech_tokenizer
 
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; choose {', '.join(VARIANTS)}")
     folder = Path(folder)
-    config = _config(size)
+    config = _config(size, variant)
     tiny = size.startswith("tiny")
     write_checkpoint_files(folder, config)
     # Tiny models get a larger weight scale so logits have clear winners (stable greedy parity).
     write_weights(folder, config, seed, torch.float32 if tiny else torch.bfloat16, 0.2 if tiny else 0.02)
     write_random_speech_tokenizer(folder / "speech_tokenizer", size="tiny" if tiny else "real", seed=seed)
-    logger.warning("wrote a RANDOM %s checkpoint to %s: it makes noise, not speech", size, folder)
+    logger.warning("wrote a RANDOM %s %s checkpoint to %s: it makes noise, not speech", size, variant, folder)
     return folder

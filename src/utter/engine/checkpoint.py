@@ -21,16 +21,22 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-# The checkpoints this engine implements (Qwen3-TTS, 12.5 Hz codec, voice-cloning "Base" models).
-KNOWN_MODELS = ("Qwen/Qwen3-TTS-12Hz-0.6B-Base", "Qwen/Qwen3-TTS-12Hz-1.7B-Base")
+# The checkpoints this engine implements (Qwen3-TTS, 12.5 Hz codec): the voice-cloning "Base"
+# models, the preset-speaker "CustomVoice" ones and the "VoiceDesign" one.
+KNOWN_MODELS = (
+    "Qwen/Qwen3-TTS-12Hz-0.6B-Base",
+    "Qwen/Qwen3-TTS-12Hz-1.7B-Base",
+    "Qwen/Qwen3-TTS-12Hz-0.6B-CustomVoice",
+    "Qwen/Qwen3-TTS-12Hz-1.7B-CustomVoice",
+    "Qwen/Qwen3-TTS-12Hz-1.7B-VoiceDesign",
+)
 
 # Values of the released configs (verified against the official ``qwen_tts`` package and the
 # published config.json files): config.json ``model_type``/``tokenizer_type``/``tts_model_type``
 # and speech_tokenizer/config.json ``model_type``.
 MODEL_TYPE = "qwen3_tts"
 TOKENIZER_TYPE = "qwen3_tts_tokenizer_12hz"
-TTS_MODEL_TYPE = "base"
-OTHER_VARIANTS = {"custom_voice": "CustomVoice", "voice_design": "VoiceDesign"}
+VARIANTS = {"base": "Base", "custom_voice": "CustomVoice", "voice_design": "VoiceDesign"}
 
 # Files the official loader (and ours) reads, with what each one is for.
 SPEECH_TOKENIZER_FILES = {
@@ -149,7 +155,7 @@ def missing_files(folder: Path) -> list[str]:
 
 
 def check_model_kind(folder: Path) -> None:
-    """Refuse checkpoints that are not Qwen3-TTS 12 Hz Base models, naming what they are instead."""
+    """Refuse checkpoints that are not Qwen3-TTS 12 Hz models of a known variant, naming what they are."""
     config = _read_json(folder / "config.json", "model configuration")
     supported = " or ".join(KNOWN_MODELS)
     model_type = config.get("model_type")
@@ -159,11 +165,10 @@ def check_model_kind(folder: Path) -> None:
             f"Utter runs {supported}."
         )
     tts_type = config.get("tts_model_type")
-    if tts_type != TTS_MODEL_TYPE:
-        name = OTHER_VARIANTS.get(str(tts_type), str(tts_type))
+    if tts_type not in VARIANTS:
         raise CheckpointError(
-            f"{folder} holds a Qwen3-TTS {name} checkpoint (tts_model_type {tts_type!r}); Utter clones "
-            f"voices with the 12 Hz Base models only: {supported}."
+            f"{folder} holds a Qwen3-TTS checkpoint of an unknown kind (tts_model_type {tts_type!r}); "
+            f"Utter runs {', '.join(VARIANTS.values())} models: {supported}."
         )
     tokenizer_type = config.get("tokenizer_type")
     if tokenizer_type != TOKENIZER_TYPE:

@@ -82,6 +82,10 @@ class TalkerConfig:
     codec_think_bos_id: int
     codec_think_eos_id: int
     language_ids: dict[str, int] = field(default_factory=dict)
+    # CustomVoice checkpoints: preset speakers (lower-case name -> codec id) and the dialect
+    # some of them speak Chinese in (name -> dialect language key).
+    speakers: dict[str, int] = field(default_factory=dict)
+    speaker_dialects: dict[str, str] = field(default_factory=dict)
 
     @property
     def num_code_groups(self) -> int:
@@ -106,6 +110,8 @@ class TalkerConfig:
             codec_think_bos_id=data["codec_think_bos_id"],
             codec_think_eos_id=data["codec_think_eos_id"],
             language_ids={k.lower(): int(v) for k, v in (data.get("codec_language_id") or {}).items()},
+            speakers={k.lower(): int(v) for k, v in (data.get("spk_id") or {}).items()},
+            speaker_dialects={k.lower(): str(v) for k, v in (data.get("spk_is_dialect") or {}).items() if v},
         )
 
 
@@ -156,6 +162,32 @@ class ModelConfig:
                 continue
             names.append(known.get(key, key.capitalize()))
         return names
+
+    @property
+    def variant(self) -> str:
+        """base (clones voices), custom_voice (preset speakers) or voice_design (described voices)."""
+        return self.tts_model_type
+
+    @property
+    def supports_instruct(self) -> bool:
+        """Natural-language instructions: VoiceDesign, and CustomVoice except at 0.6B (the official
+        package drops them there)."""
+        return self.variant == "voice_design" or (
+            self.variant == "custom_voice" and self.tts_model_size != "0b6"
+        )
+
+    @property
+    def speaker_names(self) -> list[str]:
+        """Preset speakers as the model card writes them ("Vivian", "Uncle_Fu", "Ono_Anna")."""
+        return ["_".join(part.capitalize() for part in key.split("_")) for key in self.talker.speakers]
+
+    def speaker_key(self, speaker: str) -> str:
+        """The table key of a preset speaker (any case); ValueError naming the ones there are."""
+        key = speaker.strip().lower()
+        if key not in self.talker.speakers:
+            names = ", ".join(self.speaker_names) or "none (this model clones voices instead)"
+            raise ValueError(f"unknown speaker {speaker!r}; this model's speakers: {names}")
+        return key
 
     def language_id(self, language: str) -> int | None:
         """Codec id of ``language`` (None for Auto); raises ValueError for an unknown one."""

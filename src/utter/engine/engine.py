@@ -58,14 +58,24 @@ def default_device() -> str:
 
 @dataclass(frozen=True)
 class Request:
-    """One text to speak in one voice. With ``feed`` the text arrives in pieces while it is
-    spoken (``text`` is then ignored; see textfeed.py)."""
+    """One text to speak. With ``feed`` the text arrives in pieces while it is spoken (``text`` is
+    then ignored; see textfeed.py).
+
+    Who speaks depends on the model: a Base model speaks in a cloned ``voice``; a CustomVoice
+    model in a preset ``speaker`` (``Engine.speakers``); a VoiceDesign model in the voice its
+    ``instruct`` describes. ``instruct`` (how to speak: "slowly, whispering") also steers the
+    1.7B CustomVoice model."""
 
     text: str
-    voice: VoicePrompt
+    voice: VoicePrompt | None = None
     language: str = "Auto"
     options: GenerationOptions | None = None
     feed: TextFeed | None = None
+    speaker: str | None = None
+    instruct: str | None = None
+    # The official prompt layout to use: None picks the official default of the model's kind
+    # (streaming text for Base, the whole text in the prompt for CustomVoice and VoiceDesign).
+    non_streaming: bool | None = None
 
 
 @dataclass
@@ -84,7 +94,8 @@ def _load_talker(
     # Modes that convert the Linear weights read them as stored; everything else is cast to the
     # activation dtype by apply_weight_mode.
     load_weights(weights, weight_files(folder), dev, None if mode in ("int8", "float16") else dt)
-    weights.speaker_encoder.to(dt)
+    if weights.speaker_encoder is not None:
+        weights.speaker_encoder.to(dt)
     fuse_projections(weights.talker)
     # One stream at a time on a CPU: the products take the native kernels (see quant.int8_kernel)
     # and, where every one of a stack's products has, its decode steps run natively too.
@@ -104,7 +115,8 @@ def _load_codec(folder: Path, dev: torch.device, mode: str) -> SpeechTokenizer:
 
 
 class Engine:
-    """A loaded Qwen3-TTS 12 Hz Base model ready to clone voices."""
+    """A loaded Qwen3-TTS 12 Hz model: Base (clones voices), CustomVoice (preset speakers) or
+    VoiceDesign (voices from a description)."""
 
     def __init__(
         self,
@@ -203,6 +215,24 @@ class Engine:
     def languages(self) -> list[str]:
         return self.config.languages
 
+    @property
+    def variant(self) -> str:
+        """base, custom_voice or voice_design (see ModelConfig.variant)."""
+        return self.config.variant
+
+    @property
+    def speakers(self) -> list[str]:
+        """Preset speakers (CustomVoice models); empty for the others."""
+        return self.config.speaker_names
+
+    @torch.inference_mode()
+    def preset_voice(self, speaker: str) -> VoicePrompt:
+        """A CustomVoice preset speaker as a voice prompt: its codec embedding takes the speaker
+        position, exactly where a Base model puts a cloned voice's embedding."""
+        key = self.config.speaker_key(speaker)
+        ids = torch.tensor([[self.config.talker.speakers[key]]], device=self.device)
+        return VoicePrompt(speaker_embedding=self.talker.embed_codec(ids)[0, 0].float().cpu())
+
     # ------------------------------------------------------------------ voices
     @torch.inference_mode()
     def create_voice(
@@ -216,6 +246,11 @@ class Engine:
         With ``ref_text`` (ICL mode) the reference codes are kept and the model continues the
         reference; with ``x_vector_only`` only the speaker embedding is used (lower quality).
         """
+        if self.weights.speaker_encoder is None:
+            raise ValueError(
+                f"this is a {self._variant_name()} model: it cannot clone voices; load a Base model "
+                "(Qwen/Qwen3-TTS-12Hz-0.6B-Base or -1.7B-Base) to clone"
+            )
         if not x_vector_only and not (ref_text and ref_text.strip()):
             raise ValueError("a transcript of the reference audio is required (or use x-vector-only mode)")
         if isinstance(audio, tuple):
@@ -266,6 +301,9 @@ class Engine:
                 f"({MAX_FRAMES * 0.08:g} s of audio) are allowed per request: split longer texts"
             )
         self.config.language_id(req.language)
+        self._check_speaker(req)
+        if req.voice is None:
+            return
         dim = self.config.talker.decoder.hidden_size
         if req.voice.speaker_embedding.shape[0] != dim:
             raise ValueError(
@@ -275,6 +313,40 @@ class Engine:
         codes = req.voice.ref_codes
         if codes is not None and (codes.shape[1] != self.config.talker.num_code_groups or codes.numel() == 0):
             raise ValueError("this voice's reference codes do not fit this model")
+
+    def _variant_name(self) -> str:
+        return {"base": "Base", "custom_voice": "CustomVoice", "voice_design": "VoiceDesign"}.get(
+            self.variant, self.variant
+        )
+
+    def _check_speaker(self, req: Request) -> None:
+        """Who speaks must be something this model can do; the error names the model needed."""
+        variant, name = self.variant, self._variant_name()
+        if req.instruct and req.instruct.strip() and not self.config.supports_instruct:
+            needs = "Qwen/Qwen3-TTS-12Hz-1.7B-CustomVoice or -1.7B-VoiceDesign"
+            raise ValueError(f"instructions need {needs}; this {name} model takes none")
+        if variant == "base":
+            if req.speaker:
+                raise ValueError(
+                    "preset speakers need a CustomVoice model (Qwen/Qwen3-TTS-12Hz-0.6B-CustomVoice or "
+                    "-1.7B-CustomVoice); this Base model speaks in cloned voices"
+                )
+            if req.voice is None:
+                raise ValueError("a Base model needs a voice: clone one from a reference recording")
+        elif variant == "custom_voice":
+            if req.voice is not None:
+                raise ValueError(
+                    "cloned voices need a Base model (Qwen/Qwen3-TTS-12Hz-0.6B-Base or -1.7B-Base); "
+                    f"this CustomVoice model speaks as one of: {', '.join(self.speakers)}"
+                )
+            if not req.speaker:
+                raise ValueError(f"choose a speaker: {', '.join(self.speakers)}")
+            self.config.speaker_key(req.speaker)
+        elif req.voice is not None or req.speaker:
+            raise ValueError(
+                "a VoiceDesign model makes its voice from the instruction (a description of the voice); "
+                "for cloned voices use a Base model, for preset speakers a CustomVoice model"
+            )
 
     def text_ready(self, req: Request) -> bool:
         """Whether a request can start: always, unless its text is arriving and no word of it is
@@ -294,11 +366,31 @@ class Engine:
                 raise ValueError("text is empty")
             frame = self.tokenizer.target_ids("x")  # the framing around any text
             target = frame[:ROLE_TOKENS] + ids + frame[-TARGET_TAIL:]
+        voice = req.voice
+        if req.speaker:
+            voice = self.preset_voice(req.speaker)
+            dialect = self.config.talker.speaker_dialects.get(self.config.speaker_key(req.speaker))
+            if dialect and req.language.strip().lower() in ("auto", "chinese"):  # as the official does
+                language_id = self.config.talker.language_ids[dialect]
         ref_ids = None
-        if req.voice.ref_codes is not None:
-            ref_ids = self.tokenizer.reference_ids(req.voice.ref_text or "")
+        if voice is not None and voice.ref_codes is not None:
+            ref_ids = self.tokenizer.reference_ids(voice.ref_text or "")
+        instruct_ids = None
+        if req.instruct and req.instruct.strip() and self.config.supports_instruct:
+            instruct_ids = self.tokenizer.instruct_ids(req.instruct)
+        non_streaming = req.non_streaming if req.non_streaming is not None else self.variant != "base"
+        if non_streaming and ref_ids is not None:
+            raise ValueError("the non-streaming layout is not available for voices cloned with a transcript")
         prompt = build_prompt(
-            self.talker, self.config, target, language_id, req.voice, ref_ids, text_open=not closed
+            self.talker,
+            self.config,
+            target,
+            language_id,
+            voice,
+            ref_ids,
+            text_open=not closed,
+            instruct_ids=instruct_ids,
+            non_streaming=non_streaming,
         )
         tokens = self.tokenizer.text_token_count(target)
         max_frames = opts.max_frames or self.frame_limit(tokens)
@@ -426,7 +518,15 @@ class Engine:
         ]
 
     def generate(
-        self, text: str, voice: VoicePrompt, language: str = "Auto", options: GenerationOptions | None = None
+        self,
+        text: str,
+        voice: VoicePrompt | None = None,
+        language: str = "Auto",
+        options: GenerationOptions | None = None,
+        speaker: str | None = None,
+        instruct: str | None = None,
     ) -> np.ndarray:
-        """Speak ``text`` in ``voice``: mono float32 audio at 24 kHz."""
-        return self.generate_batch([Request(text, voice, language, options)])[0].audio
+        """Speak ``text`` in ``voice`` (Base), as ``speaker`` (CustomVoice) or in the voice
+        ``instruct`` describes (VoiceDesign): mono float32 audio at 24 kHz."""
+        req = Request(text, voice, language, options, speaker=speaker, instruct=instruct)
+        return self.generate_batch([req])[0].audio

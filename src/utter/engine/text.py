@@ -10,6 +10,7 @@ logger = logging.getLogger(__name__)
 # The official package frames texts like a chat turn; the ids are sliced by position below.
 _TARGET = "<|im_start|>assistant\n{text}<|im_end|>\n<|im_start|>assistant\n"
 _REFERENCE = "<|im_start|>assistant\n{text}<|im_end|>\n"
+_INSTRUCT = "<|im_start|>user\n{text}<|im_end|>\n"
 ROLE_TOKENS = 3  # "<|im_start|>", "assistant", "\n"
 TARGET_TAIL = 5  # "<|im_end|>", "\n", "<|im_start|>", "assistant", "\n"
 REFERENCE_TAIL = 2  # "<|im_end|>", "\n"
@@ -55,6 +56,10 @@ class TextTokenizer:
     def normalize(self, text: str) -> str:
         backend = self._tok.backend_tokenizer
         return backend.normalizer.normalize_str(text) if backend.normalizer is not None else text
+
+    def instruct_ids(self, text: str) -> list[int]:
+        """Ids of an instruction as its own framed user turn (all of them go in the prompt)."""
+        return self._ids(_INSTRUCT.format(text=text))
 
     def reference_ids(self, text: str) -> list[int]:
         """Ids of the reference transcript without its framing."""

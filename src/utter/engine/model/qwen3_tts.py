@@ -10,9 +10,14 @@ from .talker import Talker
 
 
 class Qwen3TTSWeights(nn.Module):
-    """The parts of a 12 Hz Base checkpoint used for voice cloning."""
+    """The parts of a 12 Hz checkpoint used for speech: the talker, and on Base models (the ones
+    that clone) the speaker encoder; CustomVoice and VoiceDesign checkpoints have none."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.talker = Talker(cfg.talker)
-        self.speaker_encoder = SpeakerEncoder(SpeakerEncoderConfig.from_dict(cfg.speaker_encoder))
+        self.speaker_encoder = (
+            SpeakerEncoder(SpeakerEncoderConfig.from_dict(cfg.speaker_encoder))
+            if cfg.variant == "base"
+            else None
+        )
