@@ -277,31 +277,18 @@ def cmd_voice(args: argparse.Namespace) -> None:
     log.info("wrote voice %s (%s)", args.output, mode)
 
 
-DESIGN_TEXT = {
-    "Chinese": "今天的天气很好，我们一起去公园散步吧。",
-    "Japanese": "今日はとても良い天気ですね。一緒に散歩に行きましょう。",
-    "Korean": "오늘 날씨가 정말 좋네요. 같이 산책하러 가요.",
-    "German": "Heute ist ein schöner Tag, lass uns zusammen im Park spazieren gehen.",
-    "French": "Il fait très beau aujourd'hui, allons nous promener ensemble dans le parc.",
-    "Russian": "Сегодня прекрасная погода, давай погуляем вместе в парке.",
-    "Portuguese": "Hoje está um dia lindo, vamos passear juntos no parque.",
-    "Spanish": "Hoy hace un día precioso, vamos a pasear juntos por el parque.",
-    "Italian": "Oggi è una bellissima giornata, andiamo a fare una passeggiata nel parco.",
-}
-DEFAULT_DESIGN_TEXT = "Today is a lovely day. Let's take a walk in the park together and talk for a while."
-
-
 def cmd_design(args: argparse.Namespace) -> None:
     """Design, then clone: the VoiceDesign model speaks a clip in the described voice; the Base
     model makes a voice of that clip and its text (ICL), so it stays the same for any text."""
     from dataclasses import replace
 
     from .audio import SAMPLE_RATE, write_wav
+    from .engine.design import sample_text
     from .engine.engine import Engine
 
     if not args.description.strip():
         raise UsageError("describe the voice with --description")
-    text = args.text or DESIGN_TEXT.get(args.language.strip().capitalize(), DEFAULT_DESIGN_TEXT)
+    text = args.text or sample_text(args.language)
     designer = Engine.load(args.model, device=args.device, cache_dir=args.cache_dir, max_batch=1)
     if designer.variant != "voice_design":
         raise UsageError(f"{args.model} is a {designer.variant} model; --model must be a VoiceDesign model")

@@ -215,6 +215,22 @@ class Engine:
     def languages(self) -> list[str]:
         return self.config.languages
 
+    def memory_bytes(self) -> int:
+        """Bytes of the tensors this engine's models hold (talker, speaker encoder, codec), packed
+        and quantised weights included."""
+        roots = [self.weights, getattr(self.codec, "encoder", None), getattr(self.codec, "decoder", None)]
+        seen, total = set(), 0
+        for root in roots:
+            if not isinstance(root, torch.nn.Module):
+                continue
+            for module in root.modules():
+                own = [*module.parameters(recurse=False), *module.buffers(recurse=False)]
+                for t in [*own, *vars(module).values()]:
+                    if isinstance(t, torch.Tensor) and id(t) not in seen and t.device.type != "meta":
+                        seen.add(id(t))
+                        total += t.numel() * t.element_size()
+        return total
+
     @property
     def variant(self) -> str:
         """base, custom_voice or voice_design (see ModelConfig.variant)."""

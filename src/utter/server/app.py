@@ -18,6 +18,7 @@ from fastapi import Depends, FastAPI
 from .. import __version__
 from . import (
     routes_elevenlabs,
+    routes_family,
     routes_health,
     routes_jobs,
     routes_openai,
@@ -32,6 +33,7 @@ from .docs import install_offline_docs
 from .errors import install_error_handlers
 from .jobs import JobManager
 from .middleware import RequestContextMiddleware
+from .models import ModelSet
 from .references import ReferenceService
 from .runtime import EngineHolder
 from .settings import ServerSettings
@@ -60,10 +62,14 @@ def create_app(
     holder: EngineHolder,
     voices: VoiceLibrary | None = None,
     asr: AsrHolder | None = None,
+    extras: list[EngineHolder] | None = None,
 ) -> FastAPI:
     """Build the service around ``holder`` (which may still be loading its model); its stored
     voices live in ``voices`` (default: a file store under the data dir) and its transcription
     model in ``asr`` (default: ``settings.asr_model``, loaded on first use)."""
+    if extras is None:
+        extras = [EngineHolder.from_settings(settings, model) for model in settings.extra_model_list()]
+    models = ModelSet(holder, extras)
     if asr is None:
         asr = AsrHolder(settings.asr_model, settings.asr_device or settings.device, settings.cache_dir)
     service = Service(
@@ -73,18 +79,21 @@ def create_app(
         voices=voices if voices is not None else VoiceStore(settings.voices_dir),
         jobs=JobManager(settings.jobs_dir, settings.job_ttl_s, settings.max_jobs),
         asr=asr,
+        models=models,
     )
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         if settings.manage_holder:
             holder.start()
+            models.start_extras()
         try:
             yield
         finally:
             service.jobs.cancel_all()
             if settings.manage_holder:
                 holder.stop()
+                models.stop_extras()
 
     app = FastAPI(
         title="Utter TTS",
@@ -114,6 +123,7 @@ def create_app(
         routes_voices,
         routes_transcribe,
         routes_elevenlabs,
+        routes_family,
     ):
         app.include_router(module.router, dependencies=protected)
     # WebSockets check the key themselves (also from the query string or the first message).

@@ -34,6 +34,7 @@ _SETTING_ARGS = {
     "max_queue": "max_queue",
     "max_text_chars": "max_text_chars",
     "allow_ref_audio_url": "allow_ref_audio_url",
+    "extra_models": "extra_models",
 }
 
 
@@ -49,6 +50,11 @@ def add_server_args(parser: argparse.ArgumentParser) -> None:
         default=None,
         choices=["float32", "bfloat16", "float16", "int8"],
         help="weight format (default: fastest safe for the device and batch size)",
+    )
+    g.add_argument(
+        "--extra-models",
+        default=None,
+        help="more models beside --model, comma-separated (a CustomVoice and/or VoiceDesign model)",
     )
     g.add_argument("--cache-dir", default=None, help="Hugging Face cache folder for hub ids")
     g.add_argument("--host", default=None, help="address to listen on (default: 127.0.0.1)")

@@ -17,6 +17,7 @@ from .asr import AsrHolder
 from .errors import ApiError
 from .jobs import JobManager
 from .middleware import API_KEY_MESSAGE, api_key_matches
+from .models import ModelSet
 from .references import ReferenceService
 from .runtime import EngineHolder
 from .settings import ServerSettings
@@ -31,7 +32,7 @@ class Service:
     voices: VoiceLibrary
     jobs: JobManager
     asr: AsrHolder
-
+    models: ModelSet  # the main model (``holder``) and any extra ones
 
 def get_service(request: Request) -> Service:
     return request.app.state.service

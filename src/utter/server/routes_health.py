@@ -49,6 +49,8 @@ async def health(service: ServiceDep) -> JSONResponse:
         "version": __version__,
         "worker": worker,
         "asr": service.asr.status(),
+        # Every model served (the main one first), with its kind, state and weight memory.
+        "models": service.models.status(),
     }
     if ready:
         batcher = holder.batcher

@@ -1,9 +1,11 @@
 """OpenAI-compatible speech: ``POST /v1/audio/speech`` with stored voices, plus model listings.
 
-``voice`` names a stored voice (``POST /v1/voices``); its prompt was computed once, so a request
-costs only generation. ``model`` is accepted and ignored: a server runs one model. Formats that
-carry no total length (pcm, mp3, opus, aac) stream by default; wav and flac come whole, with
-exact headers, unless ``stream_format`` asks for streaming ("audio": raw bytes, "sse": events).
+``voice`` names a stored voice (``POST /v1/voices``; its prompt was computed once, so a request
+costs only generation) or a preset speaker of a CustomVoice model; ``instructions`` say how to
+speak (CustomVoice 1.7B) or describe the voice (VoiceDesign). ``model`` picks one of the server's
+models (see models.py); OpenAI's own names ("tts-1") mean its main model. Formats that carry no
+total length (pcm, mp3, opus, aac) stream by default; wav and flac come whole, with exact
+headers, unless ``stream_format`` asks for streaming ("audio": raw bytes, "sse": events).
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ from fastapi.responses import Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from ..audio.encode import FORMATS, LENGTH_IN_HEADER, AudioEncoder, encode_audio, make_encoder
-from .deps import BatcherDep, ServiceDep
+from ..engine.batcher import Batcher
+from ..engine.voice import VoicePrompt
+from .deps import Service, ServiceDep
 from .errors import ApiError
 from .schemas import SpeechRequest
 from .speech import (
@@ -49,19 +53,50 @@ def unknown_voice(voice: str) -> ApiError:
     return ApiError(404, message, param="voice")
 
 
-@router.post("/v1/audio/speech", responses=AUDIO_RESPONSE, response_class=Response)
-async def speech(body: SpeechRequest, service: ServiceDep, batcher: BatcherDep, http: Request) -> Response:
-    """Speak ``input`` in a stored voice, as OpenAI's speech endpoint does."""
-    engine, settings = batcher.engine, service.settings
-    text = check_text(body.input, settings, "input")
+async def _speaker(
+    service: Service, body: SpeechRequest
+) -> tuple[Batcher, VoicePrompt | None, dict, str | None]:
+    """(batcher, stored voice, its listing, preset speaker) for a request: the model it names,
+    else the CustomVoice model whose preset speaker it names, else the main model."""
+    models = service.models
+    holder = models.named(body.model)
+    if holder is None:  # a stored voice first (the main model's), then a preset speaker
+        try:
+            service.voices.resolve(body.voice)
+            holder = models.main
+        except VoiceNotFound:
+            holder = models.speaker_of(body.voice) or models.main
+    batcher = await holder.wait_ready(service.settings.ready_timeout_s)
+    variant = batcher.engine.variant
+    if variant == "custom_voice":
+        return batcher, None, {}, body.voice
+    if variant == "voice_design":
+        if not (body.instructions or "").strip():
+            raise ApiError(
+                400,
+                "A VoiceDesign model makes the voice from `instructions`: describe the voice.",
+                param="instructions",
+            )
+        return batcher, None, {}, None
     try:
         meta = service.voices.resolve(body.voice)
-        prompt = await run_in_threadpool(service.voices.prompt, meta["id"])
+        return batcher, await run_in_threadpool(service.voices.prompt, meta["id"]), meta, None
     except VoiceNotFound as exc:
         raise unknown_voice(body.voice) from exc
+
+
+@router.post("/v1/audio/speech", responses=AUDIO_RESPONSE, response_class=Response)
+async def speech(body: SpeechRequest, service: ServiceDep, http: Request) -> Response:
+    """Speak ``input`` in a stored voice or as a preset speaker, as OpenAI's speech endpoint does."""
+    settings = service.settings
+    text = check_text(body.input, settings, "input")
+    batcher, prompt, meta, speaker = await _speaker(service, body)
+    engine = batcher.engine
     language = check_language(engine, body.language or meta.get("language"))
     options = generation_options(engine, body, body.max_frames)
-    stream = submit(batcher, text, prompt, language, options, settings)
+    stream = submit(
+        batcher, text, prompt, language, options, settings, speaker=speaker, instruct=body.instructions
+    )
     fmt = body.response_format
     mime, ext = FORMATS[fmt]
     headers = {"Content-Disposition": f'inline; filename="speech.{ext}"'}
@@ -111,14 +146,15 @@ async def sse_body(
 
 @router.get("/v1/models")
 async def models(service: ServiceDep) -> dict[str, Any]:
-    """OpenAI's model list: the one model this server runs."""
-    return {
-        "object": "list",
-        "data": [{"id": service.settings.model, "object": "model", "owned_by": "utter"}],
-    }
+    """OpenAI's model list: the models this server runs (main first), with their kind."""
+    data = [
+        {"id": h.model, "object": "model", "owned_by": "utter", "kind": h.variant, "state": h.state.value}
+        for h in service.models.all
+    ]
+    return {"object": "list", "data": data}
 
 
 @router.get("/v1/audio/models")
 async def audio_models(service: ServiceDep) -> dict[str, Any]:
     """The listing Open WebUI reads from custom OpenAI-compatible TTS servers."""
-    return {"models": [{"id": service.settings.model, "name": service.settings.model}]}
+    return {"models": [{"id": h.model, "name": h.model} for h in service.models.all]}

@@ -58,12 +58,14 @@ async def create_voice(
 
 @router.get("/v1/audio/voices", response_model=VoiceList)
 async def list_voices(service: ServiceDep) -> dict[str, Any]:
-    return {"voices": await run_in_threadpool(service.voices.list)}
+    """Stored voices (``category: cloned``), then the preset speakers of a CustomVoice model
+    the server runs (``category: premade``)."""
+    return {"voices": await run_in_threadpool(service.voices.list) + service.models.presets()}
 
 
 @router.get("/v1/voices", response_model=VoiceList, include_in_schema=False)
 async def list_voices_alias(service: ServiceDep) -> dict[str, Any]:
-    return {"voices": await run_in_threadpool(service.voices.list)}
+    return await list_voices(service)
 
 
 @router.get("/v1/voices/{voice_id}", response_model=VoiceInfo)

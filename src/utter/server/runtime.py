@@ -72,10 +72,11 @@ class EngineHolder:
     """Owns one :class:`Engine` and its :class:`Batcher` for the lifetime of a server."""
 
     @classmethod
-    def from_settings(cls, settings: ServerSettings) -> EngineHolder:
-        """The holder a service with these settings serves from (api-only server and studio alike)."""
+    def from_settings(cls, settings: ServerSettings, model: str | None = None) -> EngineHolder:
+        """The holder a service with these settings serves from (api-only server and studio
+        alike); ``model`` for one of its extra models."""
         return cls(
-            settings.model,
+            model or settings.model,
             device=settings.device,
             dtype=settings.dtype,
             cache_dir=settings.cache_dir,
@@ -120,6 +121,7 @@ class EngineHolder:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._stopped = False
+        self._memory_mib: float | None = None  # weights and codec, measured once loaded
 
     @classmethod
     def from_engine(cls, engine: Engine, model: str | None = None, **batcher_args: Any) -> EngineHolder:
@@ -165,8 +167,23 @@ class EngineHolder:
             "dtype": engine.weight_mode if engine is not None else self.dtype,
             "activation_dtype": str(engine.dtype).removeprefix("torch.") if engine is not None else None,
             "languages": list(engine.languages) if engine is not None else [],
+            "variant": self.variant,
+            "speakers": engine.speakers if engine is not None else [],
+            "memory_mib": self._memory_mib,
             "worker": self.worker_status(),
         }
+
+    @property
+    def variant(self) -> str | None:
+        """base, custom_voice or voice_design; guessed from the name until the model is loaded."""
+        if self.engine is not None:
+            return self.engine.variant
+        name = self.model.lower().replace("_", "")
+        if "customvoice" in name:
+            return "custom_voice"
+        if "voicedesign" in name:
+            return "voice_design"
+        return "base" if name.endswith("-base") else None
 
     def worker_status(self) -> dict[str, Any] | None:
         """The batcher's liveness, with ``healthy`` False when its worker is down or stuck
@@ -268,6 +285,7 @@ class EngineHolder:
 
     def _start_batcher(self) -> None:
         assert self.engine is not None
+        self._memory_mib = round(self.engine.memory_bytes() / 2**20, 1)
         if self._stopped:  # stop() came while the model was loading: serve nothing
             return
         self.batcher = Batcher(

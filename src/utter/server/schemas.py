@@ -132,6 +132,11 @@ class SpeechRequest(SamplingFields):
     max_frames: int | None = Field(
         default=None, ge=1, le=MAX_FRAMES, description=f"at most this many 80 ms frames (up to {MAX_FRAMES})"
     )
+    instructions: str | None = Field(
+        default=None,
+        max_length=2000,
+        description="how to speak (CustomVoice 1.7B), or the voice itself (VoiceDesign: required)",
+    )
 
 
 class RealtimeStart(SamplingFields):

@@ -33,6 +33,11 @@ class ServerSettings(BaseSettings):
     dtype: str | None = None  # weight mode; None = quant.default_weight_mode(device)
     cache_dir: str | None = None  # Hugging Face cache for hub ids
 
+    # More models served beside ``model``, comma-separated hub ids or folders: a CustomVoice
+    # and/or a VoiceDesign model next to a Base one (requests pick one by ``model``, by a preset
+    # speaker's name, or by needing an instruction); each loads in the background like ``model``.
+    extra_models: str = ""
+
     # Transcription of references sent without a transcript (server/asr.py): a Whisper hub id or
     # folder, loaded on first use; "none" turns it off (such references then clone by x-vector).
     asr_model: str = DEFAULT_ASR_MODEL
@@ -114,6 +119,9 @@ class ServerSettings(BaseSettings):
     @property
     def jobs_dir(self) -> Path:
         return Path(self.data_dir).expanduser() / "tts" / "jobs"
+
+    def extra_model_list(self) -> list[str]:
+        return [m.strip() for m in self.extra_models.split(",") if m.strip() and m.strip() != self.model]
 
     def api_key_value(self) -> str | None:
         value = self.api_key.get_secret_value() if self.api_key is not None else None

@@ -83,10 +83,13 @@ def submit(
     language: str,
     options: GenerationOptions,
     settings: ServerSettings,
+    speaker: str | None = None,
+    instruct: str | None = None,
 ) -> Stream:
-    """Queue one request; 429 + Retry-After when the queue is full, 400 for a bad request."""
+    """Queue one request; 429 + Retry-After when the queue is full, 400 for a bad request
+    (one this model cannot serve included: the message names the model it needs)."""
     try:
-        stream = batcher.submit(Request(text, voice, language, options))
+        stream = batcher.submit(Request(text, voice, language, options, speaker=speaker, instruct=instruct))
     except QueueFullError as exc:
         raise busy(settings.retry_after_s, f"The server is busy ({exc}); retry shortly.") from exc
     except WorkerError as exc:
@@ -94,7 +97,7 @@ def submit(
     except ValueError as exc:
         raise ApiError(400, str(exc)) from exc
     # Logged inside the HTTP request, so this line links its request id to the engine's stream id.
-    mode = "x-vector" if voice.x_vector_only else "icl"
+    mode = speaker or ("design" if voice is None else "x-vector" if voice.x_vector_only else "icl")
     logger.info("submitted %s: %d characters, %s, %s", stream.id, len(text), language, mode)
     return stream
 

@@ -58,8 +58,10 @@ def _mount_tts(app: FastAPI, settings: StudioSettings, provider: LocalProvider, 
         # One secret: programs use the studio's password as the TTS service's key too.
         service_settings = service_settings.model_copy(update={"api_key": settings.password})
     voices = StudioVoiceLibrary(studio, provider, legacy_dir=service_settings.voices_dir)
-    # The studio starts and stops the holder (mounted apps get no lifespan).
-    app.mount("/tts", create_app(service_settings, provider.holder, voices, studio.asr))
+    # The studio starts and stops the holders (mounted apps get no lifespan).
+    tts = create_app(service_settings, provider.holder, voices, studio.asr)
+    app.state.tts_models = tts.state.service.models
+    app.mount("/tts", tts)
 
 
 def create_studio_app(settings: StudioSettings | None = None, provider: TTSProvider | None = None) -> FastAPI:
@@ -78,12 +80,17 @@ def create_studio_app(settings: StudioSettings | None = None, provider: TTSProvi
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         provider.start()  # returns at once; the model loads in the background
+        extras = getattr(app.state, "tts_models", None)  # extra models of /tts (CustomVoice ...)
+        if extras is not None:
+            extras.start_extras()
         await runner.start()
         try:
             yield
         finally:
             await runner.stop()
             provider.stop()
+            if extras is not None:
+                extras.stop_extras()
             db.dispose()
 
     app = FastAPI(title="Utter studio", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)

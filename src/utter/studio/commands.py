@@ -29,6 +29,7 @@ _ENV = {
     "max_queue": "UTTER_MAX_QUEUE",
     "max_text_chars": "UTTER_MAX_TEXT_CHARS",
     "allow_ref_audio_url": "UTTER_ALLOW_REF_AUDIO_URL",
+    "extra_models": "UTTER_EXTRA_MODELS",
     "database_url": "UTTER_DATABASE_URL",
     "tts_endpoint": "UTTER_TTS_ENDPOINT",
     "tts_api_key": "UTTER_TTS_API_KEY",

@@ -44,6 +44,7 @@ class StudioSettings(BaseSettings):
     # transcript): a Whisper hub id or folder, loaded on first use; "none" turns it off.
     asr_model: str = "openai/whisper-small"
     asr_device: str | None = None  # None: the TTS device
+    extra_models: str = ""  # more models beside ``model`` for /tts: a CustomVoice, a VoiceDesign
     asr_wait_seconds: float = Field(120.0, ge=0)  # a clone without words waits this long for the model
     tts_endpoint: str | None = None  # e.g. https://me--utter.modal.run; set -> RemoteProvider
     tts_api_key: SecretStr | None = None
@@ -111,6 +112,7 @@ class StudioSettings(BaseSettings):
             "dtype": self.dtype,
             "cache_dir": self.cache_dir,
             "asr_model": self.asr_model,
+            "extra_models": self.extra_models,
             "asr_device": self.asr_device,
             "data_dir": self.data_dir,
             "host": self.host,
