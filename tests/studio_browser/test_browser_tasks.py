@@ -53,3 +53,27 @@ def test_progress_follows_you_across_pages_and_cancel(page: Page, make_voice, sh
     # History shows it cancelled too.
     page.goto("/history?status=cancelled")
     expect(page.locator(".history-item[data-status=cancelled]").first).to_be_visible()
+
+
+def test_job_cards_back_off_while_the_server_is_down(page: Page) -> None:
+    """A running job whose server stops answering: the card says so (no growing ETA) and the
+    page asks less and less often (0.7, 1.4, 2.8, 5.6 s ...), not every 0.7 s."""
+    import json
+    import time
+
+    job = {"id": "f" * 32, "status": "running", "progress": 0.4, "title": "A job", "submittedAt": 1}
+    page.goto("/tasks")
+    page.evaluate(f"localStorage.setItem('utter.tasks.v1', {json.dumps(json.dumps([job]))})")
+    asked: list[float] = []
+
+    def down(route) -> None:
+        asked.append(time.monotonic())
+        route.abort()
+
+    page.route("**/api/tasks**", down)
+    page.reload()
+    expect(page.locator("#running-list")).to_contain_text("the server is not answering", timeout=15000)
+    page.wait_for_timeout(8000)
+    gaps = [b - a for a, b in zip(asked, asked[1:])]
+    assert len(asked) <= 8, asked  # 0.7 s polling would have asked about twelve times
+    assert gaps and max(gaps) >= 2.5, gaps  # the waits grow

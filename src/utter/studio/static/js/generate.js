@@ -4,7 +4,7 @@
 
 import { api, fillLanguageSelects, pageOf } from "./api.js";
 import { onHealth } from "./app.js";
-import { cancelTask, elapsedOf, etaOf, getTask, onTasks, trackTask } from "./tasks-store.js";
+import { cancelTask, elapsedOf, etaOf, getTask, onTasks, trackTask, unreachableSinceMs } from "./tasks-store.js";
 import { WaveformPlayer } from "./waveform.js";
 import { $, alertIn, busy, clock, limits, role, secs, show, statusLabel, toast } from "./ui.js";
 
@@ -233,7 +233,13 @@ function tickTimes(t) {
   const eta = etaOf(t);
   const stopped = t.status === "cancelled" || t.status === "failed";  // no time left to estimate
   role(job, "eta").textContent =
-    t.status === "completed" ? "done" : stopped || eta === null ? "—" : `~${clock(eta)}`;
+    t.status === "completed"
+      ? "done"
+      : unreachableSinceMs() !== null && !stopped
+        ? "server not answering, retrying"
+        : stopped || eta === null
+          ? "—"
+          : `~${clock(eta)}`;
 }
 
 /** The finished generation as the server describes it (its audio URL and timings), if it says. */

@@ -9,6 +9,10 @@ const KEY = "utter.tasks.v1";
 const KEEP = 30; // most recent jobs remembered
 const FAST_MS = 700;
 const SLOW_MS = 5000;
+const MAX_BACKOFF_MS = 30000; // while the server cannot be reached: 0.7, 1.4, 2.8 ... 30 s
+
+let failures = 0; // polling rounds in a row that could not reach the server
+let unreachableSince = null; // when the server stopped answering (null: it answers)
 
 let tasks = load();
 let timer = null;
@@ -100,6 +104,7 @@ async function refreshOne(entry) {
     const body = await api(`/api/tasks/${encodeURIComponent(entry.id)}`);
     merge(entry.id, normTask(body));
   } catch (err) {
+    if (err.status === 0) throw err; // the server is not answering: the round backs off
     if (err.status === 404) {
       merge(entry.id, { ...entry, status: "failed", progress: entry.progress || 0, error: "The server no longer knows this job (it may have restarted)." });
     }
@@ -124,6 +129,7 @@ async function refreshServerList() {
     }
     await fillTitles();
   } catch (err) {
+    if (err.status === 0) throw err; // the server is not answering: the round backs off
     if ([404, 405, 422].includes(err.status)) serverList = false;
   }
 }
@@ -161,14 +167,34 @@ export async function poll() {
       await refreshServerList();
     }
     await Promise.all(activeTasks().map(refreshOne));
+    failures = 0;
+    unreachableSince = null;
+  } catch (err) {
+    if (err.status !== 0) throw err;
+    failures += 1; // down or restarting: keep the last state, ask less and less often
+    unreachableSince ??= Date.now();
+  } finally {
     tasks.sort((a, b) => (b.submittedAt || 0) - (a.submittedAt || 0));
     save();
     emit();
-  } finally {
     ticking = false;
-    timer = setTimeout(poll, activeTasks().length ? FAST_MS : SLOW_MS);
+    timer = setTimeout(poll, nextDelay());
   }
 }
+
+function nextDelay() {
+  if (failures) return Math.min(FAST_MS * 2 ** failures, MAX_BACKOFF_MS);
+  return activeTasks().length ? FAST_MS : SLOW_MS;
+}
+
+/** Null while the server answers; else since when (ms) it has not (job cards say so). */
+export const unreachableSinceMs = () => unreachableSince;
+
+// Back online (the browser says so): ask at once instead of waiting out the backoff.
+window.addEventListener("online", () => {
+  failures = 0;
+  poll();
+});
 
 export async function cancelTask(id) {
   const body = await api(`/api/tasks/${encodeURIComponent(id)}/cancel`, { method: "POST" });
@@ -197,6 +223,7 @@ export function elapsedOf(t) {
 /** Seconds left: the server's estimate, or one from the progress so far. */
 export function etaOf(t) {
   if (isTerminal(t.status)) return 0;
+  if (unreachableSince !== null) return null; // no news from the server: no estimate
   if (t.eta !== null && t.eta !== undefined) return t.eta;
   const p = t.progress || 0;
   if (t.status !== "running" || p < 0.02) return null;

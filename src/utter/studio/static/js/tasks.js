@@ -2,7 +2,7 @@
 // store (jobs started in this browser, plus the server's own list when it offers one).
 
 import { isTerminal } from "./api.js";
-import { cancelTask, elapsedOf, etaOf, onTasks } from "./tasks-store.js";
+import { cancelTask, elapsedOf, etaOf, onTasks, unreachableSinceMs } from "./tasks-store.js";
 import { $, clock, role, show, statusLabel, toast, when } from "./ui.js";
 
 const tpl = $("#task-row");
@@ -53,7 +53,9 @@ function fill(el, t) {
   const eta = etaOf(t);
   const parts = isTerminal(t.status)
     ? [`took ${clock(elapsedOf(t))}`, when(t.finishedAt)]
-    : [`${pct}%`, `elapsed ${clock(elapsedOf(t))}`, eta !== null ? `~${clock(eta)} left` : "", t.message];
+    : unreachableSinceMs() !== null
+      ? [`${pct}%`, "the server is not answering; retrying"]
+      : [`${pct}%`, `elapsed ${clock(elapsedOf(t))}`, eta !== null ? `~${clock(eta)} left` : "", t.message];
   role(el, "meta").textContent = parts.filter(Boolean).join(" · ");
   show(role(el, "cancel"), !isTerminal(t.status));
   const open = role(el, "open");
