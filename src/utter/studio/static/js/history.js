@@ -178,6 +178,21 @@ function row(g) {
   role(el, "regenerate").disabled = !(g.voice_id ?? g.voice?.id);
   if (role(el, "regenerate").disabled) role(el, "regenerate").title = "Its voice was deleted.";
 
+  // Compare: pick takes (say, one text with several seeds) to hear them side by side.
+  const pick = role(el, "pick");
+  role(el, "pick-label").hidden = !done;
+  pick.checked = picked.has(id);
+  pick.addEventListener("change", () => {
+    if (pick.checked && picked.size >= MAX_COMPARE) {
+      pick.checked = false;
+      toast(`Compare up to ${MAX_COMPARE} takes at a time.`, "info");
+      return;
+    }
+    if (pick.checked) picked.set(id, { ...g, audioUrl });
+    else picked.delete(id);
+    syncCompare();
+  });
+
   role(el, "delete").addEventListener("click", async () => {
     const ok = await confirmDialog({
       title: "Delete this generation?",
@@ -197,6 +212,60 @@ function row(g) {
   });
   return el;
 }
+
+// ---- takes side by side ---------------------------------------------------------------------
+
+const MAX_COMPARE = 4;
+const picked = new Map(); // generation id -> the generation (kept across pages and searches)
+const compareBar = $("#compare-bar");
+const comparePanel = $("#compare");
+let comparePlayers = [];
+
+function syncCompare() {
+  role(compareBar, "count").textContent = `${picked.size} take${picked.size === 1 ? "" : "s"} chosen`;
+  show(compareBar, picked.size > 0);
+  role(compareBar, "open").disabled = picked.size < 2;
+}
+
+function closeCompare() {
+  for (const p of comparePlayers) p.destroy();
+  comparePlayers = [];
+  role(comparePanel, "grid").replaceChildren();
+  show(comparePanel, false);
+}
+
+function openCompare() {
+  closeCompare();
+  const grid = role(comparePanel, "grid");
+  for (const g of picked.values()) {
+    const cell = document.createElement("article");
+    cell.className = "compare-cell";
+    const title = document.createElement("h3");
+    title.className = "compare-title";
+    title.textContent = `${g.voice_name ?? ""} · seed ${g.seed ?? "?"}`;
+    const meta = document.createElement("p");
+    meta.className = "muted small";
+    meta.textContent = [g.language, settingsText(g.options), when(g.created_at)].filter(Boolean).join(" · ");
+    const text = document.createElement("p");
+    text.className = "compare-text small";
+    text.textContent = g.text.length > 160 ? `${g.text.slice(0, 160)}…` : g.text;
+    const box = document.createElement("div");
+    cell.append(title, meta, text, box);
+    grid.append(cell);
+    comparePlayers.push(new WaveformPlayer(box, { src: g.audioUrl }));
+  }
+  show(comparePanel);
+  comparePanel.scrollIntoView({ behavior: "smooth", block: "nearest" });
+}
+
+role(compareBar, "open").addEventListener("click", openCompare);
+role(compareBar, "clear").addEventListener("click", () => {
+  picked.clear();
+  for (const box of document.querySelectorAll("[data-role=pick]")) box.checked = false;
+  syncCompare();
+  closeCompare();
+});
+role(comparePanel, "close").addEventListener("click", closeCompare);
 
 search.addEventListener("input", debounce(() => (showAll(), load(1)), 250));
 statusSel.addEventListener("change", () => (showAll(), load(1)));
