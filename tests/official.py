@@ -17,3 +17,22 @@ def import_qwen_tts():
     if not official_installed():
         pytest.skip("the official qwen-tts package is not installed")
     return _import_qwen_tts()
+
+
+class Spy:
+    """Records what the official model.generate returns (its codes) without changing anything."""
+
+    def __init__(self, model) -> None:
+        self.model, self.original, self.codes = model, model.generate, []
+
+    def __enter__(self):
+        def spy(*args, **kwargs):
+            out = self.original(*args, **kwargs)
+            self.codes = [c.clone() for c in out[0]]
+            return out
+
+        self.model.generate = spy
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.model.generate = self.original

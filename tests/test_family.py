@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.official import import_qwen_tts
+from tests.official import Spy, import_qwen_tts
 from utter.engine.engine import Engine, Request
 from utter.engine.sampling import GenerationOptions
 
@@ -35,23 +35,6 @@ def voice_design(tmp_path_factory) -> Path:
     return write_tiny_checkpoint(tmp_path_factory.mktemp("vd") / "vd", seed=4, variant="voice_design")
 
 
-class _Spy:
-    def __init__(self, model) -> None:
-        self.model, self.original, self.codes = model, model.generate, []
-
-    def __enter__(self):
-        def spy(*args, **kwargs):
-            out = self.original(*args, **kwargs)
-            self.codes = [c.clone() for c in out[0]]
-            return out
-
-        self.model.generate = spy
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.model.generate = self.original
-
-
 def _check(ours: Engine, requests: list[Request], spy_codes, wavs) -> None:
     results = ours.generate_batch(requests)
     for res, codes, wav in zip(results, spy_codes, wavs):
@@ -72,7 +55,7 @@ def test_custom_voice_parity(custom_voice: Path) -> None:
     assert ours.variant == "custom_voice" and "Uncle_Fu" in ours.speakers and "Ono_Anna" in ours.speakers
     speakers = ["Vivian", "eric", "Eric"]
     instructs = ["Speak slowly and sadly.", "", "用愉快的语气说"]
-    with _Spy(official.model) as spy:
+    with Spy(official.model) as spy:
         wavs, _ = official.generate_custom_voice(
             text=TEXTS, language=LANGUAGES, speaker=speakers, instruct=instructs,
             do_sample=False, subtalker_dosample=False, max_new_tokens=MAX_NEW,
@@ -97,7 +80,7 @@ def test_voice_design_parity(voice_design: Path) -> None:
         "",
         "一个年轻男性的声音，语速很快。",
     ]
-    with _Spy(official.model) as spy:
+    with Spy(official.model) as spy:
         wavs, _ = official.generate_voice_design(
             text=TEXTS, language=LANGUAGES, instruct=descriptions,
             do_sample=False, subtalker_dosample=False, max_new_tokens=MAX_NEW,
@@ -153,7 +136,7 @@ def test_base_non_streaming_layout_parity(tiny_checkpoint: Path, ref_wav: Path) 
     ours = Engine.load(str(tiny_checkpoint), device="cpu", dtype="float32")
     items = official.create_voice_clone_prompt(ref_audio=str(ref_wav), x_vector_only_mode=True)
     voice = ours.create_voice(ref_wav, x_vector_only=True)
-    with _Spy(official.model) as spy:
+    with Spy(official.model) as spy:
         wavs, _ = official.generate_voice_clone(
             text=TEXTS, language=LANGUAGES, voice_clone_prompt=items, non_streaming_mode=True,
             do_sample=False, subtalker_dosample=False, max_new_tokens=MAX_NEW,

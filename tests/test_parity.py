@@ -18,7 +18,7 @@ import soundfile as sf
 import torch
 
 from tests.conftest import REF_TEXT, speechlike
-from tests.official import import_qwen_tts
+from tests.official import Spy, import_qwen_tts
 from utter.engine.engine import Engine, Request
 from utter.engine.sampling import GenerationOptions
 
@@ -31,25 +31,6 @@ MAX_NEW = 14  # official max_new_tokens; it yields at most MAX_NEW - 1 frames
 
 def _official(folder: Path):
     return qwen_tts.Qwen3TTSModel.from_pretrained(str(folder), device_map="cpu", dtype=torch.float32)
-
-
-class _Spy:
-    """Records what the official model.generate returns (its codes) without changing anything."""
-
-    def __init__(self, model) -> None:
-        self.model, self.original, self.codes = model, model.generate, []
-
-    def __enter__(self):
-        def spy(*args, **kwargs):
-            out = self.original(*args, **kwargs)
-            self.codes = [c.clone() for c in out[0]]
-            return out
-
-        self.model.generate = spy
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.model.generate = self.original
 
 
 def _compare(folder: Path, ref: Path, x_vector_only: bool) -> None:
@@ -67,7 +48,7 @@ def _compare(folder: Path, ref: Path, x_vector_only: bool) -> None:
     if not x_vector_only:
         assert torch.equal(voice.ref_codes, items[0].ref_code.cpu())
     # Greedy generation of a batch of different texts and languages.
-    with _Spy(official.model) as spy:
+    with Spy(official.model) as spy:
         wavs, sr = official.generate_voice_clone(
             text=TEXTS,
             language=LANGUAGES,

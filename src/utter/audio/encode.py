@@ -176,6 +176,15 @@ class AvEncoder(AudioEncoder):
         return self._drain()
 
 
+def float_frame(pcm: np.ndarray, sr: int, pts: int) -> av.AudioFrame:
+    """Mono float32 samples as an FFmpeg frame at ``pts`` (in samples): what filters take."""
+    frame = av.AudioFrame.from_ndarray(
+        np.ascontiguousarray(pcm, dtype=np.float32)[None], format="flt", layout="mono"
+    )
+    frame.sample_rate, frame.pts = sr, pts
+    return frame
+
+
 class Tempo:
     """Changes speed without changing pitch (FFmpeg ``atempo``), chunk by chunk.
 
@@ -211,10 +220,8 @@ class Tempo:
         pcm = np.ascontiguousarray(pcm, dtype=np.float32)
         if pcm.size == 0:
             return pcm
-        frame = av.AudioFrame.from_ndarray(pcm[None], format="flt", layout="mono")
-        frame.sample_rate, frame.pts = self._sr, self._pts
+        self._graph.push(float_frame(pcm, self._sr, self._pts))
         self._pts += pcm.shape[0]
-        self._graph.push(frame)
         return self._pull()
 
     def flush(self) -> np.ndarray:

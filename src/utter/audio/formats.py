@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import av
 import numpy as np
 
-from .encode import AudioEncoder, AvEncoder, PcmEncoder
+from .encode import AudioEncoder, AvEncoder, PcmEncoder, float_frame
 from .io import SAMPLE_RATE
 
 PCM_RATES = (8000, 16000, 22050, 24000, 32000, 44100, 48000)
@@ -76,8 +76,7 @@ class Resampler:
         pcm = np.ascontiguousarray(pcm, dtype=np.float32)
         if pcm.size == 0:
             return pcm
-        frame = av.AudioFrame.from_ndarray(pcm[None], format="flt", layout="mono")
-        frame.sample_rate, frame.pts = self._source, self._pts
+        frame = float_frame(pcm, self._source, self._pts)
         self._pts += pcm.shape[0]
         return self._run(frame)
 

@@ -96,20 +96,8 @@ def _options(engine: Engine, seed: int | None) -> GenerationOptions:
     return generation_options(engine, SamplingFields(seed=seed), None)
 
 
-async def _speak(
-    voice_id: str, body: ElevenLabsSpeech, output_format: str | None, service: Service, batcher
-) -> StreamingResponse:
-    fmt = _format(output_format)
-    text = check_text(body.text, service.settings)
-    meta, prompt = await _voice(service, voice_id)
-    engine = batcher.engine
-    language = _language(engine, body.language_code, meta.get("language"))
-    stream = submit(batcher, text, prompt, language, _options(engine, body.seed), service.settings)
-    chunks, first = await open_audio_stream(stream, service.settings)
-    return StreamingResponse(encoded_body(chunks, first, FormatEncoder(fmt)), media_type=fmt.content_type)
-
-
 @router.post("/v1/text-to-speech/{voice_id}", response_class=StreamingResponse)
+@router.post("/v1/text-to-speech/{voice_id}/stream", response_class=StreamingResponse)
 async def text_to_speech(
     voice_id: str,
     body: ElevenLabsSpeech,
@@ -119,22 +107,16 @@ async def text_to_speech(
     optimize_streaming_latency: int | None = Query(default=None, include_in_schema=False),
     enable_logging: bool | None = Query(default=None, include_in_schema=False),
 ) -> StreamingResponse:
-    """Speak ``text`` in a stored voice (ElevenLabs' ``convert``)."""
-    return await _speak(voice_id, body, output_format, service, batcher)
-
-
-@router.post("/v1/text-to-speech/{voice_id}/stream", response_class=StreamingResponse)
-async def text_to_speech_stream(
-    voice_id: str,
-    body: ElevenLabsSpeech,
-    service: ServiceDep,
-    batcher: BatcherDep,
-    output_format: str | None = Query(default=DEFAULT_FORMAT),
-    optimize_streaming_latency: int | None = Query(default=None, include_in_schema=False),
-    enable_logging: bool | None = Query(default=None, include_in_schema=False),
-) -> StreamingResponse:
-    """Speak ``text`` in a stored voice, streamed as it is made (ElevenLabs' ``stream``)."""
-    return await _speak(voice_id, body, output_format, service, batcher)
+    """Speak ``text`` in a stored voice (ElevenLabs' ``convert`` and ``stream``: both stream
+    the audio as it is made)."""
+    fmt = _format(output_format)
+    text = check_text(body.text, service.settings)
+    meta, prompt = await _voice(service, voice_id)
+    engine = batcher.engine
+    language = _language(engine, body.language_code, meta.get("language"))
+    stream = submit(batcher, text, prompt, language, _options(engine, body.seed), service.settings)
+    chunks, first = await open_audio_stream(stream, service.settings)
+    return StreamingResponse(encoded_body(chunks, first, FormatEncoder(fmt)), media_type=fmt.content_type)
 
 
 class StreamInputSession(TextInSession):
