@@ -96,6 +96,8 @@ def test_open_paths_keys_and_sessions(gated) -> None:
         page = c.get("/generate", headers={"Accept": "text/html"})
         assert page.status_code == 200 and "Generate" in page.text
         assert c.get("/api/voices").status_code == 200
+        assert c.get("/tts/v1/audio/voices").status_code == 200  # the studio's pages call /tts too
+        assert c.get("/tts/v1/audio/voices", headers={"X-API-Key": "wrong"}).status_code == 401
         c.cookies.set("utter_session", cookie[:-1] + ("0" if cookie[-1] != "0" else "1"))  # forged
         assert c.get("/api/voices").status_code == 401
         out = c.get("/logout")

@@ -52,6 +52,7 @@ class LoginGate:
         self.app = app
         self.password = password
         self.keys = [k for k in (password, api_key) if k]
+        self.service_key = api_key or password  # what /tts asks for: a signed-in page gets it
         self.secret = hashlib.sha256(b"utter-session\0" + password.encode()).digest()
         self.secure_cookie = secure_cookie
         self.failures: defaultdict[str, deque[float]] = defaultdict(deque)
@@ -91,7 +92,17 @@ class LoginGate:
             response.delete_cookie(COOKIE, path="/")
             await response(scope, receive, send)
             return
-        if path in OPEN_PATHS or path.startswith(OPEN_PREFIXES) or self._authorised(headers):
+        if path in OPEN_PATHS or path.startswith(OPEN_PREFIXES):
+            await self.app(scope, receive, send)
+            return
+        if self._session_ok(headers.get("cookie", "")):
+            if path.startswith("/tts/") and "authorization" not in headers and "x-api-key" not in headers:
+                # The studio's own pages call the TTS service (the Design page): a session is the key.
+                extra = (b"authorization", f"Bearer {self.service_key}".encode("latin-1"))
+                scope = {**scope, "headers": [*scope.get("headers", []), extra]}
+            await self.app(scope, receive, send)
+            return
+        if self._authorised(headers):
             await self.app(scope, receive, send)
             return
         browser = scope.get("method") == "GET" and "text/html" in headers.get("accept", "")

@@ -26,6 +26,7 @@ router = APIRouter(include_in_schema=False)
 NAV = (
     ("clone", "Clone", "/clone"),
     ("generate", "Generate", "/generate"),
+    ("design", "Design", "/design"),
     ("voices", "Voices", "/voices"),
     ("history", "History", "/history"),
     ("tasks", "Tasks", "/tasks"),
@@ -103,6 +104,7 @@ def index() -> RedirectResponse:
 TITLES = {
     "clone": "Clone a voice",
     "generate": "Generate speech",
+    "design": "Design a voice",
     "voices": "Voices",
     "history": "History",
     "tasks": "Tasks",
