@@ -108,6 +108,7 @@ class ModelSet:
                         "reference_seconds": 0.0,
                         "model": holder.model,
                         "created_at": 0.0,
+                        "instructions": engine.config.supports_instruct,
                     }
                 )
         return out

@@ -154,7 +154,8 @@ class VoiceInfo(BaseModel):
     name: str
     object: str = "voice"
     voice_id: str = ""  # = id, for ElevenLabs clients
-    category: str = "cloned"  # ElevenLabs' field
+    category: str = "cloned"  # ElevenLabs' field; "premade" for a CustomVoice model's speakers
+    instructions: bool = False  # a preset speaker that follows instructions (CustomVoice 1.7B)
     language: str
     ref_text: str | None
     x_vector_only: bool

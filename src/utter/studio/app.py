@@ -60,7 +60,8 @@ def _mount_tts(app: FastAPI, settings: StudioSettings, provider: LocalProvider, 
     voices = StudioVoiceLibrary(studio, provider, legacy_dir=service_settings.voices_dir)
     # The studio starts and stops the holders (mounted apps get no lifespan).
     tts = create_app(service_settings, provider.holder, voices, studio.asr)
-    app.state.tts_models = tts.state.service.models
+    app.state.tts_models = studio.models = tts.state.service.models
+    provider.models = studio.models  # preset speakers run on the CustomVoice model among them
     app.mount("/tts", tts)
 
 

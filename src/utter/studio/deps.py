@@ -10,6 +10,7 @@ from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
 from ..server.asr import AsrHolder
+from ..server.models import ModelSet
 from .db import Database
 from .jobs import JobQueue
 from .provider import TTSProvider
@@ -29,6 +30,7 @@ class Studio:
     queue: JobQueue
     runner: JobRunner
     asr: AsrHolder
+    models: ModelSet | None = None  # the /tts service's models (a local engine only), set at mount
 
 
 def get_studio(request: Request) -> Studio:

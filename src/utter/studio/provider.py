@@ -52,7 +52,7 @@ class Synthesis:
     """One chunk of text to speak. ``options`` holds the request's sampling overrides."""
 
     text: str
-    voice: VoiceSource
+    voice: VoiceSource | None  # None: a preset speaker (options["speaker"])
     language: str
     seed: int
     options: dict[str, Any] = field(default_factory=dict)
@@ -104,6 +104,7 @@ class LocalProvider:
 
     def __init__(self, holder: EngineHolder, storage: Storage) -> None:
         self.holder = holder
+        self.models: Any = None  # the /tts service's ModelSet, set by the studio at mount
         self.storage = storage
         self._prompt_locks: dict[str, threading.Lock] = {}
 
@@ -154,12 +155,13 @@ class LocalProvider:
             logger.info("computed voice %s in %.1fs", voice.id, time.perf_counter() - started)
             return prompt
 
-    def _options(self, request: Synthesis):  # -> GenerationOptions
+    def _options(self, request: Synthesis, engine: Any = None):  # -> GenerationOptions
         from ..engine.sampling import GenerationOptions
 
-        assert self.holder.engine is not None
+        engine = engine or self.holder.engine
+        assert engine is not None
         opts = request.options
-        base = self.holder.engine.default_options()
+        base = engine.default_options()
         greedy = bool(opts.get("greedy"))
 
         def pick(name: str, default: Any) -> Any:
@@ -184,7 +186,19 @@ class LocalProvider:
     async def synthesize(self, request: Synthesis) -> SynthesisStream:
         from ..engine.engine import Request
 
+        speaker = request.options.get("speaker")
+        if speaker:  # a preset speaker: the CustomVoice model that has it
+            holder = self.models.speaker_of(speaker) if self.models is not None else None
+            if holder is None:
+                raise ValueError(f"no CustomVoice model with the speaker {speaker!r} is running")
+            batcher = await holder.wait_ready(0)
+            options = self._options(request, batcher.engine)
+            instruct = request.options.get("instruct")
+            return batcher.submit(
+                Request(request.text, None, request.language, options, speaker=speaker, instruct=instruct)
+            )
         batcher = await self.holder.wait_ready(0)
+        assert request.voice is not None
         prompt = await self.voice_prompt(request.voice)
         return batcher.submit(Request(request.text, prompt, request.language, self._options(request)))
 
@@ -338,6 +352,8 @@ class RemoteProvider:
         return cached[1]
 
     async def synthesize(self, request: Synthesis) -> SynthesisStream:
+        if request.voice is None:
+            raise RemoteError("Preset speakers run on the studio's own engine, not a remote service.")
         opts = request.options
         greedy = bool(opts.get("greedy"))
         body: dict[str, Any] = {

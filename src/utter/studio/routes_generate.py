@@ -22,7 +22,7 @@ from ..audio import SAMPLE_RATE
 from ..audio.encode import pcm16, wav_header
 from ..server.errors import ApiError
 from ..server.runtime import ModelState
-from .deps import SessionDep, StudioDep
+from .deps import SessionDep, Studio, StudioDep
 from .inputs import clean_text, get_row, require_id
 from .models import Generation, Task, Voice
 from .routes_languages import resolve_language
@@ -41,7 +41,16 @@ from .views import task_out
 logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/api", tags=["generate"])
 
-OPTION_FIELDS = {"temperature", "top_k", "top_p", "repetition_penalty", "greedy", "max_frames"}
+OPTION_FIELDS = {
+    "temperature",
+    "top_k",
+    "top_p",
+    "repetition_penalty",
+    "greedy",
+    "max_frames",
+    "speaker",
+    "instruct",
+}
 
 
 @router.post("/generate", status_code=202, response_model=GenerateOut)
@@ -53,9 +62,26 @@ def generate(body: GenerateIn, studio: StudioDep, session: SessionDep) -> Genera
     if len(text) > limit:
         raise ApiError(422, f"The text is {len(text)} characters long; the limit is {limit}.", param="text")
     language = resolve_language(studio, body.language)
-    voice = session.get(Voice, body.voice_id) if re.fullmatch(r"[0-9a-f]{32}", body.voice_id) else None
-    if voice is None:
-        raise ApiError(404, "Voice not found: it may have been deleted.", param="voice_id")
+    if (body.voice_id is None) == (body.speaker is None):
+        raise ApiError(
+            422, "Give either voice_id (a stored voice) or speaker (a preset speaker).", param="voice_id"
+        )
+    body.instruct = clean_text(body.instruct).strip() or None
+    if body.speaker is not None:
+        voice_id, voice_name = None, _preset(studio, body.speaker, body.instruct)
+        body.speaker = voice_name
+    else:
+        voice = session.get(Voice, body.voice_id) if re.fullmatch(r"[0-9a-f]{32}", body.voice_id) else None
+        if voice is None:
+            raise ApiError(404, "Voice not found: it may have been deleted.", param="voice_id")
+        if body.instruct:
+            raise ApiError(
+                422,
+                "Instructions steer the preset speakers of a CustomVoice 1.7B model; a cloned voice takes "
+                "none (describe a new voice on the Design page instead).",
+                param="instruct",
+            )
+        voice_id, voice_name = voice.id, voice.name
     provider = studio.provider
     if provider.kind == "local" and provider.state is ModelState.FAILED:
         status = provider.status()
@@ -64,8 +90,8 @@ def generate(body: GenerateIn, studio: StudioDep, session: SessionDep) -> Genera
         )
     seed = body.seed if body.seed is not None else secrets.randbits(63)
     gen = Generation(
-        voice_id=voice.id,
-        voice_name=voice.name,
+        voice_id=voice_id,
+        voice_name=voice_name,
         text=text,
         language=language,
         options=body.model_dump(include=OPTION_FIELDS, exclude_none=True, exclude_defaults=True),
@@ -78,6 +104,23 @@ def generate(body: GenerateIn, studio: StudioDep, session: SessionDep) -> Genera
     studio.runner.wake()
     logger.info("queued generation %s (%d characters) as task %s", gen.id, len(text), task.id)
     return GenerateOut(task_id=task.id, generation_id=gen.id, status=task.status)
+
+
+def _preset(studio: Studio, speaker: str, instruct: str | None) -> str:
+    """The canonical name of a preset speaker of a CustomVoice model the studio runs; 404 if
+    none has it, 422 for an instruction that model cannot follow."""
+    models = studio.models
+    holder = models.speaker_of(speaker) if models is not None else None
+    if holder is None or holder.engine is None:
+        known = [v["name"] for v in models.presets()] if models is not None else []
+        hint = f" Preset speakers: {', '.join(known)}." if known else " No CustomVoice model is running."
+        raise ApiError(404, f"Unknown preset speaker {speaker!r}.{hint}", param="speaker")
+    engine = holder.engine
+    if instruct and not engine.config.supports_instruct:
+        raise ApiError(
+            422, "This CustomVoice model takes no instructions (the 1.7B one does).", param="instruct"
+        )
+    return engine.speakers[list(engine.config.talker.speakers).index(engine.config.speaker_key(speaker))]
 
 
 def _task(session: SessionDep, task_id: str) -> Task:
@@ -140,7 +183,7 @@ def resume_task(task_id: str, studio: StudioDep, session: SessionDep) -> TaskOut
     task = _task(session, require_id(task_id, "Task"))
     gen = session.get(Generation, task.generation_id)
     session.commit()  # end this read before the queue writes (SQLite: one writer)
-    if gen is None or gen.voice_id is None:
+    if gen is None or (gen.voice_id is None and not (gen.options or {}).get("speaker")):
         raise ApiError(409, "The voice of this generation was deleted; it cannot be resumed.")
     if studio.queue.resume(task.id) is None:
         raise ApiError(409, f"The task is {task.status}; only a failed or cancelled one can be resumed.")

@@ -77,7 +77,9 @@ class VoiceUpdate(ApiModel):
 
 
 class GenerateIn(ApiModel):
-    """``POST /api/generate``: text in a stored voice. Options left out use the model's defaults.
+    """``POST /api/generate``: text in a stored voice (``voice_id``) or as a preset speaker of a
+    CustomVoice model the studio runs (``speaker``, optionally with an ``instruct``ion: "speak
+    slowly, sadly"). Options left out use the model's defaults.
 
     Long texts are split at sentence boundaries into chunks; every chunk uses this seed (a random
     one is drawn and stored when none is given, so a resumed job sounds the same).
@@ -85,7 +87,9 @@ class GenerateIn(ApiModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    voice_id: str = Field(min_length=1, max_length=64)
+    voice_id: str | None = Field(None, min_length=1, max_length=64)
+    speaker: str | None = Field(None, min_length=1, max_length=64)
+    instruct: str | None = Field(None, max_length=2000)
     text: str
     language: str = "Auto"
     seed: int | None = Field(None, ge=0, le=2**63 - 1)

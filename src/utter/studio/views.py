@@ -84,7 +84,9 @@ def generation_out(gen: Generation, task: Task | None, search: str | None = None
         seed=gen.seed,
         options=dict(gen.options or {}),
         partial=has_audio and gen.status != COMPLETED,
-        resumable=task is not None and gen.status in (FAILED, CANCELLED) and gen.voice_id is not None,
+        resumable=task is not None
+        and gen.status in (FAILED, CANCELLED)
+        and (gen.voice_id is not None or bool((gen.options or {}).get("speaker"))),
         created_at=gen.created_at,
         finished_at=gen.finished_at,
     )

@@ -297,7 +297,8 @@ class JobRunner:
     async def _generate(self, job: _Job) -> None:
         plan = await asyncio.to_thread(self._plan, job.task_id)
         job.generation_id = plan.generation_id
-        if plan.voice is None or not plan.voice.audio_path.is_file():
+        preset = bool(plan.options.get("speaker"))
+        if not preset and (plan.voice is None or not plan.voice.audio_path.is_file()):
             raise ValueError("the voice of this generation was deleted")
         job.busy_before = plan.busy_seconds
         job.chunks = plan.chunks or split_text(plan.text, self.settings.chunk_chars)

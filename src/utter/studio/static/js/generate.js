@@ -29,6 +29,10 @@ const OPTS = [
 ];
 
 let voices = [];
+let presets = []; // preset speakers of a CustomVoice model the studio runs (/tts/v1/audio/voices)
+const PRESET = "preset:"; // option values of preset speakers
+const instructField = $("#instruct-field");
+const instructInput = $("#instruct");
 let currentId = localStorage.getItem(K.job);
 let shownResultFor = null;
 let player = null;
@@ -125,13 +129,40 @@ async function loadVoices() {
     alertIn(errorBox, err.message);
     return;
   }
-  show($("#no-voices"), voices.length === 0);
+  try {
+    const listed = (await api("/tts/v1/audio/voices"))?.voices ?? [];
+    presets = listed.filter((v) => v.category === "premade");
+  } catch {
+    presets = []; // no local engine (remote TTS) or no CustomVoice model: cloned voices only
+  }
+  show($("#no-voices"), voices.length === 0 && presets.length === 0);
   const opts = voices.map((v) => {
     return new Option(v.name + (v.reference_transcript === null ? " (transcript-free)" : ""), String(v.id));
   });
-  voiceSel.replaceChildren(new Option(voices.length ? "Choose a voice…" : "No voices yet", ""), ...opts);
-  if (wanted && voices.some((v) => String(v.id) === String(wanted))) voiceSel.value = String(wanted);
-  else if (voices.length === 1) voiceSel.value = String(voices[0].id);
+  const groups = [];
+  if (presets.length) {
+    const mine = document.createElement("optgroup");
+    mine.label = "Your voices";
+    mine.append(...opts);
+    const preset = document.createElement("optgroup");
+    preset.label = "Preset speakers";
+    preset.append(...presets.map((p) => new Option(p.name, PRESET + p.name)));
+    groups.push(mine, preset);
+  } else {
+    groups.push(...opts);
+  }
+  const any = voices.length || presets.length;
+  voiceSel.replaceChildren(new Option(any ? "Choose a voice…" : "No voices yet", ""), ...groups);
+  const values = [...voiceSel.options].map((o) => o.value);
+  if (wanted && values.includes(String(wanted))) voiceSel.value = String(wanted);
+  else if (voices.length === 1 && !presets.length) voiceSel.value = String(voices[0].id);
+  syncInstruct();
+}
+
+/** The instruction field shows for a preset speaker whose model follows instructions. */
+function syncInstruct() {
+  const preset = presets.find((p) => PRESET + p.name === voiceSel.value);
+  show(instructField, Boolean(preset?.instructions));
 }
 /** Speak in the voice's own language unless the user picked one. */
 function followVoiceLanguage() {
@@ -143,13 +174,14 @@ function followVoiceLanguage() {
 voiceSel.addEventListener("change", () => {
   localStorage.setItem(K.voice, voiceSel.value);
   followVoiceLanguage();
+  syncInstruct();
 });
 langSel.addEventListener("change", () => (langSel.dataset.touched = "1"));
 
 // ---- submit --------------------------------------------------------------------------------
 
 function validate() {
-  if (!voices.length) return ["Clone a voice first: there is no voice to speak with.", voiceSel];
+  if (!voices.length && !presets.length) return ["Clone a voice first: there is no voice to speak with.", voiceSel];
   if (!voiceSel.value) return ["Pick a voice.", voiceSel];
   const n = charCount(text.value);
   if (!n) return ["Type some text to speak.", text];
@@ -171,7 +203,10 @@ form.addEventListener("submit", async (e) => {
   }
   let body;
   try {
-    body = { voice_id: voices.find((v) => String(v.id) === voiceSel.value).id, text: text.value, language: langSel.value, ...options() };
+    const who = voiceSel.value.startsWith(PRESET)
+      ? { speaker: voiceSel.value.slice(PRESET.length), instruct: instructField.hidden ? undefined : instructInput.value.trim() || undefined }
+      : { voice_id: voices.find((v) => String(v.id) === voiceSel.value).id };
+    body = { ...who, text: text.value, language: langSel.value, ...options() };
   } catch (err) {
     alertIn(errorBox, err.message);
     return;
@@ -327,11 +362,13 @@ function prefill() {
 }
 
 const pre = prefill();
-if (pre?.voice_id !== undefined && pre?.voice_id !== null) {
+const preVoice = pre?.voice_id ?? (pre?.options?.speaker ? PRESET + pre.options.speaker : null);
+if (preVoice !== undefined && preVoice !== null) {
   const url = new URL(location.href);
-  url.searchParams.set("voice", pre.voice_id);
+  url.searchParams.set("voice", preVoice);
   history.replaceState(null, "", url);
 }
+if (pre?.options?.instruct) instructInput.value = pre.options.instruct;
 updateCounter();
 restoreOpts();
 if (pre && (pre.seed !== undefined || pre.options)) {

@@ -24,6 +24,12 @@ let lastKey = "";
 /** The sampling settings a generation asked for, in a few words ("" for the defaults). */
 function settingsText(options) {
   if (!options) return "";
+  const said = options.instruct ? `“${options.instruct}”` : "";
+  const rest = samplingText(options);
+  return [said, rest].filter(Boolean).join(" · ");
+}
+
+function samplingText(options) {
   if (options.greedy) return "greedy";
   const names = { temperature: "temp", top_k: "top-k", top_p: "top-p", repetition_penalty: "rep" };
   return Object.entries(names)
@@ -175,7 +181,7 @@ function row(g) {
     sessionStorage.setItem("utter.prefill", JSON.stringify({ ...settings, seed: g.seed, options: g.options ?? {} }));
     location.href = "/generate";
   });
-  role(el, "regenerate").disabled = !(g.voice_id ?? g.voice?.id);
+  role(el, "regenerate").disabled = !(g.voice_id ?? g.voice?.id ?? g.options?.speaker);
   if (role(el, "regenerate").disabled) role(el, "regenerate").title = "Its voice was deleted.";
 
   // Compare: pick takes (say, one text with several seeds) to hear them side by side.

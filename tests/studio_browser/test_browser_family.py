@@ -1,6 +1,7 @@
-"""The Design page: describe a voice, make takes with the VoiceDesign model (a tiny random one
-loaded beside the Base model), keep one; it joins the voices and speaks like any clone. Without
-a VoiceDesign model the page says how to add one."""
+"""The family in the studio, with a CustomVoice and a VoiceDesign model (tiny, random) loaded
+beside the Base one: the Design page makes takes of a described voice and keeps one as a voice;
+the Generate page offers the preset speakers, with an instruction. Without a VoiceDesign model
+the Design page says how to add one."""
 
 from __future__ import annotations
 
@@ -19,9 +20,9 @@ def design_studio(tiny_checkpoint: Path, tmp_path_factory) -> Iterator[Studio]:
 
     base = tmp_path_factory.mktemp("design-browser")
     designer = write_tiny_checkpoint(base / "Tiny-VoiceDesign", seed=4, variant="voice_design")
-    s = start_studio(
-        str(tiny_checkpoint), base / "data", base / "server.log", {"UTTER_EXTRA_MODELS": str(designer)}
-    )
+    presets = write_tiny_checkpoint(base / "Tiny-CustomVoice", seed=3, variant="custom_voice")
+    extra = {"UTTER_EXTRA_MODELS": f"{designer},{presets}"}
+    s = start_studio(str(tiny_checkpoint), base / "data", base / "server.log", extra)
     try:
         s.wait_model(("ready",))
         yield s
@@ -64,3 +65,31 @@ def test_design_page_without_the_model_says_how(page: Page) -> None:
         "UTTER_EXTRA_MODELS=Qwen/Qwen3-TTS-12Hz-1.7B-VoiceDesign"
     )
     expect(page.locator("#take-btn")).to_be_disabled()
+
+
+def test_generate_as_a_preset_speaker_with_an_instruction(
+    browser: Browser, design_studio: Studio, shot
+) -> None:
+    ctx, page, errors = open_page(browser, design_studio.url)
+    try:
+        page.goto("/generate")
+        voice = page.locator("#voice-select")
+        expect(voice.locator("optgroup[label='Preset speakers'] option")).to_have_count(9, timeout=30000)
+        expect(page.locator("#instruct-field")).to_be_hidden()
+        voice.select_option("preset:Uncle_Fu")
+        expect(page.locator("#instruct-field")).to_be_visible()
+        page.fill("#instruct", "Speak slowly, like a storyteller.")
+        page.fill("#text", "Once upon a time there was a tiny random model.")
+        page.locator("#advanced summary").click()
+        page.fill("#seed", "7")
+        page.click("#generate-btn")
+        expect(page.locator("#result")).to_be_visible(timeout=120000)
+        shot(page, "generate-preset")
+        gens = page.request.get("/api/generations", params={"search": "tiny random model"}).json()[
+            "generations"
+        ]
+        assert gens[0]["voice_name"] == "Uncle_Fu" and gens[0]["status"] == "completed"
+        assert gens[0]["options"]["instruct"] == "Speak slowly, like a storyteller."
+    finally:
+        ctx.close()
+    assert not errors, errors
