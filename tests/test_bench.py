@@ -6,6 +6,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from utter.bench import commands, report
@@ -97,6 +98,7 @@ def test_bench_tiny_quick_end_to_end(tmp_path: Path, capsys) -> None:
     assert {"load", "say", "frame", "ttfa", "concurrency", "texts", "memory"} <= set(full)
     assert FRAME_KEYS <= set(full["frame"])
     assert full["frame"]["frames"] == 8 and full["frame"]["frames_ok"]
+    assert full["frame"]["prefill_ms"] > 0  # the admission (batched prefill) is timed
     assert 0 < full["frame"]["kernels_per_frame"] <= full["frame"]["ops_per_frame"]  # the launch proxy
     assert full["say"]["frames_ok"] and full["say"]["seconds"] > full["load"]["cold_start_s"] > 0
     assert 0 < full["ttfa"]["seconds"] < full["say"]["seconds"]
@@ -156,3 +158,39 @@ def test_playback_stalls() -> None:
     ahead = playback([(0.0, 1.0), (0.2, 1.0), (0.4, 1.0)])
     assert ahead == {"stall_s": 0.0, "stalls": 0, "min_lead_s": 0.8}
     assert playback([(1.0, 2.0)]) == {"stall_s": 0.0, "stalls": 0, "min_lead_s": 0.0}
+
+
+@pytest.mark.parametrize("variant", ["custom_voice", "voice_design"])
+def test_bench_covers_the_other_variants(tmp_path: Path, variant: str) -> None:
+    """CustomVoice (a preset speaker with an instruction) and VoiceDesign (a described voice)
+    run the same suite as Base; the official comparison is Base-only."""
+    out = tmp_path / "bench.json"
+    argv = [
+        "bench",
+        "--size",
+        "tiny",
+        "--quick",
+        "--variant",
+        variant,
+        "--checkpoint-cache",
+        str(tmp_path / "c"),
+    ]
+    argv += [
+        "--weight-mode",
+        "float32",
+        "--texts",
+        "short",
+        "--concurrency",
+        "1",
+        "--output",
+        str(out),
+        "--plot",
+        "",
+    ]
+    assert commands.main(argv) == 0
+    doc = json.loads(out.read_text())
+    assert doc["settings"]["variant"] == variant and doc["official"] == {}
+    run = doc["utter"]["float32"]
+    assert "error" not in run, run
+    assert run["say"]["frames_ok"] and run["frame"]["frames_ok"] and run["ttfa"]["seconds"] > 0
+    assert all(r["frames_ok"] for r in run["realtime"].values())

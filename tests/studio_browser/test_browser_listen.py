@@ -27,6 +27,17 @@ def test_listen_while_the_job_runs(page: Page, make_voice, shot) -> None:
         page.wait_for_function(
             "document.querySelector('#job [data-role=live]').currentTime > 0.2", timeout=60_000
         )
+        # The waveform grows as the audio arrives.
+        wave = page.locator("#job [data-role=live-wave]")
+        expect(wave.locator("canvas")).to_be_visible()
+        page.wait_for_function(
+            "Number(document.querySelector('#job [data-role=live-wave]').dataset.seconds) > 0", timeout=60_000
+        )
+        first = float(wave.get_attribute("data-seconds"))
+        page.wait_for_function(
+            f"Number(document.querySelector('#job [data-role=live-wave]').dataset.seconds) > {first}",
+            timeout=60_000,
+        )
         status = page.get_attribute("#job [data-role=status]", "data-status")
         shot(page, "generate-listening")
         assert status == "running", f"audio only played after the job ended ({status})"

@@ -55,6 +55,13 @@ def register(subparsers) -> argparse.ArgumentParser:
         help="random checkpoint size (default: 0.6b)",
     )
     p.add_argument(
+        "--variant",
+        default="base",
+        choices=["base", "custom_voice", "voice_design"],
+        help="random checkpoint kind: Base (a cloned voice), CustomVoice (a preset speaker with an "
+        "instruction) or VoiceDesign (a described voice); the official comparison runs for Base",
+    )
+    p.add_argument(
         "--checkpoint-cache",
         default=None,
         help="where random checkpoints are kept (default: ~/.cache/utter/bench)",
@@ -143,7 +150,7 @@ def _settings(args: argparse.Namespace) -> dict:
     else:
         cache = Path(args.checkpoint_cache) if args.checkpoint_cache else default_checkpoint_cache()
         logger.info("random %s checkpoint in %s (written once, reused)", args.size, cache)
-        model = ensure_checkpoint(args.size, cache, seed=args.seed)
+        model = ensure_checkpoint(args.size, cache, seed=args.seed, variant=args.variant)
     modes = args.weight_modes or available_modes(device)
     known = set(available_modes(device)) | {"int8"}
     unknown = [m for m in modes if m not in known]
@@ -162,8 +169,11 @@ def _settings(args: argparse.Namespace) -> dict:
     )
     if any(c < 1 for c in concurrency):
         raise ValueError("--concurrency values must be at least 1")
+    variant = _variant_of(Path(model))
     if args.official is False:
         status, official = "disabled (--no-official)", []
+    elif variant != "base":
+        status, official = f"not compared for {variant} models (the comparison runs the Base voice clone)", []
     elif not official_installed():
         status, official = "not installed (pip install qwen-tts to compare)", []
     else:
@@ -177,6 +187,7 @@ def _settings(args: argparse.Namespace) -> dict:
     return {
         "model": str(model),
         "size": checkpoint_size(Path(model)),
+        "variant": variant,
         "random_weights": args.model is None,
         "device": device,
         "weight_modes": modes,
@@ -195,6 +206,10 @@ def _settings(args: argparse.Namespace) -> dict:
         "full_suite": FULL_SUITE,
         "light_suite": LIGHT_SUITE,
     }
+
+
+def _variant_of(folder: Path) -> str:
+    return json.loads((folder / "config.json").read_text()).get("tts_model_type", "base")
 
 
 # ----------------------------------------------------------------------------- workers

@@ -202,7 +202,7 @@ def default_checkpoint_cache() -> Path:
     return Path(base) / "utter" / "bench"
 
 
-def ensure_checkpoint(size: str, cache: Path, seed: int = 0) -> Path:
+def ensure_checkpoint(size: str, cache: Path, seed: int = 0, variant: str = "base") -> Path:
     """A random checkpoint of ``size`` under ``cache``, written once and reused.
 
     It is written to a temporary folder and renamed into place, so a half-written checkpoint
@@ -210,13 +210,14 @@ def ensure_checkpoint(size: str, cache: Path, seed: int = 0) -> Path:
     """
     from ..dev.tiny_checkpoint import write_tiny_checkpoint
 
-    folder = cache / f"random-{size}-seed{seed}"
+    kind = "" if variant == "base" else f"-{variant}"
+    folder = cache / f"random-{size}{kind}-seed{seed}"
     if (folder / "config.json").is_file():
         return folder
     cache.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=cache, prefix=f".random-{size}-"))
     try:
-        write_tiny_checkpoint(tmp / "ckpt", size=size, seed=seed)
+        write_tiny_checkpoint(tmp / "ckpt", size=size, seed=seed, variant=variant)
         os.replace(tmp / "ckpt", folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -19,7 +19,7 @@ import dataclasses
 import threading
 import time
 
-from .workload import FRAME_SECONDS, LANGUAGE, MEDIUM
+from .workload import FRAME_SECONDS, MEDIUM
 
 CHARS_PER_TOKEN = 4
 RATES = (20, 35, 50)  # LLM tokens per second: typical streaming speeds of hosted and local models
@@ -52,15 +52,15 @@ def playback(arrivals: list[tuple[float, float]]) -> dict:
 
 
 def measure_realtime(batcher, voice, opts, frames: int, rates=RATES) -> dict:
-    """One fed request per rate through ``batcher``; see the module docstring."""
-    from ..engine.engine import Request
+    """One fed request per rate through ``batcher`` (``voice``: runner.Speaker, who speaks);
+    see the module docstring."""
     from ..engine.textfeed import TextFeed
 
     out = {}
     for rate in rates:
         feed = TextFeed()
         o = dataclasses.replace(opts, max_frames=frames)
-        stream = batcher.submit(Request("", voice, LANGUAGE, o, feed=feed))
+        stream = batcher.submit(voice.request("", o, feed=feed))
         stop = threading.Event()
         pusher = threading.Thread(target=_push, args=(feed, MEDIUM, rate, stop), daemon=True)
         t0 = time.perf_counter()

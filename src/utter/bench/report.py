@@ -253,7 +253,8 @@ def table(doc: dict) -> str:
     lines = [
         f"Machine: {where}{m['cpu']}, {m['usable_cores']} cores, {m['ram_gib']} GiB RAM; torch {m['torch']}; "
         f"load average at start {m.get('load_average_at_start')}",
-        f"Model: {s['size']} sizes, random weights, on {s['device']}; {frames} frames per request, "
+        f"Model: {s['size']} sizes ({s.get('variant', 'base')}), random weights, on {s['device']}; "
+        f"{frames} frames per request, "
         f"{'sampling' if s.get('sample') else 'greedy'}, end of speech disabled",
         "",
         "| | " + " | ".join(name for name, _ in cols) + " |",

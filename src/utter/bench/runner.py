@@ -33,6 +33,49 @@ from .workload import FRAME_SECONDS, LANGUAGE, REF_TEXT, SAMPLE_RATE, SHORT, TEX
 
 logger = logging.getLogger(__name__)
 
+# Who speaks in a model of each kind: a voice cloned from the reference (Base), a preset speaker
+# with an instruction (CustomVoice), a described voice (VoiceDesign).
+PRESET_SPEAKER = "Vivian"
+INSTRUCT = "Speak clearly and warmly."
+DESCRIPTION = "A warm, clear female voice, calm and friendly."
+
+
+@dataclasses.dataclass
+class Speaker:
+    """Who speaks in every measured request, whatever the model's kind."""
+
+    voice: object = None  # a VoicePrompt (Base)
+    speaker: str | None = None
+    instruct: str | None = None
+
+    @classmethod
+    def for_engine(cls, engine, ref_wav: str) -> Speaker:
+        if engine.variant == "custom_voice":
+            return cls(None, PRESET_SPEAKER, INSTRUCT if engine.config.supports_instruct else None)
+        if engine.variant == "voice_design":
+            return cls(None, None, DESCRIPTION)
+        return cls(engine.create_voice(ref_wav, ref_text=REF_TEXT))
+
+    @classmethod
+    def load(cls, path: Path, like: Speaker) -> Speaker:
+        """A stored voice read back from its file (Base), as a server does per request."""
+        from ..engine.voice import VoicePrompt
+
+        if like.voice is None:
+            return like
+        return cls(VoicePrompt.load(path))
+
+    def save(self, path: Path) -> None:
+        if self.voice is not None:
+            self.voice.save(path)
+
+    def request(self, text: str, opts, **extra):
+        from ..engine.engine import Request
+
+        who = {"speaker": self.speaker, "instruct": self.instruct}
+        return Request(text, self.voice, LANGUAGE, opts, **who, **extra)
+
+
 CPU_MODE_ORDER = ("int8", "float16", "bfloat16", "float32")  # float16: packed fp16 weights on x86
 GPU_MODE_ORDER = ("bfloat16", "float16", "float32")  # int8 has no fast GPU kernel yet
 
@@ -65,11 +108,10 @@ def _options(engine, frames: int, sample: bool, seed: int):
 
 def _frame_run(engine, voice, opts, device: str) -> dict:
     """One warm B=1 generation of the short text, split into prefill / talker / predictor / codec."""
-    from ..engine.engine import Request
 
     runner = engine.runner
     with Probe(device) as probe:
-        probe.wrap(runner, "add", "prefill")
+        probe.wrap(runner, "add_many", "prefill")  # admission: every request's prefill
         probe.wrap(runner, "step", "step")
         # With fixed-shape (CUDA graph) steps the code predictor runs inside graphs.frame (a
         # replay): _predict_codebooks is only called at capture, and timing it read 0.0 ms.
@@ -79,13 +121,13 @@ def _frame_run(engine, voice, opts, device: str) -> dict:
         has_cp = probe.wrap(cp_owner, cp_name, "cp")
         _probe_codec(probe, engine)
         start = time.perf_counter()
-        result = engine.generate_batch([Request(SHORT, voice, LANGUAGE, opts)])[0]
+        result = engine.generate_batch([voice.request(SHORT, opts)])[0]
         sync(device)
         wall = time.perf_counter() - start
         tot = probe.totals
     if device.startswith("cuda"):  # the probes sync mid-step; time the wall clock without them
         start = time.perf_counter()
-        result = engine.generate_batch([Request(SHORT, voice, LANGUAGE, opts)])[0]
+        result = engine.generate_batch([voice.request(SHORT, opts)])[0]
         sync(device)
         wall = time.perf_counter() - start
     n = int(result.codes.shape[0])
@@ -111,11 +153,10 @@ def _step_counts(engine, voice, opts, device: str) -> dict:
     """What one warm decode step of one stream dispatches: aten ops (the CPU-side count; work
     inside native kernels or replayed CUDA graphs dispatches none) and, on CUDA, the GPU kernels
     the profiler sees."""
-    from ..engine.engine import Request
     from ..engine.opcount import count_ops
 
     runner = engine.runner
-    runner.add(engine._sequence(Request(SHORT, voice, LANGUAGE, opts)))
+    runner.add(engine._sequence(voice.request(SHORT, opts)))
     try:
         runner.step()
         _, ops = count_ops(runner.step)
@@ -145,15 +186,13 @@ def _probe_codec(probe: Probe, engine) -> None:
     probe.wrap(AudioStream, "push", "codec")
 
 
-def _ttfa(batcher, voice_path: Path, opts, repeats: int) -> dict:
+def _ttfa(batcher, voice_path: Path, speaker: Speaker, opts, repeats: int) -> dict:
     """Streaming first-chunk latency with a stored voice; the stream is cancelled after it."""
-    from ..engine.engine import Request
-    from ..engine.voice import VoicePrompt
 
     times = []
     for _ in range(repeats):
-        voice = VoicePrompt.load(voice_path)
-        stream = batcher.submit(Request(SHORT, voice, LANGUAGE, opts))
+        voice = Speaker.load(voice_path, speaker)
+        stream = batcher.submit(voice.request(SHORT, opts))
         chunks = iter(stream)
         first = next(chunks, None)
         stream.cancel()
@@ -172,10 +211,9 @@ def _ttfa(batcher, voice_path: Path, opts, repeats: int) -> dict:
 
 def _concurrent(batcher, voice, opts, streams: int) -> dict:
     """``streams`` requests submitted together; aggregate audio seconds per wall second."""
-    from ..engine.engine import Request
 
     start = time.perf_counter()
-    live = [batcher.submit(Request(SHORT, voice, LANGUAGE, opts)) for _ in range(streams)]
+    live = [batcher.submit(voice.request(SHORT, opts)) for _ in range(streams)]
     audio = [s.audio() for s in live]
     wall = time.perf_counter() - start
     audio_s = sum(len(a) for a in audio) / SAMPLE_RATE
@@ -193,12 +231,11 @@ def _concurrent(batcher, voice, opts, streams: int) -> dict:
 
 
 def _text_run(engine, voice, opts, name: str, frames: int, device: str) -> dict:
-    from ..engine.engine import Request
 
     text = TEXTS[name]
     o = dataclasses.replace(opts, max_frames=frames)
     start = time.perf_counter()
-    result = engine.generate_batch([Request(text, voice, LANGUAGE, o)])[0]
+    result = engine.generate_batch([voice.request(text, o)])[0]
     sync(device)
     wall = time.perf_counter() - start
     n = int(result.codes.shape[0])
@@ -218,7 +255,6 @@ def measure(spec: dict) -> dict:
 
     from ..audio import write_wav
     from ..engine.batcher import Batcher
-    from ..engine.engine import Request
 
     spawned, device, mode = spec["spawned_at"], spec["device"], spec["mode"]
     suite, frames, workdir = set(spec["suite"]), spec["frames"], Path(spec["workdir"])
@@ -232,10 +268,10 @@ def measure(spec: dict) -> dict:
 
     # `utter say` from process start: voice from the recording, generate, decode, write.
     t0 = time.time()
-    voice = engine.create_voice(spec["ref_wav"], ref_text=REF_TEXT)
+    voice = Speaker.for_engine(engine, spec["ref_wav"])
     t1 = time.time()
     if "say" in suite:
-        result = engine.generate_batch([Request(SHORT, voice, LANGUAGE, opts)])[0]
+        result = engine.generate_batch([voice.request(SHORT, opts)])[0]
         write_wav(workdir / f"say-utter-{mode}.wav", result.audio, SAMPLE_RATE)
         done = time.time()
         n = int(result.codes.shape[0])
@@ -265,7 +301,7 @@ def measure(spec: dict) -> dict:
         out["load"]["serving_load_s"] = time.time() - started
         with Batcher(engine, max_batch=max(concurrency)) as batcher:
             if "ttfa" in suite:
-                out["ttfa"] = _ttfa(batcher, voice_path, opts, spec.get("ttfa_repeats", 3))
+                out["ttfa"] = _ttfa(batcher, voice_path, voice, opts, spec.get("ttfa_repeats", 3))
             if "concurrency" in suite:
                 out["concurrency"] = {str(c): _concurrent(batcher, voice, opts, c) for c in concurrency}
                 out["concurrency_mode"] = "one Batcher, all streams submitted together"

@@ -5,7 +5,7 @@
 import { api, fillLanguageSelects, pageOf } from "./api.js";
 import { onHealth } from "./app.js";
 import { cancelTask, elapsedOf, etaOf, getTask, onTasks, trackTask, unreachableSinceMs } from "./tasks-store.js";
-import { WaveformPlayer } from "./waveform.js";
+import { LiveWaveform, WaveformPlayer } from "./waveform.js";
 import { $, alertIn, busy, clock, limits, role, secs, show, statusLabel, toast } from "./ui.js";
 
 const MAX = Number($("#text").dataset.maxChars) || Number(limits.max_text_chars) || 5000;
@@ -309,13 +309,20 @@ async function showResult(t) {
     .catch((err) => toast(err.message, "error"));
 }
 
+let liveWave = null; // the growing waveform of the job being listened to
+
 role(job, "listen").addEventListener("click", () => {
   const live = role(job, "live");
   live.dataset.task = String(currentId);
-  live.src = `/api/tasks/${encodeURIComponent(currentId)}/live.wav`;
+  const url = `/api/tasks/${encodeURIComponent(currentId)}/live.wav`;
+  live.src = url;
   live.hidden = false;
   role(job, "listen").hidden = true;
   live.play().catch(() => {});
+  liveWave?.destroy();
+  const box = role(job, "live-wave");
+  box.hidden = false;
+  liveWave = new LiveWaveform(box, url, live);
 });
 
 role(job, "cancel").addEventListener("click", async () => {

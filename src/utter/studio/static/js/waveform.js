@@ -239,3 +239,107 @@ export class WaveformPlayer {
     this.container.replaceChildren();
   }
 }
+
+/**
+ * The waveform of audio still being made: reads a streamed 16-bit mono WAV (a running job's
+ * live.wav) as it arrives and draws one bar per 0.1 s, growing; `audio` (the element playing the
+ * same stream) colours what has been heard. `container.dataset.seconds` says how much has come.
+ */
+export class LiveWaveform {
+  constructor(container, url, audio = null, sampleRate = 24000) {
+    this.container = container;
+    this.audio = audio;
+    this.bucket = Math.round(sampleRate / 10);
+    this.sampleRate = sampleRate;
+    this.bars = [];
+    this.current = 0; // peak of the bucket being filled
+    this.inBucket = 0;
+    this.samples = 0;
+    this.abort = new AbortController();
+    this.canvas = document.createElement("canvas");
+    this.canvas.className = "live-wave";
+    this.canvas.setAttribute("aria-label", "Waveform of the audio made so far");
+    container.replaceChildren(this.canvas);
+    container.dataset.seconds = "0";
+    this.tick = () => {
+      this.draw();
+      this.raf = requestAnimationFrame(this.tick);
+    };
+    this.raf = requestAnimationFrame(this.tick);
+    this.read(url).catch(() => {}); // an aborted or ended stream just stops growing
+  }
+
+  async read(url) {
+    const res = await fetch(url, { signal: this.abort.signal });
+    if (!res.ok || !res.body) return;
+    const reader = res.body.getReader();
+    let header = 44; // bytes of the WAV header still to skip
+    let carry = null; // an odd byte left from the previous read
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      let bytes = value;
+      if (header > 0) {
+        const skip = Math.min(header, bytes.length);
+        header -= skip;
+        bytes = bytes.subarray(skip);
+      }
+      if (carry !== null) {
+        const joined = new Uint8Array(bytes.length + 1);
+        joined[0] = carry;
+        joined.set(bytes, 1);
+        bytes = joined;
+        carry = null;
+      }
+      if (bytes.length % 2) {
+        carry = bytes[bytes.length - 1];
+        bytes = bytes.subarray(0, bytes.length - 1);
+      }
+      const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+      for (let i = 0; i < bytes.length; i += 2) this.add(Math.abs(view.getInt16(i, true)) / 32768);
+      this.container.dataset.seconds = (this.samples / this.sampleRate).toFixed(1);
+    }
+  }
+
+  add(v) {
+    if (v > this.current) this.current = v;
+    this.samples += 1;
+    if (++this.inBucket === this.bucket) {
+      this.bars.push(this.current);
+      this.current = 0;
+      this.inBucket = 0;
+    }
+  }
+
+  draw() {
+    const dpr = window.devicePixelRatio || 1;
+    const w = this.canvas.clientWidth;
+    const h = this.canvas.clientHeight;
+    if (!w || !h) return;
+    if (this.canvas.width !== Math.round(w * dpr)) this.canvas.width = Math.round(w * dpr);
+    if (this.canvas.height !== Math.round(h * dpr)) this.canvas.height = Math.round(h * dpr);
+    const ctx = this.canvas.getContext("2d");
+    ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+    ctx.clearRect(0, 0, w, h);
+    const css = getComputedStyle(this.canvas);
+    const played = css.getPropertyValue("--wave-played").trim() || "#6d5efc";
+    const rest = css.getPropertyValue("--wave-rest").trim() || "#c9cbe0";
+    const n = this.bars.length;
+    if (!n) return;
+    const step = Math.min(4.5, w / n); // bars shrink to fit as the audio grows
+    const heard = this.audio ? (this.audio.currentTime || 0) * 10 : 0;
+    const max = Math.max(...this.bars, 0.05);
+    for (let i = 0; i < n; i++) {
+      const bh = Math.max(2, (this.bars[i] / max) * (h - 4));
+      ctx.fillStyle = i < heard ? played : rest;
+      ctx.fillRect(i * step, h / 2 - bh / 2, Math.max(1, step - 1.5), bh);
+    }
+  }
+
+  destroy() {
+    this.abort.abort();
+    cancelAnimationFrame(this.raf);
+    this.container.replaceChildren();
+    delete this.container.dataset.seconds;
+  }
+}
