@@ -62,8 +62,9 @@ def test_job_cards_back_off_while_the_server_is_down(page: Page) -> None:
     import time
 
     job = {"id": "f" * 32, "status": "running", "progress": 0.4, "title": "A job", "submittedAt": 1}
-    page.goto("/tasks")
-    page.evaluate(f"localStorage.setItem('utter.tasks.v1', {json.dumps(json.dumps([job]))})")
+    # The job is in this browser's store before the page's scripts run (a page already open
+    # would write its own list back over it).
+    page.add_init_script(f"localStorage.setItem('utter.tasks.v1', {json.dumps(json.dumps([job]))})")
     asked: list[float] = []
 
     def down(route) -> None:
@@ -71,9 +72,36 @@ def test_job_cards_back_off_while_the_server_is_down(page: Page) -> None:
         route.abort()
 
     page.route("**/api/tasks**", down)
-    page.reload()
+    page.goto("/tasks")
     expect(page.locator("#running-list")).to_contain_text("the server is not answering", timeout=15000)
     page.wait_for_timeout(8000)
     gaps = [b - a for a, b in zip(asked, asked[1:])]
     assert len(asked) <= 8, asked  # 0.7 s polling would have asked about twelve times
     assert gaps and max(gaps) >= 2.5, gaps  # the waits grow
+
+
+def test_tasks_page_plays_a_running_job_and_a_finished_one(page: Page, make_voice) -> None:
+    """Listen to a running job from the Tasks page (its live stream), and play a finished one."""
+    voice = make_voice("Tasks player")
+    body = {"voice_id": voice["id"], "text": LONG_TEXT, "language": "English", "seed": 1}
+    running = page.request.post("/api/generate", data=body).json()
+    short = page.request.post("/api/generate", data={**body, "text": "Short one.", "max_frames": 6}).json()
+    try:
+        page.goto("/tasks")
+        row = page.locator(f"article[data-id='{running['task_id']}']")
+        listen = row.locator("[data-role=listen]")
+        expect(listen).to_have_text(re.compile("Listen while it is made"), timeout=60_000)
+        listen.click()
+        audio = row.locator("[data-role=audio]")
+        expect(audio).to_be_visible()
+        assert audio.get_attribute("data-kind") == "live"
+        page.wait_for_function(
+            f"document.querySelector(\"article[data-id='{running['task_id']}'] audio\").currentTime > 0.2",
+            timeout=60_000,
+        )
+    finally:
+        page.request.post(f"/api/tasks/{running['task_id']}/cancel")
+    done = page.locator(f"article[data-id='{short['task_id']}']")
+    expect(done.locator("[data-role=listen]")).to_have_text("▶ Play", timeout=120_000)
+    done.locator("[data-role=listen]").click()
+    assert done.locator("[data-role=audio]").get_attribute("data-kind") == "file"

@@ -1,7 +1,7 @@
 // Tasks page: running and recent jobs with live progress and cancel. The list comes from the task
 // store (jobs started in this browser, plus the server's own list when it offers one).
 
-import { isTerminal } from "./api.js";
+import { generationAudioUrl, isTerminal } from "./api.js";
 import { cancelTask, elapsedOf, etaOf, onTasks, unreachableSinceMs } from "./tasks-store.js";
 import { $, clock, role, show, statusLabel, toast, when } from "./ui.js";
 
@@ -28,13 +28,29 @@ function rowFor(t) {
         btn.disabled = false;
       }
     });
+    role(el, "listen").addEventListener("click", () => {
+      // A running job: its audio as it is made (one stream that follows it); a finished one: the file.
+      const t = el._task;
+      const audio = role(el, "audio");
+      audio.src =
+        t.status === "running" ? `/api/tasks/${encodeURIComponent(key)}/live.wav` : generationAudioUrl(t.generationId);
+      audio.dataset.kind = t.status === "running" ? "live" : "file";
+      show(audio);
+      show(role(el, "listen"), false);
+      audio.play().catch(() => {});
+    });
     rows.set(key, el);
   }
   return el;
 }
 
 function fill(el, t) {
+  el._task = t;
   el.dataset.status = t.status;
+  const audio = role(el, "audio");
+  const playable = t.status === "running" || (t.status === "completed" && t.generationId != null);
+  show(role(el, "listen"), playable && audio.hidden);
+  role(el, "listen").textContent = t.status === "running" ? "▶ Listen while it is made" : "▶ Play";
   const badge = role(el, "status");
   badge.dataset.status = t.status;
   badge.textContent = statusLabel[t.status] ?? t.status;
