@@ -35,6 +35,8 @@ def preset_studio(tmp_path_factory, tiny_checkpoint: Path) -> Iterator[StudioSer
 
 def test_a_job_speaks_as_a_preset_speaker(preset_studio: StudioServer) -> None:
     client = preset_studio.client
+    models = client.get("/api/health").json()["models"]
+    assert [m["variant"] for m in models] == ["base", "custom_voice"] and models[1]["memory_mib"] > 0
     presets = [v for v in client.get("/tts/v1/audio/voices").json()["voices"] if v["category"] == "premade"]
     assert {"Vivian", "Uncle_Fu"} <= {v["name"] for v in presets} and all(v["instructions"] for v in presets)
     body = {

@@ -5,6 +5,7 @@ the Design page says how to add one."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,6 +36,9 @@ def test_design_takes_and_keep_one(browser: Browser, design_studio: Studio, shot
     try:
         page.goto("/design")
         expect(page.locator("#design-off")).to_be_hidden()
+        chip = page.locator("#model-chip")  # the header's model badge names every model
+        expect(chip).to_have_attribute("title", re.compile(r"Tiny-VoiceDesign \(voice_design\): ready"))
+        expect(chip).to_have_attribute("title", re.compile(r"Tiny-CustomVoice \(custom_voice\): ready"))
         page.fill("#description", "A warm, low voice, calm and friendly.")
         page.select_option("#language", "English")
         for _ in range(2):

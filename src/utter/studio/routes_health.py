@@ -25,7 +25,12 @@ def health(studio: StudioDep) -> HealthOut:
         status = "degraded"
     jobs = studio.queue.counts() if database == "ok" else {}
     return HealthOut(
-        status=status, model=ModelStatus(**model), database=database, jobs=jobs, asr=studio.asr.status()
+        status=status,
+        model=ModelStatus(**model),
+        database=database,
+        jobs=jobs,
+        asr=studio.asr.status(),
+        models=studio.models.status() if studio.models is not None else [],
     )
 
 

@@ -201,3 +201,4 @@ class HealthOut(BaseModel):
     database: str
     jobs: dict[str, int]  # queued / processing counts
     asr: dict[str, Any] | None = None  # the transcription model's state (server/asr.py)
+    models: list[dict[str, Any]] = Field(default_factory=list)  # every model of /tts, main first

@@ -37,6 +37,13 @@ export function normHealth(h) {
     hint: m.hint ?? m.help ?? h?.hint ?? "",
     model: m.name ?? m.id ?? m.model ?? h?.model_name ?? (typeof h?.model === "string" ? h.model : ""),
     device: m.device ?? h?.device ?? "",
+    // The other models the studio runs (a CustomVoice, a VoiceDesign): their names and states.
+    extras: (Array.isArray(h?.models) ? h.models.slice(1) : []).map((x) => ({
+      model: x.model,
+      state: x.state,
+      variant: x.variant,
+      memory: x.memory_mib,
+    })),
   };
 }
 
@@ -62,8 +69,14 @@ function renderHealth(h) {
     unreachable: "Server offline",
   }[h.state];
   chip.dataset.state = h.state;
-  role(chip, "text").textContent = chipText;
-  chip.title = [h.model, h.device].filter(Boolean).join(" · ") || chipText;
+  const waiting = (h.extras ?? []).filter((x) => x.state !== "ready").length;
+  role(chip, "text").textContent =
+    h.state === "ready" && waiting ? `${chipText} · ${waiting} more loading` : chipText;
+  const lines = [[h.model, h.device].filter(Boolean).join(" · ") || chipText];
+  for (const x of h.extras ?? []) {
+    lines.push(`${x.model} (${x.variant ?? "model"}): ${x.state}${x.memory ? `, ${Math.round(x.memory)} MiB` : ""}`);
+  }
+  chip.title = lines.join("\n");
 
   banner.dataset.state = h.state;
   banner.hidden = h.state === "ready";
