@@ -104,8 +104,13 @@ def read_wav(data: bytes) -> tuple[np.ndarray, int, str]:
 
 def self_signed(folder: Path) -> tuple[Path, Path]:
     """A certificate for 127.0.0.1 and its key (openssl), for TLS on loopback."""
+    import shutil
     import subprocess
 
+    import pytest
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed (apt-get install -y openssl)")
     cert, key = folder / "cert.pem", folder / "key.pem"
     subprocess.run(
         ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
