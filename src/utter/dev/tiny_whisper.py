@@ -6,9 +6,10 @@ BPE tokenizer with Whisper's special tokens) at toy sizes, and the real loading 
 (:mod:`utter.asr.whisper`) reads it exactly as it reads a downloaded one.
 
 The vocabulary is the 256 byte tokens (no merges) followed by Whisper's specials in their usual
-order. ``generation_config.json`` suppresses every byte but ASCII letters and spaces and the end
-of text at the first step, so the random model writes a non-empty line of letters: enough for a
-test to see text travel from the model to a form field or a stored voice.
+order. ``generation_config.json`` suppresses every byte but ASCII letters and spaces, every
+special token but the end of text, and the end at the first step, so the random model always
+writes a non-empty line of letters: enough for a test to see text travel from the model to a
+form field or a stored voice. Its weights come from a generator of its own (deterministic).
 """
 
 from __future__ import annotations
@@ -86,8 +87,20 @@ def write_tiny_whisper(folder: str | Path, seed: int = 0) -> Path:
         eos_token_id=eot,
         pad_token_id=eot,
     )
-    torch.manual_seed(seed)
     model = WhisperForConditionalGeneration(config).eval()
+    # Weights from a generator of our own: other threads of a test session may draw from torch's
+    # global one at any moment, and a different model could write different (or no) text.
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "embed_positions" in name:  # keep the encoder's sinusoids
+                continue
+            if name.endswith(".bias"):
+                p.zero_()
+            elif "layer_norm" in name:
+                p.fill_(1.0)
+            else:
+                p.copy_(torch.randn(p.shape, generator=gen) * config.init_std)
     letters = {ord(c) for c in "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ "}
     space = symbols[ord(" ")]
     generation = model.generation_config
@@ -97,7 +110,10 @@ def write_tiny_whisper(folder: str | Path, seed: int = 0) -> Path:
     generation.lang_to_id = {f"<|{code}|>": ids[f"<|{code}|>"] for code in TINY_LANGUAGES}
     generation.task_to_id = {"transcribe": ids["<|transcribe|>"], "translate": ids["<|translate|>"]}
     generation.no_timestamps_token_id = ids["<|notimestamps|>"]
-    generation.suppress_tokens = [b for b in range(256) if b not in letters]
+    # Only letters and spaces, then the end: never a special token (those decode to nothing).
+    generation.suppress_tokens = [b for b in range(256) if b not in letters] + [
+        i for i in range(257, config.vocab_size)
+    ]
     generation.begin_suppress_tokens = [symbols.index(space), eot]
     generation.max_length = 24
     generation.forced_decoder_ids = None
