@@ -106,6 +106,10 @@ def test_bench_tiny_quick_end_to_end(tmp_path: Path, capsys) -> None:
     assert all(c["frames_ok"] and c["audio_s"] > 0 for c in full["concurrency"].values())
     assert full["concurrency"]["4"]["audio_s"] == 4 * full["concurrency"]["1"]["audio_s"]
     assert set(full["texts"]) == {"short", "long"} and all(t["frames_ok"] for t in full["texts"].values())
+    assert set(full["arrivals"]) == {"2.0"}
+    burst = full["arrivals"]["2.0"]
+    assert burst["frames_ok"] and burst["requests"] >= 1
+    assert 0 < burst["first_audio_p50_s"] <= burst["first_audio_p95_s"] <= burst["first_audio_max_s"]
     assert set(full["realtime"]) == {"20", "35", "50"}
     for fed in full["realtime"].values():
         assert fed["frames_ok"] and 0 < fed["first_audio_s"] < 60 and fed["stall_s"] >= 0
@@ -194,3 +198,12 @@ def test_bench_covers_the_other_variants(tmp_path: Path, variant: str) -> None:
     assert "error" not in run, run
     assert run["say"]["frames_ok"] and run["frame"]["frames_ok"] and run["ttfa"]["seconds"] > 0
     assert all(r["frames_ok"] for r in run["realtime"].values())
+
+
+def test_poisson_arrivals_are_seeded_and_within_the_window() -> None:
+    from utter.bench.arrivals import arrival_times
+
+    times = arrival_times(4.0, 30.0, seed=1)
+    assert times == arrival_times(4.0, 30.0, seed=1) and times != arrival_times(4.0, 30.0, seed=2)
+    assert times[0] == 0.0 and all(0 <= a < b < 30 for a, b in zip(times, times[1:]))
+    assert 80 < len(times) < 160  # about 4 per second

@@ -22,7 +22,7 @@ from pathlib import Path
 
 logger = logging.getLogger("utter.bench")
 
-FULL_SUITE = ["say", "frame", "ttfa", "concurrency", "texts", "realtime"]
+FULL_SUITE = ["say", "frame", "ttfa", "concurrency", "texts", "arrivals", "realtime"]
 LIGHT_SUITE = ["say", "frame", "ttfa"]
 OFFICIAL_DTYPES = ("bfloat16", "float32", "float16")
 
@@ -99,6 +99,18 @@ def register(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--texts", type=_csv(str), default=None, help="seed texts to time: short,medium,long (default: all)"
+    )
+    p.add_argument(
+        "--arrival-rates",
+        type=_csv(float),
+        default=None,
+        help="requests per second arriving at random (Poisson) (default 1, and 4,10 on GPUs; --quick: 2)",
+    )
+    p.add_argument(
+        "--arrival-seconds",
+        type=float,
+        default=None,
+        help="how long each arrival pattern runs (default 30; --quick: 2)",
     )
     p.add_argument(
         "--text-frames-cap",
@@ -196,6 +208,9 @@ def _settings(args: argparse.Namespace) -> dict:
         "official_status": status,
         "frames": frames,
         "concurrency": concurrency,
+        "arrival_rates": args.arrival_rates
+        or ([2.0] if quick else [1.0] + ([4.0, 10.0] if device.startswith("cuda") else [])),
+        "arrival_seconds": args.arrival_seconds or (2.0 if quick else 30.0),
         "text_frames": text_budget,
         "text_frames_capped": cap is not None,
         "ttfa_repeats": args.ttfa_repeats or (1 if quick else 3),
@@ -285,6 +300,8 @@ def run(settings: dict, timeout: float = 7200.0) -> dict:
             "device": settings["device"],
             "frames": settings["frames"],
             "concurrency": settings["concurrency"],
+            "arrival_rates": settings["arrival_rates"],
+            "arrival_seconds": settings["arrival_seconds"],
             "texts": settings["text_frames"],
             "ttfa_repeats": settings["ttfa_repeats"],
             "sample": settings["sample"],

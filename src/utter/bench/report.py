@@ -164,7 +164,7 @@ def _fmt(v, digits: int = 2) -> str:
 
 
 def _pair(a, b) -> str:
-    """"a / b" for two figures measured together (one column cell), "-" when there is none."""
+    """ "a / b" for two figures measured together (one column cell), "-" when there is none."""
     return "-" if a is None else f"{_fmt(a)} / {_fmt(b)}"
 
 
@@ -181,6 +181,7 @@ def _all_ok(r: dict) -> bool | None:
     flags += [v.get("frames_ok") for v in (r.get("concurrency") or {}).values()]
     flags += [v.get("frames_ok") for v in (r.get("texts") or {}).values()]
     flags += [v.get("frames_ok") for v in (r.get("realtime") or {}).values()]
+    flags += [v.get("frames_ok") for v in (r.get("arrivals") or {}).values()]
     return all(flags) if flags else None
 
 
@@ -222,6 +223,20 @@ def table(doc: dict) -> str:
             (
                 f"audio s per s, {c} streams",
                 [_fmt(_get(r, "concurrency", str(c), "audio_s_per_s")) for _, r in cols],
+            )
+        )
+    for rate in s.get("arrival_rates") or []:
+        key = str(float(rate))
+        rows.append(
+            (
+                f"{rate:g} requests/s arriving at random: first audio p50 / p95 (s)",
+                [
+                    _pair(
+                        _get(r, "arrivals", key, "first_audio_p50_s"),
+                        _get(r, "arrivals", key, "first_audio_p95_s"),
+                    )
+                    for _, r in cols
+                ],
             )
         )
     for rate in ("20", "35", "50"):

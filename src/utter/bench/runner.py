@@ -17,6 +17,8 @@ makes exactly the frames asked for (checked: ``frames_ok``):
 - ``concurrency``: N streams submitted together to one Batcher; aggregate audio seconds per
   wall second until the last one ends.
 - ``texts``: the three seed texts, each with a frame budget from its length (``workload``).
+- ``arrivals``: requests arriving at random (Poisson) at the given rates for a while; first
+  audio p50/p95 from each request's arrival (``arrivals.py``).
 - ``realtime``: the medium text arriving at 20/35/50 LLM tokens per second while it is spoken
   (``realtime.py``): first audio after the first text, and whether playback ever stalls.
 """
@@ -292,7 +294,7 @@ def measure(spec: dict) -> dict:
         out["texts"] = {
             name: _text_run(engine, voice, opts, name, n, device) for name, n in spec.get("texts", {}).items()
         }
-    if suite & {"ttfa", "concurrency", "realtime"}:
+    if suite & {"ttfa", "concurrency", "realtime", "arrivals"}:
         # A server's engine: sized (and, on CPUs, its int8 kernel chosen) for the largest batch.
         concurrency = spec.get("concurrency") or [1]
         del engine
@@ -305,6 +307,11 @@ def measure(spec: dict) -> dict:
             if "concurrency" in suite:
                 out["concurrency"] = {str(c): _concurrent(batcher, voice, opts, c) for c in concurrency}
                 out["concurrency_mode"] = "one Batcher, all streams submitted together"
+            if "arrivals" in suite:
+                from .arrivals import measure_arrivals
+
+                rates, seconds = spec.get("arrival_rates") or [1.0], spec.get("arrival_seconds", 30.0)
+                out["arrivals"] = measure_arrivals(batcher, voice, opts, rates, seconds, spec.get("seed", 0))
             if "realtime" in suite:
                 from .realtime import measure_realtime
 
