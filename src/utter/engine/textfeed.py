@@ -34,6 +34,11 @@ class TextFeed:
         self._flushed_ids: list[int] = []
         self._closed = close
         self._given = 0  # ids handed to the engine so far
+        # Pushes, flushes and closes so far, and the count the last take/ready saw: the worker
+        # asks on every decode step, and tokenizing an unchanged text again would be waste.
+        self._changes = 0
+        self._taken = -1
+        self._ready: tuple[int, bool] = (-1, False)
         self._notify: Callable[[], None] | None = None  # wakes the engine's worker
 
     def push(self, text: str) -> None:
@@ -44,6 +49,7 @@ class TextFeed:
             if self._closed:
                 raise ValueError("this text input is closed")
             self._text += text
+            self._changes += 1
         self._wake()
 
     def flush(self) -> None:
@@ -53,12 +59,14 @@ class TextFeed:
                 self._unread.append(self._text)
                 self._before += self._text
                 self._text = ""
+                self._changes += 1
         self._wake()
 
     def close(self) -> None:
         """No more text: the request speaks the rest and ends (idempotent)."""
         with self._lock:
             self._closed = True
+            self._changes += 1
         self._wake()
 
     @property
@@ -96,12 +104,18 @@ class TextFeed:
         with self._lock:
             if self._closed or self._before.strip() or self._flushed_ids:
                 return True
-        return bool(self.committed_text(tokenizer)[0])
+            changes = self._changes
+        if self._ready[0] != changes:
+            self._ready = (changes, bool(self.committed_text(tokenizer)[0]))
+        return self._ready[1]
 
     def take(self, tokenizer: Any) -> tuple[list[int], bool]:
         """(new final token ids since the last call, closed). ``tokenizer`` is the engine's
         :class:`~utter.engine.text.TextTokenizer`."""
         with self._lock:
+            if self._changes == self._taken:
+                return [], self._closed
+            self._taken = self._changes
             unread, self._unread = self._unread, []
         for piece in unread:  # final as a whole: tokenized once, on its own
             piece = tokenizer.normalize(piece)

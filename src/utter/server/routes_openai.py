@@ -59,13 +59,13 @@ async def _speaker(
     """(batcher, stored voice, its listing, preset speaker) for a request: the model it names,
     else the CustomVoice model whose preset speaker it names, else the main model."""
     models = service.models
+    try:
+        meta: dict | None = service.voices.resolve(body.voice)
+    except VoiceNotFound:
+        meta = None
     holder = models.named(body.model)
     if holder is None:  # a stored voice first (the main model's), then a preset speaker
-        try:
-            service.voices.resolve(body.voice)
-            holder = models.main
-        except VoiceNotFound:
-            holder = models.speaker_of(body.voice) or models.main
+        holder = models.main if meta is not None else models.speaker_of(body.voice) or models.main
     batcher = await holder.wait_ready(service.settings.ready_timeout_s)
     variant = batcher.engine.variant
     if variant == "custom_voice":
@@ -78,11 +78,9 @@ async def _speaker(
                 param="instructions",
             )
         return batcher, None, {}, None
-    try:
-        meta = service.voices.resolve(body.voice)
-        return batcher, await run_in_threadpool(service.voices.prompt, meta["id"]), meta, None
-    except VoiceNotFound as exc:
-        raise unknown_voice(body.voice) from exc
+    if meta is None:
+        raise unknown_voice(body.voice)
+    return batcher, await run_in_threadpool(service.voices.prompt, meta["id"]), meta, None
 
 
 @router.post("/v1/audio/speech", responses=AUDIO_RESPONSE, response_class=Response)
