@@ -85,7 +85,7 @@ def _language(engine: Engine, code: str | None, voice_language: str | None) -> s
 
 async def _voice(service: Service, voice_id: str) -> tuple[dict[str, Any], Any]:
     try:
-        meta = service.voices.resolve(voice_id)
+        meta = await run_in_threadpool(service.voices.resolve, voice_id)
         return meta, await run_in_threadpool(service.voices.prompt, meta["id"])
     except VoiceNotFound as exc:
         raise unknown_voice(voice_id) from exc

@@ -60,7 +60,7 @@ async def _speaker(
     else the CustomVoice model whose preset speaker it names, else the main model."""
     models = service.models
     try:
-        meta: dict | None = service.voices.resolve(body.voice)
+        meta: dict | None = await run_in_threadpool(service.voices.resolve, body.voice)
     except VoiceNotFound:
         meta = None
     holder = models.named(body.model)

@@ -85,7 +85,7 @@ async def _start(ws: WebSocket, service: Service) -> tuple[RealtimeStart, dict]:
             f'The first message must be {{"type": "start", "voice": ...}}: {where}: {first["msg"]}.'
         ) from None
     try:
-        meta = service.voices.resolve(body.voice)
+        meta = await run_in_threadpool(service.voices.resolve, body.voice)
     except VoiceNotFound:
         raise SessionError(f"Unknown voice {body.voice!r}: GET /v1/audio/voices lists them.", 404) from None
     return body, meta

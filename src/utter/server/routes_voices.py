@@ -71,7 +71,7 @@ async def list_voices_alias(service: ServiceDep) -> dict[str, Any]:
 @router.get("/v1/voices/{voice_id}", response_model=VoiceInfo)
 async def get_voice(voice_id: str, service: ServiceDep) -> dict[str, Any]:
     try:
-        return service.voices.get(voice_id)
+        return await run_in_threadpool(service.voices.get, voice_id)
     except VoiceNotFound as exc:
         raise unknown_voice(voice_id) from exc
 
