@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from tests.conftest import REF_TEXT
-from utter.engine.batcher import Batcher, QueueFullError
 from utter.engine.engine import Request
 from utter.engine.sampling import GenerationOptions
+from utter.engine.sched.batcher import Batcher, QueueFullError
 
 
 def assert_same_audio(streamed: np.ndarray, one_shot: np.ndarray) -> None:

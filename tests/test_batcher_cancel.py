@@ -19,9 +19,9 @@ import pytest
 
 from tests.conftest import REF_TEXT
 from tests.test_batcher import assert_same_audio
-from utter.engine.batcher import MAX_RESTARTS, Batcher, WorkerError
 from utter.engine.engine import Request
 from utter.engine.sampling import GenerationOptions
+from utter.engine.sched.batcher import MAX_RESTARTS, Batcher, WorkerError
 
 FRAMES = 20  # more than the steps any ORDERS case takes, so survivors are still running
 

@@ -14,8 +14,8 @@ import torch
 
 from tests.conftest import REF_TEXT
 from utter.engine.engine import Engine, Request
-from utter.engine.runner import Runner
 from utter.engine.sampling import GenerationOptions, SamplingOptions
+from utter.engine.sched.runner import Runner
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 

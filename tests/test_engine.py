@@ -149,7 +149,7 @@ def test_ignore_eos_runs_to_max_frames(engine, voice) -> None:
 
 def test_voice_prefix_cache_reuses_the_reference_prefill(engine, voice) -> None:
     """The second request in a stored voice reuses the voice-only prefill and gives the same codes."""
-    from utter.engine.runner import Runner
+    from utter.engine.sched.runner import Runner
 
     req = Request("Prefix cache check.", voice, "German", GenerationOptions.greedy(max_frames=6))
     fresh = Runner(engine.talker, engine.config)

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from tests.conftest import REF_TEXT
+from utter.engine.cuda.graphs import buckets
 from utter.engine.engine import Request
-from utter.engine.graphs import buckets
-from utter.engine.runner import Runner
 from utter.engine.sampling import GenerationOptions, SamplingOptions
+from utter.engine.sched.runner import Runner
 
 
 def test_buckets() -> None:
@@ -95,7 +95,7 @@ def test_fixed_shape_steps_follow_each_steps_sampling_plan(engine, ref_wav, fixe
 def test_fixed_shape_steps_attend_over_the_live_length_only(engine, ref_wav, fixed_runner) -> None:
     """The talker attends over the length bucket of the longest live row, not the whole cache:
     requests that grow across buckets give the dynamic codes."""
-    from utter.engine.graphs import length_buckets
+    from utter.engine.cuda.graphs import length_buckets
 
     assert length_buckets(512) == [64, 128, 256, 512] and length_buckets(64) == [64]
     voice = engine.create_voice(ref_wav, ref_text=REF_TEXT)

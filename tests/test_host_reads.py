@@ -16,7 +16,7 @@ import torch
 
 import utter.engine.sampling as sampling
 from utter.engine.engine import Request
-from utter.engine.runner import Runner
+from utter.engine.sched.runner import Runner
 from utter.engine.voice import VoicePrompt
 
 READS = ("cpu", "item", "tolist", "__bool__", "__int__", "__float__")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from utter.engine.quant import _cpu_flags, fbgemm_available
+from utter.engine.cpu.quant import _cpu_flags, fbgemm_available
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -30,8 +30,8 @@ AVX2_ONLY = {
 
 PROBE = """
 import json
-from utter.engine import native
-from utter.engine.quant import fbgemm_full_range, int8_kernel, onednn_int8_exact
+from utter.engine.cpu import native
+from utter.engine.cpu.quant import fbgemm_full_range, int8_kernel, onednn_int8_exact
 lib = native.library()
 print(json.dumps({
     "onednn_exact": onednn_int8_exact(),

@@ -1,4 +1,4 @@
-"""The native decode step (engine/native.py, kernels/decoder.c) computes what the PyTorch path
+"""The native decode step (engine/cpu/native.py, kernels/decoder.c) computes what the PyTorch path
 computes with the same weights, is used where it should be, and steps aside cleanly where it
 cannot be built."""
 
@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from tests.test_layers import _unfused
-from utter.engine import native, native_stack
+from utter.engine.cpu import native, native_stack
+from utter.engine.cpu.quant import Fp16Linear, Int8Linear, _quantize_rows, apply_weight_mode
 from utter.engine.engine import Engine, Request
 from utter.engine.model.layers import DecoderStack, fuse_projections, new_cache
-from utter.engine.quant import Fp16Linear, Int8Linear, _quantize_rows, apply_weight_mode
 from utter.engine.sampling import GenerationOptions, SamplingOptions
 
 pytestmark = pytest.mark.skipif(native.library() is None, reason="native kernels cannot be built here")
@@ -146,7 +146,7 @@ def test_disabled_or_unbuildable_kernels_leave_the_pytorch_path(
         native.build(str(broken))
     native.library.cache_clear()
     try:
-        with caplog.at_level(logging.WARNING, logger="utter.engine.native"):
+        with caplog.at_level(logging.WARNING, logger="utter.engine.cpu.native"):
             assert native.library() is None
         assert "native decode kernels unavailable" in caplog.text
         monkeypatch.undo()

@@ -15,9 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
-from utter.engine import native
-from utter.engine.engine import Engine, Request
-from utter.engine.quant import (
+from utter.engine.cpu import native
+from utter.engine.cpu.quant import (
     OUTLIER_CREST,
     WEIGHT_MODES,
     Fp16Linear,
@@ -33,6 +32,7 @@ from utter.engine.quant import (
     onednn_int8_available,
     onednn_int8_exact,
 )
+from utter.engine.engine import Engine, Request
 from utter.engine.sampling import GenerationOptions
 from utter.engine.voice import VoicePrompt
 

@@ -44,7 +44,7 @@ def server(engine, family, tmp_path_factory):
 def _served(engine, request) -> np.ndarray:
     """What a server's batcher makes of ``request`` on ``engine`` (the prefix cache splits the
     prefill as a server does, which can move float32 rounding and so greedy choices)."""
-    from utter.engine.batcher import Batcher
+    from utter.engine.sched.batcher import Batcher
 
     with Batcher(engine) as batcher:
         return batcher.submit(request).audio()

@@ -17,8 +17,8 @@ from utter.dev.tiny_checkpoint import _config
 from utter.engine.config import ModelConfig
 from utter.engine.model.talker import Talker
 from utter.engine.prompt import build_prompt
-from utter.engine.runner import Runner, Sequence
 from utter.engine.sampling import GenerationOptions
+from utter.engine.sched.runner import Runner, Sequence
 from utter.engine.voice import VoicePrompt
 
 qwen_tts = import_qwen_tts()

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from tests.conftest import REF_TEXT
-from utter.engine.batcher import Batcher
 from utter.engine.engine import Request
 from utter.engine.sampling import GenerationOptions
-from utter.engine.textfeed import TextFeed
+from utter.engine.sched.batcher import Batcher
+from utter.engine.sched.textfeed import TextFeed
 
 TEXTS = [
     "Hello there, this is a streamed reply from a language model.",

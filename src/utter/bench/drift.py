@@ -35,8 +35,8 @@ CAPS = (
 
 def measure(model: str, batch: int = 2, length: int = 16, seed: int = 0) -> dict[str, Any]:
     """Drift of every case in ``CASES`` against the float32 talker of ``model`` (a folder)."""
+    from ..engine.cpu.quant import Int8Linear, apply_weight_mode, cpu_isa, logit_drift
     from ..engine.engine import Engine
-    from ..engine.quant import Int8Linear, apply_weight_mode, cpu_isa, logit_drift
 
     reference = Engine.load(model, device="cpu", weight_mode="float32", max_batch=1).talker
     rows = []

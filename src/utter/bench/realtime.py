@@ -54,7 +54,7 @@ def playback(arrivals: list[tuple[float, float]]) -> dict:
 def measure_realtime(batcher, voice, opts, frames: int, rates=RATES) -> dict:
     """One fed request per rate through ``batcher`` (``voice``: runner.Speaker, who speaks);
     see the module docstring."""
-    from ..engine.textfeed import TextFeed
+    from ..engine.sched.textfeed import TextFeed
 
     out = {}
     for rate in rates:

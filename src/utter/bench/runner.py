@@ -84,7 +84,7 @@ GPU_MODE_ORDER = ("bfloat16", "float16", "float32")  # int8 has no fast GPU kern
 
 def available_modes(device: str) -> list[str]:
     """Weight modes to compare on ``device``, the engine's default (for one stream) first."""
-    from ..engine.quant import WEIGHT_MODES, default_weight_mode
+    from ..engine.cpu.quant import WEIGHT_MODES, default_weight_mode
 
     default = default_weight_mode(device)
     order = GPU_MODE_ORDER if device.startswith("cuda") else CPU_MODE_ORDER
@@ -95,7 +95,7 @@ def available_modes(device: str) -> list[str]:
 
 
 def load_engine(model: str, device: str, mode: str, max_batch: int):
-    """Our engine with ``mode`` weights (see ``utter.engine.quant``)."""
+    """Our engine with ``mode`` weights (see ``utter.engine.cpu.quant``)."""
     from ..engine.engine import Engine
 
     return Engine.load(model, device=device, weight_mode=mode, max_batch=max_batch)
@@ -256,7 +256,7 @@ def measure(spec: dict) -> dict:
     import torch
 
     from ..audio import write_wav
-    from ..engine.batcher import Batcher
+    from ..engine.sched.batcher import Batcher
 
     spawned, device, mode = spec["spawned_at"], spec["device"], spec["mode"]
     suite, frames, workdir = set(spec["suite"]), spec["frames"], Path(spec["workdir"])

@@ -1,6 +1,6 @@
 """The public engine: load a checkpoint, turn reference audio into voices, turn text into speech.
 
-Everything is built on one decode loop (:class:`~utter.engine.runner.Runner`): a batch of
+Everything is built on one decode loop (:class:`~utter.engine.sched.runner.Runner`): a batch of
 requests is a set of sequences stepped together, and frames come out as they are made.
 """
 
@@ -20,19 +20,19 @@ import numpy as np
 import torch
 
 from ..audio import SAMPLE_RATE, load_audio, resample
-from . import native_stack
 from .checkpoint import resolve_checkpoint, weight_files
 from .config import GenerationDefaults, ModelConfig
+from .cpu import native_stack
+from .cpu.quant import WEIGHT_MODES, activation_dtype, apply_weight_mode, default_weight_mode, fast_bfloat16
 from .model.layers import fuse_projections
 from .model.qwen3_tts import Qwen3TTSWeights
 from .model.speaker_encoder import extract_speaker_embedding
 from .prompt import build_prompt
-from .quant import WEIGHT_MODES, activation_dtype, apply_weight_mode, default_weight_mode, fast_bfloat16
-from .runner import Runner, Sequence
 from .sampling import GenerationOptions, SamplingOptions
+from .sched.runner import Runner, Sequence
+from .sched.textfeed import TextFeed
 from .streaming import CHUNK_FRAMES, FIRST_CHUNK_FRAMES, AudioStream, PcmChunker
 from .text import ROLE_TOKENS, TARGET_TAIL, TextTokenizer
-from .textfeed import TextFeed
 from .voice import VoicePrompt
 from .weights import load_weights
 
@@ -160,7 +160,7 @@ class Engine:
 
         ``weight_mode`` (float32, bfloat16, float16 or int8; ``dtype`` is an alias for the float
         ones) defaults to the fastest safe mode for the device (see
-        :func:`~utter.engine.quant.default_weight_mode`): int8 on CPUs, bfloat16 on GPUs.
+        :func:`~utter.engine.cpu.quant.default_weight_mode`): int8 on CPUs, bfloat16 on GPUs.
         ``max_batch`` also picks the CPU int8 kernel (fbgemm for one stream, oneDNN for batches)
         and, in every mode but float32, the codec decoder runs in bfloat16 where that is native.
 

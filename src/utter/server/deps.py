@@ -11,8 +11,8 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from ..engine.batcher import Batcher
 from ..engine.engine import Engine
+from ..engine.sched.batcher import Batcher
 from .asr import AsrHolder
 from .errors import ApiError
 from .jobs import JobManager
@@ -33,6 +33,7 @@ class Service:
     jobs: JobManager
     asr: AsrHolder
     models: ModelSet  # the main model (``holder``) and any extra ones
+
 
 def get_service(request: Request) -> Service:
     return request.app.state.service

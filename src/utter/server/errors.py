@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..audio import AudioError
-from ..engine.batcher import QueueFullError
+from ..engine.sched.batcher import QueueFullError
 from .runtime import ModelNotReady, ModelState
 
 ERROR_TYPES = {

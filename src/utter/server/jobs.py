@@ -22,7 +22,7 @@ from typing import Any, BinaryIO
 
 from ..audio import SAMPLE_RATE
 from ..audio.encode import PcmEncoder, wav_header
-from ..engine.batcher import Stream
+from ..engine.sched.batcher import Stream
 from .errors import ApiError
 
 logger = logging.getLogger(__name__)

@@ -1,7 +1,7 @@
 """A WebSocket speech session whose text arrives while its audio is sent (voice agents).
 
 The text comes in messages (an LLM's reply, token by token) and goes into a
-:class:`~utter.engine.textfeed.TextFeed`; the request starts speaking with its first final
+:class:`~utter.engine.sched.textfeed.TextFeed`; the request starts speaking with its first final
 word and the engine parks it whenever it runs out of text. Audio goes out as it is made.
 Two protocols share this: our own (``routes_realtime.py``) and ElevenLabs' ``stream-input``
 (``routes_elevenlabs.py``); each says how messages look, this module does the rest: auth,
@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from ..audio.encode import AudioEncoder
-from ..engine.batcher import Batcher, QueueFullError, Stream, WorkerError
 from ..engine.engine import Request
 from ..engine.sampling import GenerationOptions
-from ..engine.textfeed import TextFeed
+from ..engine.sched.batcher import Batcher, QueueFullError, Stream, WorkerError
+from ..engine.sched.textfeed import TextFeed
 from ..engine.voice import VoicePrompt
 from .deps import Service
 from .errors import ApiError

@@ -33,9 +33,9 @@ from starlette.websockets import WebSocketDisconnect
 
 from ..asr.whisper import LANGUAGE_NAMES
 from ..audio.formats import FormatEncoder, OutputFormat, parse_output_format
-from ..engine.batcher import Stream
 from ..engine.engine import Engine
 from ..engine.sampling import GenerationOptions
+from ..engine.sched.batcher import Stream
 from .deps import BatcherDep, Service, ServiceDep
 from .errors import ApiError
 from .realtime import POLICY_VIOLATION, Incoming, SessionError, TextInSession, key_of, key_ok

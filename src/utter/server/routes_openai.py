@@ -22,7 +22,7 @@ from fastapi.responses import Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from ..audio.encode import FORMATS, LENGTH_IN_HEADER, AudioEncoder, encode_audio, make_encoder
-from ..engine.batcher import Batcher
+from ..engine.sched.batcher import Batcher
 from ..engine.voice import VoicePrompt
 from .deps import Service, ServiceDep
 from .errors import ApiError

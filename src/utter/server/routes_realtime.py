@@ -28,7 +28,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.websockets import WebSocketDisconnect
 
 from ..audio.encode import make_encoder
-from ..engine.batcher import Stream
+from ..engine.sched.batcher import Stream
 from .deps import Service
 from .errors import ApiError
 from .realtime import POLICY_VIOLATION, Incoming, SessionError, TextInSession, key_of, key_ok

@@ -15,7 +15,7 @@ from fastapi.responses import Response, StreamingResponse
 
 from ..audio import SAMPLE_RATE
 from ..audio.encode import encode_audio, make_encoder
-from ..engine.batcher import Batcher, Stream
+from ..engine.sched.batcher import Batcher, Stream
 from .deps import BatcherDep, Service, ServiceDep
 from .errors import ApiError
 from .schemas import CloneBatchRequest, CloneBatchResponse, CloneRequest

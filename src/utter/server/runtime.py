@@ -3,7 +3,7 @@
 A server must answer /health (and say "downloading 40%") while a 4 GB checkpoint is still on
 its way, so nothing here blocks the caller: :meth:`EngineHolder.start` returns at once and a
 background thread resolves the checkpoint (with progress), loads the engine and starts the
-:class:`~utter.engine.batcher.Batcher`. Request handlers call :meth:`EngineHolder.wait_ready`,
+:class:`~utter.engine.sched.batcher.Batcher`. Request handlers call :meth:`EngineHolder.wait_ready`,
 which either hands them the batcher or raises :class:`ModelNotReady` with a message that says
 what is happening and what to do. The studio builds against this same object.
 """
@@ -18,9 +18,9 @@ import time
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
-from ..engine.batcher import Batcher
 from ..engine.checkpoint import CheckpointError
 from ..engine.engine import MAX_FRAMES, Engine
+from ..engine.sched.batcher import Batcher
 from ..engine.streaming import CHUNK_FRAMES, FIRST_CHUNK_FRAMES
 
 if TYPE_CHECKING:

@@ -17,9 +17,9 @@ import numpy as np
 from starlette.requests import Request as HttpRequest
 
 from ..audio.encode import AudioEncoder
-from ..engine.batcher import Batcher, QueueFullError, Stream, WorkerError
 from ..engine.engine import Engine, Request
 from ..engine.sampling import GenerationOptions, SamplingOptions
+from ..engine.sched.batcher import Batcher, QueueFullError, Stream, WorkerError
 from ..engine.voice import VoicePrompt
 from .errors import ApiError, busy
 from .schemas import SamplingFields

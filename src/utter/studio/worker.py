@@ -20,7 +20,7 @@ import numpy as np
 from sqlalchemy import select
 
 from ..audio import SAMPLE_RATE, AudioError
-from ..engine.batcher import QueueFullError, WorkerError
+from ..engine.sched.batcher import QueueFullError, WorkerError
 from ..server.runtime import ModelNotReady, ModelState
 from .jobs import JobQueue, make_worker_id
 from .models import Generation, Task, Voice

@@ -239,7 +239,7 @@ class DecoderStack(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.rotary = Rotary(cfg.head_dim, cfg.rope_theta)
-        # A whole-stack decode step in C for one sequence (engine/native_stack.py), set after loading.
+        # A whole-stack decode step in C for one sequence (engine/cpu/native_stack.py), set after loading.
         self.native: NativeStack | None = None
 
     def run(

@@ -1,7 +1,7 @@
 """The talker (predicts codebook 0 of each 80 ms frame) and the code predictor (codebooks 1..N-1).
 
 Module and parameter names mirror the official checkpoint under the ``talker.`` prefix, so
-``model.safetensors`` loads by name. The decode loop itself lives in ``engine/runner.py``; these
+``model.safetensors`` loads by name. The decode loop itself lives in ``engine/sched/runner.py``; these
 modules only hold weights and expose the few pure operations the loop needs.
 """
 

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .engine import MAX_FRAMES, Engine, Request
+from ..engine import MAX_FRAMES, Engine, Request
+from ..streaming import CHUNK_FRAMES, FIRST_CHUNK_FRAMES, PcmChunker, push_together
 from .runner import Sequence
-from .streaming import CHUNK_FRAMES, FIRST_CHUNK_FRAMES, PcmChunker, push_together
 
 logger = logging.getLogger(__name__)
 

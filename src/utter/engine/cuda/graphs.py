@@ -26,10 +26,10 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .sampling import SamplingPlan
+from ..sampling import SamplingPlan
 
 if TYPE_CHECKING:
-    from .runner import Runner
+    from ..sched.runner import Runner
 
 logger = logging.getLogger(__name__)
 

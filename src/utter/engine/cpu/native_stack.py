@@ -15,8 +15,8 @@ import logging
 import torch
 from torch import nn
 
+from ..model.layers import DecoderStack
 from . import native
-from .model.layers import DecoderStack
 from .native import PRODUCTS, LayerStruct, StackStruct
 from .quant import Fp16Linear, Int8Linear
 

@@ -10,7 +10,7 @@
  * float16 weights against float32 activations, and everything else is a few loops over L1-sized
  * arrays.
  *
- * Built at run time by utter/engine/native.py with the machine's C compiler (-O3 -march=native
+ * Built at run time by utter/engine/cpu/native.py with the machine's C compiler (-O3 -march=native
  * -fopenmp) and called through ctypes: no Python or torch headers are needed. Products split
  * their output rows (attention its heads) across OpenMP threads. Loaded after torch, the library's
  * libgomp.so.1 resolves to the copy torch already loaded, so both share one team of threads: a

@@ -543,7 +543,7 @@ def _compare(ref: torch.Tensor, cand: torch.Tensor) -> tuple[float, float, float
 
 def _talker_logits(talker: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Talker over input embeddings x [B, S, D] from position 0: logits [B, S, V], hidden [B, S, D]."""
-    from .model.layers import new_cache  # local import: no model import at module load
+    from ..model.layers import new_cache  # local import: no model import at module load
 
     dtype, device = talker.codec_head.weight.dtype, talker.codec_head.weight.device
     b, s, _ = x.shape
@@ -554,7 +554,7 @@ def _talker_logits(talker: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, to
 
 def _predictor_logits(talker: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Code predictor over x [B, G, D] (talker hidden, then one embedding per codebook) -> [B, G-1, V]."""
-    from .model.layers import new_cache
+    from ..model.layers import new_cache
 
     dtype, device = talker.codec_head.weight.dtype, talker.codec_head.weight.device
     cp = talker.code_predictor

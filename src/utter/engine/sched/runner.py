@@ -18,16 +18,16 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .config import ModelConfig
-from .model.layers import new_cache
-from .model.talker import Talker
+from ..config import ModelConfig
+from ..model.layers import new_cache
+from ..model.talker import Talker
+from ..prompt import TalkerPrompt
 from .parking import ParkedRow, park, starved, unpark
-from .prompt import TalkerPrompt
 
 if TYPE_CHECKING:
-    from .graphs import StepGraphs
+    from ..cuda.graphs import StepGraphs
     from .textfeed import TextFeed
-from .sampling import GenerationOptions, SamplingPlan, apply_repetition_penalty, sample
+from ..sampling import GenerationOptions, SamplingPlan, apply_repetition_penalty, sample
 
 logger = logging.getLogger(__name__)
 
@@ -175,7 +175,7 @@ class Runner:
         """Switch to fixed shapes: ``max_batch`` rows x ``max_len`` positions allocated once, the
         decode step run per batch-size bucket, and on CUDA replayed from captured graphs
         (``capture`` defaults to True on CUDA). On the CPU the same fixed-shape code runs eagerly."""
-        from .graphs import StepGraphs
+        from ..cuda.graphs import StepGraphs
 
         if self.rows:
             raise RuntimeError("enable graphs before the first request")
