@@ -73,7 +73,8 @@ def register(subparsers) -> argparse.ArgumentParser:
         dest="weight_modes",
         type=_csv(str),
         default=None,
-        help="our weight modes to compare; the first gets the full suite (default: all, default first)",
+        help="our weight modes to compare; the first gets the full suite (default: all, default first); "
+        "a mode with +compile (bfloat16+compile) runs with the decoder layers compiled",
     )
     p.add_argument(
         "--official-dtype",
@@ -145,7 +146,7 @@ def _settings(args: argparse.Namespace) -> dict:
     import torch
 
     from .common import checkpoint_size, default_checkpoint_cache, ensure_checkpoint, official_installed
-    from .runner import available_modes
+    from .runner import COMPILED, available_modes
     from .workload import TEXTS, text_frames
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -165,7 +166,8 @@ def _settings(args: argparse.Namespace) -> dict:
         model = ensure_checkpoint(args.size, cache, seed=args.seed, variant=args.variant)
     modes = args.weight_modes or available_modes(device)
     known = set(available_modes(device)) | {"int8"}
-    unknown = [m for m in modes if m not in known]
+    # "<mode>+compile": the same weights with the decoder layers compiled (engine/cuda/fusion.py)
+    unknown = [m for m in modes if m.removesuffix(COMPILED) not in known]
     if unknown:
         raise ValueError(
             f"unknown weight mode(s) {', '.join(unknown)}; choose from {', '.join(sorted(known))}"

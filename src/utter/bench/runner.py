@@ -94,11 +94,17 @@ def available_modes(device: str) -> list[str]:
     return [default] + [m for m in ranked if m != default]
 
 
+COMPILED = "+compile"  # a weight mode with this suffix runs with compiled decoder layers
+
+
 def load_engine(model: str, device: str, mode: str, max_batch: int):
-    """Our engine with ``mode`` weights (see ``utter.engine.cpu.quant``)."""
+    """Our engine with ``mode`` weights (see ``utter.engine.cpu.quant``); ``<mode>+compile``
+    compiles its decoder layers (``utter.engine.cuda.fusion``)."""
     from ..engine.engine import Engine
 
-    return Engine.load(model, device=device, weight_mode=mode, max_batch=max_batch)
+    compiled = mode.endswith(COMPILED)
+    weights = mode.removesuffix(COMPILED)
+    return Engine.load(model, device=device, weight_mode=weights, max_batch=max_batch, compile=compiled)
 
 
 def _options(engine, frames: int, sample: bool, seed: int):

@@ -24,6 +24,7 @@ from .checkpoint import resolve_checkpoint, weight_files
 from .config import GenerationDefaults, ModelConfig
 from .cpu import native_stack
 from .cpu.quant import WEIGHT_MODES, activation_dtype, apply_weight_mode, default_weight_mode, fast_bfloat16
+from .cuda import fusion
 from .model.layers import fuse_projections
 from .model.qwen3_tts import Qwen3TTSWeights
 from .model.speaker_encoder import extract_speaker_embedding
@@ -155,6 +156,7 @@ class Engine:
         max_batch: int = 16,
         max_len: int = 4096,
         weight_mode: str | None = None,
+        compile: bool | None = None,
     ) -> Engine:
         """Load a checkpoint folder or hub id (see :func:`resolve_checkpoint`).
 
@@ -167,6 +169,10 @@ class Engine:
         On CUDA the decode step runs from captured graphs (``cuda_graphs``, default on), with
         caches for ``max_batch`` concurrent requests of up to ``max_len`` positions allocated
         once; elsewhere caches grow as needed.
+
+        ``compile`` (default: ``UTTER_COMPILE``, else off) fuses the decoder layers with
+        torch.compile (see ``engine/cuda/fusion.py``; float weight modes), compiled here, before
+        any graph is captured.
         """
         device = device or default_device()
         if weight_mode and dtype and weight_mode != dtype:
@@ -200,6 +206,11 @@ class Engine:
             dt,
             mode,
         )
+        if fusion.wanted(compile):
+            compiling = time.perf_counter()
+            stacks = [engine.talker.model, engine.talker.code_predictor.model]
+            if fusion.fuse(stacks) and fusion.warm(stacks, dev, dt):
+                logger.info("decoder layers compiled in %.1fs", time.perf_counter() - compiling)
         if dev.type == "cuda" and cuda_graphs is not False:
             engine.runner.enable_graphs(max_batch, max_len)
         logger.info(

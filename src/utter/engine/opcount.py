@@ -68,3 +68,45 @@ def count_ops(fn: Callable[[], Any]) -> tuple[Any, OpCounter]:
     with OpCounter() as counter:
         result = fn()
     return result, counter
+
+
+# Profiler events that do no work of their own (views, allocations, type queries).
+_NO_WORK = frozenset("aten::" + name.split(".")[1] for name in VIEW_OPS) | {
+    "aten::empty",
+    "aten::empty_strided",
+    "aten::empty_like",
+    "aten::resolve_conj",
+    "aten::resolve_neg",
+    "aten::result_type",
+}
+
+
+def _outermost_op(event: Any) -> bool:
+    """Whether no aten op encloses ``event`` (it was called from Python or compiled code)."""
+    parent = event.cpu_parent
+    while parent is not None:
+        if parent.name.startswith("aten::"):
+            return False
+        parent = parent.cpu_parent
+    return True
+
+
+def count_kernels(fn: Callable[[], Any]) -> tuple[Any, int]:
+    """Run ``fn()`` under the profiler and count what it launches on the CPU: the outermost aten
+    ops that do work (as :func:`count_ops` counts them; views, allocations and a ``to`` that
+    converts nothing excluded) plus the kernels that compiled code generated. Unlike
+    :func:`count_ops` this sees into compiled code (dispatch modes and torch.compile do not
+    mix), so eager and fused layers compare on one scale. Compiled CPU kernels are seen only
+    when compiled with ``torch._inductor.config.cpp.enable_kernel_profile`` on (see
+    ``cuda.fusion.profile_kernels``)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        result = fn()
+    count = 0
+    for event in prof.events():
+        if "cpp_fused" in event.name or "triton_" in event.name:
+            count += 1
+        elif event.name.startswith("aten::") and event.name not in _NO_WORK and _outermost_op(event):
+            count += event.name != "aten::to" or bool(event.cpu_children)
+    return result, count

@@ -8,6 +8,7 @@ on GPUs, captured as a graph.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
@@ -132,38 +133,47 @@ class Attention(nn.Module):
         self.qk_norm_eps = self.q_norm.eps
         del self.q_norm, self.k_norm
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        rope: tuple[torch.Tensor, torch.Tensor],
-        cache: tuple[torch.Tensor, torch.Tensor],
-        where: int | torch.Tensor,
-        mask: torch.Tensor | None,
-        kv_len: int,
-    ) -> torch.Tensor:
-        """x: [B, S, D]; rope: cos and signed sin broadcastable to [B, 1, S, head_dim]; cache: k, v
-        of [B, n_kv, T, head_dim]; ``where``: the first position of every row (an int: all rows
-        aligned, the common case) or positions [B, S]; mask: [B or 1, 1, S, kv_len] or None
-        (every query sees all kv_len slots)."""
+    def project(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k, v of x [B, S, D] as [B, heads, S, head_dim]: projected, q and k normalised per
+        head and rotated (cos and signed sin broadcastable to [B, 1, S, head_dim])."""
         b, s, _ = x.shape
         if self.qk_norm_weight is not None:  # fused
             heads = self.n_heads + self.n_kv
             qk, v = self.qkv(x).split([heads * self.head_dim, self.n_kv * self.head_dim], dim=-1)
             qk = rms_norm(qk.view(b, s, heads, self.head_dim), self.qk_norm_weight, self.qk_norm_eps)
-            qk = rotate(qk.transpose(1, 2), *rope)  # [B, heads, S, head_dim]
+            qk = rotate(qk.transpose(1, 2), cos, sin)  # [B, heads, S, head_dim]
             q, k = qk[:, : self.n_heads], qk[:, self.n_heads :]
         else:
             q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
             q = self.q_norm(q.view(b, s, self.n_heads, self.head_dim)).transpose(1, 2)
             k = self.k_norm(k.view(b, s, self.n_kv, self.head_dim)).transpose(1, 2)
-            q, k = rotate(q, *rope), rotate(k, *rope)
-        v = v.view(b, s, self.n_kv, self.head_dim).transpose(1, 2)
+            q, k = rotate(q, cos, sin), rotate(k, cos, sin)
+        return q, k, v.view(b, s, self.n_kv, self.head_dim).transpose(1, 2)
+
+    def attend(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        cache: tuple[torch.Tensor, torch.Tensor],
+        where: int | torch.Tensor,
+        mask: torch.Tensor | None,
+        kv_len: int,
+    ) -> torch.Tensor:
+        """Write k, v into the cache and attend: returns [B, S, heads * head_dim] (before o_proj).
+
+        cache: k, v of [B, n_kv, T, head_dim]; ``where``: the first position of every row (an
+        int: all rows aligned, the common case) or positions [B, S]; mask: [B or 1, 1, S, kv_len]
+        or None (every query sees all kv_len slots)."""
+        b, _, s, _ = q.shape
         k_cache, v_cache = cache
         if isinstance(where, int):  # aligned rows: a plain slice write
             k_cache[:, :, where : where + s] = k
             v_cache[:, :, where : where + s] = v
         else:  # cache[b, :, pos[b, s]] = k[b, :, s]
-            rows = torch.arange(b, device=x.device)[:, None]
+            rows = torch.arange(b, device=q.device)[:, None]
             k_cache[rows, :, where] = k.transpose(1, 2).to(k_cache.dtype)
             v_cache[rows, :, where] = v.transpose(1, 2).to(v_cache.dtype)
         out = F.scaled_dot_product_attention(
@@ -173,7 +183,20 @@ class Attention(nn.Module):
             attn_mask=mask,
             enable_gqa=self.n_heads != self.n_kv,
         )
-        return self.o_proj(out.transpose(1, 2).reshape(b, s, self.n_heads * self.head_dim))
+        return out.transpose(1, 2).reshape(b, s, self.n_heads * self.head_dim)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        cache: tuple[torch.Tensor, torch.Tensor],
+        where: int | torch.Tensor,
+        mask: torch.Tensor | None,
+        kv_len: int,
+    ) -> torch.Tensor:
+        """x: [B, S, D] -> [B, S, D]: :meth:`project`, :meth:`attend`, then o_proj."""
+        q, k, v = self.project(x, *rope)
+        return self.o_proj(self.attend(q, k, v, cache, where, mask, kv_len))
 
 
 class MLP(nn.Module):
@@ -226,8 +249,24 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
     def forward(self, x, rope, cache, where, mask, kv_len) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), rope, cache, where, mask, kv_len)
-        return x + self.mlp(self.post_attention_layernorm(x))
+        q, k, v = layer_qkv(self, x, *rope)
+        return layer_out(self, x, self.self_attn.attend(q, k, v, cache, where, mask, kv_len))
+
+
+def layer_qkv(
+    layer: DecoderLayer, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A layer's work before attention: input norm, q/k/v, q/k norms, rotary.
+
+    A plain function of the layer so that one compiled version serves every layer of a stack
+    (see ``engine/cuda/fusion.py``); the KV-cache write and attention stay outside it."""
+    return layer.self_attn.project(layer.input_layernorm(x), cos, sin)
+
+
+def layer_out(layer: DecoderLayer, x: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
+    """A layer's work after attention: o_proj, residual, post norm, MLP, residual."""
+    x = x + layer.self_attn.o_proj(attended)
+    return x + layer.mlp(layer.post_attention_layernorm(x))
 
 
 class DecoderStack(nn.Module):
@@ -241,6 +280,8 @@ class DecoderStack(nn.Module):
         self.rotary = Rotary(cfg.head_dim, cfg.rope_theta)
         # A whole-stack decode step in C for one sequence (engine/cpu/native_stack.py), set after loading.
         self.native: NativeStack | None = None
+        # Compiled (fused) versions of layer_qkv and layer_out (engine/cuda/fusion.py), or None.
+        self.fused: tuple[Callable, Callable] | None = None
 
     def run(
         self,
@@ -273,8 +314,10 @@ class DecoderStack(nn.Module):
             keys = torch.arange(kv_len, device=x.device)
             mask = keys[None, None, None, :] <= positions[:, None, :, None]  # [B, 1, S, kv_len]
         k_all, v_all = cache
+        qkv, out = self.fused or (layer_qkv, layer_out)
         for i, layer in enumerate(self.layers):
-            x = layer(x, rope, (k_all[i], v_all[i]), positions, mask, kv_len)
+            q, k, v = qkv(layer, x, *rope)
+            x = out(layer, x, layer.self_attn.attend(q, k, v, (k_all[i], v_all[i]), positions, mask, kv_len))
         return self.norm(x)
 
 

@@ -1,0 +1,129 @@
+"""Fused decoder layers: the work around attention compiled by torch.compile (inductor).
+
+On a GPU a frame is ~110 layer passes (one talker step and 15 code-predictor steps), and in
+eager PyTorch each pass is ~40 kernels, most of them 1-3 us elementwise ops (norms, rotary,
+residuals, the SiLU gate) around four matrix products. CUDA graphs remove the launch cost but
+not the kernels: the GPU still runs them one after another. Compiling a layer's two halves
+(``layer_qkv``: input norm, q/k/v product, q/k norms, rotary; ``layer_out``: o_proj, residual,
+post norm, gate/up product, SiLU gate, down product, residual) fuses each run of elementwise
+ops into one kernel beside the products.
+
+The KV-cache write and attention stay eager between the halves: they write into the runner's
+preallocated cache in place (a compiled graph would have to prove it may mutate that view) and
+attention is one SDPA kernel either way.
+
+Each half is one plain function of the layer (``model/layers.py``), compiled once per stack
+shape and reused by every layer (the layers' weights are inputs of the compiled graph, not
+constants), so compile time does not grow with depth. Shapes are dynamic: one graph serves
+every batch and prompt length. Compiled layers need plain ``nn.Linear`` products (the float
+weight modes; not int8 nor the CPU's packed float16) and the PyTorch path (not the native CPU
+stack). ``fuse`` checks, and falls back to eager layers with one log line when compiling fails.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+from torch import nn
+
+from ..model.layers import DecoderStack, layer_out, layer_qkv, new_cache
+
+logger = logging.getLogger(__name__)
+
+# Variants per compiled function: 2 stacks (talker, code predictor) x batch 1 or more x one
+# position or more (torch specialises sizes of 1), with room to spare.
+RECOMPILE_LIMIT = 64
+
+
+def wanted(asked: bool | None) -> bool:
+    """Whether to compile: ``asked``, else ``UTTER_COMPILE`` (1/0), else off.
+
+    Off by default until GPU measurements show it pays (issue #10): compiling costs start-up
+    time (seconds to a minute on a cold inductor cache) and needs a working inductor backend
+    (Triton on GPUs, a C++ compiler on CPUs)."""
+    if asked is not None:
+        return asked
+    return os.environ.get("UTTER_COMPILE", "0").lower() in ("1", "true", "yes", "on")
+
+
+def fusable(stack: DecoderStack) -> str | None:
+    """Why ``stack``'s layers cannot be compiled, or None when they can."""
+    if stack.native is not None:
+        return "its decode steps run in the native CPU kernels"
+    for layer in stack.layers:
+        for module in layer.modules():  # Int8Linear, Fp16Linear (cpu/quant.py)
+            if type(module) is not nn.Linear and type(module).__name__.endswith("Linear"):
+                return f"its products use {type(module).__name__} weights (compile needs float weights)"
+    return None
+
+
+def _raise_recompile_limit() -> None:
+    config = torch._dynamo.config
+    for name in ("recompile_limit", "cache_size_limit"):  # the name changed across versions
+        if hasattr(config, name) and getattr(config, name) < RECOMPILE_LIMIT:
+            setattr(config, name, RECOMPILE_LIMIT)
+
+
+def fuse(stacks: list[DecoderStack]) -> bool:
+    """Compile the layers of ``stacks``; returns whether they now run compiled.
+
+    One pair of compiled functions for all stacks: torch guards on each stack's shapes and
+    compiles a variant per shape on first use (that first call is the slow one: run it before
+    capturing CUDA graphs, which ``enable_graphs`` does in its warm-up)."""
+    for stack in stacks:
+        why = fusable(stack)
+        if why is not None:
+            logger.info("layers not compiled: %s", why)
+            return False
+    _raise_recompile_limit()
+    try:
+        pair = (
+            torch.compile(layer_qkv, dynamic=True, fullgraph=True),
+            torch.compile(layer_out, dynamic=True, fullgraph=True),
+        )
+    except Exception as exc:  # noqa: BLE001 - no backend here: stay eager, say why once
+        logger.warning("layers not compiled (torch.compile unavailable: %s)", exc)
+        return False
+    for stack in stacks:
+        stack.fused = pair
+    return True
+
+
+def unfuse(stacks: list[DecoderStack]) -> None:
+    """Back to eager layers (after a failed first compiled call)."""
+    for stack in stacks:
+        stack.fused = None
+
+
+def warm(stacks: list[DecoderStack], device: torch.device, dtype: torch.dtype) -> bool:
+    """Compile now, through each stack's own ``run`` on a small scratch cache (one row and two,
+    one position and three, aligned and per-row positions: every variant the runner uses),
+    instead of inside the first request; on failure go back to eager layers and log why.
+    Returns whether the layers run compiled."""
+    try:
+        with torch.inference_mode():  # as the runner calls them: the variants compiled are its own
+            for stack in stacks:
+                if stack.fused is None:
+                    continue
+                keys, values = new_cache(stack.cfg, 2, 8, device, dtype)
+                for b in (1, 2):
+                    cache = (keys[:, :b], values[:, :b])
+                    for s in (1, 3):
+                        x = torch.zeros(b, s, stack.cfg.hidden_size, device=device, dtype=dtype)
+                        stack.run(x, cache, 0, kv_len=s)
+                        stack.run(x, cache, torch.arange(s, device=device).expand(b, s), kv_len=s)
+    except Exception:  # noqa: BLE001 - a backend that fails here fails every step: stay eager
+        logger.exception("compiling the decoder layers failed; they run eagerly")
+        unfuse(stacks)
+        return False
+    return True
+
+
+def profile_kernels() -> None:
+    """Make compiled CPU kernels visible to the profiler (``opcount.count_kernels``): set before
+    compiling. For measurements only: it adds a profiler hook to every generated kernel."""
+    import torch._inductor.config as inductor_config
+
+    inductor_config.cpp.enable_kernel_profile = True

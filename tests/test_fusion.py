@@ -1,0 +1,165 @@
+"""Compiled (fused) decoder layers (engine/cuda/fusion.py) compute what the eager layers do, with
+fewer kernels, compiled once for every layer and shape; where they cannot compile, the engine
+stays eager. Run on the CPU (inductor's C++ backend); the GPU check repeats it on CUDA."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from torch._dynamo.utils import counters
+
+from tests.conftest import REF_TEXT
+from utter.engine.cuda import fusion
+from utter.engine.engine import Engine, Request
+from utter.engine.opcount import count_kernels
+from utter.engine.sampling import GenerationOptions, SamplingOptions
+from utter.engine.sched.runner import Runner
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("g++") is None and shutil.which("c++") is None, reason="inductor needs a C++ compiler"
+)
+
+
+def _stacks(engine: Engine) -> list:
+    return [engine.talker.model, engine.talker.code_predictor.model]
+
+
+@pytest.fixture(scope="module")
+def fused(tiny_checkpoint: Path):
+    """A float32 serving engine whose layers are compiled (kernels visible to the profiler), and
+    the number of graphs compiling them took."""
+    fusion.profile_kernels()
+    before = counters["stats"]["unique_graphs"]
+    engine = Engine.load(str(tiny_checkpoint), device="cpu", dtype="float32", max_batch=4, compile=True)
+    assert all(stack.fused is not None for stack in _stacks(engine))
+    return engine, counters["stats"]["unique_graphs"] - before
+
+
+def _eager(engine: Engine):
+    """Context: the same engine with eager layers."""
+
+    class Eager:
+        def __enter__(self):
+            self.saved = [stack.fused for stack in _stacks(engine)]
+            fusion.unfuse(_stacks(engine))
+
+        def __exit__(self, *exc):
+            for stack, pair in zip(_stacks(engine), self.saved):
+                stack.fused = pair
+
+    return Eager()
+
+
+def _requests(engine: Engine, ref_wav: Path) -> list[Request]:
+    voice = engine.create_voice(ref_wav, ref_text=REF_TEXT)
+    xvec = engine.create_voice(ref_wav, x_vector_only=True)
+    sampled = SamplingOptions(do_sample=True, temperature=0.8, top_k=20, top_p=0.9)
+    return [
+        Request(
+            "Compiled layers speak the same words.", voice, "English", GenerationOptions.greedy(max_frames=12)
+        ),
+        Request("两个。", xvec, "Chinese", GenerationOptions.greedy(max_frames=5)),
+        Request("Sampled, too.", voice, "Auto", GenerationOptions(sampled, sampled, seed=3, max_frames=9)),
+    ]
+
+
+def _same(a: list[torch.Tensor], b: list[torch.Tensor]) -> None:
+    for x, y in zip(a, b, strict=True):
+        assert x.shape == y.shape and torch.equal(x, y)
+
+
+def test_compiled_layers_make_the_eager_codes(fused, ref_wav) -> None:
+    engine, _ = fused
+    reqs = _requests(engine, ref_wav)
+    compiled_batch = engine.generate_codes(reqs)  # batched admission and steps, greedy and sampled
+    compiled_alone = [engine.generate_codes([r])[0] for r in reqs]  # one row: aligned positions
+    with _eager(engine):
+        eager_batch = engine.generate_codes(reqs)
+        eager_alone = [engine.generate_codes([r])[0] for r in reqs]
+    _same(compiled_batch, eager_batch)
+    _same(compiled_alone, eager_alone)
+    # The fixed-shape steps CUDA graphs replay (batch buckets, length buckets) with compiled layers.
+    saved, engine.runner = engine.runner, Runner(engine.talker, engine.config)
+    try:
+        engine.runner.enable_graphs(max_batch=4, max_len=512, capture=False)
+        _same(engine.generate_codes(reqs), eager_batch)
+    finally:
+        engine.runner = saved
+
+
+def test_one_compile_serves_every_layer_and_shape(fused, ref_wav) -> None:
+    """Every layer of a stack shares one compiled graph per shape kind (compile time does not
+    grow with depth), and the variants compiled at load cover what requests run: serving
+    compiles nothing more."""
+    engine, compiled_at_load = fused
+    layers = sum(len(stack.layers) for stack in _stacks(engine))
+    # 2 functions x 2 stacks x (one row or more) x (one position or more), whatever the depth.
+    assert 0 < compiled_at_load <= 16 < 2 * layers * 4
+    before = counters["stats"]["unique_graphs"]
+    engine.generate_codes(_requests(engine, ref_wav))
+    assert counters["stats"]["unique_graphs"] == before
+
+
+def _step_kernels(engine: Engine, reqs: list[Request]) -> int:
+    runner = engine.runner
+    with torch.inference_mode():
+        runner.add_many([engine._sequence(r) for r in reqs])
+        try:
+            runner.step()
+            return count_kernels(runner.step)[1]
+        finally:
+            for seq in list(runner.rows):
+                runner.cancel(seq)
+
+
+def test_compiled_layers_launch_fewer_kernels(fused, ref_wav) -> None:
+    """The CPU proxy for GPU launches: a compiled step runs about 12 kernels per layer pass
+    (five fused, four products, two cache writes, attention) against ~25 eager."""
+    engine, _ = fused
+    reqs = [r for r in _requests(engine, ref_wav) if not r.options.talker.do_sample][:2]
+    compiled = _step_kernels(engine, reqs)
+    with _eager(engine):
+        eager = _step_kernels(engine, reqs)
+    assert compiled < 0.8 * eager, (compiled, eager)
+
+
+def test_weights_that_cannot_compile_stay_eager(tiny_checkpoint, ref_wav, caplog) -> None:
+    with caplog.at_level(logging.INFO, logger="utter.engine.cuda.fusion"):
+        engine = Engine.load(
+            str(tiny_checkpoint), device="cpu", weight_mode="int8", max_batch=4, compile=True
+        )
+    assert all(stack.fused is None for stack in _stacks(engine))
+    assert "layers not compiled" in caplog.text and "Int8Linear" in caplog.text
+    voice = engine.create_voice(ref_wav, x_vector_only=True)
+    assert engine.generate_codes(
+        [Request("Still speaks.", voice, "English", GenerationOptions.greedy(max_frames=3))]
+    )
+
+
+def test_a_compiler_that_fails_leaves_eager_layers(tiny_checkpoint, ref_wav, monkeypatch, caplog) -> None:
+    def broken(fn, **_):
+        def run(*args, **kwargs):
+            raise RuntimeError("no backend on this machine")
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken)
+    with caplog.at_level(logging.ERROR, logger="utter.engine.cuda.fusion"):
+        engine = Engine.load(str(tiny_checkpoint), device="cpu", dtype="float32", max_batch=4, compile=True)
+    assert all(stack.fused is None for stack in _stacks(engine))
+    assert "compiling the decoder layers failed" in caplog.text
+    voice = engine.create_voice(ref_wav, x_vector_only=True)
+    assert engine.generate_codes(
+        [Request("Still speaks.", voice, "English", GenerationOptions.greedy(max_frames=3))]
+    )
+
+
+def test_compile_is_asked_for_by_argument_or_environment(monkeypatch) -> None:
+    monkeypatch.delenv("UTTER_COMPILE", raising=False)
+    assert not fusion.wanted(None) and fusion.wanted(True)
+    monkeypatch.setenv("UTTER_COMPILE", "1")
+    assert fusion.wanted(None) and not fusion.wanted(False)
