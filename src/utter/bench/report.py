@@ -206,7 +206,7 @@ def table(doc: dict) -> str:
         ("codec decode (ms/frame)", [_fmt(_get(r, "frame", "codec_ms"), 1) for _, r in cols]),
         ("x real time, 1 stream (all in)", [_fmt(_get(r, "frame", "x_realtime")) for _, r in cols]),
         (
-            "aten ops dispatched per frame, 1 stream",
+            "ops that do work per frame, host side (views excluded), 1 stream",
             [_fmt(_get(r, "frame", "kernels_per_frame"), 0) for _, r in cols],
         ),
         (

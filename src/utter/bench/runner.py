@@ -104,6 +104,10 @@ def load_engine(model: str, device: str, mode: str, max_batch: int):
 
     compiled = mode.endswith(COMPILED)
     weights = mode.removesuffix(COMPILED)
+    if compiled and not device.startswith("cuda"):
+        from ..engine.cuda.fusion import profile_kernels
+
+        profile_kernels()  # compiled CPU kernels counted per frame (see _step_counts)
     return Engine.load(model, device=device, weight_mode=weights, max_batch=max_batch, compile=compiled)
 
 
@@ -161,14 +165,20 @@ def _step_counts(engine, voice, opts, device: str) -> dict:
     """What one warm decode step of one stream dispatches: aten ops (the CPU-side count; work
     inside native kernels or replayed CUDA graphs dispatches none) and, on CUDA, the GPU kernels
     the profiler sees."""
-    from ..engine.opcount import count_ops
+    from ..engine.opcount import count_kernels, count_ops
 
     runner = engine.runner
     runner.add(engine._sequence(voice.request(SHORT, opts)))
     try:
         runner.step()
-        _, ops = count_ops(runner.step)
-        out = {"ops_per_frame": ops.total, "kernels_per_frame": ops.kernels}
+        # Dispatch modes and compiled code do not mix: compiled layers get the profiler's count.
+        compiled = engine.talker.model.fused is not None
+        ops = None if compiled else count_ops(runner.step)[1]
+        out = {
+            "ops_per_frame": None if ops is None else ops.total,
+            "kernels_per_frame": count_kernels(runner.step)[1] if compiled else ops.kernels,
+            "compiled": compiled,
+        }
         if device.startswith("cuda"):
             from torch.autograd import DeviceType
             from torch.profiler import ProfilerActivity, profile
