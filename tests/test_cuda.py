@@ -56,8 +56,12 @@ def test_captured_graphs_equal_the_eager_dynamic_step(cuda_engine, ref_wav) -> N
         assert a.shape == b.shape and torch.equal(a.cpu(), b.cpu())
 
 
-def test_one_device_read_per_step_on_cuda(cuda_engine, ref_wav, monkeypatch) -> None:
+@pytest.mark.parametrize("pipelined", [False, True], ids=["plain", "pipelined"])
+def test_one_device_read_per_step_on_cuda(cuda_engine, ref_wav, monkeypatch, pipelined: bool) -> None:
+    """Plain steps read the device once (``.cpu()``); pipelined ones (the CUDA default) not at
+    all: they copy into pinned memory and wait for that copy's event, once, in the next step."""
     runner = Runner(cuda_engine.talker, cuda_engine.config)
+    runner.pipelined = pipelined
     for req in _requests(cuda_engine, ref_wav):
         opts = dataclasses.replace(req.options, ignore_eos=True)
         runner.add(cuda_engine._sequence(dataclasses.replace(req, options=opts)))
@@ -70,10 +74,35 @@ def test_one_device_read_per_step_on_cuda(cuda_engine, ref_wav, monkeypatch) -> 
             return _original(self, *args, **kwargs)
 
         monkeypatch.setattr(torch.Tensor, name, counted)
+    waits = []
+    real_wait = torch.cuda.Event.synchronize
+    monkeypatch.setattr(torch.cuda.Event, "synchronize", lambda self: (waits.append(1), real_wait(self))[1])
     with torch.inference_mode():
-        for _ in range(5):
+        for step in range(5):
             order.clear()
+            waits.clear()
             runner.step()
-            assert [o for o in order if o.endswith(":cuda")] == ["cpu:cuda"], order
+            device_reads = [o for o in order if o.endswith(":cuda")]
+            assert device_reads == ([] if pipelined else ["cpu:cuda"]), order
+            assert len(waits) == (1 if pipelined and step > 0 else 0)  # the previous step's copy
     counts = collections.Counter(order)
-    assert counts["cpu:cuda"] == 1
+    assert counts["cpu:cuda"] == (0 if pipelined else 1)
+
+
+def test_compiled_layers_in_captured_graphs_equal_eager(tiny_checkpoint, cuda_engine, ref_wav) -> None:
+    """Compiled (Triton) layers replayed from CUDA graphs give the eager dynamic step's codes,
+    in float32."""
+    compiled = Engine.load(
+        str(tiny_checkpoint), device="cuda", weight_mode="float32", max_batch=4, compile=True
+    )
+    assert compiled.talker.model.fused is not None, "compiling failed on this GPU (see the log)"
+    reqs = _requests(compiled, ref_wav)
+    got = compiled.generate_codes(reqs)
+    saved = cuda_engine.runner
+    try:
+        cuda_engine.runner = Runner(cuda_engine.talker, cuda_engine.config)
+        want = cuda_engine.generate_codes(reqs)
+    finally:
+        cuda_engine.runner = saved
+    for a, b in zip(got, want):
+        assert a.shape == b.shape and torch.equal(a.cpu(), b.cpu())

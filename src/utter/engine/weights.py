@@ -28,8 +28,11 @@ def load_weights(
     expected = dict(module.state_dict(keep_vars=True))
     loaded: dict[str, torch.Tensor] = {}
     unexpected: list[str] = []
+    # On a GPU the tensors are read straight into device memory and converted there: no CPU
+    # copy, and the dtype cast runs on the GPU (part of the cold start, issue #10).
+    source = str(device) if device.type == "cuda" else "cpu"
     for path in files:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
+        with safe_open(str(path), framework="pt", device=source) as f:
             for name in f.keys():
                 if name not in expected:
                     unexpected.append(name)

@@ -11,11 +11,12 @@ mode the runner allocates its caches once and each step is run at a bucket of sh
   the longest live row, with a position mask, instead of the whole preallocated cache;
 - the sampling path (greedy, top-k, full: see ``SamplingPlan``) is fixed too.
 
-Graphs are kept per (batch bucket, length bucket, plans). The full sampling path of every batch
-bucket at the shortest length is captured up front; every other combination the first time a
-step needs it, between two steps, with the row state saved and restored (capture runs write KV
-only at the last position of the length bucket, which a live row has either not reached, and
-masks, or writes itself in the same step).
+Graphs are kept per (batch bucket, length bucket, plans), each captured the first time a step
+needs it, between two steps, with the row state saved and restored (capture runs write KV only
+at the last position of the length bucket, which a live row has either not reached, and masks,
+or writes itself in the same step). Nothing is captured at start: a server pays only for the
+shapes its traffic uses (capturing every batch bucket's graphs up front cost seconds of cold
+start, mostly for sampling paths greedy traffic never ran), and a capture costs about two steps.
 """
 
 from __future__ import annotations
@@ -73,13 +74,8 @@ class StepGraphs:
         self.text_in = torch.zeros(batch, tc.decoder.hidden_size, dtype=dt, device=dev)
         self.pos_in = torch.zeros(batch, dtype=torch.long, device=dev)
         self._graphs: dict[tuple, torch.cuda.CUDAGraph | None] = {}
-        if capture:
-            try:
-                self._capture_all()
-            except Exception:  # a driver or op that cannot be captured: run eagerly instead
-                logger.exception("CUDA graph capture failed; using eager fixed-shape steps")
-                self.capture = False
-                self._graphs.clear()
+        # One memory pool for every graph: they replay one at a time, never side by side.
+        self._pool = torch.cuda.graph_pool_handle() if capture else None
 
     def bucket(self, b: int) -> int:
         return next(s for s in self.sizes if s >= b)
@@ -166,19 +162,3 @@ class StepGraphs:
             fn()
         torch.cuda.synchronize()
         return graph
-
-    def _capture_all(self) -> None:
-        """Capture every batch bucket with the full sampling path at the shortest length."""
-        self._pool = torch.cuda.graph_pool_handle()
-        length = self.lengths[0]
-        saved = self._save_rows(length)
-        try:
-            self.runner.plans = {"t_": FULL[0], "s_": FULL[1]}
-            for size in reversed(self.sizes):
-                self._graphs[("frame", size, FULL)] = self._capture(lambda s=size: self._frame_fn(s))
-                self._graphs[("advance", size, length, FULL)] = self._capture(
-                    lambda s=size: self._advance_fn(s, length)
-                )
-        finally:
-            self._restore_rows(saved)
-        logger.info("captured decode-step CUDA graphs for batch sizes %s", self.sizes)

@@ -73,4 +73,5 @@ def unpark(runner: Runner, ready: list[ParkedRow]) -> None:
     positions += 1
     for seq in rows:
         seq.position += 1
-    runner.pending_host.extend(runner.rowvars["pending"][first : first + len(ready)].tolist())
+    for seq, token in zip(rows, runner.rowvars["pending"][first : first + len(ready)].tolist()):
+        seq.pending = token

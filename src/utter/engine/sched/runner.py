@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import os
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -65,12 +66,25 @@ class Sequence:
     feed: TextFeed | None = None  # text still arriving (see textfeed.py), else None
     text_closed: bool = True  # False while ``feed`` may bring more text
     text_tokens: int = 0  # text tokens received (for the frame limit of a fed request)
+    pending: int = -1  # its pending codebook-0 token as the host last read it (-1: being read)
 
 
 @dataclass
 class StepOutput:
     sequence: Sequence
     codes: torch.Tensor | None  # [num_codebooks] int64 on CPU, or None when the sequence just ended
+
+
+@dataclass
+class _Reading:
+    """A step's results on their way to the host: the frame's codes of ``made`` (in row order)
+    and the next pending token of ``talked``; ``limited`` ended at this frame."""
+
+    made: list[Sequence]
+    talked: list[Sequence]
+    limited: list[StepOutput]
+    host: torch.Tensor  # codes then pending tokens, flat, on the host (pinned when pipelined)
+    done: torch.cuda.Event | None  # recorded after the copy (pipelined CUDA steps), else None
 
 
 class Runner:
@@ -93,7 +107,12 @@ class Runner:
         self.suppress = suppress.to(self.device)
         self.rows: list[Sequence] = []
         self.parked: list[ParkedRow] = []  # requests waiting for text, out of the batch
-        self.pending_host: list[int] = []  # each row's pending codebook-0 token, as the host last saw it
+        # Pipelined steps: a step launches its frame before it waits for the previous step's
+        # results, so the host's work overlaps the device's (see ``step``). On by default on
+        # CUDA; UTTER_PIPELINE=0 turns it off, =1 on everywhere (on a CPU it only costs).
+        switch = os.environ.get("UTTER_PIPELINE", "")
+        self.pipelined = switch == "1" or (switch != "0" and self.device.type == "cuda")
+        self.reading: _Reading | None = None  # the last step's results, still being copied
         self.capacity = (0, 0)
         # Voice prefix cache: KV of the prefill positions that depend only on (voice, language).
         self.prefix_cache: OrderedDict[tuple, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
@@ -199,8 +218,10 @@ class Runner:
     # ---------------------------------------------------------------- requests
     @property
     def active(self) -> int:
-        """Rows in the batch (parked requests not counted)."""
-        return len(self.rows)
+        """Rows in the batch (parked requests not counted); 1 when none is left but the last
+        step's results are still to be handed out (a pipelined step whose rows were cancelled):
+        while this is nonzero, ``step`` has work."""
+        return len(self.rows) or int(self.reading is not None)
 
     @property
     def live(self) -> int:
@@ -274,7 +295,8 @@ class Runner:
         self.rowvars["hidden"][rows] = out
         tokens = self._choose(self.talker.codec_head(out), rows)
         self.rowvars["pending"][rows] = tokens
-        self.pending_host.extend(tokens.tolist())  # the admission's one host read
+        for seq, token in zip(seqs, tokens.tolist()):  # the admission's one host read
+            seq.pending = token
 
     def _prefix(self, row: int, seq: Sequence, prefill: torch.Tensor, start: int) -> None:
         """Fill the voice prefix (positions < ``start``) of ``seq`` in ``row`` from the prefix
@@ -309,6 +331,10 @@ class Runner:
         if seq in self.rows:
             seq.reason = "cancelled"
             self._remove(self.rows.index(seq))
+        reading = self.reading
+        if not self.rows and reading is not None and not reading.limited:
+            if all(s.reason == "cancelled" for s in reading.made):  # nothing in it for anyone
+                self.reading = None
         for p in self.parked:
             if p.seq is seq:
                 seq.reason = "cancelled"
@@ -319,7 +345,7 @@ class Runner:
         """Forget every row without touching device memory (the recovery after a failed step,
         when the caches may be in any state): returns the sequences that were dropped."""
         dropped, self.rows = self.rows + [p.seq for p in self.parked], []
-        self.parked, self.pending_host = [], []
+        self.parked, self.reading = [], None
         for seq in dropped:
             seq.reason = reason
         return dropped
@@ -333,9 +359,7 @@ class Runner:
             for value in self.rowvars.values():
                 value[row] = value[last]
             self.rows[row] = self.rows[last]
-            self.pending_host[row] = self.pending_host[last]
         self.rows.pop()
-        self.pending_host.pop()
 
     # ------------------------------------------------------------------ decode
     def _choose(self, logits: torch.Tensor, rows: slice) -> torch.Tensor:
@@ -394,21 +418,38 @@ class Runner:
 
         One read of the device per step, at its end: the frame's codes and the next pending
         tokens come back together (the host decides end of speech from the tokens it read the
-        step before). Positions and text embeddings stay on the device."""
-        ended: list[StepOutput] = []
+        step before). Positions and text embeddings stay on the device.
+
+        Pipelined (``self.pipelined``, CUDA by default) the read is asynchronous, into pinned
+        memory, and the next step launches its frame before it waits for it: the device works
+        on the new frame while the host takes the old one's codes and decides who ends. A step
+        then returns the previous step's frames (and whatever ended with them); a row whose
+        pending token turns out to be end-of-speech has its new frame, made in vain, dropped.
+        The codes are the same either way."""
+        outputs: list[StepOutput] = []
+        codes = None
+        if self.pipelined:
+            codes = self._frame() if self.rows else None  # queued before waiting on the device
+            outputs = self._receive(self.reading)
+            self.reading = None
         # 1. sequences whose pending token is end-of-speech are done.
+        kept = list(range(len(self.rows)))  # which row of ``codes`` each remaining row holds
         for row in reversed(range(len(self.rows))):
-            if self.pending_host[row] == self.eos:
-                seq = self.rows[row]
+            seq = self.rows[row]
+            if seq.pending == self.eos:
                 seq.reason = "eos"
-                ended.append(StepOutput(seq, None))
+                outputs.append(StepOutput(seq, None))
+                kept[row] = kept[-1]  # the move _remove makes
+                kept.pop()
                 self._remove(row)
         b = len(self.rows)
         if b == 0:
-            return ended
+            return outputs
         # 2. complete the pending frame of every row.
-        plans = self._plan(self.rows)
-        codes = self.graphs.frame(b, plans) if self.graphs is not None else self._predict_codebooks(b)
+        if codes is None:
+            codes = self._frame()
+        elif codes.shape[0] != b:  # rows ended: their frames, made in vain, go
+            codes = codes[:b] if kept == list(range(b)) else codes[kept]
         made = list(self.rows)  # the rows of ``codes``
         for seq in made:
             seq.frames += 1
@@ -433,12 +474,51 @@ class Runner:
         if n:
             self._talker_step(n, codes if order == list(range(b)) else codes[order])
         # 4. the one host read: this frame's codes and the next pending tokens.
+        reading = self._send(codes, made, limited)
+        if self.pipelined and n:
+            self.reading = reading  # taken by the next step, after it has queued its frame
+            return outputs
+        return outputs + self._receive(reading)
+
+    def _frame(self) -> torch.Tensor:
+        """Queue the code predictor for every row: codes [rows, N] of their pending frames."""
+        b = len(self.rows)
+        plans = self._plan(self.rows)
+        return self.graphs.frame(b, plans) if self.graphs is not None else self._predict_codebooks(b)
+
+    def _send(self, codes: torch.Tensor, made: list[Sequence], limited: list[StepOutput]) -> _Reading:
+        """Start reading the frame's codes and the rows' next pending tokens: a blocking read,
+        or, pipelined on CUDA, a copy into pinned memory that the next step waits for."""
+        talked = list(self.rows)
+        for seq in talked:
+            seq.pending = -1
         flat = codes.reshape(-1)
-        host = (torch.cat([flat, self.rowvars["pending"][:n]]) if n else flat).cpu()
-        codes_cpu = host[: flat.numel()].view(b, -1)
-        self.pending_host = host[flat.numel() :].tolist()
-        outputs = ended + [StepOutput(seq, codes_cpu[row]) for row, seq in enumerate(made)]
-        return outputs + limited
+        values = torch.cat([flat, self.rowvars["pending"][: len(talked)]]) if talked else flat
+        done = None
+        if self.pipelined and talked and values.is_cuda:
+            host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
+            host.copy_(values, non_blocking=True)
+            done = torch.cuda.Event()
+            done.record()
+        elif self.pipelined and talked:
+            host = values.clone()  # the CPU test of the pipelined path: nothing to overlap
+        else:
+            host = values.cpu()
+        return _Reading(made, talked, limited, host, done)
+
+    def _receive(self, reading: _Reading | None) -> list[StepOutput]:
+        """Wait for a step's results and hand them out: every frame made (a request cancelled
+        meanwhile gets none), then the requests that ended at it."""
+        if reading is None:
+            return []
+        if reading.done is not None:
+            reading.done.synchronize()
+        m = len(reading.made)
+        codes = reading.host[: reading.host.numel() - len(reading.talked)].view(m, -1)
+        for seq, token in zip(reading.talked, reading.host[codes.numel() :].tolist()):
+            seq.pending = token
+        made = enumerate(reading.made)
+        return [StepOutput(seq, codes[i]) for i, seq in made if seq.reason != "cancelled"] + reading.limited
 
     def _talker_step(self, b: int, codes: torch.Tensor) -> None:
         """The talker step of rows [0, b) from their frame's codes [b, N] (fixed shapes or not)."""
