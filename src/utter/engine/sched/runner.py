@@ -24,6 +24,7 @@ from ..model.layers import new_cache
 from ..model.talker import Talker
 from ..prompt import TalkerPrompt
 from .parking import ParkedRow, park, starved, unpark
+from .prefill import PREFILL_CHUNK, Prefilling, advance, begin
 
 if TYPE_CHECKING:
     from ..cuda.graphs import StepGraphs
@@ -107,6 +108,8 @@ class Runner:
         self.suppress = suppress.to(self.device)
         self.rows: list[Sequence] = []
         self.parked: list[ParkedRow] = []  # requests waiting for text, out of the batch
+        self.prefilling: list[Prefilling] = []  # long prompts admitted a chunk per step (prefill.py)
+        self.prefill_chunk = PREFILL_CHUNK
         # Pipelined steps: a step launches its frame before it waits for the previous step's
         # results, so the host's work overlaps the device's (see ``step``). On by default on
         # CUDA; UTTER_PIPELINE=0 turns it off, =1 on everywhere (on a CPU it only costs).
@@ -221,12 +224,12 @@ class Runner:
         """Rows in the batch (parked requests not counted); 1 when none is left but the last
         step's results are still to be handed out (a pipelined step whose rows were cancelled):
         while this is nonzero, ``step`` has work."""
-        return len(self.rows) or int(self.reading is not None)
+        return len(self.rows) or int(self.reading is not None or bool(self.prefilling))
 
     @property
     def live(self) -> int:
         """Requests held: in the batch or parked (each needs a row when it runs)."""
-        return len(self.rows) + len(self.parked)
+        return len(self.rows) + len(self.parked) + len(self.prefilling)
 
     @torch.inference_mode()
     def extend_text(self, seq: Sequence, embeddings: torch.Tensor, close: torch.Tensor | None) -> None:
@@ -263,15 +266,25 @@ class Runner:
         the lot. A request's numbers do not depend on the others it is admitted with."""
         if not seqs:
             return
-        first, b = len(self.rows), len(seqs)
         prefills = [seq.prompt.prefill.to(self.device, self.dtype) for seq in seqs]
         starts = [_own_start(seq, p.shape[0]) for seq, p in zip(seqs, prefills)]
+        now = []
+        for seq, p, start in zip(seqs, prefills, starts):
+            if p.shape[0] - start > self.prefill_chunk:  # long: a chunk per step (prefill.py)
+                begin(self, seq, p, start)
+            else:
+                now.append((seq, p, start))
+        if not now:
+            return
+        seqs, prefills, starts = [list(t) for t in zip(*now)]
+        first, b = len(self.rows), len(seqs)
         width = max(p.shape[0] - start for p, start in zip(prefills, starts))
         kv_len = max(start + width for start in starts)
         longest = max(p.shape[0] + seq.max_frames + 1 for seq, p in zip(seqs, prefills))
         self.reserve(first + b, max(longest, kv_len))  # once: growing copies only admitted rows
         for i, (seq, p) in enumerate(zip(seqs, prefills)):
-            self._prefix(first + i, seq, p, starts[i])
+            row = slice(first + i, first + i + 1)
+            self._prefix((self.cache[0][:, row], self.cache[1][:, row]), seq, p, starts[i])
         rests = [p[start:] for p, start in zip(prefills, starts)]
         rows = slice(first, first + b)
         cache = (self.cache[0][:, rows], self.cache[1][:, rows])
@@ -298,12 +311,14 @@ class Runner:
         for seq, token in zip(seqs, tokens.tolist()):  # the admission's one host read
             seq.pending = token
 
-    def _prefix(self, row: int, seq: Sequence, prefill: torch.Tensor, start: int) -> None:
-        """Fill the voice prefix (positions < ``start``) of ``seq`` in ``row`` from the prefix
-        cache, computing and caching it on a miss."""
+    def _prefix(
+        self, cache: tuple[torch.Tensor, torch.Tensor], seq: Sequence, prefill: torch.Tensor, start: int
+    ) -> None:
+        """Fill the voice prefix (positions < ``start``) of ``seq`` into its one-row ``cache``
+        (k, v of [layers, 1, ...]) from the prefix cache, computing and caching it on a miss."""
         if start == 0:
             return
-        k_row, v_row = self.cache[0][:, row : row + 1], self.cache[1][:, row : row + 1]
+        k_row, v_row = cache
         key = seq.prompt.prefix_key
         # A miss computes the prefix on its own first, exactly as a hit then continues from
         # it: the request's own positions see bit-identical keys and values either way (one
@@ -340,12 +355,17 @@ class Runner:
                 seq.reason = "cancelled"
                 self.parked.remove(p)
                 break
+        for p in self.prefilling:
+            if p.seq is seq:
+                seq.reason = "cancelled"
+                self.prefilling.remove(p)
+                break
 
     def reset(self, reason: str = "error") -> list[Sequence]:
         """Forget every row without touching device memory (the recovery after a failed step,
         when the caches may be in any state): returns the sequences that were dropped."""
-        dropped, self.rows = self.rows + [p.seq for p in self.parked], []
-        self.parked, self.reading = [], None
+        dropped = self.rows + [p.seq for p in self.parked] + [p.seq for p in self.prefilling]
+        self.rows, self.parked, self.prefilling, self.reading = [], [], [], None
         for seq in dropped:
             seq.reason = reason
         return dropped
@@ -428,6 +448,8 @@ class Runner:
         The codes are the same either way."""
         outputs: list[StepOutput] = []
         codes = None
+        if self.prefilling:  # long prompts: their next chunk first; complete ones join now
+            advance(self)
         if self.pipelined:
             codes = self._frame() if self.rows else None  # queued before waiting on the device
             outputs = self._receive(self.reading)
