@@ -207,3 +207,16 @@ def test_poisson_arrivals_are_seeded_and_within_the_window() -> None:
     assert times == arrival_times(4.0, 30.0, seed=1) and times != arrival_times(4.0, 30.0, seed=2)
     assert times[0] == 0.0 and all(0 <= a < b < 30 for a, b in zip(times, times[1:]))
     assert 80 < len(times) < 160  # about 4 per second
+
+
+def test_gpu_busy_share_counts_overlapping_kernels_once() -> None:
+    from utter.bench.gpubusy import BusySampler, busy_share
+
+    assert busy_share([]) is None
+    assert busy_share([(0.0, 10.0)]) == 1.0
+    # Two overlapping kernels (0-4, 2-6), a gap, one more (8-10): 8 of 10 units busy.
+    assert busy_share([(8.0, 10.0), (0.0, 4.0), (2.0, 6.0)]) == 0.8
+    assert busy_share([(0.0, 1.0), (0.5, 0.7), (9.0, 10.0)]) == 0.2  # a kernel inside another
+    with BusySampler("cpu") as sampler:  # nothing to sample off a GPU
+        pass
+    assert sampler.share is None and sampler._thread is None

@@ -225,6 +225,14 @@ def table(doc: dict) -> str:
                 [_fmt(_get(r, "concurrency", str(c), "audio_s_per_s")) for _, r in cols],
             )
         )
+    if str(s.get("device", "")).startswith("cuda"):
+        for c in s.get("concurrency", []):
+            rows.append(
+                (
+                    f"GPU busy share, {c} streams",
+                    [_fmt(_get(r, "concurrency", str(c), "gpu_busy")) for _, r in cols],
+                )
+            )
     for rate in s.get("arrival_rates") or []:
         key = str(float(rate))
         rows.append(

@@ -228,12 +228,16 @@ def _ttfa(batcher, voice_path: Path, speaker: Speaker, opts, repeats: int) -> di
 
 
 def _concurrent(batcher, voice, opts, streams: int) -> dict:
-    """``streams`` requests submitted together; aggregate audio seconds per wall second."""
+    """``streams`` requests submitted together; aggregate audio seconds per wall second (and on
+    CUDA the GPU's busy share in the middle of the run, see ``gpubusy.py``)."""
+    from .gpubusy import BusySampler
 
-    start = time.perf_counter()
-    live = [batcher.submit(voice.request(SHORT, opts)) for _ in range(streams)]
-    audio = [s.audio() for s in live]
-    wall = time.perf_counter() - start
+    device = str(batcher.engine.device)
+    with BusySampler(device) as busy:
+        start = time.perf_counter()
+        live = [batcher.submit(voice.request(SHORT, opts)) for _ in range(streams)]
+        audio = [s.audio() for s in live]
+        wall = time.perf_counter() - start
     audio_s = sum(len(a) for a in audio) / SAMPLE_RATE
     first = [s.first_audio_at - s.submitted_at for s in live if s.first_audio_at is not None]
     return {
@@ -245,6 +249,7 @@ def _concurrent(batcher, voice, opts, streams: int) -> dict:
         "audio_s_per_s": audio_s / wall,
         "x_realtime_per_stream": audio_s / streams / wall,
         "ttfa_mean_s": sum(first) / len(first) if first else None,
+        "gpu_busy": busy.share,
     }
 
 
