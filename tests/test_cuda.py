@@ -106,3 +106,21 @@ def test_compiled_layers_in_captured_graphs_equal_eager(tiny_checkpoint, cuda_en
         cuda_engine.runner = saved
     for a, b in zip(got, want):
         assert a.shape == b.shape and torch.equal(a.cpu(), b.cpu())
+
+
+def test_the_batcher_streams_on_the_codec_stream_what_generate_decodes(cuda_engine, ref_wav) -> None:
+    """The batcher's codec runs on its own CUDA stream, overlapping the decode loop: its audio is
+    the one-shot decode's (batched chunks to float rounding; a missed synchronisation between
+    the streams would show as garbage, not rounding)."""
+    import numpy as np
+
+    from utter.engine.sched.batcher import Batcher
+
+    reqs = _requests(cuda_engine, ref_wav)
+    want = [r.audio for r in cuda_engine.generate_batch(reqs)]
+    with Batcher(cuda_engine, max_batch=4) as batcher:
+        assert batcher._codec_stream is not None
+        streams = [batcher.submit(r) for r in reqs]
+        got = [s.audio() for s in streams]
+    for a, b in zip(got, want):
+        assert a.shape == b.shape and np.abs(a - b).max() < 1e-3

@@ -362,7 +362,8 @@ class AudioStream:
     """One utterance's streaming decode as numpy: codes [T, Q] in, float32 audio [T * U] out.
 
     What :meth:`SpeechTokenizer.stream` returns. Codes may live on any device; they are checked
-    (one host sync per push) because a bad code on CUDA would otherwise be a device-side assert.
+    (on the host for host codes, else one device sync per push) because a bad code on CUDA would
+    otherwise be a device-side assert.
     """
 
     def __init__(self, decoder: CodecDecoder) -> None:
@@ -397,11 +398,12 @@ class AudioStream:
         cfg = self.decoder.decoder.cfg
         if codes.dim() != 2 or codes.shape[1] != cfg.num_quantizers:
             raise ValueError(f"expected codes [frames, {cfg.num_quantizers}], got {tuple(codes.shape)}")
-        device = self.decoder.decoder.pre_conv.conv.weight.device
-        codes = codes.to(device=device, dtype=torch.long)
+        # Checked where the codes are: the decode loop hands out host codes, so this costs no
+        # device sync (a check after the copy would wait for the device).
         if codes.numel() and not bool(((codes >= 0) & (codes < cfg.codebook_size)).all()):
             raise ValueError(f"codes must be in [0, {cfg.codebook_size})")
-        return codes
+        device = self.decoder.decoder.pre_conv.conv.weight.device
+        return codes.to(device=device, dtype=torch.long)
 
 
 _LENDERS: weakref.WeakKeyDictionary[CodecDecoder, dict[int, StreamingDecoder]] = weakref.WeakKeyDictionary()

@@ -10,6 +10,7 @@ so the first audio comes early; later chunks are larger to amortise decoding.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import queue
@@ -171,6 +172,12 @@ class Batcher:
         self.steps = 0
         self.failures: deque[float] = deque(maxlen=MAX_RESTARTS)  # when the loop last failed
         self.dead: str | None = None  # why the worker gave up for good (None while it serves)
+        # On GPUs the codec decodes on a CUDA stream of its own: its work (from host codes to
+        # host PCM) overlaps the decode loop's instead of queueing behind the next step, and
+        # reading its PCM waits for the codec only. Every codec tensor of the batcher (warm
+        # voice states, forks, batch decoders) is made on that stream.
+        cuda = engine.device.type == "cuda"
+        self._codec_stream = torch.cuda.Stream(device=engine.device) if cuda else None
 
     # ---------------------------------------------------------------- control
     def start(self) -> Batcher:
@@ -348,9 +355,9 @@ class Batcher:
             try:
                 seq = self.engine._sequence(stream.request)
                 seq.max_frames = min(seq.max_frames, self.max_frames)  # the server's cap, also by default
-                chunker = PcmChunker(
-                    self.engine.audio_stream(stream.request.voice), self.first_chunk_frames, self.chunk_frames
-                )
+                with self._codec():
+                    audio = self.engine.audio_stream(stream.request.voice)
+                chunker = PcmChunker(audio, self.first_chunk_frames, self.chunk_frames)
             except Exception as exc:  # a bad request must not take the batch down
                 self._refuse(stream, exc)
                 continue
@@ -377,6 +384,12 @@ class Batcher:
         for stream, seq, chunker in admitted:
             stream.max_frames = seq.max_frames
             self._live[id(seq)] = _Live(stream, seq, chunker)
+
+    def _codec(self) -> contextlib.AbstractContextManager:
+        """Where codec work runs: the codec's own CUDA stream on GPUs, else nothing special."""
+        if self._codec_stream is None:
+            return contextlib.nullcontext()
+        return torch.cuda.stream(self._codec_stream)
 
     def _refuse(self, stream: Stream, exc: BaseException) -> None:
         logger.exception("request %s failed at admission", stream.id, exc_info=exc)
@@ -411,7 +424,8 @@ class Batcher:
             else:
                 ended.append((live, out.sequence.reason))
         if due:
-            pcms = push_together([live.chunker.stream for live, _ in due], [chunk for _, chunk in due])
+            with self._codec():
+                pcms = push_together([live.chunker.stream for live, _ in due], [chunk for _, chunk in due])
             for (live, _), pcm in zip(due, pcms):
                 self._emit(live, pcm)
         for live, reason in ended:
@@ -428,7 +442,9 @@ class Batcher:
         self._live.pop(id(live.seq), None)
         if error is None and reason not in ("cancelled", "error"):
             try:
-                self._emit(live, live.chunker.flush())
+                with self._codec():
+                    pcm = live.chunker.flush()
+                self._emit(live, pcm)
             except Exception as exc:  # noqa: BLE001 - reported to the caller below
                 error = exc
         live.stream.error = error
