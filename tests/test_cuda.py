@@ -37,6 +37,21 @@ def _requests(engine, ref_wav) -> list[Request]:
     ]
 
 
+def _eager_codes(engine, reqs) -> list[torch.Tensor]:
+    """The requests' codes on a fresh dynamic (uncaptured) runner of ``engine``."""
+    saved = engine.runner
+    try:
+        engine.runner = Runner(engine.talker, engine.config)
+        return engine.generate_codes(reqs)
+    finally:
+        engine.runner = saved
+
+
+def _assert_same(got: list[torch.Tensor], want: list[torch.Tensor]) -> None:
+    for a, b in zip(got, want, strict=True):
+        assert a.shape == b.shape and torch.equal(a.cpu(), b.cpu())
+
+
 def test_captured_graphs_equal_the_eager_dynamic_step(cuda_engine, ref_wav) -> None:
     reqs = _requests(cuda_engine, ref_wav)
     saved = cuda_engine.runner
@@ -44,16 +59,13 @@ def test_captured_graphs_equal_the_eager_dynamic_step(cuda_engine, ref_wav) -> N
         cuda_engine.runner = Runner(cuda_engine.talker, cuda_engine.config)
         cuda_engine.runner.enable_graphs(max_batch=4, max_len=512, capture=True)
         graphs = cuda_engine.runner.graphs
-        assert graphs.capture, "capture failed at start"
+        assert graphs.capture, "capture is off"
         captured = cuda_engine.generate_codes(reqs)
         keys = [k for k, g in graphs._graphs.items() if g is not None]
         assert any(k[0] == "advance" and k[2] > 64 for k in keys)  # a longer length bucket, captured lazily
-        cuda_engine.runner = Runner(cuda_engine.talker, cuda_engine.config)
-        eager = cuda_engine.generate_codes(reqs)
     finally:
         cuda_engine.runner = saved
-    for a, b in zip(captured, eager):
-        assert a.shape == b.shape and torch.equal(a.cpu(), b.cpu())
+    _assert_same(captured, _eager_codes(cuda_engine, reqs))
 
 
 @pytest.mark.parametrize("pipelined", [False, True], ids=["plain", "pipelined"])
@@ -97,15 +109,7 @@ def test_compiled_layers_in_captured_graphs_equal_eager(tiny_checkpoint, cuda_en
     )
     assert compiled.talker.model.fused is not None, "compiling failed on this GPU (see the log)"
     reqs = _requests(compiled, ref_wav)
-    got = compiled.generate_codes(reqs)
-    saved = cuda_engine.runner
-    try:
-        cuda_engine.runner = Runner(cuda_engine.talker, cuda_engine.config)
-        want = cuda_engine.generate_codes(reqs)
-    finally:
-        cuda_engine.runner = saved
-    for a, b in zip(got, want):
-        assert a.shape == b.shape and torch.equal(a.cpu(), b.cpu())
+    _assert_same(compiled.generate_codes(reqs), _eager_codes(cuda_engine, reqs))
 
 
 def test_the_batcher_streams_on_the_codec_stream_what_generate_decodes(cuda_engine, ref_wav) -> None:
