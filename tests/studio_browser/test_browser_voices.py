@@ -103,3 +103,32 @@ def test_record_from_microphone_then_clone_transcript_free(page: Page, shot) -> 
     found = page.request.get("/api/voices", params={"search": name}).json()["voices"]
     assert len(found) == 1 and found[0]["reference_transcript"] is None
     assert found[0]["reference_seconds"] >= 4.0
+
+
+def test_a_slow_older_page_does_not_replace_the_search_results(page: Page, make_voice) -> None:
+    """The first (unfiltered) list answers after the search typed meanwhile: the page keeps the
+    search's results (it once showed whichever response came last)."""
+    from urllib.parse import parse_qs, urlparse
+
+    tag = uuid.uuid4().hex[:8]
+    make_voice(f"Kept {tag}")
+    make_voice(f"Other {tag}")
+    held = []
+
+    def hold_unfiltered(route) -> None:
+        if parse_qs(urlparse(route.request.url).query).get("search", [""])[0]:
+            route.continue_()
+        else:
+            held.append(route)
+
+    page.route("**/api/voices?*", hold_unfiltered)
+    page.goto("/voices")
+    page.fill("#search", f"Kept {tag}")
+    items = page.locator(".voice-item")
+    expect(items).to_have_count(1)
+    assert held, "the first page's request was not held"
+    for route in held:
+        route.continue_()
+    page.wait_for_timeout(500)  # the stale answer arrives and is ignored
+    expect(items).to_have_count(1)
+    expect(items.first.locator("[data-role=name]")).to_have_text(f"Kept {tag}")

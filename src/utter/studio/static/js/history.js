@@ -48,9 +48,12 @@ const showAll = () => {
   history.replaceState(null, "", url);
 };
 
+let loads = 0; // loads started; a response to an older one is stale (a search typed meanwhile)
+
 async function load(p = page) {
   page = Math.max(1, p);
   clearTimeout(refresh);
+  const mine = ++loads;
   const term = search.value.trim();
   const status = statusSel.value;
   if (!only) syncQuery({ page, search: term, status });
@@ -64,10 +67,14 @@ async function load(p = page) {
       data = pageOf(await api("/api/generations", { params: { page, per_page: PER_PAGE, search: term, status } }), ["generations"], PER_PAGE);
     }
   } catch (err) {
+    if (mine !== loads) return;
     alertIn(listError, err.message);
     refresh = setTimeout(load, 5000);
     return;
   }
+  // A slower, older response (the first page before the search was typed) must not replace
+  // the list a newer one showed.
+  if (mine !== loads) return;
   alertIn(listError, "");
   if (!data.items.length && page > 1 && data.total > 0) return load(data.pages);
   // Rebuild only what changed, so an open player keeps playing while the list refreshes.

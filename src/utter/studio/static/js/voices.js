@@ -18,17 +18,21 @@ const players = new Set();
 
 const renderPager = pager($("#pager"), (p) => load(p));
 
+let loads = 0; // loads started; a response to an older one is stale (a search typed meanwhile)
+
 async function load(p = page) {
   page = Math.max(1, p);
+  const mine = ++loads;
   const term = search.value.trim();
   syncQuery({ page, search: term });
   let data;
   try {
     data = pageOf(await api("/api/voices", { params: { page, per_page: PER_PAGE, search: term } }), ["voices"], PER_PAGE);
   } catch (err) {
-    alertIn(listError, err.message);
+    if (mine === loads) alertIn(listError, err.message);
     return;
   }
+  if (mine !== loads) return; // an older, slower response must not replace a newer list
   alertIn(listError, "");
   if (!data.items.length && page > 1 && data.total > 0) return load(data.pages);
   for (const pl of players) pl.destroy();
