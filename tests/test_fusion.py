@@ -117,14 +117,14 @@ def _step_kernels(engine: Engine, reqs: list[Request]) -> int:
 
 
 def test_compiled_layers_launch_fewer_kernels(fused, ref_wav) -> None:
-    """The CPU proxy for GPU launches: a compiled step runs about 12 kernels per layer pass
-    (five fused, four products, two cache writes, attention) against ~25 eager."""
+    """The CPU proxy for GPU launches: a compiled step runs about 10 kernels per layer pass
+    (five fused, the cache writes inside them, four products, attention) against ~20 eager."""
     engine, _ = fused
     reqs = [r for r in _requests(engine, ref_wav) if not r.options.talker.do_sample][:2]
     compiled = _step_kernels(engine, reqs)
     with _eager(engine):
         eager = _step_kernels(engine, reqs)
-    assert compiled < 0.8 * eager, (compiled, eager)
+    assert compiled < 0.7 * eager, (compiled, eager)  # 445 against 735 at tiny sizes
 
 
 def test_weights_that_cannot_compile_stay_eager(tiny_checkpoint, ref_wav, caplog) -> None:

@@ -152,30 +152,39 @@ class Attention(nn.Module):
             q, k = rotate(q, cos, sin), rotate(k, cos, sin)
         return q, k, v.view(b, s, self.n_kv, self.head_dim).transpose(1, 2)
 
-    def attend(
+    def store(
         self,
-        q: torch.Tensor,
         k: torch.Tensor,
         v: torch.Tensor,
         cache: tuple[torch.Tensor, torch.Tensor],
         where: int | torch.Tensor,
-        mask: torch.Tensor | None,
-        kv_len: int,
-    ) -> torch.Tensor:
-        """Write k, v into the cache and attend: returns [B, S, heads * head_dim] (before o_proj).
-
-        cache: k, v of [B, n_kv, T, head_dim]; ``where``: the first position of every row (an
-        int: all rows aligned, the common case) or positions [B, S]; mask: [B or 1, 1, S, kv_len]
-        or None (every query sees all kv_len slots)."""
-        b, _, s, _ = q.shape
+    ) -> None:
+        """Write k, v [B, n_kv, S, head_dim] into the cache (k, v of [B, n_kv, T, head_dim]) at
+        ``where``: the first position of every row (an int: all rows aligned, the common case)
+        or positions [B, S]. In place, also inside a compiled layer (inductor writes the slice
+        of the cache, it does not copy the cache)."""
+        b, _, s, _ = k.shape
         k_cache, v_cache = cache
         if isinstance(where, int):  # aligned rows: a plain slice write
             k_cache[:, :, where : where + s] = k
             v_cache[:, :, where : where + s] = v
         else:  # cache[b, :, pos[b, s]] = k[b, :, s]
-            rows = torch.arange(b, device=q.device)[:, None]
+            rows = torch.arange(b, device=k.device)[:, None]
             k_cache[rows, :, where] = k.transpose(1, 2).to(k_cache.dtype)
             v_cache[rows, :, where] = v.transpose(1, 2).to(v_cache.dtype)
+
+    def attend(
+        self,
+        q: torch.Tensor,
+        cache: tuple[torch.Tensor, torch.Tensor],
+        mask: torch.Tensor | None,
+        kv_len: int,
+    ) -> torch.Tensor:
+        """Attention of q [B, heads, S, head_dim] over the cache's first ``kv_len`` slots:
+        returns [B, S, heads * head_dim] (before o_proj). mask: [B or 1, 1, S, kv_len] or None
+        (every query sees all kv_len slots)."""
+        b, _, s, _ = q.shape
+        k_cache, v_cache = cache
         out = F.scaled_dot_product_attention(
             q,
             k_cache[:, :, :kv_len],
@@ -194,9 +203,10 @@ class Attention(nn.Module):
         mask: torch.Tensor | None,
         kv_len: int,
     ) -> torch.Tensor:
-        """x: [B, S, D] -> [B, S, D]: :meth:`project`, :meth:`attend`, then o_proj."""
+        """x: [B, S, D] -> [B, S, D]: :meth:`project`, :meth:`store`, :meth:`attend`, o_proj."""
         q, k, v = self.project(x, *rope)
-        return self.o_proj(self.attend(q, k, v, cache, where, mask, kv_len))
+        self.store(k, v, cache, where)
+        return self.o_proj(self.attend(q, cache, mask, kv_len))
 
 
 class MLP(nn.Module):
@@ -249,18 +259,27 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
     def forward(self, x, rope, cache, where, mask, kv_len) -> torch.Tensor:
-        q, k, v = layer_qkv(self, x, *rope)
-        return layer_out(self, x, self.self_attn.attend(q, k, v, cache, where, mask, kv_len))
+        q = layer_qkv(self, x, *rope, *cache, where)
+        return layer_out(self, x, self.self_attn.attend(q, cache, mask, kv_len))
 
 
 def layer_qkv(
-    layer: DecoderLayer, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """A layer's work before attention: input norm, q/k/v, q/k norms, rotary.
+    layer: DecoderLayer,
+    x: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    where: int | torch.Tensor,
+) -> torch.Tensor:
+    """A layer's work before attention: input norm, q/k/v, q/k norms, rotary, and k and v
+    written into the cache; returns q.
 
     A plain function of the layer so that one compiled version serves every layer of a stack
-    (see ``engine/cuda/fusion.py``); the KV-cache write and attention stay outside it."""
-    return layer.self_attn.project(layer.input_layernorm(x), cos, sin)
+    (see ``engine/cuda/fusion.py``); attention itself stays outside it."""
+    q, k, v = layer.self_attn.project(layer.input_layernorm(x), cos, sin)
+    layer.self_attn.store(k, v, (k_cache, v_cache), where)
+    return q
 
 
 def layer_out(layer: DecoderLayer, x: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
@@ -316,8 +335,8 @@ class DecoderStack(nn.Module):
         k_all, v_all = cache
         qkv, out = self.fused or (layer_qkv, layer_out)
         for i, layer in enumerate(self.layers):
-            q, k, v = qkv(layer, x, *rope)
-            x = out(layer, x, layer.self_attn.attend(q, k, v, (k_all[i], v_all[i]), positions, mask, kv_len))
+            q = qkv(layer, x, *rope, k_all[i], v_all[i], positions)
+            x = out(layer, x, layer.self_attn.attend(q, (k_all[i], v_all[i]), mask, kv_len))
         return self.norm(x)
 
 
