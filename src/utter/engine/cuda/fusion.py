@@ -4,17 +4,18 @@ On a GPU a frame is ~110 layer passes (one talker step and 15 code-predictor ste
 eager PyTorch each pass is ~20 kernels (more on GPUs), most of them 1-3 us elementwise ops
 (norms, rotary, residuals, the SiLU gate, cache writes) around four matrix products. CUDA graphs
 remove the launch cost but not the kernels: the GPU still runs them one after another.
-Compiling a layer's two halves (``layer_qkv``: input norm, q/k/v product, q/k norms, rotary,
-and k and v written into the KV cache; ``layer_out``: o_proj, residual, post norm, gate/up
-product, SiLU gate, down product, residual) fuses each run of elementwise ops into one kernel
-beside the products: about 10 kernels per layer pass instead of ~20 (0.6B sizes, counted on
-the CPU: 2110 -> 1155 per frame).
+Compiling everything from one attention to the next (``layer_between``: o_proj, residual, post
+norm, gate/up product, SiLU gate, down product, residual, then the next layer's input norm,
+q/k/v product, q/k norms, rotary, and its k and v written into the KV cache; ``layer_qkv``
+before the first attention, ``layer_last`` with the final norm after the last) fuses each run
+of elementwise ops into one kernel beside the products: about 9 kernels per layer pass instead
+of ~20 (0.6B sizes, counted on the CPU: 2110 -> 1052 per frame).
 
-Attention (one SDPA kernel either way) stays eager between the halves. The cache write inside
-the compiled half is in place: inductor writes the slice (or the rows' positions) of the cache
+Attention (one SDPA kernel either way) stays eager between the regions. The cache write inside
+a compiled region is in place: inductor writes the slice (or the rows' positions) of the cache
 view it is given, it does not copy the cache (checked: the cost does not grow with its length).
 
-Each half is one plain function of the layer (``model/layers.py``), compiled once per stack
+Each region is one plain function of the layers (``model/layers.py``), compiled once per stack
 shape and reused by every layer (the layers' weights are inputs of the compiled graph, not
 constants), so compile time does not grow with depth. Shapes are dynamic: one graph serves
 every batch and prompt length. Compiled layers need plain ``nn.Linear`` products (the float
@@ -30,7 +31,7 @@ import os
 import torch
 from torch import nn
 
-from ..model.layers import DecoderStack, layer_out, layer_qkv, new_cache
+from ..model.layers import DecoderStack, layer_between, layer_last, layer_qkv, new_cache
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ def _raise_recompile_limit() -> None:
 def fuse(stacks: list[DecoderStack]) -> bool:
     """Compile the layers of ``stacks``; returns whether they now run compiled.
 
-    One pair of compiled functions for all stacks: torch guards on each stack's shapes and
+    One set of compiled functions for all stacks: torch guards on each stack's shapes and
     compiles a variant per shape on first use (that first call is the slow one: run it before
     capturing CUDA graphs, which ``enable_graphs`` does in its warm-up)."""
     for stack in stacks:
@@ -81,15 +82,14 @@ def fuse(stacks: list[DecoderStack]) -> bool:
             return False
     _raise_recompile_limit()
     try:
-        pair = (
-            torch.compile(layer_qkv, dynamic=True, fullgraph=True),
-            torch.compile(layer_out, dynamic=True, fullgraph=True),
+        steps = tuple(
+            torch.compile(fn, dynamic=True, fullgraph=True) for fn in (layer_qkv, layer_between, layer_last)
         )
     except Exception as exc:  # noqa: BLE001 - no backend here: stay eager, say why once
         logger.warning("layers not compiled (torch.compile unavailable: %s)", exc)
         return False
     for stack in stacks:
-        stack.fused = pair
+        stack.fused = steps
     return True
 
 

@@ -288,6 +288,29 @@ def layer_out(layer: DecoderLayer, x: torch.Tensor, attended: torch.Tensor) -> t
     return x + layer.mlp(layer.post_attention_layernorm(x))
 
 
+def layer_between(
+    layer: DecoderLayer,
+    following: DecoderLayer,
+    x: torch.Tensor,
+    attended: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    where: int | torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Everything from one attention to the next: :func:`layer_out` of ``layer``, then
+    :func:`layer_qkv` of ``following`` (its cache given). Returns (x, the next q). One region,
+    so a compiled version fuses the last residual with the next input norm."""
+    x = layer_out(layer, x, attended)
+    return x, layer_qkv(following, x, cos, sin, k_cache, v_cache, where)
+
+
+def layer_last(layer: DecoderLayer, norm: RMSNorm, x: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
+    """The last layer's work after attention, and the stack's final norm."""
+    return norm(layer_out(layer, x, attended))
+
+
 class DecoderStack(nn.Module):
     """Layers + final norm over input embeddings; the caller owns embeddings and heads."""
 
@@ -299,8 +322,8 @@ class DecoderStack(nn.Module):
         self.rotary = Rotary(cfg.head_dim, cfg.rope_theta)
         # A whole-stack decode step in C for one sequence (engine/cpu/native_stack.py), set after loading.
         self.native: NativeStack | None = None
-        # Compiled (fused) versions of layer_qkv and layer_out (engine/cuda/fusion.py), or None.
-        self.fused: tuple[Callable, Callable] | None = None
+        # Compiled (fused) layer_qkv, layer_between and layer_last (engine/cuda/fusion.py), or None.
+        self.fused: tuple[Callable, Callable, Callable] | None = None
 
     def run(
         self,
@@ -333,11 +356,15 @@ class DecoderStack(nn.Module):
             keys = torch.arange(kv_len, device=x.device)
             mask = keys[None, None, None, :] <= positions[:, None, :, None]  # [B, 1, S, kv_len]
         k_all, v_all = cache
-        qkv, out = self.fused or (layer_qkv, layer_out)
-        for i, layer in enumerate(self.layers):
-            q = qkv(layer, x, *rope, k_all[i], v_all[i], positions)
-            x = out(layer, x, layer.self_attn.attend(q, (k_all[i], v_all[i]), mask, kv_len))
-        return self.norm(x)
+        first, between, last = self.fused or (layer_qkv, layer_between, layer_last)
+        layers = self.layers
+        q = first(layers[0], x, *rope, k_all[0], v_all[0], positions)
+        for i, layer in enumerate(layers):  # attention, then all up to the next one
+            attended = layer.self_attn.attend(q, (k_all[i], v_all[i]), mask, kv_len)
+            if i + 1 == len(layers):
+                return last(layer, self.norm, x, attended)
+            x, q = between(layer, layers[i + 1], x, attended, *rope, k_all[i + 1], v_all[i + 1], positions)
+        raise AssertionError("a stack has at least one layer")
 
 
 def new_cache(
