@@ -101,6 +101,9 @@ def test_bench_tiny_quick_end_to_end(tmp_path: Path, capsys) -> None:
     assert full["frame"]["prefill_ms"] > 0  # the admission (batched prefill) is timed
     assert 0 < full["frame"]["kernels_per_frame"] <= full["frame"]["ops_per_frame"]  # the launch proxy
     assert full["say"]["frames_ok"] and full["say"]["seconds"] > full["load"]["cold_start_s"] > 0
+    phases = full["load"]["phases_s"]  # where the engine's load went
+    assert {"checkpoint", "talker", "codec_tokenizer_wait", "total"} <= set(phases)
+    assert phases["total"] >= phases["talker"] > 0 and "graphs" not in phases  # no CUDA graphs on a CPU
     assert 0 < full["ttfa"]["seconds"] < full["say"]["seconds"]
     assert set(full["concurrency"]) == {"1", "4"}
     assert all(c["frames_ok"] and c["audio_s"] > 0 for c in full["concurrency"].values())

@@ -175,3 +175,37 @@ def test_compile_is_asked_for_by_argument_or_environment(monkeypatch) -> None:
     assert not fusion.wanted(None) and fusion.wanted(True)
     monkeypatch.setenv("UTTER_COMPILE", "1")
     assert fusion.wanted(None) and not fusion.wanted(False)
+
+
+def test_a_batcher_serves_compiled_layers_from_its_own_thread(fused, ref_wav) -> None:
+    """The batcher's worker thread runs the compiled layers with the variants compiled at load:
+    nothing compiles while serving, nothing falls back (torch's compiler settings are per
+    thread: a worker left at the default recompile limit once failed every request)."""
+    from utter.engine.sched.batcher import Batcher
+
+    engine, _ = fused
+    reqs = _requests(engine, ref_wav)
+    before = counters["stats"]["unique_graphs"]
+    with Batcher(engine, max_batch=4) as batcher:
+        streams = [batcher.submit(r) for r in reqs]
+        audio = [s.audio() for s in streams]
+    assert all(s.error is None and s.finish_reason in ("eos", "max_frames") for s in streams)
+    assert all(a.size > 0 for a in audio)
+    assert counters["stats"]["unique_graphs"] == before
+
+
+def test_each_thread_that_runs_compiled_layers_raises_its_own_limit() -> None:
+    import threading
+
+    seen: list[int] = []
+
+    def worker(prepare: bool) -> None:
+        if prepare:
+            fusion.prepare_thread()
+        seen.append(torch._dynamo.config.recompile_limit)
+
+    for prepare in (False, True):
+        thread = threading.Thread(target=worker, args=(prepare,))
+        thread.start()
+        thread.join()
+    assert seen[0] < fusion.RECOMPILE_LIMIT == seen[1]  # torch's settings are per thread

@@ -153,6 +153,14 @@ def finish(doc: dict) -> dict:
 
 
 # ----------------------------------------------------------------------------- table
+def _phases(phases: dict | None) -> str:
+    """The engine's loading phases, longest first ("talker 3.1, compile 35.2"; total left out)."""
+    if not phases:
+        return "-"
+    parts = sorted(((k, v) for k, v in phases.items() if k != "total"), key=lambda kv: -kv[1])
+    return ", ".join(f"{k.replace('_', ' ')} {v:.1f}" for k, v in parts)
+
+
 def _fmt(v, digits: int = 2) -> str:
     if v is None:
         return "-"
@@ -192,6 +200,7 @@ def table(doc: dict) -> str:
     frames = s["frames"]
     rows: list[tuple[str, list[str]]] = [
         ("cold start: process start to loaded (s)", [_fmt(_get(r, "load", "cold_start_s")) for _, r in cols]),
+        ("of which loading: phase (s)", [_phases(_get(r, "load", "phases_s")) for _, r in cols]),
         (
             f"`say` {frames * 0.08:.1f} s of audio, whole command (s)",
             [_fmt(_get(r, "say", "seconds")) for _, r in cols],

@@ -287,6 +287,7 @@ def measure(spec: dict) -> dict:
     sync(device)
     ready = time.time()
     out = result_head("utter", mode, device, spawned, imported, ready)
+    out["load"]["phases_s"] = dict(engine.load_seconds)  # where the load went
     opts = _options(engine, frames, spec.get("sample", False), spec.get("seed", 0))
 
     # `utter say` from process start: voice from the recording, generate, decode, write.

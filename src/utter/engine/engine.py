@@ -143,6 +143,9 @@ class Engine:
         self.weight_mode = weight_mode
         self.runner = Runner(self.talker, config)
         self._warm_streams: OrderedDict[str, AudioStream] = OrderedDict()  # per voice, see audio_stream
+        # Seconds per loading phase (checkpoint, talker, codec_tokenizer_wait, compile, graphs,
+        # total), set by load: where a cold start goes.
+        self.load_seconds: dict[str, float] = {}
 
     # ----------------------------------------------------------------- loading
     @classmethod
@@ -183,8 +186,10 @@ class Engine:
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise ValueError("device 'cuda' was asked for but no CUDA GPU is available")
         started = time.perf_counter()
+        phases: dict[str, float] = {}  # where the load's time went (Engine.load_seconds)
         folder = resolve_checkpoint(model, cache_dir=cache_dir)
         config = ModelConfig.load(folder)  # resolve_checkpoint has checked it is a 12 Hz Base model
+        phases["checkpoint"] = time.perf_counter() - started
         dev, dt = torch.device(device), activation_dtype(mode, device)
         # The speech and text tokenizers load beside the talker: most of their time is importing
         # transformers (Python, under the GIL), most of the talker's is converting weights (C,
@@ -193,8 +198,12 @@ class Engine:
         with ThreadPoolExecutor(1, thread_name_prefix="utter-load") as pool:
             codec_loading = pool.submit(_load_codec, folder, dev, mode)
             tokenizer_loading = pool.submit(TextTokenizer, folder)
+            mark = time.perf_counter()
             weights = _load_talker(folder, config, dev, dt, mode, max_batch)
+            phases["talker"] = time.perf_counter() - mark
+            mark = time.perf_counter()
             codec, tokenizer = codec_loading.result(), tokenizer_loading.result()
+            phases["codec_tokenizer_wait"] = time.perf_counter() - mark  # beyond the talker's time
         engine = cls(
             folder,
             config,
@@ -207,15 +216,20 @@ class Engine:
             mode,
         )
         if fusion.wanted(compile):
-            compiling = time.perf_counter()
+            mark = time.perf_counter()
             stacks = [engine.talker.model, engine.talker.code_predictor.model]
             if fusion.fuse(stacks) and fusion.warm(stacks, dev, dt):
-                logger.info("decoder layers compiled in %.1fs", time.perf_counter() - compiling)
+                logger.info("decoder layers compiled in %.1fs", time.perf_counter() - mark)
+            phases["compile"] = time.perf_counter() - mark
         if dev.type == "cuda" and cuda_graphs is not False:
+            mark = time.perf_counter()
             engine.runner.enable_graphs(max_batch, max_len)
-        logger.info(
-            "loaded %s on %s (%s weights) in %.1fs", folder, device, mode, time.perf_counter() - started
-        )
+            phases["graphs"] = time.perf_counter() - mark
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)  # the phases above include their device work
+        phases["total"] = time.perf_counter() - started
+        engine.load_seconds = phases
+        logger.info("loaded %s on %s (%s weights) in %.1fs", folder, device, mode, phases["total"])
         return engine
 
     @property

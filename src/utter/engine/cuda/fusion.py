@@ -62,7 +62,10 @@ def fusable(stack: DecoderStack) -> str | None:
     return None
 
 
-def _raise_recompile_limit() -> None:
+def prepare_thread() -> None:
+    """Let compiled layers have their variants in the calling thread: torch's compiler settings
+    are per thread, so a thread that runs compiled layers (the batcher's worker) sets this
+    itself; in a thread left at torch's default (8) the layers would fall back to eager."""
     config = torch._dynamo.config
     for name in ("recompile_limit", "cache_size_limit"):  # the name changed across versions
         if hasattr(config, name) and getattr(config, name) < RECOMPILE_LIMIT:
@@ -80,11 +83,11 @@ def fuse(stacks: list[DecoderStack]) -> bool:
         if why is not None:
             logger.info("layers not compiled: %s", why)
             return False
-    _raise_recompile_limit()
+    prepare_thread()
     try:
-        steps = tuple(
-            torch.compile(fn, dynamic=True, fullgraph=True) for fn in (layer_qkv, layer_between, layer_last)
-        )
+        # Not fullgraph: past the recompile limit a region runs eagerly instead of raising (the
+        # kernel-count test catches a region that stops compiling whole).
+        steps = tuple(torch.compile(fn, dynamic=True) for fn in (layer_qkv, layer_between, layer_last))
     except Exception as exc:  # noqa: BLE001 - no backend here: stay eager, say why once
         logger.warning("layers not compiled (torch.compile unavailable: %s)", exc)
         return False
@@ -116,7 +119,8 @@ def warm(stacks: list[DecoderStack], device: torch.device, dtype: torch.dtype) -
                         x = torch.zeros(b, s, stack.cfg.hidden_size, device=device, dtype=dtype)
                         for start in (0, 2):  # torch specialises an int of 0 (and of 1)
                             stack.run(x, cache, start, kv_len=start + s)
-                        stack.run(x, cache, torch.arange(s, device=device).expand(b, s), kv_len=s)
+                        positions = torch.arange(s, device=device).repeat(b, 1)  # contiguous, as the runner's
+                        stack.run(x, cache, positions, kv_len=s)
     except Exception:  # noqa: BLE001 - a backend that fails here fails every step: stay eager
         logger.exception("compiling the decoder layers failed; they run eagerly")
         unfuse(stacks)

@@ -344,8 +344,12 @@ class DecoderStack(nn.Module):
             start = positions if isinstance(positions, int) else int(positions[0, 0])
             if start + s == kv_len:  # one sequence: it sees exactly its own positions
                 return self.native.run(x, cache, start, (cos, sin))
-        if isinstance(positions, int):
-            rope = (cos[positions : positions + s], sin[positions : positions + s])
+        if self.fused is not None and x.stride() != (s * x.shape[2], x.shape[2], 1):
+            # One memory layout for the compiled regions (torch guards on strides, also those of
+            # size-1 dims, which .contiguous() leaves as they are): fewer variants to compile.
+            x = x.clone(memory_format=torch.contiguous_format)
+        if isinstance(positions, int):  # rope as [1, 1, S, head_dim] (the same rank either way)
+            rope = (cos[positions : positions + s][None, None], sin[positions : positions + s][None, None])
             mask = None
             if s > 1 or positions + s < kv_len:
                 keys = torch.arange(kv_len, device=x.device)

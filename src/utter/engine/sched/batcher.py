@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..cuda import fusion
 from ..engine import MAX_FRAMES, Engine, Request
 from ..streaming import CHUNK_FRAMES, FIRST_CHUNK_FRAMES, PcmChunker, push_together
 from .runner import Sequence
@@ -268,6 +269,7 @@ class Batcher:
         the batcher dead, so /health reports it and new requests get a clear error.
         """
         torch.set_grad_enabled(False)
+        fusion.prepare_thread()  # compiled layers run in this thread (compiler settings are per thread)
         with torch.inference_mode():
             while not self._stop.is_set():
                 try:
