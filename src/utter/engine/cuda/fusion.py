@@ -27,11 +27,15 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from ..model.layers import DecoderStack, layer_between, layer_last, layer_qkv, new_cache
+from ..model.layers import DecoderStack, layer_between, layer_last, layer_qkv
+
+if TYPE_CHECKING:
+    from ..sched.runner import Runner
 
 logger = logging.getLogger(__name__)
 
@@ -102,28 +106,32 @@ def unfuse(stacks: list[DecoderStack]) -> None:
         stack.fused = None
 
 
-def warm(stacks: list[DecoderStack], device: torch.device, dtype: torch.dtype) -> bool:
-    """Compile now, through each stack's own ``run`` on a small scratch cache (one row and two,
-    one position and three, aligned and per-row positions: every variant the runner uses),
-    instead of inside the first request; on failure go back to eager layers and log why.
+def warm(runner: Runner) -> bool:
+    """Compile now, through each stack's own ``run`` on the runner's own KV caches (the talker's
+    and the code predictor's), instead of inside the first request: one row and two, one
+    position and three, aligned and per-row positions, every variant the runner uses. Torch
+    guards on the caches' shapes, so a fixed-shape runner (CUDA graphs) compiles nothing more
+    while serving; a runner whose caches grow compiles a variant per new size (CPUs). The
+    caches' contents are scratch here (no request yet). On failure: eager layers, logged.
     Returns whether the layers run compiled."""
+    talker = runner.talker
+    pairs = [(talker.model, runner.cache), (talker.code_predictor.model, runner.cp_cache)]
     try:
         with torch.inference_mode():  # as the runner calls them: the variants compiled are its own
-            for stack in stacks:
+            for stack, (keys, values) in pairs:
                 if stack.fused is None:
                     continue
-                keys, values = new_cache(stack.cfg, 2, 8, device, dtype)
-                for b in (1, 2):
+                for b in sorted({1, min(2, keys.shape[1])}):
                     cache = (keys[:, :b], values[:, :b])
                     for s in (1, 3):
-                        x = torch.zeros(b, s, stack.cfg.hidden_size, device=device, dtype=dtype)
+                        x = torch.zeros(b, s, stack.cfg.hidden_size, device=runner.device, dtype=runner.dtype)
                         for start in (0, 2):  # torch specialises an int of 0 (and of 1)
                             stack.run(x, cache, start, kv_len=start + s)
-                        positions = torch.arange(s, device=device).repeat(b, 1)  # contiguous, as the runner's
+                        positions = torch.arange(s, device=runner.device).repeat(b, 1)  # contiguous
                         stack.run(x, cache, positions, kv_len=s)
     except Exception:  # noqa: BLE001 - a backend that fails here fails every step: stay eager
         logger.exception("compiling the decoder layers failed; they run eagerly")
-        unfuse(stacks)
+        unfuse([stack for stack, _ in pairs])
         return False
     return True
 

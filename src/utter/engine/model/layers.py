@@ -331,8 +331,10 @@ class DecoderStack(nn.Module):
         cache: tuple[torch.Tensor, torch.Tensor],
         positions: int | torch.Tensor,
         kv_len: int,
+        eager: bool = False,
     ) -> torch.Tensor:
-        """Run all layers on x [B, S, D], attending to cache slots < kv_len.
+        """Run all layers on x [B, S, D], attending to cache slots < kv_len (``eager``: not the
+        compiled layers, for caches of one-off shapes that would each compile a variant).
 
         ``positions``: an int p when every row is at positions p..p+S-1 (prefill of one row, the
         code predictor), else a tensor [B, S] (talker rows at different lengths). cache: k, v of
@@ -344,7 +346,8 @@ class DecoderStack(nn.Module):
             start = positions if isinstance(positions, int) else int(positions[0, 0])
             if start + s == kv_len:  # one sequence: it sees exactly its own positions
                 return self.native.run(x, cache, start, (cos, sin))
-        if self.fused is not None and x.stride() != (s * x.shape[2], x.shape[2], 1):
+        fused = None if eager else self.fused
+        if fused is not None and x.stride() != (s * x.shape[2], x.shape[2], 1):
             # One memory layout for the compiled regions (torch guards on strides, also those of
             # size-1 dims, which .contiguous() leaves as they are): fewer variants to compile.
             x = x.clone(memory_format=torch.contiguous_format)
@@ -360,7 +363,7 @@ class DecoderStack(nn.Module):
             keys = torch.arange(kv_len, device=x.device)
             mask = keys[None, None, None, :] <= positions[:, None, :, None]  # [B, 1, S, kv_len]
         k_all, v_all = cache
-        first, between, last = self.fused or (layer_qkv, layer_between, layer_last)
+        first, between, last = fused or (layer_qkv, layer_between, layer_last)
         layers = self.layers
         q = first(layers[0], x, *rope, k_all[0], v_all[0], positions)
         for i, layer in enumerate(layers):  # attention, then all up to the next one

@@ -52,7 +52,10 @@ def advance(runner: Runner) -> None:
     for p in runner.prefilling:
         while True:
             end = min(p.done + runner.prefill_chunk, p.prefill.shape[0])
-            out = runner.talker.model.run(p.prefill[None, p.done : end], p.cache, p.done, kv_len=end)
+            # Eager layers: the cache's length is this prompt's, a shape compiled layers would
+            # compile anew for every long prompt (prefill is bound by its products anyway).
+            x = p.prefill[None, p.done : end]
+            out = runner.talker.model.run(x, p.cache, p.done, kv_len=end, eager=True)
             p.done = end
             if end == p.prefill.shape[0]:
                 p.last = out[0, -1]

@@ -128,8 +128,12 @@ class Runner:
         self._allocate(*INITIAL_CAPACITY)
 
     # ----------------------------------------------------------------- memory
+    @torch.inference_mode()
     def _allocate(self, batch: int, length: int) -> None:
-        """(Re)allocate caches and per-row state for ``batch`` x ``length``, keeping live rows."""
+        """(Re)allocate caches and per-row state for ``batch`` x ``length``, keeping live rows.
+
+        Always inference tensors, whoever calls (the constructor, a load, a step): compiled
+        layers guard on the kind of tensor they get, so one kind means one compiled variant."""
         tc = self.cfg.talker
         n = len(self.rows)
         old_cache, old_rows = getattr(self, "cache", None), getattr(self, "rowvars", None)
@@ -315,7 +319,11 @@ class Runner:
         self, cache: tuple[torch.Tensor, torch.Tensor], seq: Sequence, prefill: torch.Tensor, start: int
     ) -> None:
         """Fill the voice prefix (positions < ``start``) of ``seq`` into its one-row ``cache``
-        (k, v of [layers, 1, ...]) from the prefix cache, computing and caching it on a miss."""
+        (k, v of [layers, 1, ...]) from the prefix cache, computing and caching it on a miss.
+
+        The prefix is computed with eager layers always: the same keys and values whichever
+        path admits the request (a chunked prefill's cache has a one-off shape that compiled
+        layers would compile for), and a prefill is bound by its products anyway."""
         if start == 0:
             return
         k_row, v_row = cache
@@ -326,7 +334,7 @@ class Runner:
         # into other codes, so a seeded request would sound different on a cache miss).
         cached = self.prefix_cache.get(key)
         if cached is None:
-            self.talker.model.run(prefill[None, :start], (k_row, v_row), 0, kv_len=start)
+            self.talker.model.run(prefill[None, :start], (k_row, v_row), 0, kv_len=start, eager=True)
             cached = (k_row[:, :, :, :start].clone(), v_row[:, :, :, :start].clone())
             self.prefix_cache[key] = cached
             while len(self.prefix_cache) > self.prefix_cache_size:
