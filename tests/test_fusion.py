@@ -192,20 +192,43 @@ def test_compile_is_asked_for_by_argument_or_environment(monkeypatch) -> None:
 
 
 def test_a_batcher_serves_compiled_layers_from_its_own_thread(fused, ref_wav) -> None:
-    """The batcher's worker thread runs the compiled layers with the variants compiled at load:
-    nothing compiles while serving, nothing falls back (torch's compiler settings are per
-    thread: a worker left at the default recompile limit once failed every request)."""
+    """Compiled from scratch at load, as a GPU server does (fixed-shape runner, caches made
+    before the first request), the variants serve everything the batcher's worker thread runs:
+    admissions at later rows, pipelined steps, a cancel. Nothing compiles while serving,
+    nothing falls back (torch's compiler settings are per thread: a worker left at the default
+    recompile limit once failed every request)."""
+    import dataclasses
+    import time
+
     from utter.engine.sched.batcher import Batcher
 
     engine, _ = fused
-    reqs = _requests(engine, ref_wav)
-    before = counters["stats"]["unique_graphs"]
-    with Batcher(engine, max_batch=4) as batcher:
-        streams = [batcher.submit(r) for r in reqs]
-        audio = [s.audio() for s in streams]
-    assert all(s.error is None and s.finish_reason in ("eos", "max_frames") for s in streams)
-    assert all(a.size > 0 for a in audio)
-    assert counters["stats"]["unique_graphs"] == before
+    saved = engine.runner
+    torch._dynamo.reset()  # forget what earlier tests compiled: load's warm-up alone must do
+    try:
+        engine.runner = Runner(engine.talker, engine.config)
+        engine.runner.enable_graphs(max_batch=4, max_len=256, capture=False)
+        engine.runner.pipelined = True  # as on CUDA
+        assert fusion.fuse(_stacks(engine)) and fusion.warm(engine.runner)
+        before = counters["stats"]["unique_graphs"]
+        reqs = _requests(engine, ref_wav)
+        with Batcher(engine, max_batch=4) as batcher:
+            first = batcher.submit(reqs[0])
+            time.sleep(0.3)  # the others join rows 1.. of a running batch
+            later = [batcher.submit(r) for r in reqs[1:]]
+            long = batcher.submit(
+                dataclasses.replace(reqs[0], options=GenerationOptions.greedy(max_frames=200))
+            )
+            time.sleep(0.2)
+            long.cancel()
+            streams = [first, *later]
+            audio = [s.audio() for s in streams]
+            long.audio()
+        assert all(s.error is None and s.finish_reason in ("eos", "max_frames") for s in streams)
+        assert all(a.size > 0 for a in audio)
+        assert counters["stats"]["unique_graphs"] == before
+    finally:
+        engine.runner = saved
 
 
 def test_each_thread_that_runs_compiled_layers_raises_its_own_limit() -> None:

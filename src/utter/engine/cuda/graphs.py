@@ -68,11 +68,13 @@ class StepGraphs:
         self.lengths = length_buckets(length)
         tc = runner.cfg.talker
         dev, dt = runner.device, runner.dtype
-        # Static inputs and outputs of the graphs.
-        self.codes_out = torch.zeros(batch, tc.num_code_groups, dtype=torch.long, device=dev)
-        self.codes_in = torch.zeros(batch, tc.num_code_groups, dtype=torch.long, device=dev)
-        self.text_in = torch.zeros(batch, tc.decoder.hidden_size, dtype=dt, device=dev)
-        self.pos_in = torch.zeros(batch, dtype=torch.long, device=dev)
+        # Static inputs and outputs of the graphs; inference tensors like every other runner
+        # tensor (compiled layers guard on the kind of tensor they get).
+        with torch.inference_mode():
+            self.codes_out = torch.zeros(batch, tc.num_code_groups, dtype=torch.long, device=dev)
+            self.codes_in = torch.zeros(batch, tc.num_code_groups, dtype=torch.long, device=dev)
+            self.text_in = torch.zeros(batch, tc.decoder.hidden_size, dtype=dt, device=dev)
+            self.pos_in = torch.zeros(batch, dtype=torch.long, device=dev)
         self._graphs: dict[tuple, torch.cuda.CUDAGraph | None] = {}
         # One memory pool for every graph: they replay one at a time, never side by side.
         self._pool = torch.cuda.graph_pool_handle() if capture else None
