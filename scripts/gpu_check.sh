@@ -26,8 +26,8 @@ step checkpoint 120 python3 -m utter.cli dev tiny-checkpoint /tmp/ck06 --size 0.
 # per-frame split, kernels per frame), the official package in the same run.
 step bench 420 python3 -m utter.cli bench --device "$DEVICE" --model /tmp/ck06 \
   --weight-mode bfloat16+compile,bfloat16 --official-dtype bfloat16 --frames 100 \
-  --concurrency 1,8,32,64 --arrival-rates 10 --arrival-seconds 15 --text-frames-cap 60 \
-  --ttfa-repeats 20 --output "$OUT/bench.json" --plot "$OUT/bench.png" --markdown "$OUT/bench.md"
+  --concurrency 1,8,32,64 --arrival-rates 10 --arrival-seconds 10 --text-frames-cap 60 \
+  --ttfa-repeats 10 --output "$OUT/bench.json" --plot "$OUT/bench.png" --markdown "$OUT/bench.md"
 tail -n 5 "$OUT/tests.log"
 cat "$OUT/bench.md" 2>/dev/null
 cat "$OUT/summary.txt"
