@@ -160,7 +160,10 @@ class StepGraphs:
             fn()  # warm-up: lazy initialisation must not happen during capture
         torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool):
+        # Thread-local: captures happen while serving (first use of a shape), and other threads
+        # may use the GPU meanwhile (transcription, the studio's encoders); a global capture
+        # would make their CUDA calls fail or invalidate it.
+        with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
             fn()
         torch.cuda.synchronize()
         return graph
