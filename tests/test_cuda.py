@@ -112,7 +112,10 @@ def test_compiled_layers_in_captured_graphs_equal_eager(tiny_checkpoint, cuda_en
     _assert_same(compiled.generate_codes(reqs), _eager_codes(cuda_engine, reqs))
 
 
-def test_the_batcher_streams_on_the_codec_stream_what_generate_decodes(cuda_engine, ref_wav) -> None:
+@pytest.mark.parametrize("own_stream", [True, False], ids=["codec-stream", "one-stream"])
+def test_the_batcher_streams_on_the_codec_stream_what_generate_decodes(
+    cuda_engine, ref_wav, monkeypatch, own_stream: bool
+) -> None:
     """The batcher's codec runs on its own CUDA stream, overlapping the decode loop: its audio is
     the one-shot decode's (batched chunks to float rounding; a missed synchronisation between
     the streams would show as garbage, not rounding)."""
@@ -122,8 +125,9 @@ def test_the_batcher_streams_on_the_codec_stream_what_generate_decodes(cuda_engi
 
     reqs = _requests(cuda_engine, ref_wav)
     want = [r.audio for r in cuda_engine.generate_batch(reqs)]
+    monkeypatch.setenv("UTTER_CODEC_STREAM", "1" if own_stream else "0")
     with Batcher(cuda_engine, max_batch=4) as batcher:
-        assert batcher._codec_stream is not None
+        assert (batcher._codec_stream is not None) == own_stream
         streams = [batcher.submit(r) for r in reqs]
         got = [s.audio() for s in streams]
     for a, b in zip(got, want):

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import os
 import queue
 import threading
 import time
@@ -177,8 +178,10 @@ class Batcher:
         # host PCM) overlaps the decode loop's instead of queueing behind the next step, and
         # reading its PCM waits for the codec only. Every codec tensor of the batcher (warm
         # voice states, forks, batch decoders) is made on that stream.
-        cuda = engine.device.type == "cuda"
-        self._codec_stream = torch.cuda.Stream(device=engine.device) if cuda else None
+        # UTTER_CODEC_STREAM=0 keeps the codec on the decode loop's stream (a way back should a
+        # GPU misbehave with two streams).
+        own = engine.device.type == "cuda" and os.environ.get("UTTER_CODEC_STREAM", "1") != "0"
+        self._codec_stream = torch.cuda.Stream(device=engine.device) if own else None
 
     # ---------------------------------------------------------------- control
     def start(self) -> Batcher:
