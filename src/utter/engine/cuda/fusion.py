@@ -17,10 +17,11 @@ view it is given, it does not copy the cache (checked: the cost does not grow wi
 
 Each region is one plain function of the layers (``model/layers.py``), compiled once per stack
 shape and reused by every layer (the layers' weights are inputs of the compiled graph, not
-constants), so compile time does not grow with depth. Shapes are dynamic: one graph serves
-every batch and prompt length. Compiled layers need plain ``nn.Linear`` products (the float
-weight modes; not int8 nor the CPU's packed float16) and the PyTorch path (not the native CPU
-stack). ``fuse`` checks, and falls back to eager layers with one log line when compiling fails.
+constants), so compile time does not grow with depth. Batch and prompt length are dynamic;
+the caches' shapes are not (a fixed-shape runner has one each), so the variants are compiled at
+load on the runner's own caches (``warm``). Compiled layers need plain ``nn.Linear`` products
+(the float weight modes; not int8 nor the CPU's packed float16) and the PyTorch path (not the
+native CPU stack). ``fuse`` checks, and falls back to eager layers with one log line when compiling fails.
 """
 
 from __future__ import annotations
