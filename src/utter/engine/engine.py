@@ -221,8 +221,7 @@ class Engine:
             phases["graphs"] = time.perf_counter() - mark
         if fusion.wanted(compile):  # on the runner's final caches: the variants serving needs
             mark = time.perf_counter()
-            stacks = [engine.talker.model, engine.talker.code_predictor.model]
-            if fusion.fuse(stacks) and fusion.warm(engine.runner):
+            if fusion.apply(engine.runner):
                 logger.info("decoder layers compiled in %.1fs", time.perf_counter() - mark)
             phases["compile"] = time.perf_counter() - mark
         if dev.type == "cuda":

@@ -137,6 +137,13 @@ def warm(runner: Runner) -> bool:
     return True
 
 
+def apply(runner: Runner) -> bool:
+    """Compile the runner's two stacks (talker, code predictor) and their variants now, on its
+    caches (:func:`fuse`, then :func:`warm`); returns whether the layers run compiled."""
+    talker = runner.talker
+    return fuse([talker.model, talker.code_predictor.model]) and warm(runner)
+
+
 def profile_kernels() -> None:
     """Make compiled CPU kernels visible to the profiler (``opcount.count_kernels``): set before
     compiling. For measurements only: it adds a profiler hook to every generated kernel."""

@@ -194,20 +194,6 @@ class Attention(nn.Module):
         )
         return out.transpose(1, 2).reshape(b, s, self.n_heads * self.head_dim)
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        rope: tuple[torch.Tensor, torch.Tensor],
-        cache: tuple[torch.Tensor, torch.Tensor],
-        where: int | torch.Tensor,
-        mask: torch.Tensor | None,
-        kv_len: int,
-    ) -> torch.Tensor:
-        """x: [B, S, D] -> [B, S, D]: :meth:`project`, :meth:`store`, :meth:`attend`, o_proj."""
-        q, k, v = self.project(x, *rope)
-        self.store(k, v, cache, where)
-        return self.o_proj(self.attend(q, cache, mask, kv_len))
-
 
 class MLP(nn.Module):
     def __init__(self, hidden: int, intermediate: int) -> None:
@@ -251,16 +237,16 @@ def fuse_projections(module: nn.Module) -> nn.Module:
 
 
 class DecoderLayer(nn.Module):
+    """One layer's weights. It has no forward of its own: the stack runs it in regions from one
+    attention to the next (``layer_qkv``, ``layer_between``, ``layer_last``), which is also what
+    compiled layers compile."""
+
     def __init__(self, cfg: DecoderConfig) -> None:
         super().__init__()
         self.self_attn = Attention(cfg)
         self.mlp = MLP(cfg.hidden_size, cfg.intermediate_size)
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-
-    def forward(self, x, rope, cache, where, mask, kv_len) -> torch.Tensor:
-        q = layer_qkv(self, x, *rope, *cache, where)
-        return layer_out(self, x, self.self_attn.attend(q, cache, mask, kv_len))
 
 
 def layer_qkv(

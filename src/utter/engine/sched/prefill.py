@@ -77,16 +77,5 @@ def join(runner: Runner, complete: list[Prefilling]) -> None:
         runner.cache[0][:, row : row + 1, :, :n] = p.cache[0]
         runner.cache[1][:, row : row + 1, :, :n] = p.cache[1]
         runner.prefilling.remove(p)
-        runner.rows.append(p.seq)
-        p.seq.position = n
-        runner._set_row(row, p.seq)
-        runner.rowvars["position"][row] = n
-    rows = slice(first, first + len(complete))
-    seqs = [p.seq for p in complete]
-    runner._plan(seqs)
-    out = torch.stack([p.last for p in complete])
-    runner.rowvars["hidden"][rows] = out
-    tokens = runner._choose(runner.talker.codec_head(out), rows)
-    runner.rowvars["pending"][rows] = tokens
-    for seq, token in zip(seqs, tokens.tolist()):
-        seq.pending = token
+    hidden = torch.stack([p.last for p in complete])
+    runner._seat([p.seq for p in complete], [p.prefill.shape[0] for p in complete], hidden)

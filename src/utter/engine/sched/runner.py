@@ -45,6 +45,20 @@ def _own_start(seq: Sequence, n: int) -> int:
     return start if key is not None and 0 < start < n else 0
 
 
+def _take_out(order: list[int], row: int) -> None:
+    """Update ``order`` (which row of a step's codes each batch row holds) for ``row`` leaving
+    the batch: the last row moves into its place, as :meth:`Runner._remove` moves it."""
+    order[row] = order[-1]
+    order.pop()
+
+
+def _rows_of(codes: torch.Tensor, order: list[int]) -> torch.Tensor:
+    """The rows of ``codes`` that ``order`` names, in that order (a view when they lead)."""
+    if order == list(range(len(order))):
+        return codes if len(order) == codes.shape[0] else codes[: len(order)]
+    return codes[order]
+
+
 def _trim_heap() -> None:
     """Ask glibc to return freed heap pages to the OS (large frees may otherwise stay mapped)."""
     try:
@@ -303,16 +317,24 @@ class Runner:
             out = self.talker.model.run(x, cache, positions, kv_len=kv_len)
             last = torch.tensor([r.shape[0] - 1 for r in rests], device=self.device)
             out = out[torch.arange(b, device=self.device), last]
-        for i, (seq, p) in enumerate(zip(seqs, prefills)):
+        self._seat(seqs, [p.shape[0] for p in prefills], out)
+
+    def _seat(self, seqs: list[Sequence], lengths: list[int], hidden: torch.Tensor) -> None:
+        """Give ``seqs``, whose prompts (of ``lengths`` positions) are in the next free rows of
+        the KV cache, their row state, and choose their first tokens from the prompts' last
+        hidden states [n, D] (the admission's one host read)."""
+        first = len(self.rows)
+        rows = slice(first, first + len(seqs))
+        for i, (seq, n) in enumerate(zip(seqs, lengths)):
             self.rows.append(seq)
-            seq.position = p.shape[0]
+            seq.position = n
             self._set_row(first + i, seq)
-            self.rowvars["position"][first + i] = seq.position
+            self.rowvars["position"][first + i] = n
         self._plan(seqs)
-        self.rowvars["hidden"][rows] = out
-        tokens = self._choose(self.talker.codec_head(out), rows)
+        self.rowvars["hidden"][rows] = hidden
+        tokens = self._choose(self.talker.codec_head(hidden), rows)
         self.rowvars["pending"][rows] = tokens
-        for seq, token in zip(seqs, tokens.tolist()):  # the admission's one host read
+        for seq, token in zip(seqs, tokens.tolist()):
             seq.pending = token
 
     def _prefix(
@@ -469,17 +491,13 @@ class Runner:
             if seq.pending == self.eos:
                 seq.reason = "eos"
                 outputs.append(StepOutput(seq, None))
-                kept[row] = kept[-1]  # the move _remove makes
-                kept.pop()
+                _take_out(kept, row)
                 self._remove(row)
         b = len(self.rows)
         if b == 0:
             return outputs
-        # 2. complete the pending frame of every row.
-        if codes is None:
-            codes = self._frame()
-        elif codes.shape[0] != b:  # rows ended: their frames, made in vain, go
-            codes = codes[:b] if kept == list(range(b)) else codes[kept]
+        # 2. complete the pending frame of every row (pipelined: drop those made in vain).
+        codes = self._frame() if codes is None else _rows_of(codes, kept)
         made = list(self.rows)  # the rows of ``codes``
         for seq in made:
             seq.frames += 1
@@ -496,13 +514,12 @@ class Runner:
                 park(self, row, codes[order[row]])
             else:
                 continue
-            order[row] = order[-1]  # the same move _remove makes for the row
-            order.pop()
+            _take_out(order, row)
             if seq.reason:
                 self._remove(row)
         n = len(self.rows)
         if n:
-            self._talker_step(n, codes if order == list(range(b)) else codes[order])
+            self._talker_step(n, _rows_of(codes, order))
         # 4. the one host read: this frame's codes and the next pending tokens.
         reading = self._send(codes, made, limited)
         if self.pipelined and n:
@@ -530,9 +547,7 @@ class Runner:
             host.copy_(values, non_blocking=True)
             done = torch.cuda.Event()
             done.record()
-        elif self.pipelined and talked:
-            host = values.clone()  # the CPU test of the pipelined path: nothing to overlap
-        else:
+        else:  # a blocking read (on a CPU, ``values`` itself: a fresh tensor, nothing to copy)
             host = values.cpu()
         return _Reading(made, talked, limited, host, done)
 
