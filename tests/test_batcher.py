@@ -21,6 +21,19 @@ def assert_same_audio(streamed: np.ndarray, one_shot: np.ndarray) -> None:
     assert np.abs(streamed - one_shot[len(one_shot) - len(streamed) :]).max() < 1e-3
 
 
+@pytest.fixture(autouse=True, params=["own-streams", "slots"])
+def codec_mode(request, monkeypatch) -> str:
+    """Every test runs twice: each request decoding its own AudioStream (the CPU default) and
+    all requests' codec state in CodecSlots, decoded together (the GPU default)."""
+    monkeypatch.setenv("UTTER_CODEC_SLOTS", "1" if request.param == "slots" else "0")
+    return request.param
+
+
+def slots_free(batcher: Batcher) -> bool:
+    """Whether every codec slot is back (True without slots)."""
+    return batcher._slots is None or batcher._slots.free == batcher.max_batch
+
+
 @pytest.fixture(scope="module")
 def voice(engine, ref_wav):
     return engine.create_voice(ref_wav, ref_text=REF_TEXT)
@@ -40,7 +53,7 @@ def test_stream_equals_whole_file_generation(engine, voice) -> None:
     assert_same_audio(audio, whole.audio)
 
 
-def test_concurrent_requests_do_not_mix(engine, voice) -> None:
+def test_concurrent_requests_do_not_mix(engine, voice, codec_mode) -> None:
     reqs = [
         Request(
             f"Request number {i} with its own words.",
@@ -62,6 +75,8 @@ def test_concurrent_requests_do_not_mix(engine, voice) -> None:
             t.start()
         for t in threads:
             t.join()
+        assert (batcher._slots is not None) == (codec_mode == "slots")
+        assert slots_free(batcher)
     for i, req in enumerate(reqs):
         assert_same_audio(results[i], engine.decode(alone[i], req.voice))
 
@@ -79,6 +94,7 @@ def test_async_streams_and_cancel(engine, voice) -> None:
                 if got == 2:
                     long.cancel()
             audio = await short.audio_async()
+            assert slots_free(batcher)
             return long.finish_reason, len(audio), short.finish_reason
 
     reason, n, short_reason = asyncio.run(main())
@@ -142,6 +158,7 @@ def test_waiting_requests_are_admitted_together_and_sound_as_alone(engine, voice
         audios = [s.audio() for s in streams]
         with pytest.raises(RuntimeError, match="cannot prepare"):
             bad.audio()
+        assert slots_free(batcher)
     assert batches[0] == 5  # the five good ones in one prefill
     for audio, req, codes in zip(audios, reqs, alone):
         assert_same_audio(audio, engine.decode(codes, req.voice))

@@ -1,7 +1,8 @@
 """On a GPU (skipped without one): captured CUDA graphs, captured on first use per batch bucket,
 length bucket and sampling plan, give the eager dynamic step's codes, and a step reads the
-device once. Run by ``scripts/gpu_check.sh`` on a lent GPU; the same logic runs on the CPU in
-``test_graphs.py`` and ``test_host_reads.py``.
+device once; codec pushes replayed from graphs equal each stream's own decode. Run by
+``scripts/gpu_check.sh`` on a lent GPU; the same logic runs on the CPU in ``test_graphs.py``,
+``test_host_reads.py`` and ``test_streaming.py``.
 """
 
 from __future__ import annotations
@@ -130,5 +131,41 @@ def test_the_batcher_streams_on_the_codec_stream_what_generate_decodes(
         assert (batcher._codec_stream is not None) == own_stream
         streams = [batcher.submit(r) for r in reqs]
         got = [s.audio() for s in streams]
+        slots = batcher._slots
+        assert slots is not None and slots.free == slots.slots  # the GPU default, all given back
+        assert any(g is not None for g in slots._graphs.values()), "no codec push was captured"
     for a, b in zip(got, want):
         assert a.shape == b.shape and np.abs(a - b).max() < 1e-3
+
+
+def test_codec_slots_replayed_from_graphs_equal_streams_pushed_alone(cuda_engine) -> None:
+    """Codec pushes of several streams, captured per (batch bucket, chunk length) on first use
+    and replayed after: each stream's audio is its own AudioStream's, and the capture (warm-up
+    and capture runs write the scratch slot only) leaves every stream's state as it was."""
+    import numpy as np
+
+    from utter.engine.codec_slots import CodecSlots
+
+    codec = cuda_engine.codec
+    pool = CodecSlots(codec.decoder, slots=4, graph_frames=(2, 5), capture=True)
+    gen = torch.Generator().manual_seed(3)
+
+    def codes(n: int) -> torch.Tensor:
+        return torch.randint(0, codec.codebook_size, (n, codec.num_codebooks), generator=gen)
+
+    alone, slots = [], []
+    for n in (0, 4, 40):
+        a, warm = codec.stream(), codec.stream()
+        if n:
+            past = codes(n)
+            a.push(past)
+            warm.push(past)
+        alone.append(a)
+        slots.append(pool.open(warm if n else None))
+    for rows, t in (([0, 1, 2], 2), ([0, 1, 2], 5), ([2, 0], 5), ([1], 3), ([0, 1, 2], 2), ([1, 2], 2)):
+        chunks = [codes(t) for _ in rows]
+        got = pool.push([slots[r] for r in rows], torch.stack(chunks)).float().cpu().numpy()
+        for r, chunk, wav in zip(rows, chunks, got):
+            assert np.abs(wav - alone[r].push(chunk)).max() < 1e-3
+    captured = {key for key, graph in pool._graphs.items() if graph is not None}
+    assert captured == {(4, 2), (4, 5), (2, 5), (2, 2)}  # chunk length 3 runs eagerly

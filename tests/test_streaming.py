@@ -257,13 +257,14 @@ def test_fork_continues_independently(tmp_path) -> None:
     assert warm.frames == 9 and fa.frames == 14
 
 
-def test_streams_pushed_together_equal_streams_pushed_alone(tmp_path) -> None:
-    """A server's streams due at the same step are decoded in one call: streams at different
-    positions (short and long pasts, before and beyond the sliding window, different chunk
-    sizes grouped apart) each get what pushing alone gives and end in the same state."""
+def test_codec_slots_equal_streams_pushed_alone(tmp_path) -> None:
+    """The server's codec on GPUs: streams in slots of pooled state, pushed together at a batch
+    bucket (padding rows in a scratch slot). Streams at different positions (fresh, short and
+    long pasts, before and beyond the sliding window), any subset per push, one chunk length per
+    push: each gets what pushing its own AudioStream gives, and the others are left alone."""
     from utter.dev.random_speech_tokenizer import write_random_speech_tokenizer
+    from utter.engine.codec_slots import CodecSlots, SlotsFullError
     from utter.engine.model.speech_tokenizer import SpeechTokenizer
-    from utter.engine.streaming import push_together
 
     folder = tmp_path / "st"
     write_random_speech_tokenizer(folder, size="tiny", seed=5)
@@ -274,20 +275,49 @@ def test_streams_pushed_together_equal_streams_pushed_alone(tmp_path) -> None:
         return torch.randint(0, tok.codebook_size, (n, tok.num_codebooks), generator=gen)
 
     window = tok.decoder.pre_transformer.cfg.sliding_window
-    histories = [codes(n) for n in (0, 3, window - 1, window + 7, 2 * window)]
-    alone, together = [], []
-    for past in histories:
-        a, b = tok.stream(), tok.stream()
-        if past.shape[0]:
+    pool = CodecSlots(tok.decoder, slots=6)
+    alone, slots = [], []
+    for n in (0, 3, window - 1, window + 7, 2 * window):
+        a, warm = tok.stream(), tok.stream()
+        if n:
+            past = codes(n)
             a.push(past)
-            b.push(past)
+            warm.push(past)
         alone.append(a)
-        together.append(b)
-    for chunk_sizes in ([2, 2, 2, 2, 2], [5, 5, 1, 5, 1], [12, 12, 12, 12, 12]):
-        chunks = [codes(t) for t in chunk_sizes]
-        want = [s.push(c) for s, c in zip(alone, chunks)]
-        got = push_together(together, chunks, batched=True)
-        for w, g in zip(want, got):
-            assert w.shape == g.shape
-            np.testing.assert_allclose(g, w, atol=1e-5, rtol=0)
-    assert [s.frames for s in together] == [s.frames for s in alone]
+        slots.append(pool.open(warm if n else None))
+    assert pool.free == 1
+
+    def push(rows: list[int], sizes: list[int]) -> None:
+        chunks = [codes(t) for t in sizes]
+        for t in sorted(set(sizes)):  # one call per chunk length, as the batcher does
+            members = [i for i, size in enumerate(sizes) if size == t]
+            got = pool.push([slots[rows[i]] for i in members], torch.stack([chunks[i] for i in members]))
+            for i, wav in zip(members, got):
+                want = alone[rows[i]].push(chunks[i])
+                assert wav.shape == (want.shape[0],)
+                np.testing.assert_allclose(wav.numpy(), want, atol=1e-5, rtol=0)
+
+    push([0, 1, 2, 3, 4], [2, 2, 2, 2, 2])
+    push([0, 1, 2, 3, 4], [5, 5, 1, 5, 1])
+    push([4, 1, 3], [12, 12, 12])  # a bucket of 4 with one padding row; rows 0 and 2 wait
+    push([2], [7])
+    push([0, 1, 2, 3, 4], [12, 12, 12, 12, 12])
+
+    # Bad codes are refused before any state moves.
+    bad = codes(2)[None]
+    bad[0, 1, 3] = tok.codebook_size
+    with pytest.raises(ValueError, match="codes must be in"):
+        pool.push([slots[0]], bad)
+    with pytest.raises(ValueError, match="not distinct open slots"):
+        pool.push([slots[0], slots[0]], torch.stack([codes(2), codes(2)]))
+    push([0], [3])
+
+    # A closed slot reopens fresh; a full pool says so.
+    pool.close(slots[3])
+    slots[3], alone[3] = pool.open(), tok.stream()
+    push([3, 0], [4, 4])
+    pool.open()
+    with pytest.raises(SlotsFullError):
+        pool.open()
+    with pytest.raises(ValueError, match="not open"):
+        pool.close(pool.slots)

@@ -506,8 +506,14 @@ class Engine:
         """A streaming codec decoder for one request. In ICL mode it starts warm: the reference
         codes were pushed as left context (their audio discarded), as the official one-shot
         decode does. The warm state is computed once per voice and forked for each request."""
+        warm = self.warm_stream(voice)
+        return self.codec.stream() if warm is None else warm.fork()
+
+    def warm_stream(self, voice: VoicePrompt | None) -> AudioStream | None:
+        """The voice's shared warm codec state (reference codes pushed), or None when a request
+        in that voice starts from a fresh one. Not to be pushed: fork it, or copy it out."""
         if voice is None or voice.ref_codes is None:
-            return self.codec.stream()
+            return None
         warm = self._warm_streams.get(voice.key)
         if warm is None:
             warm = self.codec.stream()
@@ -518,7 +524,7 @@ class Engine:
                 self._warm_streams.popitem(last=False)
         else:
             self._warm_streams.move_to_end(voice.key)
-        return warm.fork()
+        return warm
 
     def stream_audio(
         self, requests: list[Request], first_chunk: int = FIRST_CHUNK_FRAMES, chunk: int = CHUNK_FRAMES

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import copy
 import math
-import weakref
 
 import numpy as np
 import torch
@@ -33,6 +32,7 @@ from .model.codec_decoder import (
     CausalConv1d,
     CausalTransposeConv1d,
     CodecDecoder,
+    CodecDecoderConfig,
     ConvNeXtBlock,
     ResidualUnit,
     SlidingTransformer,
@@ -246,44 +246,6 @@ class _Transformer:
         self.position += t
         return m.output_proj(m.norm(h))
 
-    @staticmethod
-    def run_together(members: list[_Transformer], x: torch.Tensor) -> torch.Tensor:
-        """:meth:`__call__` for several streams at once (one row of ``x`` [N, T, latent] each, at
-        their own positions): their cached keys are left-padded to one length and masked, rotary
-        angles are per row, and each member keeps its own state afterwards."""
-        m, t, n = members[0].module, x.shape[1], len(members)
-        window, dev = members[0].window, x.device
-        h = m.input_proj(x)
-        pasts = [mem.keys[0].shape[2] for mem in members]
-        longest = max(pasts)
-        ropes = [m.rope(t, dev, h.dtype, start=mem.position) for mem in members]
-        cos = torch.stack([c for c, _ in ropes])[:, None]  # [N, 1, T, hd]: broadcast over heads
-        sin = torch.stack([s for _, s in ropes])[:, None]
-        slots = torch.arange(longest + t, device=dev)
-        masks = []
-        for mem, past in zip(members, pasts):
-            query_pos = torch.arange(mem.position, mem.position + t, device=dev)
-            key_pos = mem.position - longest + slots  # left padding: slots before the past are empty
-            masks.append(sliding_window_mask(query_pos, key_pos, window) & (slots >= longest - past)[None, :])
-        mask = torch.stack(masks)[:, None]  # [N, 1, T, longest + T]
-        for i, layer in enumerate(m.layers):
-            attn = layer.self_attn
-            q, k, v = attn.project(layer.input_layernorm(h), cos, sin)
-            pad = [longest - past for past in pasts]
-            k_past = torch.cat([F.pad(mem.keys[i], (0, 0, p, 0)) for mem, p in zip(members, pad)])
-            v_past = torch.cat([F.pad(mem.values[i], (0, 0, p, 0)) for mem, p in zip(members, pad)])
-            k, v = torch.cat([k_past, k], dim=2), torch.cat([v_past, v], dim=2)
-            for row, (mem, past) in enumerate(zip(members, pasts)):
-                keep = min(window - 1, past + t)
-                mem.keys[i] = k[row : row + 1, :, k.shape[2] - keep :].clone()
-                mem.values[i] = v[row : row + 1, :, v.shape[2] - keep :].clone()
-            h = h + layer.self_attn_layer_scale(attn.attend(q, k, v, mask))
-            h = h + layer.mlp_layer_scale(layer.mlp(layer.post_attention_layernorm(h)))
-        for mem in members:
-            mem.position += t
-        assert h.shape[0] == n
-        return m.output_proj(m.norm(h))
-
 
 class StreamingDecoder:
     """Incremental, exact codec decoding for ``batch`` streams that advance together.
@@ -317,28 +279,6 @@ class StreamingDecoder:
 
     def histories(self) -> list[_History]:
         return self._pre_conv.histories() + self._post.histories()
-
-    @torch.inference_mode()
-    def push_together(self, members: list[StreamingDecoder], codes: torch.Tensor) -> torch.Tensor:
-        """Push one chunk for each of ``members`` (single streams of this decoder, at any
-        positions) in one batched call: codes [N, T, Q] -> waveform [N, T * U]. This decoder
-        (``batch == N``) only lends its layers: the members' states go in and come back out, so
-        each member ends exactly where pushing its chunk alone leaves it (to float rounding)."""
-        n = len(members)
-        if n != self.batch or codes.shape[0] != n:
-            raise ValueError(f"expected {self.batch} members and codes [{self.batch}, T, Q]")
-        mine = self.histories()
-        theirs = [member.histories() for member in members]
-        for j, history in enumerate(mine):
-            history.past = torch.cat([h[j].past for h in theirs])
-        h = self.decoder.quantizer.decode(codes.transpose(1, 2))
-        h = self._pre_conv(h)
-        h = _Transformer.run_together([member._transformer for member in members], h.transpose(1, 2))
-        h = self._post(h.transpose(1, 2))
-        for j, history in enumerate(mine):
-            for row, h_member in enumerate(theirs):
-                h_member[j].past = history.past[row : row + 1].clone()
-        return h.clamp(min=-1.0, max=1.0)[:, 0]
 
     @torch.inference_mode()
     def push(self, codes: torch.Tensor) -> torch.Tensor:
@@ -398,52 +338,20 @@ class AudioStream:
         cfg = self.decoder.decoder.cfg
         if codes.dim() != 2 or codes.shape[1] != cfg.num_quantizers:
             raise ValueError(f"expected codes [frames, {cfg.num_quantizers}], got {tuple(codes.shape)}")
-        # Checked where the codes are: the decode loop hands out host codes, so this costs no
-        # device sync (a check after the copy would wait for the device).
-        if codes.numel() and not bool(((codes >= 0) & (codes < cfg.codebook_size)).all()):
-            raise ValueError(f"codes must be in [0, {cfg.codebook_size})")
         device = self.decoder.decoder.pre_conv.conv.weight.device
-        return codes.to(device=device, dtype=torch.long)
+        return check_codes(codes, cfg).to(device)
 
 
-_LENDERS: weakref.WeakKeyDictionary[CodecDecoder, dict[int, StreamingDecoder]] = weakref.WeakKeyDictionary()
+def check_codes(codes: torch.Tensor, cfg: CodecDecoderConfig) -> torch.Tensor:
+    """``codes`` as long, or ValueError when a value is outside the codebooks.
 
-
-def push_together(
-    streams: list[AudioStream], chunks: list[torch.Tensor], batched: bool | None = None
-) -> list[np.ndarray]:
-    """:meth:`AudioStream.push` of one chunk [T, Q] per stream; returns the waveforms in order.
-
-    ``batched`` (default: on GPUs): streams of one decoder with chunks of the same length are
-    decoded in one call, each as if pushed alone up to float rounding (a 16-bit step here and
-    there). On GPUs one call instead of one per stream is what keeps the device busy with many
-    streams; on CPUs pushing one by one was faster (8 streams at 0.6B: 1.28 against 1.09 audio
-    s/s) and is bit-exact, so it stays the default there.
+    Checked where the codes are: the decode loop hands out host codes, so this costs no device
+    sync (a check after the copy to the GPU would wait for it), and a bad code on CUDA would
+    otherwise be a device-side assert that poisons the process.
     """
-    if not streams:
-        return []
-    if batched is None:
-        batched = streams[0].decoder.decoder.pre_conv.conv.weight.device.type != "cpu"
-    if not batched:
-        return [stream.push(codes) for stream, codes in zip(streams, chunks)]
-    out: list[np.ndarray | None] = [None] * len(streams)
-    groups: dict[tuple[int, int], list[int]] = {}
-    for i, (stream, codes) in enumerate(zip(streams, chunks)):
-        groups.setdefault((id(stream.decoder.decoder), codes.shape[0]), []).append(i)
-    for members in groups.values():
-        if len(members) == 1:
-            out[members[0]] = streams[members[0]].push(chunks[members[0]])
-            continue
-        decoder = streams[members[0]].decoder.decoder
-        codes = torch.stack([streams[i]._checked(chunks[i]) for i in members])
-        lenders = _LENDERS.setdefault(decoder, {})
-        lender = lenders.get(len(members)) or lenders.setdefault(
-            len(members), StreamingDecoder(decoder, batch=len(members))
-        )
-        wav = lender.push_together([streams[i].decoder for i in members], codes)
-        for row, audio in enumerate(wav.to(torch.float32).cpu().numpy()):
-            out[members[row]] = audio
-    return out  # type: ignore[return-value]
+    if codes.numel() and not bool(((codes >= 0) & (codes < cfg.codebook_size)).all()):
+        raise ValueError(f"codes must be in [0, {cfg.codebook_size})")
+    return codes.to(torch.long)
 
 
 # Audio chunking: a first chunk of 2 frames (160 ms of audio) so the first audio comes early,
@@ -457,8 +365,9 @@ class PcmChunker:
     larger ones after (decoding a few frames at a time costs more per frame on CPUs)."""
 
     def __init__(
-        self, stream: AudioStream, first_chunk: int = FIRST_CHUNK_FRAMES, chunk: int = CHUNK_FRAMES
+        self, stream: AudioStream | None, first_chunk: int = FIRST_CHUNK_FRAMES, chunk: int = CHUNK_FRAMES
     ) -> None:
+        # stream: None when the caller decodes the due chunks itself (``offer`` and ``take`` only)
         self.stream = stream
         self.first_chunk = first_chunk
         self.chunk = chunk
@@ -468,11 +377,14 @@ class PcmChunker:
     def add(self, codes: torch.Tensor) -> np.ndarray | None:
         """Add one frame's codes [N]; returns a PCM chunk when one is due."""
         due = self.offer(codes)
-        return None if due is None else self.stream.push(due)
+        if due is None:
+            return None
+        assert self.stream is not None, "a chunker without a stream only offers and takes"
+        return self.stream.push(due)
 
     def offer(self, codes: torch.Tensor) -> torch.Tensor | None:
         """Add one frame's codes [N]; returns the codes of a chunk that is due, to be decoded by
-        the caller (with other streams' chunks: :func:`push_together`)."""
+        the caller (with other streams' chunks: :class:`~utter.engine.codec_slots.CodecSlots`)."""
         self.pending.append(codes)
         if len(self.pending) >= (self.first_chunk if self.chunks == 0 else self.chunk):
             return self.take()
@@ -489,4 +401,7 @@ class PcmChunker:
     def flush(self) -> np.ndarray | None:
         """Decode whatever frames are pending (at the end of a request)."""
         due = self.take()
-        return None if due is None else self.stream.push(due)
+        if due is None:
+            return None
+        assert self.stream is not None, "a chunker without a stream only offers and takes"
+        return self.stream.push(due)

@@ -57,6 +57,23 @@ def length_buckets(max_len: int) -> list[int]:
     return out + [max_len]
 
 
+def capture(fn: Callable[[], None], pool: tuple | None = None) -> torch.cuda.CUDAGraph:
+    """``fn`` (which reads and writes fixed tensors only) run once to warm up, then captured."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        fn()  # warm-up: lazy initialisation must not happen during capture
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    # Thread-local: captures happen while serving (first use of a shape), and other threads
+    # may use the GPU meanwhile (transcription, the studio's encoders); a global capture
+    # would make their CUDA calls fail or invalidate it.
+    with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
+        fn()
+    torch.cuda.synchronize()
+    return graph
+
+
 class StepGraphs:
     """The runner's two step functions at fixed shapes, captured per bucket when ``capture``."""
 
@@ -123,7 +140,7 @@ class StepGraphs:
         if self.capture and key not in self._graphs:
             saved = self._save_rows(length)
             try:
-                self._graphs[key] = self._capture(fn)
+                self._graphs[key] = capture(fn, self._pool)
             except Exception:  # noqa: BLE001 - that one step runs eagerly from now on
                 logger.exception("capturing the decode step %s failed; it runs eagerly", key)
                 self._graphs[key] = None
@@ -152,18 +169,3 @@ class StepGraphs:
             buffer.copy_(saved.pop(name))
         for k, v in saved.items():
             self.runner.rowvars[k].copy_(v)
-
-    def _capture(self, fn: Callable[[], None]) -> torch.cuda.CUDAGraph:
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            fn()  # warm-up: lazy initialisation must not happen during capture
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        # Thread-local: captures happen while serving (first use of a shape), and other threads
-        # may use the GPU meanwhile (transcription, the studio's encoders); a global capture
-        # would make their CUDA calls fail or invalidate it.
-        with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
-            fn()
-        torch.cuda.synchronize()
-        return graph

@@ -479,12 +479,19 @@ class SlidingTransformer(nn.Module):
         meta-device load. Float32 throughout, cast at the end, like the official rotary embedding;
         a position gets bit-identical values whatever ``start`` it is computed from.
         """
+        return self.rope_at(torch.arange(start, start + t, device=device), dtype)
+
+    def rope_at(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rotary cos/sin at the given positions (any shape [...] of integers): each [..., head_dim].
+
+        The tensor form lets streams at different positions share one call, and lets a captured
+        graph take the positions as an input.
+        """
         d = self.cfg.head_dim
-        exponent = torch.arange(0, d, 2, dtype=torch.int64, device=device).float() / d
+        exponent = torch.arange(0, d, 2, dtype=torch.int64, device=positions.device).float() / d
         inv_freq = 1.0 / (self.cfg.rope_theta**exponent)
-        pos = torch.arange(start, start + t, device=device, dtype=torch.float32)
-        freqs = pos[:, None] * inv_freq[None, :]
-        emb = torch.cat((freqs, freqs), dim=-1)  # [T, head_dim]
+        freqs = positions.to(torch.float32)[..., None] * inv_freq
+        emb = torch.cat((freqs, freqs), dim=-1)  # [..., head_dim]
         return emb.cos().to(dtype), emb.sin().to(dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
