@@ -24,11 +24,12 @@ step() {  # step NAME SECONDS COMMAND...: run with a timeout, log to $OUT/NAME.l
 python3 -c "import torch; print(torch.__version__, torch.cuda.is_available())" | tee "$OUT/torch.txt"
 if [ "$PART" = a ]; then
   # CUDA: graphs, compiled (Triton) layers in graphs, reads per step (plain and pipelined), the
-  # codec on its own stream; then the scheduling logic the GPU runs by default (pipelined
+  # codec on its own stream, codec slots replayed from graphs; then the scheduling logic the GPU runs by default (pipelined
   # steps, chunked prefill) on this machine's CPU.
   step tests 150 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_graphs.py \
     tests/test_host_reads.py tests/test_pipeline.py tests/test_prefill.py \
-    "tests/test_streaming.py::test_cuda_batched_stream"
+    "tests/test_streaming.py::test_cuda_batched_stream" \
+    "tests/test_streaming.py::test_codec_slots_equal_streams_pushed_alone"
   step checkpoint06 40 python3 -m utter.cli dev tiny-checkpoint /tmp/ck06 --size 0.6b
   # Compiled layers first (the full suite: the candidate default), eager bfloat16 beside it (the
   # per-frame split, kernels per frame), the official package in the same run.
