@@ -321,3 +321,30 @@ def test_codec_slots_equal_streams_pushed_alone(tmp_path) -> None:
         pool.open()
     with pytest.raises(ValueError, match="not open"):
         pool.close(pool.slots)
+
+
+def test_a_codec_slots_call_dispatches_the_same_ops_for_any_number_of_streams(tmp_path) -> None:
+    """What makes the slots worth having on a GPU: one push of N streams dispatches as many ops
+    as a push of one (a fixed-shape call, one graph replay once captured), where pushing each
+    stream's own AudioStream dispatches N times as many."""
+    from utter.dev.random_speech_tokenizer import write_random_speech_tokenizer
+    from utter.engine.codec_slots import CodecSlots
+    from utter.engine.opcount import count_ops
+
+    folder = tmp_path / "st"
+    write_random_speech_tokenizer(folder, size="tiny", seed=5)
+    tok = SpeechTokenizer.load(folder, device=torch.device("cpu"), dtype=torch.float32)
+    pool = CodecSlots(tok.decoder, slots=8)
+    slots = [pool.open() for _ in range(8)]
+    streams = [tok.stream() for _ in range(8)]
+    codes = torch.randint(0, tok.codebook_size, (8, 12, tok.num_codebooks), generator=torch.Generator())
+    for n in (1, 3, 8):  # each bucket's lazily made layers out of the way
+        pool.push(slots[:n], codes[:n])
+    counts = {n: count_ops(lambda n=n: pool.push(slots[:n], codes[:n]))[1].kernels for n in (1, 3, 8)}
+    own = {
+        n: count_ops(lambda n=n: [s.push(c) for s, c in zip(streams[:n], codes[:n])])[1].kernels
+        for n in (1, 8)
+    }
+    assert counts[1] == counts[3] == counts[8]
+    assert own[8] == 8 * own[1]
+    assert counts[8] < own[8] / 4
