@@ -172,3 +172,32 @@ def test_transposed_conv_as_a_product_equals_the_convolution(kernel: int, stride
         got, want = transposed_conv1d(conv16, x16), conv16(x16)
         assert got.dtype == torch.bfloat16
         torch.testing.assert_close(got.float(), want.float(), rtol=2e-2, atol=2e-2)
+
+
+def test_a_lazy_encoder_is_built_on_first_use_and_encodes_the_same(
+    folder: Path, ours: SpeechTokenizer
+) -> None:
+    """The engine loads the codec with its encoder built later (transformers' import was seconds
+    of every cold start): loading it and the text side imports no transformers, and the encoder,
+    once built (in the background or at first use), encodes exactly as one built at load."""
+    import subprocess
+    import sys
+    import time
+
+    probe = (
+        "import sys; from utter.engine.model.speech_tokenizer import SpeechTokenizer; "
+        f"SpeechTokenizer.load({str(folder)!r}, lazy_encoder=True); "
+        "sys.exit('transformers was imported' if 'transformers' in sys.modules else 0)"
+    )
+    subprocess.run([sys.executable, "-c", probe], check=True)
+
+    wav = _signals()["chirp_odd_length"]
+    lazy = SpeechTokenizer.load(folder, lazy_encoder=True)
+    assert lazy._encoder is None
+    assert torch.equal(lazy.encode(wav), ours.encode(wav))
+    soon = SpeechTokenizer.load(folder, lazy_encoder=True)
+    soon.build_encoder_soon()
+    deadline = time.monotonic() + 60
+    while soon._encoder is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert soon._encoder is not None and torch.equal(soon.encode(wav), ours.encode(wav))

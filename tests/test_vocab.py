@@ -323,3 +323,60 @@ def test_engine_tokenizer_keeps_the_qwen2_split(tmp_path: Path, folder: Path) ->
     ids = tok.target_ids(" iPhone")
     assert ids[3:-5] == [12167]
     assert ids[:3] == [151644, 77091, 198] and ids[-5:] == [151645, 198, 151644, 77091, 198]
+
+
+def test_engine_tokenizer_is_the_one_transformers_converts(folder: Path) -> None:
+    """The engine builds the fast tokenizer from the files itself (transformers' import and
+    conversion were seconds of every cold start): it is transformers' conversion to the last
+    field (normalizer, split regex, byte-level, BPE, added tokens, post-processor), gives its ids
+    on the corpus and on texts with special tokens inside, and never imports transformers."""
+    import json as _json
+    import subprocess
+    import sys
+
+    from transformers import AutoTokenizer
+
+    from utter.engine.text import TextTokenizer
+
+    ours = TextTokenizer(folder)
+    theirs = AutoTokenizer.from_pretrained(str(folder), local_files_only=True, fix_mistral_regex=False)
+    assert _json.loads(ours._backend.to_str()) == _json.loads(theirs.backend_tokenizer.to_str())
+    texts = CORPUS + ["<|im_start|>user\nHi<|im_end|>", "a<tts_pad>b <tool_call>x</tool_call>", "  \n\n\t x"]
+    bad = [t for t in texts if ours._ids(t) != theirs(t)["input_ids"]]
+    assert not bad, f"{len(bad)} texts tokenised differently, e.g. {bad[:3]!r}"
+    probe = f"from utter.engine.text import TextTokenizer; import sys; TextTokenizer({str(folder)!r}); "
+    probe += "sys.exit('transformers was imported' if 'transformers' in sys.modules else 0)"
+    subprocess.run([sys.executable, "-c", probe], check=True)
+
+
+def test_engine_tokenizer_falls_back_to_transformers(tmp_path: Path, folder: Path, caplog) -> None:
+    """A folder the direct build does not cover (one with a tokenizer.json, added tokens whose
+    ids leave a gap) loads through transformers and gives transformers' ids."""
+    import json as _json
+    import logging
+
+    from transformers import AutoTokenizer
+
+    from utter.engine.text import TextTokenizer
+
+    for name in ("vocab.json", "merges.txt", "tokenizer_config.json"):
+        (tmp_path / name).write_bytes((folder / name).read_bytes())
+    config = _json.loads((tmp_path / "tokenizer_config.json").read_text())
+    last = max(config["added_tokens_decoder"], key=int)
+    content = config["added_tokens_decoder"][last]["content"]
+    config["added_tokens_decoder"][str(int(last) + 5)] = config["added_tokens_decoder"].pop(last)
+    (tmp_path / "tokenizer_config.json").write_text(_json.dumps(config))
+    theirs = AutoTokenizer.from_pretrained(str(tmp_path), local_files_only=True, fix_mistral_regex=False)
+    with caplog.at_level(logging.INFO, logger="utter.engine.text"):
+        gapped = TextTokenizer(tmp_path)
+    assert "through transformers" in caplog.text
+    for text in (content, f"a{content}b", " iPhone"):
+        assert gapped._ids(text) == theirs(text)["input_ids"]
+
+    caplog.clear()
+    (tmp_path / "tokenizer_config.json").write_bytes((folder / "tokenizer_config.json").read_bytes())
+    (tmp_path / "tokenizer.json").write_text(theirs.backend_tokenizer.to_str())
+    with caplog.at_level(logging.INFO, logger="utter.engine.text"):
+        with_json = TextTokenizer(tmp_path)
+    assert "through transformers" in caplog.text
+    assert with_json._ids(" iPhone") == [12167]

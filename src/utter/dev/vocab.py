@@ -30,6 +30,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from ..engine.text import QWEN2_SPLIT
+
 logger = logging.getLogger(__name__)
 
 # Number of ordinary (BPE) tokens; the special tokens start right after them.
@@ -94,10 +96,7 @@ SPECIAL_IDS = {
 }
 
 # The pre-tokenizer regex of Qwen2 (identical in qwen.tiktoken's tokenizer and in transformers).
-QWEN2_PAT_STR = (
-    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"""
-    r"""\s*[\r\n]+|\s+(?!\S)|\s+"""
-)
+QWEN2_PAT_STR = QWEN2_SPLIT
 
 
 def bytes_to_unicode() -> dict[int, str]:

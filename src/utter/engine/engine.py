@@ -107,9 +107,13 @@ def _load_talker(
 
 
 def _load_codec(folder: Path, dev: torch.device, mode: str) -> SpeechTokenizer:
-    from .model.speech_tokenizer import SpeechTokenizer  # here: it imports transformers (seconds)
+    from .model.speech_tokenizer import SpeechTokenizer
 
-    codec = SpeechTokenizer.load(folder / "speech_tokenizer", device=dev, dtype=torch.float32)
+    # The encoder (transformers' Mimi, for new voices' reference audio) is built after the
+    # engine is ready: importing transformers was seconds of every cold start.
+    codec = SpeechTokenizer.load(
+        folder / "speech_tokenizer", device=dev, dtype=torch.float32, lazy_encoder=True
+    )
     if mode != "float32" and fast_bfloat16(dev):
         codec.set_decoder_dtype(torch.bfloat16)  # float32 stays exact, for parity with the official one
     return codec
@@ -191,10 +195,10 @@ class Engine:
         config = ModelConfig.load(folder)  # resolve_checkpoint has checked it is a 12 Hz Base model
         phases["checkpoint"] = time.perf_counter() - started
         dev, dt = torch.device(device), activation_dtype(mode, device)
-        # The speech and text tokenizers load beside the talker: most of their time is importing
-        # transformers (Python, under the GIL), most of the talker's is converting weights (C,
-        # without it), so the two overlap. One thread for both: transformers' lazy modules are
-        # not safe to import from two threads at once.
+        # The codec and the text tokenizer load beside the talker (reading files, building
+        # modules) while the talker's weights convert (C, without the GIL). Neither imports
+        # transformers any more (seconds of the cold start): the text tokenizer is built from
+        # its files, the codec's encoder is built on a thread after loading.
         with ThreadPoolExecutor(1, thread_name_prefix="utter-load") as pool:
             codec_loading = pool.submit(_load_codec, folder, dev, mode)
             tokenizer_loading = pool.submit(TextTokenizer, folder)
@@ -229,6 +233,7 @@ class Engine:
         phases["total"] = time.perf_counter() - started
         engine.load_seconds = phases
         logger.info("loaded %s on %s (%s weights) in %.1fs", folder, device, mode, phases["total"])
+        engine.codec.build_encoder_soon()
         return engine
 
     @property

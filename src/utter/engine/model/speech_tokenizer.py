@@ -11,14 +11,16 @@ from __future__ import annotations
 import json
 import logging
 import math
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from safetensors.torch import load_file
-from transformers.modeling_utils import no_init_weights
 
 from ..streaming import AudioStream
 from .codec_decoder import (
@@ -27,7 +29,9 @@ from .codec_decoder import (
     CodecDecoder,
     CodecDecoderConfig,
 )
-from .codec_encoder import CodecEncoder
+
+if TYPE_CHECKING:
+    from .codec_encoder import CodecEncoder
 
 logger = logging.getLogger(__name__)
 
@@ -124,20 +128,66 @@ def _split_state_dict(
 class SpeechTokenizer:
     """Encoder + decoder of the 12 Hz speech tokenizer, on one device and dtype."""
 
-    def __init__(self, config: SpeechTokenizerConfig, encoder: CodecEncoder, decoder: CodecDecoder) -> None:
+    def __init__(
+        self,
+        config: SpeechTokenizerConfig,
+        encoder: CodecEncoder | Callable[[], CodecEncoder],
+        decoder: CodecDecoder,
+    ) -> None:
+        # encoder: the model, or what builds it on first use (see ``load``'s ``lazy_encoder``)
         self.config = config
-        self.encoder = encoder.eval()
+        self._encoder: CodecEncoder | None = None
+        self._build_encoder: Callable[[], CodecEncoder] | None = None
+        if callable(encoder) and not isinstance(encoder, torch.nn.Module):
+            self._build_encoder = encoder
+        else:
+            self._encoder = encoder.eval()
+        self._encoder_lock = threading.Lock()
         self.decoder = decoder.eval()
+
+    @property
+    def encoder(self) -> CodecEncoder:
+        """The Mimi encoder (codes of reference audio), built on first use when loaded lazily."""
+        if self._encoder is None:
+            with self._encoder_lock:
+                if self._encoder is None and self._build_encoder is not None:
+                    started = time.perf_counter()
+                    self._encoder = self._build_encoder().eval()
+                    self._build_encoder = None  # drops the file's tensors it held
+                    logger.info("speech encoder built on first use in %.2f s", time.perf_counter() - started)
+        assert self._encoder is not None
+        return self._encoder
+
+    def build_encoder_soon(self) -> None:
+        """Build a lazily loaded encoder on a background thread (the first new voice then need
+        not wait for it); a failure is logged here and raised again at first use."""
+        if self._encoder is not None:
+            return
+
+        def build() -> None:
+            try:
+                _ = self.encoder
+            except Exception:  # noqa: BLE001 - encode() will raise it to its caller
+                logger.exception("building the speech encoder failed")
+
+        threading.Thread(target=build, name="utter-encoder", daemon=True).start()
 
     @classmethod
     def load(
-        cls, folder: Path | str, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+        cls,
+        folder: Path | str,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        lazy_encoder: bool = False,
     ) -> SpeechTokenizer:
         """Load ``config.json`` + ``model.safetensors`` from a ``speech_tokenizer/`` folder.
 
         No random init is computed: the decoder is built on the meta device and gets the file's
         tensors assigned; Mimi (which has non-persistent buffers that must be real) is built with
         transformers' ``no_init_weights`` and filled by copy. Both loads are strict.
+        ``lazy_encoder``: build Mimi when it is first needed (a new voice's reference audio):
+        it is transformers' model, and importing transformers costs seconds of a cold start
+        that serving stored voices never needs. Its tensors are read now either way.
         """
         folder = Path(folder)
         device = torch.device(device)
@@ -150,10 +200,16 @@ class SpeechTokenizer:
             decoder = CodecDecoder(config.decoder)
         decoder.load_state_dict(dec_state, strict=True, assign=True)
 
-        with no_init_weights(), torch.device(device):
-            encoder = CodecEncoder.from_config_dict(config.encoder_config)
-        encoder.load_state_dict(enc_state, strict=True)
-        encoder.to(device=device, dtype=dtype)
+        def build_encoder() -> CodecEncoder:
+            from transformers.modeling_utils import no_init_weights
+
+            from .codec_encoder import CodecEncoder
+
+            with no_init_weights(), torch.device(device):
+                encoder = CodecEncoder.from_config_dict(config.encoder_config)
+            encoder.load_state_dict(enc_state, strict=True)
+            return encoder.to(device=device, dtype=dtype)
+
         logger.info(
             "loaded speech tokenizer from %s (%d encoder + %d decoder tensors) on %s/%s",
             folder,
@@ -162,7 +218,7 @@ class SpeechTokenizer:
             device,
             dtype,
         )
-        return cls(config, encoder, decoder)
+        return cls(config, build_encoder if lazy_encoder else build_encoder(), decoder)
 
     # ---------------------------------------------------------------- properties
 
