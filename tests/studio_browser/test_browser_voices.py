@@ -19,6 +19,9 @@ def test_voices_search_paginate_preview_rename_delete(page: Page, make_voice, sh
 
     page.goto("/voices")
     page.fill("#search", tag)
+    # The search runs 250 ms after typing; until then the unfiltered first page (these 13 voices
+    # too) shows, and a click on its pager would race with the search's answer.
+    expect(page).to_have_url(re.compile(f"search={tag}"))
     items = page.locator(".voice-item")
     expect(items).to_have_count(12)
     pager = page.locator("#pager")
@@ -132,3 +135,23 @@ def test_a_slow_older_page_does_not_replace_the_search_results(page: Page, make_
     page.wait_for_timeout(500)  # the stale answer arrives and is ignored
     expect(items).to_have_count(1)
     expect(items.first.locator("[data-role=name]")).to_have_text(f"Kept {tag}")
+
+
+def test_a_search_typed_before_the_page_script_ran_is_kept(page: Page, make_voice) -> None:
+    """Typing into the search box as soon as it shows, before the page's script has run (a slow
+    connection), searches for what was typed: the script took the search from the address and
+    so emptied the box (a full-suite run saw the History page list everything after a search)."""
+    tag = uuid.uuid4().hex[:8]
+    make_voice(f"Early {tag}")
+    make_voice(f"Other {tag}")
+    held = []
+    page.route("**/static/js/voices.js*", lambda route: held.append(route))  # held until released
+    page.goto("/voices", wait_until="commit")
+    page.fill("#search", f"Early {tag}")
+    while not held:
+        page.wait_for_timeout(20)
+    held[0].continue_()
+    items = page.locator(".voice-item")
+    expect(items).to_have_count(1)
+    expect(items.first).to_contain_text(f"Early {tag}")
+    expect(page.locator("#search")).to_have_value(f"Early {tag}")

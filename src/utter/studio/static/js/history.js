@@ -15,8 +15,9 @@ const listError = $("#list-error");
 
 const q = new URLSearchParams(location.search);
 let page = Number(q.get("page")) || 1;
-search.value = q.get("search") ?? "";
-statusSel.value = q.get("status") ?? "";
+// From the address only when it names one: a search typed before this script ran is kept.
+if (q.has("search")) search.value = q.get("search");
+if (q.has("status")) statusSel.value = q.get("status");
 let refresh = null;
 const players = new Map(); // generation id -> player kept open across refreshes
 let lastKey = "";

@@ -13,7 +13,8 @@ const listError = $("#list-error");
 
 const q = new URLSearchParams(location.search);
 let page = Number(q.get("page")) || 1;
-search.value = q.get("search") ?? "";
+// From the address only when it names one: a search typed before this script ran is kept.
+if (q.has("search")) search.value = q.get("search");
 const players = new Set();
 
 const renderPager = pager($("#pager"), (p) => load(p));
