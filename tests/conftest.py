@@ -78,3 +78,18 @@ def http(server):
     """A client of the test module's ``server`` fixture, sending the API key."""
     with server.client() as client:
         yield client
+
+
+def streams_in_slots(codec, pool, codes, pasts: tuple[int, ...]) -> tuple[list, list[int]]:
+    """For each past length: a codec stream pushed that past alone, and a slot of ``pool`` opened
+    warm from another stream pushed the same codes (fresh for 0). ``codes(n)``: n frames."""
+    alone, slots = [], []
+    for n in pasts:
+        a, warm = codec.stream(), codec.stream()
+        if n:
+            past = codes(n)
+            a.push(past)
+            warm.push(past)
+        alone.append(a)
+        slots.append(pool.open(warm if n else None))
+    return alone, slots

@@ -13,7 +13,7 @@ import dataclasses
 import pytest
 import torch
 
-from tests.conftest import REF_TEXT
+from tests.conftest import REF_TEXT, streams_in_slots
 from utter.engine.engine import Engine, Request
 from utter.engine.sampling import GenerationOptions, SamplingOptions
 from utter.engine.sched.runner import Runner
@@ -153,15 +153,7 @@ def test_codec_slots_replayed_from_graphs_equal_streams_pushed_alone(cuda_engine
     def codes(n: int) -> torch.Tensor:
         return torch.randint(0, codec.codebook_size, (n, codec.num_codebooks), generator=gen)
 
-    alone, slots = [], []
-    for n in (0, 4, 40):
-        a, warm = codec.stream(), codec.stream()
-        if n:
-            past = codes(n)
-            a.push(past)
-            warm.push(past)
-        alone.append(a)
-        slots.append(pool.open(warm if n else None))
+    alone, slots = streams_in_slots(codec, pool, codes, (0, 4, 40))
     for rows, t in (([0, 1, 2], 2), ([0, 1, 2], 5), ([2, 0], 5), ([1], 3), ([0, 1, 2], 2), ([1, 2], 2)):
         chunks = [codes(t) for _ in rows]
         got = pool.push([slots[r] for r in rows], torch.stack(chunks)).float().cpu().numpy()

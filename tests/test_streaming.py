@@ -16,6 +16,7 @@ import pytest
 import torch
 from torch import nn
 
+from tests.conftest import streams_in_slots
 from utter.dev.random_speech_tokenizer import speech_tokenizer_config_dict, write_random_speech_tokenizer
 from utter.engine.model.codec_decoder import CodecDecoder, CodecDecoderConfig, LayerScale
 from utter.engine.model.speech_tokenizer import SpeechTokenizer
@@ -200,7 +201,9 @@ def test_work_per_frame_is_constant(decoder: CodecDecoder, monkeypatch: pytest.M
 def test_real_size_stream_equals_one_shot() -> None:
     """The published layer sizes (1536-channel convs, 16 heads, window 72): a few frames only."""
     cfg = CodecDecoderConfig.from_dict(speech_tokenizer_config_dict("real")["decoder_config"])
-    decoder = CodecDecoder(cfg).eval()
+    with torch.random.fork_rng():  # seeded: an unlucky default init once failed the checks below
+        torch.manual_seed(0)
+        decoder = CodecDecoder(cfg).eval()
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():  # default init is random except codebooks (zero) and tiny residual gains
         for name, param in decoder.named_parameters():
@@ -276,26 +279,16 @@ def test_codec_slots_equal_streams_pushed_alone(tmp_path) -> None:
 
     window = tok.decoder.pre_transformer.cfg.sliding_window
     pool = CodecSlots(tok.decoder, slots=6)
-    alone, slots = [], []
-    for n in (0, 3, window - 1, window + 7, 2 * window):
-        a, warm = tok.stream(), tok.stream()
-        if n:
-            past = codes(n)
-            a.push(past)
-            warm.push(past)
-        alone.append(a)
-        slots.append(pool.open(warm if n else None))
+    alone, slots = streams_in_slots(tok, pool, codes, (0, 3, window - 1, window + 7, 2 * window))
     assert pool.free == 1
 
     def push(rows: list[int], sizes: list[int]) -> None:
         chunks = [codes(t) for t in sizes]
-        for t in sorted(set(sizes)):  # one call per chunk length, as the batcher does
-            members = [i for i, size in enumerate(sizes) if size == t]
-            got = pool.push([slots[rows[i]] for i in members], torch.stack([chunks[i] for i in members]))
-            for i, wav in zip(members, got):
-                want = alone[rows[i]].push(chunks[i])
-                assert wav.shape == (want.shape[0],)
-                np.testing.assert_allclose(wav.numpy(), want, atol=1e-5, rtol=0)
+        got = pool.push_chunks([slots[r] for r in rows], chunks)  # one call per chunk length
+        for row, chunk, wav in zip(rows, chunks, got, strict=True):
+            want = alone[row].push(chunk)
+            assert wav.shape == (want.shape[0],)
+            np.testing.assert_allclose(wav, want, atol=1e-5, rtol=0)
 
     push([0, 1, 2, 3, 4], [2, 2, 2, 2, 2])
     push([0, 1, 2, 3, 4], [5, 5, 1, 5, 1])

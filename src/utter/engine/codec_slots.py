@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import torch
 
 from .cuda.graphs import buckets, capture
@@ -78,6 +79,7 @@ class CodecSlots:
         self._graphs: dict[tuple[int, int], torch.cuda.CUDAGraph | None] = {}
         self._graph_pool = torch.cuda.graph_pool_handle() if self.graph_frames else None
         self._free = list(range(slots - 1, -1, -1))
+        self._taken: set[int] = set()
         self.num_codebooks = cfg.num_quantizers
 
     # ------------------------------------------------------------ slots
@@ -96,12 +98,14 @@ class CodecSlots:
         except BaseException:
             self._free.append(slot)
             raise
+        self._taken.add(slot)
         return slot
 
     def close(self, slot: int) -> None:
         """Give a slot back (its state is overwritten by the next ``open``)."""
-        if not 0 <= slot < self.slots or slot in self._free:
+        if slot not in self._taken:
             raise ValueError(f"slot {slot} is not open")
+        self._taken.remove(slot)
         self._free.append(slot)
 
     def _load(self, slot: int, warm: AudioStream | None) -> None:
@@ -131,7 +135,7 @@ class CodecSlots:
         n = len(slots)
         if codes.dim() != 3 or codes.shape[0] != n or codes.shape[2] != self.num_codebooks:
             raise ValueError(f"expected codes [{n}, frames, {self.num_codebooks}], got {tuple(codes.shape)}")
-        if len(set(slots)) != n or any(not 0 <= s < self.slots or s in self._free for s in slots):
+        if len(set(slots)) != n or not self._taken.issuperset(slots):
             raise ValueError(f"slots {slots} are not distinct open slots")
         t = codes.shape[1]
         if n == 0 or t == 0:
@@ -145,6 +149,19 @@ class CodecSlots:
         inputs[n:size] = 0
         self._run(size, t)
         return self._wav[t][:n].clone()
+
+    def push_chunks(self, slots: list[int], chunks: list[torch.Tensor]) -> list[np.ndarray]:
+        """:meth:`push` of one chunk [T, Q] per slot, chunks of any lengths (one call and one
+        copy to the host per length): each slot's float32 PCM [T * U], in order."""
+        out: list[np.ndarray] = [np.zeros(0, np.float32)] * len(slots)
+        lengths: dict[int, list[int]] = {}
+        for i, chunk in enumerate(chunks):
+            lengths.setdefault(chunk.shape[0], []).append(i)
+        for members in lengths.values():
+            wav = self.push([slots[i] for i in members], torch.stack([chunks[i] for i in members]))
+            for i, pcm in zip(members, wav.to(torch.float32).cpu().numpy()):
+                out[i] = pcm
+        return out
 
     def _inputs(self, t: int) -> torch.Tensor:
         """The static codes [slots, t, Q] of pushes of ``t`` frames (and their waveform buffer)."""

@@ -247,8 +247,12 @@ class Engine:
     def memory_bytes(self) -> int:
         """Bytes of the tensors this engine's models hold (talker, speaker encoder, codec), packed
         and quantised weights included."""
-        roots = [self.weights, getattr(self.codec, "encoder", None), getattr(self.codec, "decoder", None)]
-        seen, total = set(), 0
+        # The codec's encoder counts as built or as its pending tensors: asking for it would
+        # build it here (a server measures memory as soon as it has loaded).
+        codec = self.codec
+        roots = [self.weights, getattr(codec, "encoder_built", None), getattr(codec, "decoder", None)]
+        pending = list(getattr(codec, "pending_encoder_tensors", ()))
+        seen, total = {id(t) for t in pending}, sum(t.numel() * t.element_size() for t in pending)
         for root in roots:
             if not isinstance(root, torch.nn.Module):
                 continue

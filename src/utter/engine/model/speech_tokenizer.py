@@ -131,19 +131,26 @@ class SpeechTokenizer:
     def __init__(
         self,
         config: SpeechTokenizerConfig,
-        encoder: CodecEncoder | Callable[[], CodecEncoder],
+        encoder: CodecEncoder | None,
         decoder: CodecDecoder,
+        build_encoder: Callable[[], CodecEncoder] | None = None,
+        encoder_tensors: tuple[torch.Tensor, ...] = (),
     ) -> None:
-        # encoder: the model, or what builds it on first use (see ``load``'s ``lazy_encoder``)
+        # encoder None: ``build_encoder`` makes it on first use from ``encoder_tensors`` (the
+        # file's, kept until then; see ``load``'s ``lazy_encoder``)
+        if encoder is None and build_encoder is None:
+            raise ValueError("an encoder, or what builds it, is needed")
         self.config = config
-        self._encoder: CodecEncoder | None = None
-        self._build_encoder: Callable[[], CodecEncoder] | None = None
-        if callable(encoder) and not isinstance(encoder, torch.nn.Module):
-            self._build_encoder = encoder
-        else:
-            self._encoder = encoder.eval()
+        self._encoder = None if encoder is None else encoder.eval()
+        self._build_encoder = build_encoder
+        self.pending_encoder_tensors = encoder_tensors if encoder is None else ()
         self._encoder_lock = threading.Lock()
         self.decoder = decoder.eval()
+
+    @property
+    def encoder_built(self) -> CodecEncoder | None:
+        """The encoder if it is built (never builds it)."""
+        return self._encoder
 
     @property
     def encoder(self) -> CodecEncoder:
@@ -153,7 +160,7 @@ class SpeechTokenizer:
                 if self._encoder is None and self._build_encoder is not None:
                     started = time.perf_counter()
                     self._encoder = self._build_encoder().eval()
-                    self._build_encoder = None  # drops the file's tensors it held
+                    self._build_encoder, self.pending_encoder_tensors = None, ()  # the file's tensors go
                     logger.info("speech encoder built on first use in %.2f s", time.perf_counter() - started)
         assert self._encoder is not None
         return self._encoder
@@ -218,7 +225,9 @@ class SpeechTokenizer:
             device,
             dtype,
         )
-        return cls(config, build_encoder if lazy_encoder else build_encoder(), decoder)
+        if lazy_encoder:
+            return cls(config, None, decoder, build_encoder, tuple(enc_state.values()))
+        return cls(config, build_encoder(), decoder)
 
     # ---------------------------------------------------------------- properties
 

@@ -471,16 +471,8 @@ class Batcher:
         with self._codec():
             if self._slots is None:
                 return [live.chunker.stream.push(chunk) for live, chunk in due]  # type: ignore[union-attr]
-            pcms: list[np.ndarray] = [np.zeros(0, np.float32)] * len(due)
-            lengths: dict[int, list[int]] = {}
-            for i, (_, chunk) in enumerate(due):
-                lengths.setdefault(chunk.shape[0], []).append(i)
-            for members in lengths.values():
-                slots = [due[i][0].slot for i in members]
-                wav = self._slots.push(slots, torch.stack([due[i][1] for i in members]))  # type: ignore[arg-type]
-                for i, pcm in zip(members, wav.to(torch.float32).cpu().numpy()):
-                    pcms[i] = pcm
-            return pcms
+            slots = [live.slot for live, _ in due]
+            return self._slots.push_chunks(slots, [chunk for _, chunk in due])  # type: ignore[arg-type]
 
     def _emit(self, live: _Live, pcm: np.ndarray | None) -> None:
         if pcm is None:
