@@ -201,3 +201,33 @@ def test_a_lazy_encoder_is_built_on_first_use_and_encodes_the_same(
     while soon._encoder is None and time.monotonic() < deadline:
         time.sleep(0.05)
     assert soon._encoder is not None and torch.equal(soon.encode(wav), ours.encode(wav))
+
+
+def test_the_background_encoder_and_a_whisper_load_import_transformers_one_at_a_time(
+    folder: Path, tiny_whisper: Path
+) -> None:
+    """In a fresh process (transformers not imported yet), the encoder built on its thread and
+    Whisper loaded on another at the same moment both succeed: transformers' lazy names are not
+    safe to import from two threads at once (CI saw Whisper's load fail so), hence one lock."""
+    import subprocess
+    import sys
+
+    probe = f"""
+import threading
+from utter.asr import Transcriber
+from utter.engine.model.speech_tokenizer import SpeechTokenizer
+codec = SpeechTokenizer.load({str(folder)!r}, lazy_encoder=True)
+errors = []
+def whisper():
+    try:
+        Transcriber.load({str(tiny_whisper)!r}, device="cpu")
+    except Exception as exc:
+        errors.append(repr(exc))
+t = threading.Thread(target=whisper)
+codec.build_encoder_soon()
+t.start()
+t.join()
+codec.encoder
+assert not errors, errors
+"""
+    subprocess.run([sys.executable, "-c", probe], check=True, timeout=300)

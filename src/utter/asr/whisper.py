@@ -167,6 +167,13 @@ class Transcriber:
     @classmethod
     def load(cls, folder: str | Path, device: str | None = None, name: str | None = None) -> Transcriber:
         """Load a checkpoint folder on ``device`` (cuda when present; float16 there, float32 on CPU)."""
+        from ..transformers_lock import TRANSFORMERS_IMPORT
+
+        with TRANSFORMERS_IMPORT:  # the whole load: building the model imports more of it
+            return cls._load(folder, device, name)
+
+    @classmethod
+    def _load(cls, folder: str | Path, device: str | None, name: str | None) -> Transcriber:
         import torch
         from transformers import WhisperForConditionalGeneration, WhisperProcessor
 

@@ -58,7 +58,10 @@ class TextTokenizer:
             except ValueError as exc:
                 logger.warning("%s; loading it through transformers instead", exc)
         if self._backend is None:
-            from transformers import AutoTokenizer
+            from ..transformers_lock import TRANSFORMERS_IMPORT
+
+            with TRANSFORMERS_IMPORT:
+                from transformers import AutoTokenizer
 
             logger.info("loading the %s tokenizer through transformers", config.get("tokenizer_class"))
             auto = AutoTokenizer.from_pretrained(str(folder), local_files_only=True, fix_mistral_regex=False)

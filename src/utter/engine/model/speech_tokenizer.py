@@ -208,12 +208,15 @@ class SpeechTokenizer:
         decoder.load_state_dict(dec_state, strict=True, assign=True)
 
         def build_encoder() -> CodecEncoder:
-            from transformers.modeling_utils import no_init_weights
+            from ...transformers_lock import TRANSFORMERS_IMPORT
 
-            from .codec_encoder import CodecEncoder
+            with TRANSFORMERS_IMPORT:  # codec_encoder imports transformers' Mimi; building it more
+                from transformers.modeling_utils import no_init_weights
 
-            with no_init_weights(), torch.device(device):
-                encoder = CodecEncoder.from_config_dict(config.encoder_config)
+                from .codec_encoder import CodecEncoder
+
+                with no_init_weights(), torch.device(device):
+                    encoder = CodecEncoder.from_config_dict(config.encoder_config)
             encoder.load_state_dict(enc_state, strict=True)
             return encoder.to(device=device, dtype=dtype)
 
