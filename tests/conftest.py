@@ -93,3 +93,39 @@ def streams_in_slots(codec, pool, codes, pasts: tuple[int, ...]) -> tuple[list, 
         alone.append(a)
         slots.append(pool.open(warm if n else None))
     return alone, slots
+
+
+# Float32 logits of one row differ by ~1e-6 between batch shapes (the BLAS picks other kernels
+# and summation orders per shape and CPU kind), so a greedy choice whose top two logits are that
+# close may go either way in a batch. Tests that compare a batch's rows with each row alone use
+# requests whose every choice is decided by more than this.
+DECISIVE_MARGIN = 1e-4
+
+
+def decisive_requests(engine, candidates: list, count: int) -> tuple[list, list]:
+    """The first ``count`` greedy ``candidates`` whose every token choice, generated alone, wins by
+    more than ``DECISIVE_MARGIN``; returns them and the codes each makes alone. Fails the test if
+    too few are decisive, rather than comparing rows whose result is down to rounding."""
+    from unittest import mock
+
+    from utter.engine.sched import runner as runner_module
+
+    real = runner_module.sample
+    margins: list[float] = []
+
+    def spy(logits, *args, **kwargs):
+        top = logits.float().topk(2, dim=-1).values
+        margins.append(float((top[:, 0] - top[:, 1]).min()))
+        return real(logits, *args, **kwargs)
+
+    chosen, codes = [], []
+    with mock.patch.object(runner_module, "sample", spy):
+        for request in candidates:
+            margins.clear()
+            made = engine.generate_codes([request])[0]
+            if min(margins) > DECISIVE_MARGIN:
+                chosen.append(request)
+                codes.append(made)
+                if len(chosen) == count:
+                    return chosen, codes
+    pytest.fail(f"only {len(chosen)} of {len(candidates)} requests are decisive; {count} needed")

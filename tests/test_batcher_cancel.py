@@ -17,7 +17,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from tests.conftest import REF_TEXT
+from tests.conftest import REF_TEXT, decisive_requests
 from tests.test_batcher import assert_same_audio
 from utter.engine.engine import Request
 from utter.engine.sampling import GenerationOptions
@@ -33,11 +33,12 @@ def voice(engine, ref_wav):
 
 @pytest.fixture(scope="module")
 def requests_and_alone(engine, voice):
-    """16 greedy requests that never end early, and each one's audio generated alone."""
+    """16 greedy requests that never end early, and each one's audio generated alone; each is
+    decisive (see ``decisive_requests``), so a batch's rounding cannot change its codes."""
     opts = replace(GenerationOptions.greedy(max_frames=FRAMES), ignore_eos=True)
-    reqs = [Request(f"Row {i} has words of its own.", voice, "English", opts) for i in range(16)]
-    alone = [engine.decode(engine.generate_codes([r])[0], voice) for r in reqs]
-    return reqs, alone
+    candidates = [Request(f"Row {i} has words of its own.", voice, "English", opts) for i in range(32)]
+    reqs, codes = decisive_requests(engine, candidates, 16)
+    return reqs, [engine.decode(c, voice) for c in codes]
 
 
 class StepGate:
