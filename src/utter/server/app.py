@@ -16,17 +16,7 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 
 from .. import __version__
-from . import (
-    routes_elevenlabs,
-    routes_family,
-    routes_health,
-    routes_jobs,
-    routes_openai,
-    routes_realtime,
-    routes_seed,
-    routes_transcribe,
-    routes_voices,
-)
+from . import routes
 from .asr import AsrHolder
 from .deps import Service, require_api_key
 from .docs import install_offline_docs
@@ -114,21 +104,21 @@ def create_app(
         api_key=settings.api_key_value(),
     )
 
-    app.include_router(routes_health.router)
+    app.include_router(routes.health.router)
     protected = [Depends(require_api_key)]
     for module in (
-        routes_seed,
-        routes_jobs,
-        routes_openai,
-        routes_voices,
-        routes_transcribe,
-        routes_elevenlabs,
-        routes_family,
+        routes.seed,
+        routes.jobs,
+        routes.openai,
+        routes.voices,
+        routes.transcribe,
+        routes.elevenlabs,
+        routes.family,
     ):
         app.include_router(module.router, dependencies=protected)
     # WebSockets check the key themselves (also from the query string or the first message).
-    app.include_router(routes_realtime.router)
-    app.include_router(routes_elevenlabs.ws_router)
+    app.include_router(routes.realtime.router)
+    app.include_router(routes.elevenlabs.ws_router)
     if settings.api_key_value() is None and settings.host not in ("127.0.0.1", "localhost", "::1"):
         logger.warning("serving on %s without an API key (set UTTER_API_KEY)", settings.host)
     return app

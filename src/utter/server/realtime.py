@@ -3,8 +3,8 @@
 The text comes in messages (an LLM's reply, token by token) and goes into a
 :class:`~utter.engine.sched.textfeed.TextFeed`; the request starts speaking with its first final
 word and the engine parks it whenever it runs out of text. Audio goes out as it is made.
-Two protocols share this: our own (``routes_realtime.py``) and ElevenLabs' ``stream-input``
-(``routes_elevenlabs.py``); each says how messages look, this module does the rest: auth,
+Two protocols share this: our own (``routes/realtime.py``) and ElevenLabs' ``stream-input``
+(``routes/elevenlabs.py``); each says how messages look, this module does the rest: auth,
 limits, the idle timeout, cancelling when the client leaves, and errors as messages.
 """
 

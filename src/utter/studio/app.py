@@ -23,14 +23,7 @@ from .. import __version__
 from ..server.asr import AsrHolder
 from ..server.docs import install_offline_docs
 from ..server.errors import error_response, install_error_handlers
-from . import (
-    routes_generate,
-    routes_generations,
-    routes_health,
-    routes_languages,
-    routes_transcribe,
-    routes_voices,
-)
+from . import routes
 from .db import Database
 from .deps import Studio
 from .jobs import JobQueue
@@ -119,12 +112,12 @@ def create_studio_app(settings: StudioSettings | None = None, provider: TTSProvi
         api_key = settings.service_settings().api_key_value()
         app.add_middleware(LoginGate, password=password, api_key=api_key)
     routers = (
-        routes_voices,
-        routes_transcribe,
-        routes_generate,
-        routes_generations,
-        routes_languages,
-        routes_health,
+        routes.voices,
+        routes.transcribe,
+        routes.generate,
+        routes.generations,
+        routes.languages,
+        routes.health,
     )
     for module in routers:
         app.include_router(module.router)

@@ -17,13 +17,13 @@ from fastapi import APIRouter
 from pydantic import Field
 from starlette.concurrency import run_in_threadpool
 
-from ..audio import SAMPLE_RATE, to_wav_bytes
-from ..engine.design import sample_text
-from .deps import ServiceDep
-from .errors import ApiError
-from .schemas import ApiModel, SamplingFields
-from .speech import check_language, check_text, collect, generation_options, submit
-from .voices import VoiceNameTaken
+from ...audio import SAMPLE_RATE, to_wav_bytes
+from ...engine.design import sample_text
+from ..deps import ServiceDep
+from ..errors import ApiError
+from ..schemas import ApiModel, SamplingFields
+from ..speech import check_language, check_text, collect, generation_options, submit
+from ..voices import VoiceNameTaken
 
 router = APIRouter(tags=["voice design"])
 

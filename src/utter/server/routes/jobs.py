@@ -13,10 +13,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic_core import PydanticCustomError
 
-from .deps import BatcherDep, ServiceDep
-from .errors import ApiError, error_response
-from .routes_seed import start_clone
-from .schemas import CloneRequest, JobStatus, JobSubmitted, check_unicode
+from ..deps import BatcherDep, ServiceDep
+from ..errors import ApiError, error_response
+from ..schemas import CloneRequest, JobStatus, JobSubmitted, check_unicode
+from .seed import start_clone
 
 router = APIRouter(tags=["jobs (seed API)"])
 

@@ -12,12 +12,12 @@ from typing import Annotated, Any
 from fastapi import APIRouter, File, Form, UploadFile
 from starlette.concurrency import run_in_threadpool
 
-from .deps import EngineDep, ServiceDep
-from .errors import ApiError
-from .routes_openai import unknown_voice
-from .schemas import VoiceInfo, VoiceList
-from .speech import check_language
-from .voices import VoiceNameTaken, VoiceNotFound
+from ..deps import EngineDep, ServiceDep
+from ..errors import ApiError
+from ..schemas import VoiceInfo, VoiceList
+from ..speech import check_language
+from ..voices import VoiceNameTaken, VoiceNotFound
+from .openai import unknown_voice
 
 router = APIRouter(tags=["voices"])
 MAX_NAME = 100

@@ -10,15 +10,15 @@ from fastapi.responses import FileResponse
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
-from ..audio import SAMPLE_RATE, load_audio
-from ..audio.encode import FORMATS, encode_audio
-from ..server.errors import ApiError
-from .deps import SessionDep, StudioDep
-from .inputs import clean_text, get_row
-from .models import Generation
-from .schemas import ACTIVE, STATUSES, GenerationList, GenerationOut
-from .search import matches
-from .views import generation_out, page_of, pages
+from ...audio import SAMPLE_RATE, load_audio
+from ...audio.encode import FORMATS, encode_audio
+from ...server.errors import ApiError
+from ..deps import SessionDep, StudioDep
+from ..inputs import clean_text, get_row
+from ..models import Generation
+from ..schemas import ACTIVE, STATUSES, GenerationList, GenerationOut
+from ..search import matches
+from ..views import generation_out, page_of, pages
 
 router = APIRouter(prefix="/api", tags=["generations"])
 

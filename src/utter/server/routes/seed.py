@@ -13,13 +13,13 @@ import logging
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 
-from ..audio import SAMPLE_RATE
-from ..audio.encode import encode_audio, make_encoder
-from ..engine.sched.batcher import Batcher, Stream
-from .deps import BatcherDep, Service, ServiceDep
-from .errors import ApiError
-from .schemas import CloneBatchRequest, CloneBatchResponse, CloneRequest
-from .speech import (
+from ...audio import SAMPLE_RATE
+from ...audio.encode import encode_audio, make_encoder
+from ...engine.sched.batcher import Batcher, Stream
+from ..deps import BatcherDep, Service, ServiceDep
+from ..errors import ApiError
+from ..schemas import CloneBatchRequest, CloneBatchResponse, CloneRequest
+from ..speech import (
     check_language,
     check_text,
     collect,

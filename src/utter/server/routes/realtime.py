@@ -27,15 +27,15 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.websockets import WebSocketDisconnect
 
-from ..audio.encode import make_encoder
-from ..engine.sched.batcher import Stream
-from .deps import Service
-from .errors import ApiError
-from .realtime import POLICY_VIOLATION, Incoming, SessionError, TextInSession, key_of, key_ok
-from .runtime import ModelNotReady
-from .schemas import RealtimeStart
-from .speech import check_language, generation_options
-from .voices import VoiceNotFound
+from ...audio.encode import make_encoder
+from ...engine.sched.batcher import Stream
+from ..deps import Service
+from ..errors import ApiError
+from ..realtime import POLICY_VIOLATION, Incoming, SessionError, TextInSession, key_of, key_ok
+from ..runtime import ModelNotReady
+from ..schemas import RealtimeStart
+from ..speech import check_language, generation_options
+from ..voices import VoiceNotFound
 
 logger = logging.getLogger(__name__)
 router = APIRouter(tags=["realtime"])

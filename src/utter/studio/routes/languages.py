@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from ..server.errors import ApiError
-from .deps import Studio, StudioDep
-from .schemas import LanguagesOut
+from ...server.errors import ApiError
+from ..deps import Studio, StudioDep
+from ..schemas import LanguagesOut
 
 router = APIRouter(prefix="/api", tags=["languages"])
 

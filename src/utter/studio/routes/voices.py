@@ -17,16 +17,16 @@ from fastapi.responses import FileResponse
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from ..audio import SAMPLE_RATE, AudioError, TooLong, load_audio
-from ..server.errors import ApiError
-from .deps import SessionDep, Studio, StudioDep
-from .inputs import clean_text, get_row
-from .models import Voice, new_id
-from .routes_languages import resolve_language
-from .schemas import CloneOut, VoiceList, VoiceOut, VoiceUpdate
-from .search import matches
-from .views import page_of, pages, voice_out
-from .voice_library import name_taken, remove_voice
+from ...audio import SAMPLE_RATE, AudioError, TooLong, load_audio
+from ...server.errors import ApiError
+from ..deps import SessionDep, Studio, StudioDep
+from ..inputs import clean_text, get_row
+from ..models import Voice, new_id
+from ..schemas import CloneOut, VoiceList, VoiceOut, VoiceUpdate
+from ..search import matches
+from ..views import page_of, pages, voice_out
+from ..voice_library import name_taken, remove_voice
+from .languages import resolve_language
 
 logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/api", tags=["voices"])

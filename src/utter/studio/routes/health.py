@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from ..server.errors import ApiError
-from .deps import StudioDep
-from .schemas import HealthOut, ModelStatus
+from ...server.errors import ApiError
+from ..deps import StudioDep
+from ..schemas import HealthOut, ModelStatus
 
 router = APIRouter(prefix="/api", tags=["health"])
 

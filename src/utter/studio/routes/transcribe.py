@@ -12,11 +12,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, File, Form, UploadFile
 from starlette.concurrency import run_in_threadpool
 
-from ..audio import SAMPLE_RATE
-from ..server.errors import ApiError
-from .deps import StudioDep
-from .routes_voices import read_reference
-from .schemas import TranscriptOut
+from ...audio import SAMPLE_RATE
+from ...server.errors import ApiError
+from ..deps import StudioDep
+from ..schemas import TranscriptOut
+from .voices import read_reference
 
 router = APIRouter(prefix="/api", tags=["transcription"])
 

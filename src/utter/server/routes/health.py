@@ -15,10 +15,10 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from .. import __version__
-from ..engine.config import LANGUAGES
-from .deps import ServiceDep
-from .runtime import ModelState
+from ... import __version__
+from ...engine.config import LANGUAGES
+from ..deps import ServiceDep
+from ..runtime import ModelState
 
 router = APIRouter(tags=["health"])
 

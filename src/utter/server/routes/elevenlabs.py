@@ -10,7 +10,7 @@ URL and key) they speak in our stored voices:
 * ``WS /v1/text-to-speech/{voice_id}/stream-input``: ElevenLabs' input-streaming protocol
   (``{"text": " "}`` to open, text messages with optional ``flush``, ``{"text": ""}`` to end;
   ``{"audio": base64, "isFinal": false}`` messages, then ``{"isFinal": true}``).
-* ``GET /v1/voices`` and ``/v1/voices/{voice_id}`` (``routes_voices.py``) carry ``voice_id``.
+* ``GET /v1/voices`` and ``/v1/voices/{voice_id}`` (``routes/voices.py``) carry ``voice_id``.
 
 The key is accepted as ``xi-api-key`` (and as everywhere else). Fields we cannot honour
 (``voice_settings``, ``previous_text``, ``pronunciation_dictionary_locators``, alignment, ...)
@@ -31,19 +31,19 @@ from pydantic import ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.websockets import WebSocketDisconnect
 
-from ..asr.whisper import LANGUAGE_NAMES
-from ..audio.formats import FormatEncoder, OutputFormat, parse_output_format
-from ..engine.engine import Engine
-from ..engine.sampling import GenerationOptions
-from ..engine.sched.batcher import Stream
-from .deps import BatcherDep, Service, ServiceDep
-from .errors import ApiError
-from .realtime import POLICY_VIOLATION, Incoming, SessionError, TextInSession, key_of, key_ok
-from .routes_openai import unknown_voice
-from .runtime import ModelNotReady
-from .schemas import ApiModel, SamplingFields
-from .speech import check_language, check_text, encoded_body, generation_options, open_audio_stream, submit
-from .voices import VoiceNotFound
+from ...asr.whisper import LANGUAGE_NAMES
+from ...audio.formats import FormatEncoder, OutputFormat, parse_output_format
+from ...engine.engine import Engine
+from ...engine.sampling import GenerationOptions
+from ...engine.sched.batcher import Stream
+from ..deps import BatcherDep, Service, ServiceDep
+from ..errors import ApiError
+from ..realtime import POLICY_VIOLATION, Incoming, SessionError, TextInSession, key_of, key_ok
+from ..runtime import ModelNotReady
+from ..schemas import ApiModel, SamplingFields
+from ..speech import check_language, check_text, encoded_body, generation_options, open_audio_stream, submit
+from ..voices import VoiceNotFound
+from .openai import unknown_voice
 
 logger = logging.getLogger(__name__)
 router = APIRouter(tags=["ElevenLabs-compatible"])

@@ -21,13 +21,13 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from ..audio.encode import FORMATS, LENGTH_IN_HEADER, AudioEncoder, encode_audio, make_encoder
-from ..engine.sched.batcher import Batcher
-from ..engine.voice import VoicePrompt
-from .deps import Service, ServiceDep
-from .errors import ApiError
-from .schemas import SpeechRequest
-from .speech import (
+from ...audio.encode import FORMATS, LENGTH_IN_HEADER, AudioEncoder, encode_audio, make_encoder
+from ...engine.sched.batcher import Batcher
+from ...engine.voice import VoicePrompt
+from ..deps import Service, ServiceDep
+from ..errors import ApiError
+from ..schemas import SpeechRequest
+from ..speech import (
     AudioChunks,
     check_language,
     check_text,
@@ -37,7 +37,7 @@ from .speech import (
     open_audio_stream,
     submit,
 )
-from .voices import VoiceNotFound
+from ..voices import VoiceNotFound
 
 logger = logging.getLogger(__name__)
 router = APIRouter(tags=["OpenAI-compatible"])

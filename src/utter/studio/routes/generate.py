@@ -18,15 +18,14 @@ from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 from sqlalchemy import select
 
-from ..audio import SAMPLE_RATE
-from ..audio.encode import pcm16, wav_header
-from ..server.errors import ApiError
-from ..server.runtime import ModelState
-from .deps import SessionDep, Studio, StudioDep
-from .inputs import clean_text, get_row, require_id
-from .models import Generation, Task, Voice
-from .routes_languages import resolve_language
-from .schemas import (
+from ...audio import SAMPLE_RATE
+from ...audio.encode import pcm16, wav_header
+from ...server.errors import ApiError
+from ...server.runtime import ModelState
+from ..deps import SessionDep, Studio, StudioDep
+from ..inputs import clean_text, get_row, require_id
+from ..models import Generation, Task, Voice
+from ..schemas import (
     COMPLETED,
     FAILED,
     QUEUED,
@@ -36,7 +35,8 @@ from .schemas import (
     TaskList,
     TaskOut,
 )
-from .views import task_out
+from ..views import task_out
+from .languages import resolve_language
 
 logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/api", tags=["generate"])
