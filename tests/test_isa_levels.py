@@ -31,10 +31,10 @@ AVX2_ONLY = {
 PROBE = """
 import json
 from utter.engine.cpu import native
-from utter.engine.cpu.quant import fbgemm_full_range, int8_kernel, onednn_int8_exact
+from utter.engine.cpu.quant import fbgemm_full_range, int8_kernel, onednn_int8_input
 lib = native.library()
 print(json.dumps({
-    "onednn_exact": onednn_int8_exact(),
+    "onednn_input": str(onednn_int8_input()),
     "fbgemm_full_range": fbgemm_full_range(),
     "serving": int8_kernel("cpu", max_batch=16),
     "lanes": lib.utter_lanes() if lib is not None else None,
@@ -59,7 +59,7 @@ def test_an_avx2_only_cpu_serves_int8_with_kernels_that_compute_right(tmp_path: 
     probe = json.loads(out.stdout.strip().splitlines()[-1])
     # Capped to AVX2, oneDNN's int8 product saturates and fbgemm's needs 7-bit inputs: both are
     # detected on the kernels themselves, and batches are served by fbgemm.
-    assert probe == {"onednn_exact": False, "fbgemm_full_range": False, "serving": "fbgemm", "lanes": 8}
+    assert probe == {"onednn_input": "None", "fbgemm_full_range": False, "serving": "fbgemm", "lanes": 8}
 
 
 def test_the_int8_and_native_tests_pass_at_avx2_level(tmp_path: Path) -> None:
@@ -71,3 +71,37 @@ def test_the_int8_and_native_tests_pass_at_avx2_level(tmp_path: Path) -> None:
     out = subprocess.run(command, cwd=ROOT, env=_env(tmp_path), capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
     assert " passed" in out.stdout and " failed" not in out.stdout
+
+
+REFERENCE_PROBE = """
+import torch
+from torch import nn
+from utter.engine.cpu.quant import Int8Linear, int8_kernel
+torch.manual_seed(0)
+layer = Int8Linear.from_linear(nn.Linear(1024, 3072), int8_kernel("cpu", max_batch=16))
+print("kernel", layer.kernel, flush=True)
+layer(torch.randn(16, 1024))
+"""
+
+
+@pytest.mark.parametrize("level", ["native", "avx2"])
+def test_the_serving_int8_kernel_never_runs_onednn_reference_loops(tmp_path: Path, level: str) -> None:
+    """oneDNN answers a product it has no kernel for with its reference loops (right, but 1000x
+    slower: 0.55 s for one 16 x 1024 x 3072 product, which made a serving engine on an AVX-512
+    CPU without AMX take a minute per frame). Its own log names the implementation it ran."""
+    env = {**(_env(tmp_path) if level == "avx2" else os.environ), "ONEDNN_VERBOSE": "1"}
+    out = subprocess.run(
+        [sys.executable, "-c", REFERENCE_PROBE], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr
+    kernel = out.stdout.split("kernel ", 1)[1].split()[0]
+    # The layer's own product (the kernel choice probes oneDNN at other shapes, reference included).
+    lines = out.stdout.splitlines()
+    runs = [
+        line
+        for line in lines
+        if ",matmul," in line and line.endswith(",16x1024:1024x3072", 0, line.rfind(","))
+    ]
+    if kernel == "onednn":
+        assert runs, out.stdout[-2000:]
+    assert not [line for line in runs if ",ref" in line], runs

@@ -30,7 +30,7 @@ from utter.engine.cpu.quant import (
     int8_kernel,
     logit_drift,
     onednn_int8_available,
-    onednn_int8_exact,
+    onednn_int8_input,
 )
 from utter.engine.engine import Engine, Request
 from utter.engine.sampling import GenerationOptions
@@ -117,10 +117,28 @@ def test_int8_kernel_choice_follows_what_the_cpu_computes_right() -> None:
     if not fbgemm_available():
         pytest.skip("this torch build has no fbgemm")
     serving = int8_kernel("cpu", max_batch=16)
-    assert serving == ("onednn" if has_int8_dot() and onednn_int8_exact() else "fbgemm")
-    if not onednn_int8_exact():  # asked for by name, it is replaced rather than computing wrong numbers
+    assert serving == ("onednn" if has_int8_dot() and onednn_int8_input() is not None else "fbgemm")
+    if onednn_int8_input() is None:  # asked for by name, it is replaced rather than computing wrong numbers
         w, _ = full_range_operands()
         assert Int8Linear(w, torch.ones(w.shape[0]), None, "onednn").kernel != "onednn"
+
+
+def test_onednn_takes_int8_or_shifted_uint8_inputs_with_the_same_numbers() -> None:
+    """Without AMX oneDNN has no fast int8 x int8 kernel, so VNNI CPUs get the same integers
+    shifted to uint8 with a zero point (``onednn_int8_input``); the sums are exact integers, so
+    a layer's output is the same bit for bit whichever input type this CPU is given."""
+    if onednn_int8_input() is None:
+        pytest.skip("oneDNN's int8 product is not exact and fast on this CPU")
+    layer = Int8Linear.from_linear(_linear(256, 48), "onednn")
+    torch.manual_seed(4)
+    x = torch.randn(5, 256) * torch.tensor([0.01, 1.0, 50.0, 3.0, 0.5])[:, None]
+    got = {}
+    for dtype in (torch.int8, torch.uint8):  # the reference loops run int8 here without AMX: small
+        layer.onednn_input = dtype
+        got[dtype] = layer(x)
+    assert torch.equal(got[torch.int8], got[torch.uint8])
+    exact = F.linear(x, layer.dequantized(), layer.bias)
+    assert _rel_err(got[torch.uint8], exact) < 0.03
 
 
 @pytest.mark.parametrize("kernel", ["fbgemm", "onednn"])
@@ -166,7 +184,7 @@ def test_int8_kernels_run_where_expected() -> None:
     single = "native" if native.library() is not None else "fbgemm"
     assert int8_kernel("cpu", max_batch=1) == single
     expected = {"fbgemm": "quantized::linear_dynamic"}
-    if onednn_int8_exact():
+    if onednn_int8_input() is not None:
         expected["onednn"] = "onednn::qlinear_pointwise"
     for kernel, op in expected.items():
         layer = Int8Linear.from_linear(_linear(128, 64), kernel)

@@ -25,9 +25,11 @@ makes exactly the frames asked for (checked: ``frames_ok``):
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from .common import Probe, median, peak_memory, result_head, sync
@@ -272,6 +274,15 @@ def _text_run(engine, voice, opts, name: str, frames: int, device: str) -> dict:
     }
 
 
+@contextlib.contextmanager
+def timed(item: str) -> Iterator[None]:
+    """Log an item's start and its duration (the worker log is where a slow item shows)."""
+    logger.info("%s ...", item)
+    start = time.perf_counter()
+    yield
+    logger.info("%s: %.1f s", item, time.perf_counter() - start)
+
+
 def measure(spec: dict) -> dict:
     """Run the measurements named in ``spec["suite"]`` for one weight mode; returns a JSON-able dict."""
     import torch
@@ -283,8 +294,9 @@ def measure(spec: dict) -> dict:
     suite, frames, workdir = set(spec["suite"]), spec["frames"], Path(spec["workdir"])
     torch.set_grad_enabled(False)
     imported = time.time()
-    engine = load_engine(spec["model"], device, mode, max_batch=1)  # as `utter say` loads it
-    sync(device)
+    with timed("load"):
+        engine = load_engine(spec["model"], device, mode, max_batch=1)  # as `utter say` loads it
+        sync(device)
     ready = time.time()
     out = result_head("utter", mode, device, spawned, imported, ready)
     out["load"]["phases_s"] = dict(engine.load_seconds)  # where the load went
@@ -295,7 +307,8 @@ def measure(spec: dict) -> dict:
     voice = Speaker.for_engine(engine, spec["ref_wav"])
     t1 = time.time()
     if "say" in suite:
-        result = engine.generate_batch([voice.request(SHORT, opts)])[0]
+        with timed("say"):
+            result = engine.generate_batch([voice.request(SHORT, opts)])[0]
         write_wav(workdir / f"say-utter-{mode}.wav", result.audio, SAMPLE_RATE)
         done = time.time()
         n = int(result.codes.shape[0])
@@ -308,35 +321,47 @@ def measure(spec: dict) -> dict:
             "generate_s": done - t1,
         }
     if "frame" in suite:
-        out["frame"] = _frame_run(engine, voice, opts, device)
-        out["frame"].update(_step_counts(engine, voice, opts, device))
+        with timed("frame"):
+            out["frame"] = _frame_run(engine, voice, opts, device)
+        with timed("step counts"):
+            out["frame"].update(_step_counts(engine, voice, opts, device))
     voice_path = workdir / f"voice-utter-{mode}.safetensors"
     voice.save(voice_path)
     if "texts" in suite:
-        out["texts"] = {
-            name: _text_run(engine, voice, opts, name, n, device) for name, n in spec.get("texts", {}).items()
-        }
+        out["texts"] = {}
+        for name, n in spec.get("texts", {}).items():
+            with timed(f"text {name}"):
+                out["texts"][name] = _text_run(engine, voice, opts, name, n, device)
     if suite & {"ttfa", "concurrency", "realtime", "arrivals"}:
         # A server's engine: sized (and, on CPUs, its int8 kernel chosen) for the largest batch.
         concurrency = spec.get("concurrency") or [1]
         del engine
         started = time.time()
-        engine = load_engine(spec["model"], device, mode, max_batch=max(concurrency))
+        with timed("serving load"):
+            engine = load_engine(spec["model"], device, mode, max_batch=max(concurrency))
         out["load"]["serving_load_s"] = time.time() - started
         with Batcher(engine, max_batch=max(concurrency)) as batcher:
             if "ttfa" in suite:
-                out["ttfa"] = _ttfa(batcher, voice_path, voice, opts, spec.get("ttfa_repeats", 3))
+                with timed("first audio"):
+                    out["ttfa"] = _ttfa(batcher, voice_path, voice, opts, spec.get("ttfa_repeats", 3))
             if "concurrency" in suite:
-                out["concurrency"] = {str(c): _concurrent(batcher, voice, opts, c) for c in concurrency}
+                out["concurrency"] = {}
+                for c in concurrency:
+                    with timed(f"concurrency {c}"):
+                        out["concurrency"][str(c)] = _concurrent(batcher, voice, opts, c)
                 out["concurrency_mode"] = "one Batcher, all streams submitted together"
             if "arrivals" in suite:
                 from .arrivals import measure_arrivals
 
                 rates, seconds = spec.get("arrival_rates") or [1.0], spec.get("arrival_seconds", 30.0)
-                out["arrivals"] = measure_arrivals(batcher, voice, opts, rates, seconds, spec.get("seed", 0))
+                with timed(f"arrivals {rates}/s for {seconds:.0f} s"):
+                    out["arrivals"] = measure_arrivals(
+                        batcher, voice, opts, rates, seconds, spec.get("seed", 0)
+                    )
             if "realtime" in suite:
                 from .realtime import measure_realtime
 
-                out["realtime"] = measure_realtime(batcher, voice, opts, frames)
+                with timed("realtime text-in"):
+                    out["realtime"] = measure_realtime(batcher, voice, opts, frames)
     out["memory"].update(peak_memory(device))
     return out

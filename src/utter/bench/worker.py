@@ -36,8 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     spec = json.loads(Path(args[0]).read_text())
     logging.basicConfig(
         level=logging.DEBUG if spec.get("debug") else logging.WARNING,
-        format=f"[{spec['system']} {spec['mode']}] %(levelname)s %(name)s: %(message)s",
+        format=f"%(asctime)s [{spec['system']} {spec['mode']}] %(levelname)s %(name)s: %(message)s",
     )
+    # Each item's start and duration go to the worker log: a slow or stuck item shows itself there.
+    logging.getLogger("utter.bench").setLevel(logging.DEBUG if spec.get("debug") else logging.INFO)
     try:
         result, status = run(spec), 0
     except Exception as exc:  # noqa: BLE001 - reported to the parent, which keeps going

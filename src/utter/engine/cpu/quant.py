@@ -8,7 +8,9 @@ depends on the pair. Measured on a 2-core AVX-512 CPU (torch 2.13, one 3072x1024
 rows): bfloat16 ``F.linear`` 0.24 / 0.25 ms; float16 ``F.linear`` 0.20 / 0.49 ms; fbgemm's
 packed float16 weights with float32 activations 0.15 / 0.22 ms; ``_weight_int8pack_mm`` (int8
 weights, bfloat16 activations) 0.10 / 0.35 ms; fbgemm's int8 x int8 product 0.04 / 0.08 ms;
-oneDNN's 0.07 / 0.07 ms (flat up to 16 rows).
+oneDNN's 0.07 / 0.07 ms (flat up to 16 rows, with AMX; on an AVX-512 VNNI CPU without AMX
+oneDNN takes uint8 inputs and costs what fbgemm does, 0.45 ms at 16 rows with the input
+quantisation, see ``onednn_int8_input``).
 
 Engines that decode one stream at a time (``max_batch == 1``) on CPUs where our kernels build
 (``native.py``) keep float32 activations and multiply by int8 (per-row scales) or float16
@@ -44,6 +46,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import time
 import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -85,7 +88,7 @@ def has_int8_dot() -> bool:
     """Whether the CPU adds u8 x s8 products in 32 bits (VNNI, or AMX tiles). Without it the
     int8 GEMMs of fbgemm and oneDNN sum pairs of products in 16 bits (AVX2 ``vpmaddubsw``),
     which saturates for full-range inputs; see :func:`fbgemm_full_range` and
-    :func:`onednn_int8_exact`, which check the kernels themselves."""
+    :func:`onednn_int8_input`, which check the kernels themselves."""
     return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & _cpu_flags())
 
 
@@ -193,23 +196,68 @@ def full_range_operands() -> tuple[torch.Tensor, torch.Tensor]:
     return w, x
 
 
-@functools.cache
-def onednn_int8_exact() -> bool:
-    """Whether oneDNN's int8 product is exact on full-range operands on this CPU. It is with
-    VNNI or AMX; its AVX2 kernel (CPUs without VNNI, or a capped ``ONEDNN_MAX_CPU_ISA``) shifts
-    inputs to unsigned and saturates: 127 x 127 + 127 x 127 gives 255 there."""
-    if not onednn_int8_available():
-        return False
-    w, x = full_range_operands()
-    packed = torch.ops.onednn.qlinear_prepack(w, None)
-    zero = torch.zeros(w.shape[0], dtype=torch.int32)
-    y = torch.ops.onednn.qlinear_pointwise(
-        x, 1.0, 0, packed, torch.ones(w.shape[0]), zero, None, 1.0, 0, torch.float32, "none", [], ""
+def _onednn_int8_product(x: torch.Tensor, packed, out_features: int, dtype: torch.dtype) -> torch.Tensor:
+    """oneDNN's product of int8 ``x`` [M, in] with a packed int8 weight, all scales one, in
+    float32; with ``dtype`` uint8 the same integers go in shifted by 128, with a zero point of 128."""
+    zero = 0
+    if dtype == torch.uint8:
+        x, zero = (x.to(torch.int16) + 128).to(torch.uint8), 128
+    ones, zeros = torch.ones(out_features), torch.zeros(out_features, dtype=torch.int32)
+    return torch.ops.onednn.qlinear_pointwise(
+        x, 1.0, zero, packed, ones, zeros, None, 1.0, 0, torch.float32, "none", [], ""
     )  # fmt: skip
-    exact = bool(torch.equal(y, (x.long() @ w.long().T).float()))
-    if not exact:
-        logger.info("oneDNN's int8 product saturates on this CPU (%s): not used", cpu_isa())
-    return exact
+
+
+def _onednn_exact_and_fast(dtype: torch.dtype) -> bool:
+    """Whether oneDNN's int8 product with inputs of ``dtype`` is exact on full-range operands and
+    runs a real kernel rather than oneDNN's reference loops (timed against float32 ``F.linear``
+    of the same shape: a real int8 kernel is about as fast or faster, the reference ~500x slower)."""
+    w, x = full_range_operands()
+    got = _onednn_int8_product(x, torch.ops.onednn.qlinear_prepack(w, None), w.shape[0], dtype)
+    if not torch.equal(got, (x.long() @ w.long().T).float()):
+        return False
+    gen = torch.Generator().manual_seed(0)
+    wide = torch.randint(-127, 128, (512, 256), generator=gen).to(torch.int8)
+    rows = torch.randint(-127, 128, (16, 256), generator=gen).to(torch.int8)
+    packed, wide_f, rows_f = torch.ops.onednn.qlinear_prepack(wide, None), wide.float(), rows.float()
+    limit = 8 * _best_seconds(lambda: F.linear(rows_f, wide_f), 5) + 2e-4
+    seconds = _best_seconds(lambda: _onednn_int8_product(rows, packed, 512, dtype), 3, stop_below=limit)
+    return seconds < limit
+
+
+def _best_seconds(call: Callable[[], object], repeats: int, stop_below: float = 0.0) -> float:
+    """The fastest of ``repeats`` timed calls after one warm-up (stops early once under
+    ``stop_below``)."""
+    call()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        best = min(best, time.perf_counter() - start)
+        if best < stop_below:
+            break
+    return best
+
+
+@functools.cache
+def onednn_int8_input() -> torch.dtype | None:
+    """The input type under which oneDNN's int8 product is exact and fast on this CPU, or None.
+
+    int8 inputs run AMX's int8 x int8 kernels; without AMX, oneDNN (3.12, as torch 2.13 packs its
+    weights) has no int8 x int8 kernel and runs its reference loops: 0.55 s for one 16 x 1024 x
+    3072 product on an AVX-512 VNNI Xeon, 1000x its fast kernels. VNNI multiplies uint8 by int8,
+    so there the same integers go in shifted by 128 with a zero point of 128 (its brgemm kernel,
+    32 us where float32 takes 46; the sums are exact integers either way, so both inputs give
+    the same numbers). Without VNNI or AMX (AVX2), or with ``ONEDNN_MAX_CPU_ISA`` capped there,
+    its product sums pairs in 16 bits and saturates (127 x 127 + 127 x 127 gives 255): neither
+    input is exact, and oneDNN is not used. Checked on the kernel itself, once per process."""
+    if not onednn_int8_available():
+        return None
+    for dtype in (torch.int8, torch.uint8):
+        if _onednn_exact_and_fast(dtype):
+            return dtype
+    logger.info("oneDNN's int8 product is not exact and fast on this CPU (%s): not used", cpu_isa())
+    return None
 
 
 @functools.cache
@@ -298,7 +346,7 @@ class Int8Linear(nn.Module):
         self.register_buffer("scales_bf16", scales.to(torch.bfloat16).contiguous())
         self.bias = None if bias is None else nn.Parameter(bias.detach().float(), requires_grad=False)
         self.kernel = kernel or int8_kernel(qweight.device)
-        if self.kernel == "onednn" and not onednn_int8_exact():  # it would compute wrong numbers here
+        if self.kernel == "onednn" and onednn_int8_input() is None:  # wrong numbers or reference loops here
             self.kernel = "fbgemm" if fbgemm_available() else "int8pack"
         # Rows whose max exceeds OUTLIER_CREST x RMS = OUTLIER_CREST / sqrt(in) x L2 norm.
         self.crest_limit = OUTLIER_CREST * self.in_features**-0.5
@@ -324,6 +372,7 @@ class Int8Linear(nn.Module):
             self.register_buffer("span_row", torch.zeros(1, self.in_features), persistent=False)
             self.span_row[0, 0], self.span_row[0, -1] = 1.0, -1.0
         elif self.kernel == "onednn":
+            self.onednn_input = onednn_int8_input()
             self.packed = torch.ops.onednn.qlinear_prepack(self.qweight, None)
             self.register_buffer(
                 "zero_points", torch.zeros(self.out_features, dtype=torch.int32), persistent=False
@@ -359,10 +408,12 @@ class Int8Linear(nn.Module):
             scaled = torch.cat([x2 / peak, self.span_row])
             y = torch.ops.quantized.linear_dynamic(scaled, self.packed, self.reduce_range)[:-1]
         else:
-            xq = torch.round(x2 * (127.0 / peak)).to(torch.int8)
+            xq, zero = torch.round(x2 * (127.0 / peak)), 0
+            if self.onednn_input == torch.uint8:  # the same integers, shifted (see onednn_int8_input)
+                xq, zero = xq.add_(128.0), 128
             w = (self.packed, self.scales, self.zero_points)
             y = torch.ops.onednn.qlinear_pointwise(
-                xq, 1 / 127, 0, *w, None, 1.0, 0, torch.float32, "none", [], ""
+                xq.to(self.onednn_input), 1 / 127, zero, *w, None, 1.0, 0, torch.float32, "none", [], ""
             )  # fmt: skip
         y = y * peak if self.bias is None else torch.addcmul(self.bias, y, peak)
         if outlier.any():
@@ -392,7 +443,7 @@ def int8_kernel(device: str | torch.device, max_batch: int = 1) -> str:
     """The int8 kernel for an engine on ``device`` serving up to ``max_batch`` rows at once.
 
     oneDNN serves batches only where it is both exact and fast: CPUs with VNNI or AMX, checked
-    on the kernel itself (:func:`onednn_int8_exact`). Without them its AVX2 path saturates and was
+    on the kernel itself (:func:`onednn_int8_input`). Without them its AVX2 path saturates and was
     the slowest kernel measured (2.8 s for one 0.6B step at batch 1, against 0.24 s with fbgemm
     on an AVX2-only EPYC), so fbgemm (7-bit inputs there, see :func:`fbgemm_full_range`) serves.
     """
@@ -400,11 +451,11 @@ def int8_kernel(device: str | torch.device, max_batch: int = 1) -> str:
         return "dequantize"
     if max_batch <= SINGLE_STREAM_MAX_BATCH and native.library() is not None:
         return "native"
-    if max_batch > SINGLE_STREAM_MAX_BATCH and has_int8_dot() and onednn_int8_exact():
+    if max_batch > SINGLE_STREAM_MAX_BATCH and has_int8_dot() and onednn_int8_input() is not None:
         return "onednn"
     if fbgemm_available():
         return "fbgemm"
-    if onednn_int8_exact():
+    if onednn_int8_input() is not None:
         return "onednn"
     return "int8pack" if _int8pack_available() else "dequantize"
 
