@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from utter.engine.cpu.quant import _cpu_flags, fbgemm_available
+from utter.engine.cpu.quant import _cpu_flags, fbgemm_available, int8_kernel
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -105,3 +105,44 @@ def test_the_serving_int8_kernel_never_runs_onednn_reference_loops(tmp_path: Pat
     if kernel == "onednn":
         assert runs, out.stdout[-2000:]
     assert not [line for line in runs if ",ref" in line], runs
+
+
+ENGINE_PROBE = """
+import sys
+import torch
+from utter.engine.engine import Engine, Request
+from utter.engine.sampling import GenerationOptions
+from utter.engine.voice import VoicePrompt
+from utter.engine.cpu.quant import fbgemm_full_range, onednn_int8_input
+onednn_int8_input(), fbgemm_full_range()  # the kernel checks (which run the reference) come first
+print("checked", flush=True)
+for mode in sys.argv[2:]:
+    engine = Engine.load(sys.argv[1], device="cpu", weight_mode=mode, max_batch=16)
+    dim = engine.config.talker.decoder.hidden_size
+    voice = VoicePrompt(speaker_embedding=torch.randn(dim))
+    rows = [Request(f"Row {i} speaks.", voice, "English", GenerationOptions.greedy(3)) for i in range(3)]
+    engine.generate_codes(rows)
+    print("done", mode, flush=True)
+"""
+
+
+def test_no_weight_mode_runs_onednn_reference_loops(tiny_checkpoint: Path) -> None:
+    """Every weight mode's serving engine (batches, a prefill, decode steps) on this CPU, with
+    oneDNN's log on: no primitive it runs may be one of its reference implementations."""
+    modes = ["float32", "bfloat16", "float16", "int8"]
+    out = subprocess.run(
+        [sys.executable, "-c", ENGINE_PROBE, str(tiny_checkpoint), *modes],
+        env={**os.environ, "ONEDNN_VERBOSE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert [line.split()[1] for line in out.stdout.splitlines() if line.startswith("done ")] == modes
+    # What ran after the kernel checks (which try oneDNN's int8 product, the reference included).
+    after = out.stdout.split("\nchecked\n", 1)[1]
+    runs = [line for line in after.splitlines() if ",primitive,exec," in line]
+    if int8_kernel("cpu", max_batch=16) == "onednn":  # the int8 engine's products are oneDNN's
+        assert any(",matmul," in line for line in runs), after[-2000:]
+    slow = [line for line in runs if ",ref" in line]
+    assert not slow, slow[:5]

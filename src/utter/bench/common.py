@@ -6,10 +6,12 @@ each measured system runs in its own worker process (see ``worker.py``).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import importlib.machinery
 import importlib.util
+import logging
 import os
 import platform
 import resource
@@ -19,9 +21,12 @@ import tempfile
 import time
 import types
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 
 MIB = 1024 * 1024
+
+logger = logging.getLogger("utter.bench.worker")
 
 
 # ----------------------------------------------------------------------------- machine
@@ -183,6 +188,15 @@ class Probe:
             else:
                 delattr(obj, name)
         self._undo.clear()
+
+
+@contextlib.contextmanager
+def timed(item: str) -> Iterator[None]:
+    """Log an item's start and its duration: the worker log shows where a slow run spends its time."""
+    logger.info("%s ...", item)
+    start = time.perf_counter()
+    yield
+    logger.info("%s: %.1f s", item, time.perf_counter() - start)
 
 
 def median(values: list[float]) -> float | None:

@@ -24,7 +24,7 @@ import logging
 import time
 from pathlib import Path
 
-from .common import Probe, import_qwen_tts, peak_memory, result_head, sync
+from .common import Probe, import_qwen_tts, peak_memory, result_head, sync, timed
 from .workload import LANGUAGE, REF_TEXT, SAMPLE_RATE, SHORT, TEXTS
 
 logger = logging.getLogger(__name__)
@@ -159,12 +159,16 @@ def measure(spec: dict) -> dict:
     torch.set_grad_enabled(False)
     qwen_tts = import_qwen_tts()
     imported = time.time()
-    model = _Official(qwen_tts, spec["model"], device, dtype, spec.get("sample", False), spec.get("seed", 0))
-    sync(device)
+    with timed("load"):
+        model = _Official(
+            qwen_tts, spec["model"], device, dtype, spec.get("sample", False), spec.get("seed", 0)
+        )
+        sync(device)
     ready = time.time()
     out = result_head("official", dtype, device, spawned, imported, ready)
     if "say" in suite:  # the recording goes in as a path, as a user of the package passes it
-        wavs, sr = model.run(SHORT, frames, ref_audio=str(spec["ref_wav"]), ref_text=REF_TEXT)
+        with timed("say"):
+            wavs, sr = model.run(SHORT, frames, ref_audio=str(spec["ref_wav"]), ref_text=REF_TEXT)
         sf.write(workdir / f"say-official-{dtype}.wav", wavs[0], sr)
         out["say"] = {
             "frames": model.lengths[0] if model.lengths else 0,
@@ -174,7 +178,8 @@ def measure(spec: dict) -> dict:
         }
     prompt = model.tts.create_voice_clone_prompt(ref_audio=str(spec["ref_wav"]), ref_text=REF_TEXT)
     if "frame" in suite:
-        out["frame"] = _frame_run(model, prompt, frames)
+        with timed("frame"):
+            out["frame"] = _frame_run(model, prompt, frames)
         # No streaming: the first audio is the whole request.
         out["ttfa"] = {
             "seconds": out["frame"]["wall_s"],
@@ -182,17 +187,19 @@ def measure(spec: dict) -> dict:
             "streaming": False,
         }
     if "concurrency" in suite:
-        out["concurrency"] = {
-            str(c): _one_by_one(model, prompt, frames, c) for c in spec.get("concurrency") or [1]
-        }
+        out["concurrency"] = {}
+        for c in spec.get("concurrency") or [1]:
+            with timed(f"concurrency {c}, one by one"):
+                out["concurrency"][str(c)] = _one_by_one(model, prompt, frames, c)
         out["concurrency_mode"] = "requests served one by one"
     if "texts" in suite:
         out["texts"] = {}
         for name, n in spec.get("texts", {}).items():
-            start = time.perf_counter()
-            wavs, sr = model.run(TEXTS[name], n, voice_clone_prompt=prompt)
-            sync(device)
-            wall = time.perf_counter() - start
+            with timed(f"text {name}"):
+                start = time.perf_counter()
+                wavs, sr = model.run(TEXTS[name], n, voice_clone_prompt=prompt)
+                sync(device)
+                wall = time.perf_counter() - start
             out["texts"][name] = {
                 "chars": len(TEXTS[name]),
                 "frames": model.lengths[0] if model.lengths else 0,

@@ -25,14 +25,12 @@ makes exactly the frames asked for (checked: ``frames_ok``):
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-from .common import Probe, median, peak_memory, result_head, sync
+from .common import Probe, median, peak_memory, result_head, sync, timed
 from .workload import FRAME_SECONDS, LANGUAGE, REF_TEXT, SAMPLE_RATE, SHORT, TEXTS
 
 logger = logging.getLogger(__name__)
@@ -272,15 +270,6 @@ def _text_run(engine, voice, opts, name: str, frames: int, device: str) -> dict:
         "audio_s": len(result.audio) / SAMPLE_RATE,
         "x_realtime": len(result.audio) / SAMPLE_RATE / wall,
     }
-
-
-@contextlib.contextmanager
-def timed(item: str) -> Iterator[None]:
-    """Log an item's start and its duration (the worker log is where a slow item shows)."""
-    logger.info("%s ...", item)
-    start = time.perf_counter()
-    yield
-    logger.info("%s: %.1f s", item, time.perf_counter() - start)
 
 
 def measure(spec: dict) -> dict:
