@@ -12,7 +12,7 @@ import torch
 
 from tests.test_layers import _unfused
 from utter.engine.cpu import native, native_stack
-from utter.engine.cpu.quant import Fp16Linear, Int8Linear, _quantize_rows, apply_weight_mode
+from utter.engine.cpu.quant import NATIVE_MAX_BATCH, Fp16Linear, Int8Linear, _quantize_rows, apply_weight_mode
 from utter.engine.engine import Engine, Request
 from utter.engine.model.layers import DecoderStack, fuse_projections, new_cache
 from utter.engine.sampling import GenerationOptions, SamplingOptions
@@ -81,7 +81,8 @@ def test_native_stack_equals_the_pytorch_stack(engine: Engine, mode: str) -> Non
 
 
 def test_native_kernel_is_really_called(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
-    """One sequence goes through utter_stack_run (prefill and steps); a batch of two does not."""
+    """A prefill, a step and a batch of two rows at their own positions all go through
+    utter_stack_run (a cache of another dtype would not: ``accepts``)."""
     talker = apply_weight_mode(fuse_projections(_unfused(engine)), "int8", max_batch=1)
     assert native_stack.attach(talker)
     calls = []
@@ -100,7 +101,10 @@ def test_native_kernel_is_really_called(engine: Engine, monkeypatch: pytest.Monk
         stack.run(torch.randn(1, 1, d), cache, torch.tensor([[5]]), kv_len=6)
         batch = new_cache(stack.cfg, 2, 9, torch.device("cpu"), torch.float32)
         stack.run(torch.randn(2, 1, d), batch, torch.tensor([[3], [4]]), kv_len=5)
-    assert calls == [(1, 5, d), (1, 1, d)]
+    assert calls == [(1, 5, d), (1, 1, d), (2, 1, d)]
+    half = tuple(t.half() for t in batch)
+    assert not stack.native.accepts(torch.randn(2, 1, d), half)
+    assert not stack.native.accepts(torch.randn(3, 1, d), batch)  # rows must match the cache's
 
 
 def _greedy(max_frames: int = 12) -> GenerationOptions:
@@ -112,11 +116,13 @@ def test_single_stream_engines_decode_natively_and_match_the_pytorch_path(
     tiny_checkpoint: Path, ref_wav: Path
 ) -> None:
     single = Engine.load(str(tiny_checkpoint), device="cpu", weight_mode="int8", max_batch=1)
-    serving = Engine.load(str(tiny_checkpoint), device="cpu", weight_mode="int8", max_batch=4)
+    large = Engine.load(
+        str(tiny_checkpoint), device="cpu", weight_mode="int8", max_batch=NATIVE_MAX_BATCH + 1
+    )
     fp16 = Engine.load(str(tiny_checkpoint), device="cpu", weight_mode="float16", max_batch=1)
     assert single.talker.model.native is not None and single.talker.code_predictor.model.native is not None
     assert fp16.talker.model.native is not None
-    assert serving.talker.model.native is None  # batches keep one kernel for every row count
+    assert large.talker.model.native is None  # large batches: oneDNN/fbgemm, one kernel for any row count
 
     linears = [m for m in single.talker.modules() if isinstance(m, Int8Linear)]
     assert linears and all(
@@ -129,6 +135,63 @@ def test_single_stream_engines_decode_natively_and_match_the_pytorch_path(
     with_native = single.generate_codes([request])[0]
     _pytorch_only(single.talker)
     assert torch.equal(single.generate_codes([request])[0], with_native)
+
+
+@pytest.mark.parametrize("mode", ["int8", "float16"])
+def test_small_batch_engines_decode_natively_and_each_row_as_alone(
+    tiny_checkpoint: Path, ref_wav: Path, mode: str
+) -> None:
+    """An engine serving up to NATIVE_MAX_BATCH rows runs every call natively: batched steps
+    (rows at their own positions in their own cache rows), a right-padded batched prefill, the
+    code predictor's rows. Each row's codes are bit for bit those it gets alone, and those of the
+    single-stream engine (`utter say`): a token's arithmetic does not depend on the other rows."""
+    single = Engine.load(str(tiny_checkpoint), device="cpu", weight_mode=mode, max_batch=1)
+    small = Engine.load(str(tiny_checkpoint), device="cpu", weight_mode=mode, max_batch=NATIVE_MAX_BATCH)
+    assert small.talker.model.native is not None and small.talker.code_predictor.model.native is not None
+    voice = single.create_voice(str(ref_wav), "A short reference sentence.")
+    texts = ["Short.", "A somewhat longer sentence for the second row.", "Third row, middling.", "Four."]
+    requests = [Request(t, voice, "English", _greedy(6 + 3 * i)) for i, t in enumerate(texts)]
+    calls = 0
+    run = small.talker.model.native.run
+
+    def counted(*args, **kwargs):
+        nonlocal calls
+        calls += 1
+        return run(*args, **kwargs)
+
+    small.talker.model.native.run = counted
+    together = small.generate_codes(requests)
+    assert calls > 0
+    for request, codes in zip(requests, together):
+        assert torch.equal(codes, single.generate_codes([request])[0])
+        assert torch.equal(codes, small.generate_codes([request])[0])
+
+
+def test_native_stack_rows_are_each_their_own_sequence(engine: Engine) -> None:
+    """utter_stack_run over three rows at different positions, in a cache with spare rows (row
+    and layer strides), equals each row run alone in a one-row cache, bit for bit."""
+    talker = apply_weight_mode(fuse_projections(_unfused(engine)), "int8", max_batch=1)
+    assert native_stack.attach(talker)
+    stack, cfg = talker.model, talker.model.cfg
+    torch.manual_seed(5)
+    starts = [0, 5, 11]
+    k, v = new_cache(cfg, 5, 32, torch.device("cpu"), torch.float32)
+    alone = []
+    for r, start in enumerate(starts):  # each row alone: its prefix, then 2 tokens at start
+        k1, v1 = new_cache(cfg, 1, 32, torch.device("cpu"), torch.float32)
+        if start:
+            stack.run(torch.randn(1, start, cfg.hidden_size), (k1, v1), 0, kv_len=start)
+        k[:, r + 1], v[:, r + 1] = k1[:, 0], v1[:, 0]  # rows 1..3 of the shared cache
+        x = torch.randn(1, 2, cfg.hidden_size)
+        alone.append((x, stack.run(x, (k1, v1), start, kv_len=start + 2), k1[:, 0, :, : start + 2].clone()))
+    x = torch.cat([a[0] for a in alone])
+    rows = (k[:, 1:4], v[:, 1:4])
+    positions = torch.tensor(starts)[:, None] + torch.arange(2)[None, :]
+    out = stack.run(x, rows, positions, kv_len=max(starts) + 2)
+    for r, (start, (_, want, keys)) in enumerate(zip(starts, alone)):
+        assert torch.equal(out[r], want[0])
+        assert torch.equal(k[:, r + 1, :, : start + 2], keys)
+    assert not k[:, 0].any() and not k[:, 4].any()  # the spare rows are untouched
 
 
 def test_disabled_or_unbuildable_kernels_leave_the_pytorch_path(

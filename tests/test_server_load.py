@@ -13,6 +13,7 @@ import pytest
 from tests.conftest import REF_TEXT
 from tests.server_support import b64, start_server
 from utter.server.runtime import EngineHolder, ModelNotReady, ModelState
+from utter.server.settings import ServerSettings
 
 
 def body(ref: str, text: str, frames: int, **extra) -> dict:
@@ -119,6 +120,24 @@ def test_holder_loads_in_background_and_reports_failure(tiny_checkpoint, tmp_pat
         asyncio.run(broken.wait_ready(5))
     assert info.value.state is ModelState.FAILED
     assert broken.status()["state"] == "failed"
+
+
+def test_a_cpu_server_defaults_to_the_native_kernels_batch(tiny_checkpoint) -> None:
+    """With no max_batch set, a CPU server decodes up to NATIVE_MAX_BATCH requests together, the
+    most its native kernels serve (twice the speed of oneDNN's for one stream); set, it is kept."""
+    from utter.engine.cpu import native
+    from utter.engine.cpu.quant import NATIVE_MAX_BATCH
+
+    holder = EngineHolder(str(tiny_checkpoint), device="cpu", dtype="int8")
+    holder.start()
+    try:
+        batcher = asyncio.run(holder.wait_ready(120))
+        assert batcher.max_batch == holder.max_batch == NATIVE_MAX_BATCH
+        if native.library() is not None:
+            assert holder.engine.talker.model.native is not None
+    finally:
+        holder.stop()
+    assert ServerSettings().max_batch is None and ServerSettings(max_batch=3).max_batch == 3
 
 
 def wait_idle(batcher, timeout: float = 20.0) -> bool:

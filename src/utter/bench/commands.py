@@ -99,6 +99,13 @@ def register(subparsers) -> argparse.ArgumentParser:
         help="concurrent streams (default 1,4,8,16, and 32 on GPUs; --quick: 1,4)",
     )
     p.add_argument(
+        "--max-batch",
+        type=int,
+        default=None,
+        help="the serving engine's batch limit; more concurrent requests queue (default: the largest "
+        "--concurrency, so all run together; a server's own default is 8 on CPUs, 16 on GPUs)",
+    )
+    p.add_argument(
         "--texts", type=_csv(str), default=None, help="seed texts to time: short,medium,long (default: all)"
     )
     p.add_argument(
@@ -183,6 +190,8 @@ def _settings(args: argparse.Namespace) -> dict:
     )
     if any(c < 1 for c in concurrency):
         raise ValueError("--concurrency values must be at least 1")
+    if args.max_batch is not None and args.max_batch < 1:
+        raise ValueError("--max-batch must be at least 1")
     variant = _variant_of(Path(model))
     if args.official is False:
         status, official = "disabled (--no-official)", []
@@ -210,6 +219,7 @@ def _settings(args: argparse.Namespace) -> dict:
         "official_status": status,
         "frames": frames,
         "concurrency": concurrency,
+        "max_batch": args.max_batch or max(concurrency),
         "arrival_rates": args.arrival_rates
         or ([2.0] if quick else [1.0] + ([4.0, 10.0] if device.startswith("cuda") else [])),
         "arrival_seconds": args.arrival_seconds or (2.0 if quick else 30.0),
@@ -302,6 +312,7 @@ def run(settings: dict, timeout: float = 7200.0) -> dict:
             "device": settings["device"],
             "frames": settings["frames"],
             "concurrency": settings["concurrency"],
+            "max_batch": settings["max_batch"],
             "arrival_rates": settings["arrival_rates"],
             "arrival_seconds": settings["arrival_seconds"],
             "texts": settings["text_frames"],

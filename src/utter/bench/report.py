@@ -287,7 +287,8 @@ def table(doc: dict) -> str:
         f"load average at start {m.get('load_average_at_start')}",
         f"Model: {s['size']} sizes ({s.get('variant', 'base')}), random weights, on {s['device']}; "
         f"{frames} frames per request, "
-        f"{'sampling' if s.get('sample') else 'greedy'}, end of speech disabled",
+        f"{'sampling' if s.get('sample') else 'greedy'}, end of speech disabled"
+        + (f"; serving engine: up to {s['max_batch']} requests at once" if s.get("max_batch") else ""),
         "",
         "| | " + " | ".join(name for name, _ in cols) + " |",
         "|---|" + "---:|" * len(cols),

@@ -63,7 +63,12 @@ def add_server_args(parser: argparse.ArgumentParser) -> None:
         "--data-dir", default=None, help="stored voices and job results (default: ~/.local/share/utter)"
     )
     g.add_argument("--api-key", default=None, help="require this key (better: set UTTER_API_KEY)")
-    g.add_argument("--max-batch", type=int, default=None, help="requests decoded together (default: 16)")
+    g.add_argument(
+        "--max-batch",
+        type=int,
+        default=None,
+        help="requests decoded together (default: 8 on CPUs, 16 on GPUs)",
+    )
     g.add_argument("--max-queue", type=int, default=None, help="requests waiting before 429 (default: 64)")
     g.add_argument(
         "--max-text-chars", type=int, default=None, help="longest text per request (default: 5000)"

@@ -19,7 +19,7 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 from ..engine.checkpoint import CheckpointError
-from ..engine.engine import MAX_FRAMES, Engine
+from ..engine.engine import MAX_FRAMES, Engine, default_device, default_max_batch
 from ..engine.sched.batcher import Batcher
 from ..engine.streaming import CHUNK_FRAMES, FIRST_CHUNK_FRAMES
 
@@ -94,7 +94,7 @@ class EngineHolder:
         device: str | None = None,
         dtype: str | None = None,
         cache_dir: str | None = None,
-        max_batch: int = 16,
+        max_batch: int | None = None,
         max_queue: int = 64,
         first_chunk_frames: int = FIRST_CHUNK_FRAMES,
         chunk_frames: int = CHUNK_FRAMES,
@@ -267,7 +267,9 @@ class EngineHolder:
         try:
             folder = resolve_checkpoint(self.model, cache_dir=self.cache_dir, progress=self._on_progress)
             self._state, self._progress = ModelState.LOADING, None
-            # The engine sizes its caches (and CUDA graphs) for the batcher's largest batch.
+            # The engine sizes its caches (and CUDA graphs) for the batcher's largest batch, and
+            # on CPUs picks its kernels by it (default_max_batch: the native kernels' most).
+            self.max_batch = self.max_batch or default_max_batch(self.device or default_device())
             self.engine = Engine.load(
                 str(folder), device=self.device, dtype=self.dtype, max_batch=self.max_batch
             )

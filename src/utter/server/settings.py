@@ -60,7 +60,7 @@ class ServerSettings(BaseSettings):
 
     # Load: the batcher runs up to max_batch requests at once and queues max_queue more; beyond
     # that requests are refused with 429 + Retry-After instead of waiting without bound.
-    max_batch: int = Field(default=16, ge=1)
+    max_batch: int | None = Field(default=None, ge=1)  # None: engine.default_max_batch (8 CPU, 16 GPU)
     max_queue: int = Field(default=64, ge=1)
     first_chunk_frames: int = Field(default=FIRST_CHUNK_FRAMES, ge=1)  # small first chunk: early first audio
     chunk_frames: int = Field(default=CHUNK_FRAMES, ge=1)  # larger later chunks amortise decoding

@@ -38,7 +38,7 @@ class StudioSettings(BaseSettings):
     device: str | None = None
     dtype: str | None = None
     cache_dir: str | None = None
-    max_batch: int = Field(16, ge=1)
+    max_batch: int | None = Field(None, ge=1)  # None: 8 on CPUs, 16 on GPUs (engine.default_max_batch)
     max_queue: int = Field(64, ge=1)
     # Transcription of references (the Clone page's Transcribe button, clones without a
     # transcript): a Whisper hub id or folder, loaded on first use; "none" turns it off.

@@ -2,7 +2,7 @@
 
 Why C: a single-stream decode step on a CPU is memory-bound in its matrix-vector products and,
 in PyTorch eager, dominated by the fixed cost of the ~20 tiny ops around them in every layer;
-``utter_stack_run`` runs all layers of a stack for the tokens of one sequence in one call (see
+``utter_stack_run`` runs all layers of a stack for the tokens of a batch of sequences in one call (see
 ``native_stack.py`` for where it is used). The same library quantises and lays out weights at
 load time in one parallel pass each.
 
@@ -131,11 +131,11 @@ def library() -> ctypes.CDLL | None:
     ptr = ctypes.c_void_p
     lib.utter_gemv.argtypes = [ptr, ptr, ctypes.c_int, ptr, ptr, ctypes.c_int, ctypes.c_int, ctypes.c_int]
     lib.utter_gemv.restype = None
+    i64, i32, ints = ctypes.c_int64, ctypes.c_int, ctypes.POINTER(ctypes.c_int32)
     lib.utter_stack_run.argtypes = [
-        ctypes.POINTER(StackStruct), ptr, ptr, ctypes.c_int, ptr, ptr, ctypes.c_int64, ctypes.c_int, ptr, ptr
+        ctypes.POINTER(StackStruct), ptr, ptr, i32, i32, ptr, ptr, i64, i64, i64, ints, ptr, ptr
     ]  # fmt: skip
     lib.utter_stack_run.restype = ctypes.c_int
-    i64 = ctypes.c_int64
     lib.utter_quantize_rows.argtypes = [ptr, ctypes.c_int, i64, i64, ptr, ptr]
     lib.utter_quantize_rows.restype = None
     lib.utter_pack.argtypes = [ptr, ctypes.c_int, i64, i64, ptr]

@@ -1,10 +1,11 @@
 """Decoder stacks that run their decode steps in one native call (``utter_stack_run``).
 
-It serves engines that decode one stream at a time (``max_batch == 1``) in the ``int8`` and
-``float16`` weight modes on the CPU: their products read int8 weights (per-row scales) or float16
-weights against float32 activations. Every call of one sequence (decode steps and prefill) runs
-natively; batches of several sequences take the PyTorch path, which writes the same KV-cache
-layout. ``DecoderStack.run`` picks the path per call.
+It serves CPU engines in the ``int8`` and ``float16`` weight modes whose products read int8
+weights (per-row scales) or float16 weights against float32 activations: engines that decode
+one stream at a time, and engines serving small batches (see ``quant.NATIVE_MAX_BATCH``). Every
+call (decode steps of any batch, prefills, right-padded batched prefills) runs natively, each
+row at its own positions in its own row of the KV cache, with the same numbers for a row
+whatever the others. ``DecoderStack.run`` picks the path per call.
 """
 
 from __future__ import annotations
@@ -80,35 +81,44 @@ class NativeStack:
         self,
         x: torch.Tensor,
         cache: tuple[torch.Tensor, torch.Tensor],
-        position: int,
+        starts: list[int],
         rope: tuple[torch.Tensor, torch.Tensor],
     ) -> torch.Tensor:
-        """x [1, S, D] float32 at positions position..position+S-1 -> final-normed [1, S, D];
-        writes those positions of ``cache`` (k, v of [layers, 1, kv_heads, T, head_dim])."""
+        """x [B, S, D] float32, row b at positions starts[b] .. starts[b]+S-1 -> final-normed
+        [B, S, D]; writes those positions of row b of ``cache`` (k, v of [layers, B, kv_heads,
+        T, head_dim], rows and layers at any stride). Each token's numbers are the same whatever
+        the other rows."""
         k, v = cache
         x = x.contiguous()
         out = torch.empty_like(x)
+        first = (ctypes.c_int32 * len(starts))(*starts)  # host ints: no framework op per call
         cos, sin = rope
         rc = self.lib.utter_stack_run(
-            ctypes.byref(self.struct), x.data_ptr(), out.data_ptr(), x.shape[1], k.data_ptr(), v.data_ptr(),
-            k.shape[3], position, cos.data_ptr(), sin.data_ptr(),
+            ctypes.byref(self.struct), x.data_ptr(), out.data_ptr(), x.shape[0], x.shape[1],
+            k.data_ptr(), v.data_ptr(), k.stride(0), k.stride(1), k.shape[3], first,
+            cos.data_ptr(), sin.data_ptr(),
         )  # fmt: skip
         if rc != 0:
-            raise RuntimeError(f"utter_stack_run failed ({rc}) for {x.shape[1]} tokens at {position}")
+            raise RuntimeError(f"utter_stack_run failed ({rc}) for {tuple(x.shape)} at {starts}")
         return out
 
     def accepts(self, x: torch.Tensor, cache: tuple[torch.Tensor, torch.Tensor]) -> bool:
-        """Whether a call fits this kernel: one float32 sequence on the CPU (any number of
-        positions: a decode step or a prefill), with a contiguous float32 cache."""
+        """Whether a call fits this kernel: float32 rows on the CPU (any number of positions: a
+        decode step or a prefill), with a float32 cache of as many rows whose (layer, row) parts
+        are contiguous and laid out alike in k and v."""
         k, v = cache
+        _, _, heads, t, dim = k.shape
+        inner = (t * dim, dim, 1)
         return (
-            x.shape[0] == 1
-            and x.is_cpu
+            x.is_cpu
             and x.dtype == torch.float32
             and k.dtype == torch.float32
-            and k.shape[1] == 1
-            and k.is_contiguous()
-            and v.is_contiguous()
+            and v.dtype == torch.float32
+            and k.shape[1] == x.shape[0]
+            and k.shape == v.shape
+            and k.stride() == v.stride()
+            and (heads == 1 or k.stride(2) == inner[0])
+            and k.stride()[3:] == inner[1:]
             and not x.requires_grad
         )
 

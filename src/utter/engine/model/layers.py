@@ -306,7 +306,7 @@ class DecoderStack(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.rotary = Rotary(cfg.head_dim, cfg.rope_theta)
-        # A whole-stack decode step in C for one sequence (engine/cpu/native_stack.py), set after loading.
+        # A whole-stack decode step in C (engine/cpu/native_stack.py), set after loading.
         self.native: NativeStack | None = None
         # Compiled (fused) layer_qkv, layer_between and layer_last (engine/cuda/fusion.py), or None.
         self.fused: tuple[Callable, Callable, Callable] | None = None
@@ -329,9 +329,10 @@ class DecoderStack(nn.Module):
         b, s, _ = x.shape
         cos, sin = self.rotary.table(kv_len, x.dtype)
         if self.native is not None and self.native.accepts(x, cache):
-            start = positions if isinstance(positions, int) else int(positions[0, 0])
-            if start + s == kv_len:  # one sequence: it sees exactly its own positions
-                return self.native.run(x, cache, start, (cos, sin))
+            # Row b at consecutive positions from starts[b], attending to its keys 0 .. position
+            # (the mask below, for any kv_len).
+            starts = [positions] * b if isinstance(positions, int) else positions[:, 0].tolist()
+            return self.native.run(x, cache, starts, (cos, sin))
         fused = None if eager else self.fused
         if fused is not None and x.stride() != (s * x.shape[2], x.shape[2], 1):
             # One memory layout for the compiled regions (torch guards on strides, also those of

@@ -210,22 +210,26 @@ static void rope(float *x, const float *cos, const float *ssin, int d) {
 
 typedef struct {
     const Stack *s;
-    const float *q;  /* [m, heads * head_dim] */
-    const float *kc, *vc; /* this layer's cache [kv_heads, T, head_dim] */
-    float *out;      /* [m, heads * head_dim] */
-    int m, pos;
-    int64_t t;
+    const float *q;  /* [rows * m, heads * head_dim] */
+    const float *kc, *vc; /* this layer's cache of row 0: [kv_heads, T, head_dim], rows row_stride apart */
+    float *out;      /* [rows * m, heads * head_dim] */
+    int rows, m;
+    const int32_t *pos; /* [rows]: each row's first position */
+    int64_t t, row_stride;
 } Attn;
 
+/* Each token of each row attends to its own row's keys 0 .. its position. */
 static void attention(const Attn *a) {
     const int hd = a->s->head_dim, heads = a->s->heads, group = heads / a->s->kv_heads;
     const float scale = 1.0f / sqrtf((float)hd);
 #pragma omp parallel for schedule(static)
-    for (int job = 0; job < heads * a->m; job++) {
-        float *p = malloc(sizeof(float) * (size_t)(a->pos + a->m));
-        int j = job / heads, h = job % heads, len = a->pos + j + 1; /* causal: keys 0 .. pos + j */
-        const float *q = a->q + (size_t)j * heads * hd + (size_t)h * hd;
-        const float *kc = a->kc + (size_t)(h / group) * a->t * hd, *vc = a->vc + (size_t)(h / group) * a->t * hd;
+    for (int job = 0; job < heads * a->m * a->rows; job++) {
+        int token = job / heads, h = job % heads, r = token / a->m, j = token % a->m;
+        int len = a->pos[r] + j + 1; /* causal: keys 0 .. pos + j */
+        float *p = malloc(sizeof(float) * (size_t)len);
+        const float *q = a->q + (size_t)token * heads * hd + (size_t)h * hd;
+        const float *kc = a->kc + (size_t)r * a->row_stride + (size_t)(h / group) * a->t * hd;
+        const float *vc = a->vc + (size_t)r * a->row_stride + (size_t)(h / group) * a->t * hd;
         float mx = -INFINITY;
         for (int t = 0; t < len; t++) {
             p[t] = dot(q, kc + (size_t)t * hd, hd) * scale;
@@ -236,7 +240,7 @@ static void attention(const Attn *a) {
             p[t] = expf(p[t] - mx);
             sum += p[t];
         }
-        float *o = a->out + (size_t)j * heads * hd + (size_t)h * hd;
+        float *o = a->out + (size_t)token * heads * hd + (size_t)h * hd;
         for (int i = 0; i < hd; i++) o[i] = 0.0f;
         for (int t = 0; t < len; t++) {
             float wt = p[t] / sum;
@@ -247,32 +251,40 @@ static void attention(const Attn *a) {
 }
 
 /* ------------------------------------------------------------------ the stack */
-/* Run m consecutive tokens (positions pos .. pos+m-1) of one sequence through every layer
- * (a decode step: m = 1, or 2 for the code predictor's first; a prefill: any m).
- * x: [m, hidden] input embeddings; out: [m, hidden] final-normed hidden states.
- * kc, vc: caches [n_layers, kv_heads, t, head_dim]; cos, ssin: rotary tables [>= pos+m, head_dim].
- * Returns 0, or -1 when m or a size is out of range. */
-int utter_stack_run(const Stack *s, const float *x_in, float *out, int m, float *kc, float *vc, int64_t t,
-                    int pos, const float *cos, const float *ssin) {
+/* Run m consecutive tokens of each of `rows` sequences through every layer: row r's tokens are at
+ * positions pos[r] .. pos[r]+m-1 (a decode step: m = 1, or 2 for the code predictor's first; a
+ * prefill: any m, right-padded rows included). Every token's arithmetic is the same whatever the
+ * other rows (products take each token on its own, see gemv): a row's numbers do not depend on
+ * its batch.
+ * x: [rows, m, hidden] input embeddings; out: [rows, m, hidden] final-normed hidden states.
+ * kc, vc: caches whose (layer l, row r) part [kv_heads, t, head_dim] starts at
+ * l * layer_stride + r * row_stride; cos, ssin: rotary tables [>= max pos + m, head_dim].
+ * Returns 0, or -1 when m, rows or a size is out of range. */
+int utter_stack_run(const Stack *s, const float *x_in, float *out, int rows, int m, float *kc, float *vc,
+                    int64_t layer_stride, int64_t row_stride, int64_t t, const int32_t *pos, const float *cos,
+                    const float *ssin) {
     const int d = s->hidden, hd = s->head_dim, nq = s->heads * hd, nkv = s->kv_heads * hd;
-    const int nqkv = nq + 2 * nkv, inter = s->inter;
-    if (m < 1 || hd > 1024 || pos + m > t) return -1;
-    float *x = malloc(sizeof(float) * (size_t)m * d);
-    float *h = malloc(sizeof(float) * (size_t)m * (d > nq ? d : nq));
-    float *qkv = malloc(sizeof(float) * (size_t)m * nqkv);
-    float *att = malloc(sizeof(float) * (size_t)m * nq);
-    float *gu = malloc(sizeof(float) * (size_t)m * 2 * inter);
-    float *act = malloc(sizeof(float) * (size_t)m * inter);
-    float *q = malloc(sizeof(float) * (size_t)m * nq);
-    memcpy(x, x_in, sizeof(float) * (size_t)m * d);
+    const int nqkv = nq + 2 * nkv, inter = s->inter, n = rows * m;
+    if (m < 1 || rows < 1 || hd > 1024) return -1;
+    for (int r = 0; r < rows; r++)
+        if (pos[r] < 0 || pos[r] + m > t) return -1;
+    float *x = malloc(sizeof(float) * (size_t)n * d);
+    float *h = malloc(sizeof(float) * (size_t)n * (d > nq ? d : nq));
+    float *qkv = malloc(sizeof(float) * (size_t)n * nqkv);
+    float *att = malloc(sizeof(float) * (size_t)n * nq);
+    float *gu = malloc(sizeof(float) * (size_t)n * 2 * inter);
+    float *act = malloc(sizeof(float) * (size_t)n * inter);
+    float *q = malloc(sizeof(float) * (size_t)n * nq);
+    memcpy(x, x_in, sizeof(float) * (size_t)n * d);
     for (int l = 0; l < s->n_layers; l++) {
         const Layer *L = &s->layers[l];
-        float *kl = kc + (size_t)l * s->kv_heads * t * hd, *vl = vc + (size_t)l * s->kv_heads * t * hd;
-        for (int j = 0; j < m; j++) rms_norm(x + (size_t)j * d, L->in_norm, h + (size_t)j * d, d, s->eps);
-        gemv(L->qkv, L->qkv_s, s->weight_type, h, qkv, m, nqkv, d);
-        for (int j = 0; j < m; j++) {
+        float *kl = kc + (size_t)l * layer_stride, *vl = vc + (size_t)l * layer_stride;
+        for (int j = 0; j < n; j++) rms_norm(x + (size_t)j * d, L->in_norm, h + (size_t)j * d, d, s->eps);
+        gemv(L->qkv, L->qkv_s, s->weight_type, h, qkv, n, nqkv, d);
+        for (int j = 0; j < n; j++) {
+            const int r = j / m, at_pos = pos[r] + j % m;
             float *row = qkv + (size_t)j * nqkv;
-            const float *c = cos + (size_t)(pos + j) * hd, *sn = ssin + (size_t)(pos + j) * hd;
+            const float *c = cos + (size_t)at_pos * hd, *sn = ssin + (size_t)at_pos * hd;
             for (int hh = 0; hh < s->heads + s->kv_heads; hh++) {
                 float *v = row + (size_t)hh * hd;
                 rms_norm(v, L->qk_norm + (size_t)hh * hd, v, hd, s->eps);
@@ -280,25 +292,25 @@ int utter_stack_run(const Stack *s, const float *x_in, float *out, int m, float 
             }
             memcpy(q + (size_t)j * nq, row, sizeof(float) * nq);
             for (int g = 0; g < s->kv_heads; g++) {
-                size_t at = ((size_t)g * t + pos + j) * hd;
+                size_t at = (size_t)r * row_stride + ((size_t)g * t + at_pos) * hd;
                 memcpy(kl + at, row + nq + (size_t)g * hd, sizeof(float) * hd);
                 memcpy(vl + at, row + nq + nkv + (size_t)g * hd, sizeof(float) * hd);
             }
         }
-        Attn a = {s, q, kl, vl, att, m, pos, t};
+        Attn a = {s, q, kl, vl, att, rows, m, pos, t, row_stride};
         attention(&a);
-        gemv(L->o, L->o_s, s->weight_type, att, h, m, d, nq);
-        for (size_t i = 0; i < (size_t)m * d; i++) x[i] += h[i];
-        for (int j = 0; j < m; j++) rms_norm(x + (size_t)j * d, L->post_norm, h + (size_t)j * d, d, s->eps);
-        gemv(L->gate_up, L->gate_up_s, s->weight_type, h, gu, m, 2 * inter, d);
-        for (int j = 0; j < m; j++) {
+        gemv(L->o, L->o_s, s->weight_type, att, h, n, d, nq);
+        for (size_t i = 0; i < (size_t)n * d; i++) x[i] += h[i];
+        for (int j = 0; j < n; j++) rms_norm(x + (size_t)j * d, L->post_norm, h + (size_t)j * d, d, s->eps);
+        gemv(L->gate_up, L->gate_up_s, s->weight_type, h, gu, n, 2 * inter, d);
+        for (int j = 0; j < n; j++) {
             const float *g = gu + (size_t)j * 2 * inter, *u = g + inter;
             for (int i = 0; i < inter; i++) act[(size_t)j * inter + i] = g[i] / (1.0f + expf(-g[i])) * u[i];
         }
-        gemv(L->down, L->down_s, s->weight_type, act, h, m, d, inter);
-        for (size_t i = 0; i < (size_t)m * d; i++) x[i] += h[i];
+        gemv(L->down, L->down_s, s->weight_type, act, h, n, d, inter);
+        for (size_t i = 0; i < (size_t)n * d; i++) x[i] += h[i];
     }
-    for (int j = 0; j < m; j++) rms_norm(x + (size_t)j * d, s->final_norm, out + (size_t)j * d, d, s->eps);
+    for (int j = 0; j < n; j++) rms_norm(x + (size_t)j * d, s->final_norm, out + (size_t)j * d, d, s->eps);
     free(x), free(h), free(qkv), free(att), free(gu), free(act), free(q);
     return 0;
 }
