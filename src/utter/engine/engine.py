@@ -160,6 +160,7 @@ class Engine:
         self.device = device
         self.dtype = dtype  # activation dtype (hidden states, KV caches)
         self.weight_mode = weight_mode
+        self.max_batch = 16  # the rows its kernels were chosen for (``load`` sets it)
         self.runner = Runner(self.talker, config)
         self._warm_streams: OrderedDict[str, AudioStream] = OrderedDict()  # per voice, see audio_stream
         # Seconds per loading phase (checkpoint, talker, codec_tokenizer_wait, compile, graphs,
@@ -234,6 +235,7 @@ class Engine:
             dt,
             mode,
         )
+        engine.max_batch = max_batch  # what its kernels (and graphs) were chosen and sized for
         if dev.type == "cuda" and cuda_graphs is not False:
             mark = time.perf_counter()
             engine.runner.enable_graphs(max_batch, max_len)

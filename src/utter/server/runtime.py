@@ -287,6 +287,8 @@ class EngineHolder:
 
     def _start_batcher(self) -> None:
         assert self.engine is not None
+        # Unset: what the engine was loaded for (its kernels were chosen by it).
+        self.max_batch = self.max_batch or self.engine.max_batch
         self._memory_mib = round(self.engine.memory_bytes() / 2**20, 1)
         if self._stopped:  # stop() came while the model was loading: serve nothing
             return
