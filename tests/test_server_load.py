@@ -124,7 +124,7 @@ def test_holder_loads_in_background_and_reports_failure(tiny_checkpoint, tmp_pat
 
 def test_a_cpu_server_defaults_to_the_native_kernels_batch(tiny_checkpoint) -> None:
     """With no max_batch set, a CPU server decodes up to NATIVE_MAX_BATCH requests together, the
-    most its native kernels serve (twice the speed of oneDNN's for one stream); set, it is kept."""
+    most its native kernels serve (1.8x the speed of oneDNN's for one stream); set, it is kept."""
     from utter.engine.cpu import native
     from utter.engine.cpu.quant import NATIVE_MAX_BATCH
 
