@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -248,3 +249,38 @@ def test_int8_linear_takes_the_native_path_for_float32_rows(monkeypatch: pytest.
     assert odd.native is None and odd.kernel in ("fbgemm", "dequantize")
     with pytest.raises(ValueError, match="int8 weights need"):
         native.PackedWeight(native.library(), layer.qweight, None)
+
+
+def test_cancels_in_a_full_native_batch_leave_the_others_exact(
+    tiny_checkpoint: Path, ref_wav: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A CPU server's default engine (NATIVE_MAX_BATCH rows, native kernels): rows cancelled one
+    per step while the batch is full leave every other request's audio bit for bit as alone
+    (the native arithmetic is row-independent, so no near-tie filtering is needed)."""
+    from tests.test_batcher_cancel import StepGate, wait_for
+    from utter.engine.sched.batcher import Batcher
+
+    engine = Engine.load(str(tiny_checkpoint), device="cpu", weight_mode="int8", max_batch=NATIVE_MAX_BATCH)
+    assert engine.talker.model.native is not None
+    voice = engine.create_voice(str(ref_wav), "A short reference sentence.")
+    reqs = [Request(f"Row {i} keeps talking.", voice, "English", _greedy(8)) for i in range(NATIVE_MAX_BATCH)]
+    with Batcher(engine, max_batch=NATIVE_MAX_BATCH) as batcher:
+        alone = [batcher.submit(r).audio() for r in reqs]
+    gate = StepGate(engine.runner, monkeypatch)
+    order = [0, NATIVE_MAX_BATCH - 1, 3]
+    with Batcher(engine, max_batch=NATIVE_MAX_BATCH, first_chunk_frames=2, chunk_frames=3) as batcher:
+        streams = [batcher.submit(r) for r in reqs]
+        wait_for(lambda: batcher.active == len(reqs))
+        gate.one()
+        for i in order:
+            streams[i].cancel()
+            gate.one()
+        gate.release_all()
+        audios = [s.audio() for s in streams]
+        assert batcher.alive
+    for i, stream in enumerate(streams):
+        if i in order:
+            assert stream.finish_reason == "cancelled"
+        else:
+            assert stream.finish_reason == "max_frames", stream.error
+            assert np.array_equal(audios[i], alone[i])
