@@ -107,8 +107,7 @@ class NativeStack:
         decode step or a prefill), with a float32 cache of as many rows whose (layer, row) parts
         are contiguous and laid out alike in k and v."""
         k, v = cache
-        _, _, heads, t, dim = k.shape
-        inner = (t * dim, dim, 1)
+        _, _, _, t, dim = k.shape
         return (
             x.is_cpu
             and x.dtype == torch.float32
@@ -117,8 +116,7 @@ class NativeStack:
             and k.shape[1] == x.shape[0]
             and k.shape == v.shape
             and k.stride() == v.stride()
-            and (heads == 1 or k.stride(2) == inner[0])
-            and k.stride()[3:] == inner[1:]
+            and k.stride()[2:] == (t * dim, dim, 1)
             and not x.requires_grad
         )
 

@@ -196,15 +196,24 @@ def full_range_operands() -> tuple[torch.Tensor, torch.Tensor]:
     return w, x
 
 
-def _onednn_int8_product(x: torch.Tensor, packed, out_features: int, dtype: torch.dtype) -> torch.Tensor:
-    """oneDNN's product of int8 ``x`` [M, in] with a packed int8 weight, all scales one, in
-    float32; with ``dtype`` uint8 the same integers go in shifted by 128, with a zero point of 128."""
+def onednn_qlinear(
+    xq: torch.Tensor,
+    src_scale: float,
+    packed: torch.Tensor,
+    scales: torch.Tensor,
+    zero_points: torch.Tensor,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """oneDNN's int8 product in float32 of integer rows ``xq`` (float, values in [-127, 127];
+    consumed: shifted in place for uint8) times a packed int8 weight with per-channel ``scales``.
+    ``dtype`` is the input type (:func:`onednn_int8_input`): uint8 takes the same integers
+    shifted by 128 with a zero point of 128. The layers and the kernel check both call it."""
     zero = 0
     if dtype == torch.uint8:
-        x, zero = (x.to(torch.int16) + 128).to(torch.uint8), 128
-    ones, zeros = torch.ones(out_features), torch.zeros(out_features, dtype=torch.int32)
+        xq, zero = xq.add_(128.0), 128
     return torch.ops.onednn.qlinear_pointwise(
-        x, 1.0, zero, packed, ones, zeros, None, 1.0, 0, torch.float32, "none", [], ""
+        xq.to(dtype), src_scale, zero, packed, scales, zero_points,
+        None, 1.0, 0, torch.float32, "none", [], "",
     )  # fmt: skip
 
 
@@ -212,17 +221,22 @@ def _onednn_exact_and_fast(dtype: torch.dtype) -> bool:
     """Whether oneDNN's int8 product with inputs of ``dtype`` is exact on full-range operands and
     runs a real kernel rather than oneDNN's reference loops (timed against float32 ``F.linear``
     of the same shape: a real int8 kernel is about as fast or faster, the reference ~500x slower)."""
+
+    def product(x: torch.Tensor, w: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
+        ones, zeros = torch.ones(w.shape[0]), torch.zeros(w.shape[0], dtype=torch.int32)
+        return onednn_qlinear(x.float(), 1.0, packed, ones, zeros, dtype)
+
     w, x = full_range_operands()
-    got = _onednn_int8_product(x, torch.ops.onednn.qlinear_prepack(w, None), w.shape[0], dtype)
-    if not torch.equal(got, (x.long() @ w.long().T).float()):
+    if not torch.equal(
+        product(x, w, torch.ops.onednn.qlinear_prepack(w, None)), (x.long() @ w.long().T).float()
+    ):
         return False
     gen = torch.Generator().manual_seed(0)
     wide = torch.randint(-127, 128, (512, 256), generator=gen).to(torch.int8)
     rows = torch.randint(-127, 128, (16, 256), generator=gen).to(torch.int8)
     packed, wide_f, rows_f = torch.ops.onednn.qlinear_prepack(wide, None), wide.float(), rows.float()
     limit = 8 * _best_seconds(lambda: F.linear(rows_f, wide_f), 5) + 2e-4
-    seconds = _best_seconds(lambda: _onednn_int8_product(rows, packed, 512, dtype), 3, stop_below=limit)
-    return seconds < limit
+    return _best_seconds(lambda: product(rows, wide, packed), 3, stop_below=limit) < limit
 
 
 def _best_seconds(call: Callable[[], object], repeats: int, stop_below: float = 0.0) -> float:
@@ -412,13 +426,8 @@ class Int8Linear(nn.Module):
             scaled = torch.cat([x2 / peak, self.span_row])
             y = torch.ops.quantized.linear_dynamic(scaled, self.packed, self.reduce_range)[:-1]
         else:
-            xq, zero = torch.round(x2 * (127.0 / peak)), 0
-            if self.onednn_input == torch.uint8:  # the same integers, shifted (see onednn_int8_input)
-                xq, zero = xq.add_(128.0), 128
-            w = (self.packed, self.scales, self.zero_points)
-            y = torch.ops.onednn.qlinear_pointwise(
-                xq.to(self.onednn_input), 1 / 127, zero, *w, None, 1.0, 0, torch.float32, "none", [], ""
-            )  # fmt: skip
+            xq = torch.round(x2 * (127.0 / peak))
+            y = onednn_qlinear(xq, 1 / 127, self.packed, self.scales, self.zero_points, self.onednn_input)
         y = y * peak if self.bias is None else torch.addcmul(self.bias, y, peak)
         if outlier.any():
             rows = outlier[:, 0].nonzero()[:, 0]
