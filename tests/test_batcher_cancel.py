@@ -97,15 +97,13 @@ ORDERS = [
 ]
 
 
-@pytest.mark.parametrize(("rows", "order"), ORDERS, ids=[f"{n}rows-{o}" for n, o in ORDERS])
-def test_cancel_in_any_order_leaves_the_others_intact(
-    engine, requests_and_alone, monkeypatch, rows, order
-) -> None:
-    reqs, alone = requests_and_alone
+def cancel_between_steps(engine, max_batch: int, reqs, order, monkeypatch):
+    """Submit ``reqs`` to a Batcher together, let every row make a frame, then cancel the rows
+    in ``order``, one between each pair of steps; returns the streams and their audio."""
     gate = StepGate(engine.runner, monkeypatch)
-    with Batcher(engine, max_batch=16, first_chunk_frames=2, chunk_frames=3) as batcher:
-        streams = [batcher.submit(reqs[i]) for i in range(rows)]
-        wait_for(lambda: batcher.active == rows)  # all admitted: the worker waits at the gate
+    with Batcher(engine, max_batch=max_batch, first_chunk_frames=2, chunk_frames=3) as batcher:
+        streams = [batcher.submit(r) for r in reqs]
+        wait_for(lambda: batcher.active == len(reqs))  # all admitted: the worker waits at the gate
         gate.one()  # every row has made a frame: they are all mid-generation
         for i in order:  # one cancel between each pair of steps
             streams[i].cancel()
@@ -114,6 +112,15 @@ def test_cancel_in_any_order_leaves_the_others_intact(
         gate.release_all()
         audios = [s.audio() for s in streams]
         assert batcher.alive
+    return streams, audios
+
+
+@pytest.mark.parametrize(("rows", "order"), ORDERS, ids=[f"{n}rows-{o}" for n, o in ORDERS])
+def test_cancel_in_any_order_leaves_the_others_intact(
+    engine, requests_and_alone, monkeypatch, rows, order
+) -> None:
+    reqs, alone = requests_and_alone
+    streams, audios = cancel_between_steps(engine, 16, reqs[:rows], order, monkeypatch)
     for i, stream in enumerate(streams):
         if i in order:
             assert stream.finish_reason == "cancelled" and stream.error is None

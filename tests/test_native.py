@@ -257,7 +257,7 @@ def test_cancels_in_a_full_native_batch_leave_the_others_exact(
     """A CPU server's default engine (NATIVE_MAX_BATCH rows, native kernels): rows cancelled one
     per step while the batch is full leave every other request's audio bit for bit as alone
     (the native arithmetic is row-independent, so no near-tie filtering is needed)."""
-    from tests.test_batcher_cancel import StepGate, wait_for
+    from tests.test_batcher_cancel import cancel_between_steps
     from utter.engine.sched.batcher import Batcher
 
     engine = Engine.load(str(tiny_checkpoint), device="cpu", weight_mode="int8", max_batch=NATIVE_MAX_BATCH)
@@ -266,18 +266,8 @@ def test_cancels_in_a_full_native_batch_leave_the_others_exact(
     reqs = [Request(f"Row {i} keeps talking.", voice, "English", _greedy(8)) for i in range(NATIVE_MAX_BATCH)]
     with Batcher(engine, max_batch=NATIVE_MAX_BATCH) as batcher:
         alone = [batcher.submit(r).audio() for r in reqs]
-    gate = StepGate(engine.runner, monkeypatch)
     order = [0, NATIVE_MAX_BATCH - 1, 3]
-    with Batcher(engine, max_batch=NATIVE_MAX_BATCH, first_chunk_frames=2, chunk_frames=3) as batcher:
-        streams = [batcher.submit(r) for r in reqs]
-        wait_for(lambda: batcher.active == len(reqs))
-        gate.one()
-        for i in order:
-            streams[i].cancel()
-            gate.one()
-        gate.release_all()
-        audios = [s.audio() for s in streams]
-        assert batcher.alive
+    streams, audios = cancel_between_steps(engine, NATIVE_MAX_BATCH, reqs, order, monkeypatch)
     for i, stream in enumerate(streams):
         if i in order:
             assert stream.finish_reason == "cancelled"
