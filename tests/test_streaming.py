@@ -139,6 +139,60 @@ def test_reference_codes_as_warm_up_context(decoder: CodecDecoder) -> None:
     assert (alone - expected).abs().max() > 100 * ATOL
 
 
+def test_context_then_reach_equals_pushing_everything(decoder: CodecDecoder, decoder64: CodecDecoder) -> None:
+    """A voice's warm state (engine/warm.py): all but the last ``post_reach_frames`` reference
+    frames through the stages up to the transformer only, the rest through everything, gives
+    the state of pushing the whole reference (the audio after it is the same)."""
+    ref, gen = _codes(1, 40, seed=16), _codes(1, 9, seed=17)
+    for dec, tol in ((decoder, ATOL), (decoder64, 1e-10)):
+        reach = StreamingDecoder(dec).post_reach_frames
+        assert 2 < reach < 20  # the tiny codec has the real one's conv layout: 11 frames
+
+        def after(tail: int, dec: CodecDecoder = dec) -> torch.Tensor:
+            stream = StreamingDecoder(dec)
+            stream.push_context(ref[:, : 40 - tail])
+            stream.push(ref[:, 40 - tail :])
+            assert stream.frames == 40
+            return torch.cat(_stream(stream, gen, [1, 3]), dim=-1)
+
+        expected = _one_shot(dec, torch.cat([ref, gen], dim=1))[:, 40 * U :]
+        assert (after(reach) - expected).abs().max() < tol
+        # With fewer full frames the upsampling convs' state is wrong: the reach matters.
+        assert (after(2) - expected).abs().max() > 100 * ATOL
+
+
+def test_voice_warm_up_decodes_only_the_reach(tokenizer: SpeechTokenizer) -> None:
+    """Counted, not timed: warming a voice up runs the upsampling convs (98% of a push's work)
+    over ``post_reach_frames`` frames however long its reference, and the state equals a full
+    push of the reference in chunks."""
+    from utter.engine.warm import warm_up
+
+    ref, gen = _codes(1, 150, seed=18)[0], _codes(1, 7, seed=19)[0]
+    full = tokenizer.stream()
+    for start in range(0, 150, 12):
+        full.push(ref[start : start + 12])
+    post_frames: list[int] = []  # frames into the stages after the transformer, per call
+
+    class Counted:
+        def __init__(self, stages) -> None:
+            self.stages = stages
+
+        def __call__(self, x: torch.Tensor) -> torch.Tensor:
+            post_frames.append(x.shape[-1])
+            return self.stages(x)
+
+        def __getattr__(self, name: str):
+            return getattr(self.stages, name)
+
+    stream = tokenizer.stream()
+    stream.decoder._post = Counted(stream.decoder._post)
+    warm = warm_up(stream, ref)
+    assert warm.frames == 150
+    assert sum(post_frames) == warm.decoder.post_reach_frames
+    warm.decoder._post = warm.decoder._post.stages
+    assert np.abs(warm.fork().push(gen) - full.fork().push(gen)).max() < ATOL
+
+
 def test_tokenizer_stream_is_numpy_and_matches_decode(tokenizer: SpeechTokenizer) -> None:
     codes = _codes(1, 21, seed=8)[0]  # [T, 16]
     stream = tokenizer.stream()

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections import OrderedDict
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -42,6 +41,7 @@ from .sched.textfeed import TextFeed
 from .streaming import CHUNK_FRAMES, FIRST_CHUNK_FRAMES, AudioStream, PcmChunker
 from .text import ROLE_TOKENS, TARGET_TAIL, TextTokenizer
 from .voice import VoicePrompt
+from .warm import WarmVoices
 from .weights import load_weights
 
 if TYPE_CHECKING:  # imported where used: it pulls in transformers (seconds), see Engine.load
@@ -57,7 +57,6 @@ FRAMES_PER_TOKEN = 8
 # the request's limit, so an unbounded one lets a single request take all memory; longer texts
 # are split (the studio does it). Servers may lower it (UTTER_MAX_FRAMES).
 MAX_FRAMES = 4096
-WARM_STREAMS = 32  # voices whose warmed-up codec stream is kept
 
 
 def default_device() -> str:
@@ -162,7 +161,7 @@ class Engine:
         self.weight_mode = weight_mode
         self.max_batch = 16  # the rows its kernels were chosen for (``load`` sets it)
         self.runner = Runner(self.talker, config)
-        self._warm_streams: OrderedDict[str, AudioStream] = OrderedDict()  # per voice, see audio_stream
+        self.warm = WarmVoices(codec)  # per voice: its reference codes pushed (see audio_stream)
         # Seconds per loading phase (checkpoint, talker, codec_tokenizer_wait, compile, graphs,
         # total), set by load: where a cold start goes.
         self.load_seconds: dict[str, float] = {}
@@ -536,21 +535,10 @@ class Engine:
         return self.codec.stream() if warm is None else warm.fork()
 
     def warm_stream(self, voice: VoicePrompt | None) -> AudioStream | None:
-        """The voice's shared warm codec state (reference codes pushed), or None when a request
-        in that voice starts from a fresh one. Not to be pushed: fork it, or copy it out."""
-        if voice is None or voice.ref_codes is None:
-            return None
-        warm = self._warm_streams.get(voice.key)
-        if warm is None:
-            warm = self.codec.stream()
-            for start in range(0, voice.ref_codes.shape[0], CHUNK_FRAMES):  # the shapes later chunks reuse
-                warm.push(voice.ref_codes[start : start + CHUNK_FRAMES])
-            self._warm_streams[voice.key] = warm
-            while len(self._warm_streams) > WARM_STREAMS:
-                self._warm_streams.popitem(last=False)
-        else:
-            self._warm_streams.move_to_end(voice.key)
-        return warm
+        """The voice's shared warm codec state (reference codes pushed; made now if missing, see
+        :mod:`~utter.engine.warm`), or None when a request in that voice starts from a fresh
+        one. Not to be pushed: fork it, or copy it out."""
+        return self.warm.get(voice)
 
     def stream_audio(
         self, requests: list[Request], first_chunk: int = FIRST_CHUNK_FRAMES, chunk: int = CHUNK_FRAMES

@@ -280,21 +280,51 @@ class StreamingDecoder:
     def histories(self) -> list[_History]:
         return self._pre_conv.histories() + self._post.histories()
 
-    @torch.inference_mode()
-    def push(self, codes: torch.Tensor) -> torch.Tensor:
-        """Codes [B, T, Q] (long, in [0, codebook_size)) -> waveform [B, T * total_upsample] in [-1, 1]."""
+    @property
+    def post_reach_frames(self) -> int:
+        """How many frames back the state of the stages after the transformer (the upsampling
+        convs, 98% of a push's work) can see: each conv's history of ``keep`` samples at ``rate``
+        samples per frame reaches ``keep / rate`` frames further back; summed along the chain
+        (the skips of residual units reach no further), plus a frame for the alignment."""
+        rate, reach = 1, 0.0
+        for history in self._post.histories():
+            reach += history.keep / rate
+            if isinstance(history.conv, nn.ConvTranspose1d):
+                rate *= history.conv.stride[0]
+        return math.ceil(reach) + 1
+
+    def _check(self, codes: torch.Tensor) -> None:
         cfg = self.decoder.cfg
         if codes.dim() != 3 or codes.shape[0] != self.batch or codes.shape[2] != cfg.num_quantizers:
             raise ValueError(
                 f"expected codes [{self.batch}, frames, {cfg.num_quantizers}], got {tuple(codes.shape)}"
             )
+
+    def _front(self, codes: torch.Tensor) -> torch.Tensor:
+        h = self.decoder.quantizer.decode(codes.transpose(1, 2))  # [B, codebook_dim, T]
+        h = self._pre_conv(h)  # [B, latent, T]
+        return self._transformer(h.transpose(1, 2)).transpose(1, 2)  # [B, latent, T]
+
+    @torch.inference_mode()
+    def push_context(self, codes: torch.Tensor) -> None:
+        """Advance the streams over codes [B, T, Q] whose audio nobody wants, running only the
+        stages up to the transformer (whose state reaches back over every frame); the stages
+        after it stay as they were. Only for context that at least ``post_reach_frames`` pushed
+        frames follow before any audio is used: by then the later stages' state depends only
+        on those frames, so it equals, to float rounding, the state after pushing everything
+        (``tests/test_streaming.py``). A voice's warm state is made so (``engine/warm.py``)."""
+        self._check(codes)
+        if codes.shape[1]:
+            self._front(codes)
+
+    @torch.inference_mode()
+    def push(self, codes: torch.Tensor) -> torch.Tensor:
+        """Codes [B, T, Q] (long, in [0, codebook_size)) -> waveform [B, T * total_upsample] in [-1, 1]."""
+        self._check(codes)
         if codes.shape[1] == 0:  # the convs' histories need at least one new sample
             dtype = self.decoder.pre_conv.conv.weight.dtype
             return torch.zeros(self.batch, 0, dtype=dtype, device=codes.device)
-        h = self.decoder.quantizer.decode(codes.transpose(1, 2))  # [B, codebook_dim, T]
-        h = self._pre_conv(h)  # [B, latent, T]
-        h = self._transformer(h.transpose(1, 2)).transpose(1, 2)  # [B, latent, T]
-        h = self._post(h)  # [B, 1, T * U]
+        h = self._post(self._front(codes))  # [B, 1, T * U]
         return h.clamp(min=-1.0, max=1.0)[:, 0]
 
 
@@ -332,6 +362,10 @@ class AudioStream:
         """Codes [T, Q] -> float32 waveform [T * frame_samples]."""
         wav = self.decoder.push(self._checked(codes)[None])  # [1, T * U]
         return wav[0].to(torch.float32).cpu().numpy()
+
+    def push_context(self, codes: torch.Tensor) -> None:
+        """Codes [T, Q] whose audio is not wanted (see :meth:`StreamingDecoder.push_context`)."""
+        self.decoder.push_context(self._checked(codes)[None])
 
     def _checked(self, codes: torch.Tensor) -> torch.Tensor:
         """Codes [T, Q] on the decoder's device, or ValueError for a bad shape or value."""
