@@ -33,6 +33,25 @@ def test_gemv_equals_the_dequantized_product(rows: int) -> None:
     torch.testing.assert_close(native.gemv(half, None, x), x @ half.float().T, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("rows", [1, 5, 8, 37])
+def test_weight_tiles_give_the_same_bits_as_converting_on_the_fly(rows: int) -> None:
+    """Whether a call converts weight blocks to float32 tiles first is chosen by timing on each
+    CPU (native._chosen_tile_rows): both ways must give the same numbers to the bit, or a
+    request's audio would depend on the machine's timing."""
+    lib = native.library()
+    torch.manual_seed(rows)
+    w, x = torch.randn(96, 160), torch.randn(rows, 160)
+    q, scales = _quantize_rows(w)
+    try:
+        for weight, s in ((q, scales), (w.half(), None)):
+            native.set_tile_rows(lib, 1)
+            tiled = native.gemv(weight, s, x)
+            native.set_tile_rows(lib, native.NEVER)
+            assert torch.equal(native.gemv(weight, s, x), tiled)
+    finally:
+        native.set_tile_rows(lib, native._chosen_tile_rows(lib))
+
+
 def test_pack_rejects_shapes_the_kernel_cannot_block() -> None:
     with pytest.raises(ValueError, match="multiple"):
         native.pack(torch.zeros(6, 32, dtype=torch.int8), 16)

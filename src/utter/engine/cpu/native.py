@@ -24,6 +24,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -141,10 +142,57 @@ def library() -> ctypes.CDLL | None:
     lib.utter_pack.argtypes = [ptr, ctypes.c_int, i64, i64, ptr]
     lib.utter_pack.restype = None
     lib.utter_lanes.restype = ctypes.c_int
+    lib.utter_set_tile_rows.argtypes = [ctypes.c_int]
+    lib.utter_set_tile_rows.restype = None
     if lib.utter_lanes() == 0:
         logger.warning("native decode kernels unavailable: this CPU has neither AVX-512 nor AVX2+FMA+F16C")
         return None
+    set_tile_rows(lib, _chosen_tile_rows(lib))
     return lib
+
+
+NEVER = 1 << 30  # a tile_rows that no call reaches
+
+
+def set_tile_rows(lib: ctypes.CDLL, rows: int) -> None:
+    """Calls of at least ``rows`` tokens convert weight blocks to float32 tiles first (see gemv
+    in decoder.c); the results are the same either way."""
+    lib.utter_set_tile_rows(min(rows, NEVER))
+
+
+def _chosen_tile_rows(lib: ctypes.CDLL) -> int:
+    """``UTTER_NATIVE_TILE_ROWS`` (0: never), else timed here: converting weights on the fly
+    against tiles, at a decode batch (8 tokens) and a prefill (128), on one int8 weight of the
+    0.6B talker's MLP (3072 x 1024, in L2/L3: the arithmetic, not memory, is compared).
+    About 30 ms once per process."""
+    forced = os.environ.get("UTTER_NATIVE_TILE_ROWS")
+    if forced is not None:
+        return int(forced) or NEVER
+    n, k = 3072, 1024
+    gen = torch.Generator().manual_seed(0)
+    lanes = lib.utter_lanes()
+    weight = torch.randint(-127, 128, (n // BLOCK, BLOCK, k // lanes, lanes), dtype=torch.int8, generator=gen)
+    weight = weight.transpose(1, 2).contiguous()  # the blocked layout (pack() would load the library)
+    scales = torch.ones(n)
+
+    def best(rows: int, tile: bool) -> float:
+        set_tile_rows(lib, rows if tile else NEVER)
+        x, y = torch.randn(rows, k, generator=gen), torch.empty(rows, n)
+        args = (weight.data_ptr(), scales.data_ptr(), INT8, x.data_ptr(), y.data_ptr(), rows, n, k)
+        times = []
+        for _ in range(5):
+            start = time.perf_counter()
+            lib.utter_gemv(*args)
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    best(8, False)  # the first call starts OpenMP's threads
+    chosen = NEVER
+    if best(128, True) < best(128, False):
+        chosen = 5 if best(8, True) < best(8, False) else 33
+    tiles = f"calls of {chosen}+ tokens" if chosen < NEVER else "no calls"
+    logger.info("native products: weight blocks converted to float32 tiles first in %s", tiles)
+    return chosen
 
 
 def pack(weight: torch.Tensor, lanes: int) -> torch.Tensor:

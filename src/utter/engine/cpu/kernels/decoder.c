@@ -129,15 +129,23 @@ static inline __attribute__((always_inline)) void dots(const char *w, const floa
     default: dots(wb, x, k, 4, type, out); break;    \
     }
 
+/* Calls of at least this many tokens convert each weight block to a float32 tile first (see
+ * gemv); set once at load by native.py, which times both ways on this CPU. */
+static int tile_rows = MAX_ROWS + 1;
+void utter_set_tile_rows(int rows) { tile_rows = rows < 1 ? 1 : rows; }
+
 /* y[m, n] = x[m, k] @ dequant(w).T for any m: each weight block is read from memory once and
- * used for every token, four at a time. Up to four tokens (decode steps) convert weights on the
- * fly; more (a prefill) first convert the block to a float32 tile in L1/L2, so the conversion is
- * paid once per block rather than once per group of four tokens. */
+ * used for every token, four at a time. Weights are converted to float lanes on the fly for
+ * each group of four tokens, or, for calls of tile_rows tokens or more, once per block into a
+ * float32 tile in L1/L2 that every group then reads. Which is faster depends on the CPU (the
+ * tile won on the Xeon it was written on; on a Zen 5 converting on the fly is 1.3-1.5x faster
+ * at any number of tokens). Both do the same multiply-adds in the same order: the results are
+ * bit for bit the same (tests/test_native.py). */
 static void gemv(const void *w, const float *scales, int type, const float *xs, float *y, int m, int n, int k) {
     const size_t esize = type == 0 ? 1 : 2, block_bytes = (size_t)BLOCK * k * esize;
 #pragma omp parallel
     {
-        float *tile = m > MAX_ROWS ? malloc(sizeof(float) * BLOCK * (size_t)k) : NULL;
+        float *tile = m >= tile_rows ? malloc(sizeof(float) * BLOCK * (size_t)k) : NULL;
         float out[BLOCK][MAX_ROWS];
 #pragma omp for schedule(static)
         for (int b = 0; b < n / BLOCK; b++) {
