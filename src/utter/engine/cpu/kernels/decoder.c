@@ -91,7 +91,7 @@ static inline float vsum(vec v) {
  * one contiguous read (one cache line for int8 with 16 lanes), so memory is read strictly in
  * order and the prefetcher (with a software prefetch a few lines ahead) keeps it streaming. */
 #define BLOCK 4
-#define PREFETCH_BYTES 1024
+#define PREFETCH_BYTES 4096 /* 1024 before: from DRAM on a Zen 5, 8 tokens' product 0.39 -> 0.29 ms (6 MB int8) */
 
 int utter_lanes(void) { return LANES; }
 
