@@ -223,3 +223,22 @@ def test_gpu_busy_share_counts_overlapping_kernels_once() -> None:
     with BusySampler("cpu") as sampler:  # nothing to sample off a GPU
         pass
     assert sampler.share is None and sampler._thread is None
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="Linux /proc only")
+def test_a_worker_reports_its_own_peak_memory_not_its_parents() -> None:
+    """ru_maxrss survives fork and exec: workers spawned by a parent that had held 5.8 GB once all
+    reported 5789 MiB. The peak is the program's own (VmHWM)."""
+    import subprocess
+    import sys
+
+    child = "from utter.bench.common import peak_memory; print(peak_memory('cpu')['peak_rss_mib'])"
+    parent = (
+        "import subprocess, sys\n"
+        "big = bytearray(700 * 2**20)\n"  # touched (zeroed) by the allocation: resident
+        f"print(subprocess.run([sys.executable, '-c', {child!r}], capture_output=True, text=True).stdout)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", parent], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert float(out.stdout.split()[-1]) < 600, out.stdout

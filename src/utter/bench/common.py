@@ -108,13 +108,26 @@ def rss_mib() -> float | None:
     return round(pages * os.sysconf("SC_PAGE_SIZE") / MIB, 1)
 
 
+def _peak_rss_bytes() -> int:
+    """This program's peak resident memory. On Linux ``VmHWM``: ``ru_maxrss`` survives fork and
+    exec, so a worker spawned by a large parent (one that has just built a random checkpoint)
+    reported the parent's peak as its own (three sides of one run once all read 5789 MiB)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return maxrss * (1 if sys.platform == "darwin" else 1024)  # bytes on macOS, KiB on Linux
+
+
 def peak_memory(device: str) -> dict:
     """Peak resident memory of this process (so run one system per process), and peak CUDA memory."""
     import torch
 
-    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
-    out = {"peak_rss_mib": round(maxrss * scale / MIB, 1)}
+    out = {"peak_rss_mib": round(_peak_rss_bytes() / MIB, 1)}
     if device.startswith("cuda"):
         out["cuda_peak_mib"] = round(torch.cuda.max_memory_allocated(torch.device(device)) / MIB, 1)
     return out

@@ -1,6 +1,6 @@
 """One measured system in its own process: ``python -m utter.bench.worker SPEC.json``.
 
-A fresh process per system and weight mode keeps peak memory (``ru_maxrss``) and cold-start time
+A fresh process per system and weight mode keeps peak memory (``VmHWM``) and cold-start time
 honest: nothing is shared or already warm. The spec names the system ("utter" or "official"), the
 mode and what to measure; the result (or the error) is written as JSON to ``spec["out"]``.
 """

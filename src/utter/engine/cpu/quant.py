@@ -326,11 +326,13 @@ def onednn_int8_available() -> bool:
 # float16 weights against float32 inputs, whole decoder stacks in one call, see native_stack.py;
 # else fbgemm's int8 kernel); larger ones oneDNN's int8 kernel. One row of a 3072x1024 product is
 # 0.085 ms natively against oneDNN's 0.18, but 16 rows 0.93 against 0.39 (float32 products
-# against int8 ones). Serving engines at 0.6B on a 2-core AVX-512 EPYC, int8, audio s per s
-# through the batcher (the README's benchmark tables): up to 8 rows natively 0.55 / 0.93 / 0.90
-# at 1 / 4 / 8 streams, 16 rows with oneDNN 0.30 / 0.75 / 0.98. One kernel per engine: a
-# request's numbers never depend on the other rows of its batch (and on the native kernels
-# equal those of `utter say`).
+# against int8 ones; an AVX-512 EPYC of an earlier session). Serving engines at 0.6B, int8, audio
+# s per s through the batcher (the README's benchmark tables): up to 8 rows natively 0.55 / 0.93
+# / 0.90 at 1 / 4 / 8 streams, 16 rows with oneDNN 0.30 / 0.75 / 0.98. On a Zen 5 EPYC, with the
+# products' tile and prefetch tuned, 16 native rows decode a step about as fast as oneDNN (274
+# against 298 ms) but prefill cloned voices' prompts in float32 at half its speed: 16 streams
+# 2.17 against 2.26 audio s per s, so 8 stays. One kernel per engine: a request's numbers never
+# depend on the other rows of its batch (and on the native kernels equal those of `utter say`).
 NATIVE_MAX_BATCH = 8
 
 
