@@ -242,3 +242,14 @@ def test_a_worker_reports_its_own_peak_memory_not_its_parents() -> None:
         [sys.executable, "-c", parent], capture_output=True, text=True, check=True, timeout=120
     )
     assert float(out.stdout.split()[-1]) < 600, out.stdout
+
+
+def test_the_checkpoint_is_read_through_before_the_workers(tmp_path: Path) -> None:
+    """Every byte of the checkpoint folder is read once (nested folders too), so no worker is
+    the one that reads it from disk."""
+    from utter.bench.common import read_through
+
+    (tmp_path / "speech_tokenizer").mkdir()
+    (tmp_path / "model.safetensors").write_bytes(b"x" * (9 << 20))
+    (tmp_path / "speech_tokenizer" / "model.safetensors").write_bytes(b"y" * 1000)
+    assert read_through(tmp_path)[0] == (9 << 20) + 1000

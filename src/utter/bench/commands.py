@@ -290,7 +290,7 @@ def run(settings: dict, timeout: float = 7200.0) -> dict:
     """Measure every configuration in ``settings``; returns the finished benchmark document."""
     from .. import __version__
     from ..audio import write_wav
-    from .common import machine_info
+    from .common import machine_info, read_through
     from .report import finish
     from .workload import SAMPLE_RATE, reference_audio
 
@@ -303,6 +303,13 @@ def run(settings: dict, timeout: float = 7200.0) -> dict:
         "utter": {},
         "official": {},
     }
+    if Path(settings["model"]).is_dir():
+        size, seconds = read_through(Path(settings["model"]))
+        logger.info(
+            "read the checkpoint once (%.1f GB in %.1f s): every worker finds it in memory",
+            size / 1e9,
+            seconds,
+        )
     with tempfile.TemporaryDirectory(prefix="utter-bench-") as tmp:
         workdir = Path(tmp)
         ref_wav = workdir / "reference.wav"
