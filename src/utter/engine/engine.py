@@ -65,9 +65,9 @@ def default_device() -> str:
 
 def default_max_batch(device: str | torch.device) -> int:
     """How many requests a server decodes together by default: 16 on GPUs; on CPUs the most
-    that the native kernels serve (``NATIVE_MAX_BATCH``), where one stream decodes 1.8x as fast
-    as through oneDNN and four 1.2x (measured: see ``quant.NATIVE_MAX_BATCH``); more requests
-    queue rather than each slowing all."""
+    that the native kernels serve (``NATIVE_MAX_BATCH``), where one stream decodes 1.7-1.8x as
+    fast as through oneDNN and four 1.2-1.4x (measured: see ``quant.NATIVE_MAX_BATCH`` and the
+    README's serving tables); more requests queue rather than each slowing all."""
     return NATIVE_MAX_BATCH if torch.device(device).type == "cpu" else 16
 
 
