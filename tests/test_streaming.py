@@ -193,6 +193,24 @@ def test_voice_warm_up_decodes_only_the_reach(tokenizer: SpeechTokenizer) -> Non
     assert np.abs(warm.fork().push(gen) - full.fork().push(gen)).max() < ATOL
 
 
+def test_warm_states_are_kept_per_voice_for_the_voices_used_last(tokenizer: SpeechTokenizer) -> None:
+    from utter.engine.voice import VoicePrompt
+    from utter.engine.warm import WarmVoices
+
+    voices = [
+        VoicePrompt(torch.full((4,), float(i)), _codes(1, 14, seed=30 + i)[0], "words") for i in range(3)
+    ]
+    warm = WarmVoices(tokenizer, size=2)
+    assert warm.get(None) is None and warm.get(VoicePrompt(torch.zeros(4))) is None  # x-vector voices
+    first = warm.get(voices[0])
+    assert warm.get(voices[0]) is first and first.frames == 14  # made once, then shared
+    warm.get(voices[1])
+    warm.get(voices[0])  # used again: now the most recent
+    warm.get(voices[2])  # evicts voices[1], the least recently used
+    assert warm.get(voices[0]) is first
+    assert list(warm._states) == [voices[2].key, voices[0].key]
+
+
 def test_tokenizer_stream_is_numpy_and_matches_decode(tokenizer: SpeechTokenizer) -> None:
     codes = _codes(1, 21, seed=8)[0]  # [T, 16]
     stream = tokenizer.stream()

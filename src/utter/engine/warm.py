@@ -59,9 +59,3 @@ class WarmVoices:
                 self._states.popitem(last=False)
         self._states.move_to_end(voice.key)
         return state
-
-    def __contains__(self, voice: VoicePrompt) -> bool:
-        return voice.key in self._states
-
-    def __len__(self) -> int:
-        return len(self._states)
