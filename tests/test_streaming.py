@@ -209,6 +209,8 @@ def test_warm_states_are_kept_per_voice_for_the_voices_used_last(tokenizer: Spee
     warm.get(voices[2])  # evicts voices[1], the least recently used
     assert warm.get(voices[0]) is first
     assert list(warm._states) == [voices[2].key, voices[0].key]
+    short = VoicePrompt(torch.ones(4), _codes(1, 5, seed=40)[0], "words")  # under the reach: all pushed
+    assert warm.get(short).frames == 5
 
 
 def test_tokenizer_stream_is_numpy_and_matches_decode(tokenizer: SpeechTokenizer) -> None:

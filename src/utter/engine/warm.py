@@ -20,6 +20,8 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import TYPE_CHECKING
 
+import torch
+
 from .streaming import CHUNK_FRAMES, AudioStream
 from .voice import VoicePrompt
 
@@ -29,7 +31,7 @@ if TYPE_CHECKING:
 WARM_STREAMS = 32  # voices whose warm codec state is kept (least recently used dropped first)
 
 
-def warm_up(stream: AudioStream, codes) -> AudioStream:
+def warm_up(stream: AudioStream, codes: torch.Tensor) -> AudioStream:
     """Push reference ``codes`` [T, Q] into a fresh ``stream`` as left context (audio discarded):
     the stages after the transformer see only the frames their state can depend on."""
     context = max(0, codes.shape[0] - stream.decoder.post_reach_frames)

@@ -164,7 +164,7 @@ def _chosen_tile_rows(lib: ctypes.CDLL) -> int:
     """``UTTER_NATIVE_TILE_ROWS`` (0: never), else timed here: converting weights on the fly
     against tiles, at a decode batch (8 tokens) and a prefill (128), on one int8 weight of the
     0.6B talker's MLP (3072 x 1024, in L2/L3: the arithmetic, not memory, is compared).
-    About 30 ms once per process."""
+    About 40 ms once per process."""
     forced = os.environ.get("UTTER_NATIVE_TILE_ROWS")
     if forced is not None:
         return int(forced) or NEVER
