@@ -185,8 +185,9 @@ class Engine:
         ``weight_mode`` (float32, bfloat16, float16 or int8; ``dtype`` is an alias for the float
         ones) defaults to the fastest safe mode for the device (see
         :func:`~utter.engine.cpu.quant.default_weight_mode`): int8 on CPUs, bfloat16 on GPUs.
-        ``max_batch`` also picks the CPU int8 kernel (fbgemm for one stream, oneDNN for batches)
-        and, in every mode but float32, the codec decoder runs in bfloat16 where that is native.
+        ``max_batch`` also picks the CPU kernels (the native ones for up to ``NATIVE_MAX_BATCH``
+        rows, else oneDNN or fbgemm int8, see ``quant.int8_kernel``) and, in every mode but
+        float32, the codec decoder runs in bfloat16 where that is native.
 
         On CUDA the decode step runs from captured graphs (``cuda_graphs``, default on), with
         caches for ``max_batch`` concurrent requests of up to ``max_len`` positions allocated

@@ -170,9 +170,7 @@ def _chosen_tile_rows(lib: ctypes.CDLL) -> int:
         return int(forced) or NEVER
     n, k = 3072, 1024
     gen = torch.Generator().manual_seed(0)
-    lanes = lib.utter_lanes()
-    weight = torch.randint(-127, 128, (n // BLOCK, BLOCK, k // lanes, lanes), dtype=torch.int8, generator=gen)
-    weight = weight.transpose(1, 2).contiguous()  # the blocked layout (pack() would load the library)
+    weight = _blocked(torch.randint(-127, 128, (n, k), dtype=torch.int8, generator=gen), lib.utter_lanes())
     scales = torch.ones(n)
 
     def best(rows: int, tile: bool) -> float:
@@ -203,11 +201,17 @@ def pack(weight: torch.Tensor, lanes: int) -> torch.Tensor:
         raise ValueError(f"weight [{n}, {k}] is not a multiple of [{BLOCK}, {lanes}]")
     lib = library()
     if lib is None or weight.element_size() not in (1, 2):
-        return weight.reshape(n // BLOCK, BLOCK, k // lanes, lanes).transpose(1, 2).contiguous()
+        return _blocked(weight, lanes)
     weight = weight.contiguous()
     out = torch.empty(n // BLOCK, k // lanes, BLOCK, lanes, dtype=weight.dtype)
     lib.utter_pack(weight.data_ptr(), weight.element_size(), n, k, out.data_ptr())
     return out
+
+
+def _blocked(weight: torch.Tensor, lanes: int) -> torch.Tensor:
+    """The blocked layout with torch ops (what ``utter_pack`` writes in one parallel pass)."""
+    n, k = weight.shape
+    return weight.reshape(n // BLOCK, BLOCK, k // lanes, lanes).transpose(1, 2).contiguous()
 
 
 def quantize_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
