@@ -293,3 +293,11 @@ def test_cancels_in_a_full_native_batch_leave_the_others_exact(
         else:
             assert stream.finish_reason == "max_frames", stream.error
             assert np.array_equal(audios[i], alone[i])
+
+
+def test_a_bad_tile_rows_setting_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("UTTER_NATIVE_TILE_ROWS", "lots")
+    with pytest.raises(ValueError, match="UTTER_NATIVE_TILE_ROWS must be a whole number"):
+        native._chosen_tile_rows(native.library())
+    monkeypatch.setenv("UTTER_NATIVE_TILE_ROWS", "0")
+    assert native._chosen_tile_rows(native.library()) == native.NEVER

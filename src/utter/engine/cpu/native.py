@@ -167,6 +167,8 @@ def _chosen_tile_rows(lib: ctypes.CDLL) -> int:
     About 40 ms once per process."""
     forced = os.environ.get("UTTER_NATIVE_TILE_ROWS")
     if forced is not None:
+        if not forced.strip().isdigit():
+            raise ValueError(f"UTTER_NATIVE_TILE_ROWS must be a whole number >= 0 (0: never), got {forced!r}")
         return int(forced) or NEVER
     n, k = 3072, 1024
     gen = torch.Generator().manual_seed(0)
