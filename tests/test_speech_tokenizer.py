@@ -7,6 +7,7 @@ codebook, mask or rope would show up far above the 1e-4 tolerance (float32 noise
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -14,9 +15,14 @@ import pytest
 import torch
 
 from tests.official import import_qwen_tts
-from utter.dev.random_speech_tokenizer import speech_tokenizer_config_dict, write_random_speech_tokenizer
+from utter.dev.mimi_reference import MimiReference
+from utter.dev.random_speech_tokenizer import (
+    _randomize_encoder,
+    speech_tokenizer_config_dict,
+    write_random_speech_tokenizer,
+)
 from utter.engine.model.codec_decoder import CodecDecoder, transposed_conv1d
-from utter.engine.model.codec_encoder import CodecEncoder
+from utter.engine.model.codec_encoder import CodecEncoder, CodecEncoderConfig
 from utter.engine.model.speech_tokenizer import SpeechTokenizer, SpeechTokenizerConfig, official_reference_cut
 
 qwen_tts = import_qwen_tts()
@@ -174,60 +180,108 @@ def test_transposed_conv_as_a_product_equals_the_convolution(kernel: int, stride
         torch.testing.assert_close(got.float(), want.float(), rtol=2e-2, atol=2e-2)
 
 
-def test_a_lazy_encoder_is_built_on_first_use_and_encodes_the_same(
-    folder: Path, ours: SpeechTokenizer
-) -> None:
-    """The engine loads the codec with its encoder built later (transformers' import was seconds
-    of every cold start): loading it and the text side imports no transformers, and the encoder,
-    once built (in the background or at first use), encodes exactly as one built at load."""
+def test_loading_and_encoding_import_no_transformers(folder: Path, ours: SpeechTokenizer) -> None:
+    """The encoder is our own module: loading the codec and making a voice's codes import no
+    transformers (its import was seconds of the first new voice), with the same codes."""
     import subprocess
     import sys
-    import time
-
-    probe = (
-        "import sys; from utter.engine.model.speech_tokenizer import SpeechTokenizer; "
-        f"SpeechTokenizer.load({str(folder)!r}, lazy_encoder=True); "
-        "sys.exit('transformers was imported' if 'transformers' in sys.modules else 0)"
-    )
-    subprocess.run([sys.executable, "-c", probe], check=True)
 
     wav = _signals()["chirp_odd_length"]
-    lazy = SpeechTokenizer.load(folder, lazy_encoder=True)
-    assert lazy._encoder is None
-    assert torch.equal(lazy.encode(wav), ours.encode(wav))
-    soon = SpeechTokenizer.load(folder, lazy_encoder=True)
-    soon.build_encoder_soon()
-    deadline = time.monotonic() + 60
-    while soon._encoder is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert soon._encoder is not None and torch.equal(soon.encode(wav), ours.encode(wav))
+    probe = (
+        "import sys, numpy as np, torch; from utter.engine.model.speech_tokenizer import SpeechTokenizer; "
+        f"codec = SpeechTokenizer.load({str(folder)!r}); "
+        f"wav = np.frombuffer(bytes.fromhex({wav.tobytes().hex()!r}), dtype=np.float32); "
+        "sys.stdout.write(codec.encode(wav).numpy().tobytes().hex()); "
+        "sys.exit('transformers was imported' if 'transformers' in sys.modules else 0)"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True).stdout
+    codes = torch.from_numpy(np.frombuffer(bytes.fromhex(out), dtype=np.int64).copy())
+    assert torch.equal(codes.view(-1, 16), ours.encode(wav))
 
 
-def test_the_background_encoder_and_a_whisper_load_import_transformers_one_at_a_time(
-    folder: Path, tiny_whisper: Path
-) -> None:
-    """In a fresh process (transformers not imported yet), the encoder built on its thread and
-    Whisper loaded on another at the same moment both succeed: transformers' lazy names are not
-    safe to import from two threads at once (CI saw Whisper's load fail so), hence one lock."""
-    import subprocess
-    import sys
+def _reference_and_ours(
+    size: str, seed: int, layer_scale: float | None = None
+) -> tuple[MimiReference, CodecEncoder]:
+    """transformers' Mimi with the random writer's weights, and our encoder loaded from its state.
+    ``layer_scale``: the transformer's residual scales (Mimi's init: 0.01, where it barely matters)."""
+    data = speech_tokenizer_config_dict(size)["encoder_config"]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        reference = MimiReference.from_config_dict(data).eval()
+    if layer_scale is not None:
+        with torch.no_grad():
+            for name, param in reference.encoder_transformer.named_parameters():
+                if name.endswith("layer_scale.scale"):
+                    param.fill_(layer_scale)
+    _randomize_encoder(reference, torch.Generator().manual_seed(seed + 1))
+    with torch.device("meta"):
+        ours = CodecEncoder.from_config_dict(data)
+    ours.load_state_dict(reference.state_dict(), strict=True, assign=True)
+    return reference, ours.eval()
 
-    probe = f"""
-import threading
-from utter.asr import Transcriber
-from utter.engine.model.speech_tokenizer import SpeechTokenizer
-codec = SpeechTokenizer.load({str(folder)!r}, lazy_encoder=True)
-errors = []
-def whisper():
-    try:
-        Transcriber.load({str(tiny_whisper)!r}, device="cpu")
-    except Exception as exc:
-        errors.append(repr(exc))
-t = threading.Thread(target=whisper)
-codec.build_encoder_soon()
-t.start()
-t.join()
-codec.encoder
-assert not errors, errors
-"""
-    subprocess.run([sys.executable, "-c", probe], check=True, timeout=300)
+
+@pytest.mark.parametrize("size", ["tiny", "real"])
+def test_encoder_equals_transformers_mimi_bit_for_bit(size: str) -> None:
+    """Every stage (conv encoder, transformer, downsampler) gives the same bits as transformers'
+    Mimi, and so the codes, for one signal and a right-padded batch; at the real sizes too (where
+    ``cdist`` takes its matrix-product path)."""
+    reference, ours = _reference_and_ours(size, seed=3)
+    gen = torch.Generator().manual_seed(4)
+    wav = 0.3 * torch.randn(2, 3 * SR + 1234, generator=gen)
+    wav[1, 2 * SR :] = 0.0
+    with torch.inference_mode():
+        emb_ref = reference.encoder(wav[:, None])
+        emb = ours.encoder(wav[:, None])
+        assert torch.equal(emb, emb_ref)
+        hid_ref = reference.encoder_transformer(emb_ref.transpose(1, 2), return_dict=True)[0]
+        hid = ours.encoder_transformer(emb.transpose(1, 2))
+        assert torch.equal(hid, hid_ref)
+        assert torch.equal(
+            ours.downsample(hid.transpose(1, 2)), reference.downsample(hid_ref.transpose(1, 2))
+        )
+    for q in (16, 1, 3):
+        expected = reference.encode_codes(wav, q)
+        got = ours.encode(wav, q)
+        assert got.shape == expected.shape == (2, q, math.ceil(wav.shape[1] / 1920))
+        assert torch.equal(got, expected)
+    assert len(torch.unique(got[0, 0])) > 1 and len(torch.unique(got[0, -1])) > 1
+
+
+def test_encoder_attends_over_the_whole_reference_as_transformers_does() -> None:
+    """Mimi's config names a 250-frame sliding window that transformers' encode does not apply:
+    a 12 s reference (300 frames at 25 Hz) gives transformers' codes, and a window would have
+    changed the transformer's output (so the equality is not an accident of these weights)."""
+    reference, ours = _reference_and_ours("tiny", seed=5, layer_scale=1.0)
+    wav = 0.3 * torch.randn(1, 12 * SR, generator=torch.Generator().manual_seed(6))
+    assert torch.equal(ours.encode(wav, 16), reference.encode_codes(wav, 16))
+    with torch.inference_mode():
+        x = ours.encoder(wav[:, None]).transpose(1, 2)
+        full = ours.encoder_transformer(x)
+        assert torch.equal(full, reference.encoder_transformer(x, return_dict=True)[0])
+        t = x.shape[1]
+        assert t > 250
+        q, k = torch.arange(t)[:, None], torch.arange(t)[None, :]
+        window = (k <= q) & (k > q - 250)
+        sdpa = torch.nn.functional.scaled_dot_product_attention
+        patched = lambda q_, k_, v_, is_causal: sdpa(q_, k_, v_, attn_mask=window)  # noqa: E731
+        try:
+            torch.nn.functional.scaled_dot_product_attention = patched
+            windowed = ours.encoder_transformer(x)
+        finally:
+            torch.nn.functional.scaled_dot_product_attention = sdpa
+    assert torch.equal(full[:, :250], windowed[:, :250])
+    assert (full[:, 250:] - windowed[:, 250:]).abs().max() > 1e-4  # float noise here: ~1e-6
+
+
+def test_encoder_config_rejects_what_it_cannot_run() -> None:
+    base = speech_tokenizer_config_dict("tiny")["encoder_config"]
+    for change, message in [
+        ({"audio_channels": 2}, "mono"),
+        ({"hidden_act": "relu"}, "activation"),
+        ({"num_semantic_quantizers": 18}, "num_semantic_quantizers"),
+        ({"_frame_rate": 50.0}, "frame rate"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            CodecEncoderConfig.from_dict(base | change)
+    with pytest.raises(ValueError, match="num_quantizers"):
+        CodecEncoder.from_config_dict(base).encode(torch.zeros(1, 1920), 19)

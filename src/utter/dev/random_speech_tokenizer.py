@@ -34,7 +34,6 @@ from ..engine.model.codec_decoder import (
     RMSNorm,
     SnakeBeta,
 )
-from ..engine.model.codec_encoder import CodecEncoder
 from ..engine.model.speech_tokenizer import (
     CONFIG_FILE,
     DECODER_PREFIX,
@@ -43,6 +42,7 @@ from ..engine.model.speech_tokenizer import (
     WEIGHTS_FILE,
     SpeechTokenizerConfig,
 )
+from .mimi_reference import MimiReference
 
 logger = logging.getLogger(__name__)
 
@@ -191,7 +191,7 @@ def _calibration_signal(seconds: float, gen: torch.Generator) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _randomize_encoder(encoder: CodecEncoder, gen: torch.Generator) -> None:
+def _randomize_encoder(encoder: MimiReference, gen: torch.Generator) -> None:
     """Give Mimi's codebooks random entries at the scale of the residual each one quantizes.
 
     Mimi's own init leaves every codebook at zero (all codes 0). Walking the residual chain on a
@@ -292,7 +292,7 @@ def write_random_speech_tokenizer(folder: Path | str, size: str = "tiny", seed: 
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # Mimi's own init draws from the global generator
-        encoder = CodecEncoder.from_config_dict(config.encoder_config).eval()
+        encoder = MimiReference.from_config_dict(config.encoder_config).eval()
     _randomize_encoder(encoder, torch.Generator().manual_seed(seed + 1))
 
     decoder = CodecDecoder(CodecDecoderConfig.from_dict(data["decoder_config"])).eval()

@@ -123,11 +123,7 @@ def _load_talker(
 def _load_codec(folder: Path, dev: torch.device, mode: str) -> SpeechTokenizer:
     from .model.speech_tokenizer import SpeechTokenizer
 
-    # The encoder (transformers' Mimi, for new voices' reference audio) is built after the
-    # engine is ready: importing transformers was seconds of every cold start.
-    codec = SpeechTokenizer.load(
-        folder / "speech_tokenizer", device=dev, dtype=torch.float32, lazy_encoder=True
-    )
+    codec = SpeechTokenizer.load(folder / "speech_tokenizer", device=dev, dtype=torch.float32)
     if mode != "float32" and fast_bfloat16(dev):
         codec.set_decoder_dtype(torch.bfloat16)  # float32 stays exact, for parity with the official one
     return codec
@@ -250,7 +246,6 @@ class Engine:
         phases["total"] = time.perf_counter() - started
         engine.load_seconds = phases
         logger.info("loaded %s on %s (%s weights) in %.1fs", folder, device, mode, phases["total"])
-        engine.codec.build_encoder_soon()
         return engine
 
     @property
@@ -264,12 +259,10 @@ class Engine:
     def memory_bytes(self) -> int:
         """Bytes of the tensors this engine's models hold (talker, speaker encoder, codec), packed
         and quantised weights included."""
-        # The codec's encoder counts as built or as its pending tensors: asking for it would
-        # build it here (a server measures memory as soon as it has loaded).
         codec = self.codec
-        roots = [self.weights, getattr(codec, "encoder_built", None), getattr(codec, "decoder", None)]
-        pending = list(getattr(codec, "pending_encoder_tensors", ()))
-        seen, total = {id(t) for t in pending}, sum(t.numel() * t.element_size() for t in pending)
+        roots = [self.weights, getattr(codec, "encoder", None), getattr(codec, "decoder", None)]
+        seen: set[int] = set()
+        total = 0
         for root in roots:
             if not isinstance(root, torch.nn.Module):
                 continue

@@ -1,6 +1,6 @@
 """The 12 Hz speech tokenizer of a Qwen3-TTS checkpoint (its ``speech_tokenizer/`` folder).
 
-Turns a 24 kHz reference waveform into codes (:meth:`SpeechTokenizer.encode`, transformers' Mimi)
+Turns a 24 kHz reference waveform into codes (:meth:`SpeechTokenizer.encode`, our Mimi :class:`CodecEncoder`)
 and codes back into a waveform (:meth:`SpeechTokenizer.decode`, our :class:`CodecDecoder`), with
 the same preparation, clamping and length rules as the official ``Qwen3TTSTokenizer`` wrapper, so
 outputs match it.
@@ -11,12 +11,9 @@ from __future__ import annotations
 import json
 import logging
 import math
-import threading
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,9 +26,7 @@ from .codec_decoder import (
     CodecDecoder,
     CodecDecoderConfig,
 )
-
-if TYPE_CHECKING:
-    from .codec_encoder import CodecEncoder
+from .codec_encoder import CodecEncoder, CodecEncoderConfig
 
 logger = logging.getLogger(__name__)
 
@@ -48,8 +43,8 @@ class SpeechTokenizerConfig:
     """The speech tokenizer's ``config.json``.
 
     Top-level defaults are the official ``Qwen3TTSTokenizerV2Config`` defaults (a missing key means
-    the same to both loaders). ``encoder_config`` is kept as the raw dict handed to ``MimiConfig``,
-    as the official config class does.
+    the same to both loaders). ``encoder_config`` is kept as the raw dict (a ``MimiConfig``'s, read
+    by :class:`CodecEncoderConfig`), as the official config class does.
     """
 
     decoder: CodecDecoderConfig
@@ -128,56 +123,10 @@ def _split_state_dict(
 class SpeechTokenizer:
     """Encoder + decoder of the 12 Hz speech tokenizer, on one device and dtype."""
 
-    def __init__(
-        self,
-        config: SpeechTokenizerConfig,
-        encoder: CodecEncoder | None,
-        decoder: CodecDecoder,
-        build_encoder: Callable[[], CodecEncoder] | None = None,
-        encoder_tensors: tuple[torch.Tensor, ...] = (),
-    ) -> None:
-        # encoder None: ``build_encoder`` makes it on first use from ``encoder_tensors`` (the
-        # file's, kept until then; see ``load``'s ``lazy_encoder``)
-        if encoder is None and build_encoder is None:
-            raise ValueError("an encoder, or what builds it, is needed")
+    def __init__(self, config: SpeechTokenizerConfig, encoder: CodecEncoder, decoder: CodecDecoder) -> None:
         self.config = config
-        self._encoder = None if encoder is None else encoder.eval()
-        self._build_encoder = build_encoder
-        self.pending_encoder_tensors = encoder_tensors if encoder is None else ()
-        self._encoder_lock = threading.Lock()
+        self.encoder = encoder.eval()
         self.decoder = decoder.eval()
-
-    @property
-    def encoder_built(self) -> CodecEncoder | None:
-        """The encoder if it is built (never builds it)."""
-        return self._encoder
-
-    @property
-    def encoder(self) -> CodecEncoder:
-        """The Mimi encoder (codes of reference audio), built on first use when loaded lazily."""
-        if self._encoder is None:
-            with self._encoder_lock:
-                if self._encoder is None and self._build_encoder is not None:
-                    started = time.perf_counter()
-                    self._encoder = self._build_encoder().eval()
-                    self._build_encoder, self.pending_encoder_tensors = None, ()  # the file's tensors go
-                    logger.info("speech encoder built on first use in %.2f s", time.perf_counter() - started)
-        assert self._encoder is not None
-        return self._encoder
-
-    def build_encoder_soon(self) -> None:
-        """Build a lazily loaded encoder on a background thread (the first new voice then need
-        not wait for it); a failure is logged here and raised again at first use."""
-        if self._encoder is not None:
-            return
-
-        def build() -> None:
-            try:
-                _ = self.encoder
-            except Exception:  # noqa: BLE001 - encode() will raise it to its caller
-                logger.exception("building the speech encoder failed")
-
-        threading.Thread(target=build, name="utter-encoder", daemon=True).start()
 
     @classmethod
     def load(
@@ -185,41 +134,30 @@ class SpeechTokenizer:
         folder: Path | str,
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
-        lazy_encoder: bool = False,
     ) -> SpeechTokenizer:
         """Load ``config.json`` + ``model.safetensors`` from a ``speech_tokenizer/`` folder.
 
-        No random init is computed: the decoder is built on the meta device and gets the file's
-        tensors assigned; Mimi (which has non-persistent buffers that must be real) is built with
-        transformers' ``no_init_weights`` and filled by copy. Both loads are strict.
-        ``lazy_encoder``: build Mimi when it is first needed (a new voice's reference audio):
-        it is transformers' model, and importing transformers costs seconds of a cold start
-        that serving stored voices never needs. Its tensors are read now either way.
+        No random init is computed: encoder and decoder are built on the meta device and get the
+        file's tensors assigned, strictly (every tensor of the file used, none missing).
         """
         folder = Path(folder)
         device = torch.device(device)
         config = SpeechTokenizerConfig.from_folder(folder)
+        encoder_config = CodecEncoderConfig.from_dict(config.encoder_config)
         tensors = load_file(str(folder / WEIGHTS_FILE), device=str(device))
         tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
         enc_state, dec_state = _split_state_dict(tensors)
 
         with torch.device("meta"):
             decoder = CodecDecoder(config.decoder)
+            encoder = CodecEncoder(encoder_config)
         decoder.load_state_dict(dec_state, strict=True, assign=True)
-
-        def build_encoder() -> CodecEncoder:
-            from ...transformers_lock import TRANSFORMERS_IMPORT
-
-            with TRANSFORMERS_IMPORT:  # codec_encoder imports transformers' Mimi; building it more
-                from transformers.modeling_utils import no_init_weights
-
-                from .codec_encoder import CodecEncoder
-
-                with no_init_weights(), torch.device(device):
-                    encoder = CodecEncoder.from_config_dict(config.encoder_config)
-            encoder.load_state_dict(enc_state, strict=True)
-            return encoder.to(device=device, dtype=dtype)
-
+        encoder.load_state_dict(enc_state, strict=True, assign=True)
+        if encoder.frame_samples != config.encode_downsample_rate:
+            raise ValueError(
+                f"the encoder makes a frame of {encoder.frame_samples} samples but encode_downsample_rate "
+                f"is {config.encode_downsample_rate}"
+            )
         logger.info(
             "loaded speech tokenizer from %s (%d encoder + %d decoder tensors) on %s/%s",
             folder,
@@ -228,9 +166,7 @@ class SpeechTokenizer:
             device,
             dtype,
         )
-        if lazy_encoder:
-            return cls(config, None, decoder, build_encoder, tuple(enc_state.values()))
-        return cls(config, build_encoder(), decoder)
+        return cls(config, encoder, decoder)
 
     # ---------------------------------------------------------------- properties
 
@@ -293,13 +229,8 @@ class SpeechTokenizer:
         if wav.dim() != 1 or wav.numel() == 0:
             raise ValueError(f"expected a non-empty mono waveform [samples], got shape {tuple(wav.shape)}")
         wav = wav.to(device=self.device, dtype=next(self.encoder.parameters()).dtype)
-        (codes,) = self.encoder.encode_codes(
-            wav[None],
-            num_samples=None,
-            valid_quantizers=self.config.encoder_valid_num_quantizers,
-            downsample_rate=self.config.encode_downsample_rate,
-        )
-        return codes.to(torch.long)
+        codes = self.encoder.encode(wav[None], self.config.encoder_valid_num_quantizers)
+        return codes[0].T.to(torch.long)
 
     @torch.inference_mode()
     def decode(
