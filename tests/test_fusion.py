@@ -255,6 +255,26 @@ def test_each_thread_that_runs_compiled_layers_raises_its_own_limit() -> None:
     assert seen[0] < fusion.RECOMPILE_LIMIT == seen[1]  # torch's settings are per thread
 
 
+def test_a_batcher_without_compiled_layers_never_imports_the_compiler(tiny_checkpoint) -> None:
+    """Setting the worker thread's limit imported torch._dynamo (0.9 s of a server's start, and
+    sympy) in every process, compiled or not; only a process that compiled needs it."""
+    import subprocess
+    import sys
+
+    probe = f"""
+import sys, numpy as np
+from utter.engine.engine import Engine, Request
+from utter.engine.sampling import GenerationOptions
+from utter.engine.sched.batcher import Batcher
+engine = Engine.load({str(tiny_checkpoint)!r}, device="cpu", dtype="float32")
+voice = engine.create_voice((np.sin(np.arange(48000) / 20).astype(np.float32) * 0.3, 24000), ref_text="hi")
+with Batcher(engine) as batcher:
+    batcher.submit(Request("Hi.", voice, "English", GenerationOptions.greedy(max_frames=3))).audio()
+sys.exit("torch._dynamo was imported" if "torch._dynamo" in sys.modules else 0)
+"""
+    subprocess.run([sys.executable, "-c", probe], check=True, timeout=300)
+
+
 def test_engine_load_compiles_when_asked(tiny_checkpoint) -> None:
     engine = Engine.load(str(tiny_checkpoint), device="cpu", dtype="float32", max_batch=2, compile=True)
     assert all(stack.fused is not None for stack in _stacks(engine))

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from typing import TYPE_CHECKING
 
 import torch
@@ -70,8 +71,14 @@ def fusable(stack: DecoderStack) -> str | None:
 def prepare_thread() -> None:
     """Let compiled layers have their variants in the calling thread: torch's compiler settings
     are per thread, so a thread that runs compiled layers (the batcher's worker) sets this
-    itself; in a thread left at torch's default (8) the layers would fall back to eager."""
-    config = torch._dynamo.config
+    itself; in a thread left at torch's default (8) the layers would fall back to eager.
+
+    Nothing to do when nothing was compiled in this process (compiling imports ``torch._dynamo``):
+    importing it here cost a serving process 0.9 s of its worker thread's start for nothing."""
+    dynamo = sys.modules.get("torch._dynamo")
+    if dynamo is None:
+        return
+    config = dynamo.config
     for name in ("recompile_limit", "cache_size_limit"):  # the name changed across versions
         if hasattr(config, name) and getattr(config, name) < RECOMPILE_LIMIT:
             setattr(config, name, RECOMPILE_LIMIT)
