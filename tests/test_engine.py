@@ -107,6 +107,18 @@ def test_voice_needs_transcript_or_x_vector_mode(engine, ref_wav: Path) -> None:
         engine.create_voice(ref_wav)
 
 
+def test_a_reference_no_voice_can_come_from_is_refused(engine) -> None:
+    """NaN samples, or samples so far past full scale that the speaker encoder's spectrum
+    overflows, give a clear error rather than a voice of NaNs (which would speak noise)."""
+    wav = speechlike(1.5, 24000)
+    with pytest.raises(ValueError, match="invalid"):
+        engine.create_voice((np.where(np.arange(wav.size) == 9, np.nan, wav), 24000), ref_text="words")
+    with pytest.raises(ValueError, match="far beyond full scale"):
+        engine.create_voice((wav * 1e30, 24000), ref_text="words")
+    loud = engine.create_voice((wav * 30, 24000), ref_text="words")  # loud but usable: kept
+    assert torch.isfinite(loud.speaker_embedding).all()
+
+
 def test_voice_from_other_model_is_refused(engine) -> None:
     alien = VoicePrompt(torch.zeros(7))
     with pytest.raises(ValueError, match="different model"):

@@ -4,10 +4,12 @@ real uvicorn server on loopback with the tiny checkpoint."""
 from __future__ import annotations
 
 import base64
+import io
 import json
 import tempfile
 
 import pytest
+import soundfile as sf
 
 from tests.conftest import REF_TEXT, speechlike
 from tests.server_support import API_KEY, b64, read_wav, start_server
@@ -135,6 +137,8 @@ def test_bad_input_gets_clear_errors_and_server_stays_healthy(http, ref_b64, ref
     wav = ref_wav.read_bytes()
     short = b64(to_wav_bytes(speechlike(0.5, 24000)))
     long = b64(to_wav_bytes(speechlike(6.0, 24000)))
+    blaring = io.BytesIO()  # a float WAV of raw values far past full scale
+    sf.write(blaring, speechlike(1.5, 24000) * 1e30, 24000, format="WAV", subtype="FLOAT")
     cases = [
         (
             http.post("/clone", content=b"{not json", headers={"content-type": "application/json"}),
@@ -147,6 +151,7 @@ def test_bad_input_gets_clear_errors_and_server_stays_healthy(http, ref_b64, ref
         (http.post("/clone", json=clone_body(b64(wav[: len(wav) // 2]))), 400, "truncated"),
         (http.post("/clone", json=clone_body(short)), 400, "at least 1 s"),
         (http.post("/clone", json=clone_body(long)), 400, "at most 5 s"),
+        (http.post("/clone", json=clone_body(b64(blaring.getvalue()))), 400, "far beyond full scale"),
         (http.post("/clone", json=clone_body(ref_b64, text="   ")), 400, "empty"),
         (http.post("/clone", json=clone_body(ref_b64, text="x" * 301)), 400, "at most 300"),
         (http.post("/clone", json=clone_body(ref_b64, language="Klingon")), 400, "unknown language"),

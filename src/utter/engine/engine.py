@@ -319,8 +319,18 @@ class Engine:
             wav = resample(wav, sr, SAMPLE_RATE) if sr != SAMPLE_RATE else wav
         else:
             wav, _ = load_audio(audio, target_sr=SAMPLE_RATE)
+        if wav.size == 0 or not np.isfinite(wav).all():
+            raise ValueError("the reference audio is empty or has invalid (NaN or infinite) samples")
         se_param = next(self.weights.speaker_encoder.parameters())
         embedding = extract_speaker_embedding(self.weights.speaker_encoder, wav).to(se_param.device)
+        if not bool(torch.isfinite(embedding).all()):
+            # Samples far beyond full scale (a float file holding raw values, say) overflow the
+            # speaker encoder's spectrum: the voice would be noise, so say why instead.
+            peak = float(np.abs(wav).max())
+            raise ValueError(
+                f"the reference audio peaks at {peak:.3g}, far beyond full scale (1.0): no voice can be "
+                "computed from it; normalise it to [-1, 1] first"
+            )
         if x_vector_only:
             return VoicePrompt(speaker_embedding=embedding.float().cpu())
         codes = self.codec.encode(wav)
