@@ -125,6 +125,21 @@ def test_voice_from_other_model_is_refused(engine) -> None:
         engine.generate("hi", alien)
 
 
+def test_a_crafted_voice_is_refused_before_it_reaches_a_batch(engine, voice) -> None:
+    """A voice built in Python (or a damaged file) with codes out of range failed in the worker
+    with a bare IndexError; NaN embeddings would speak noise. Both are refused at submit."""
+    size = engine.config.talker.codebook_size
+    for bad_code, words in [(size, "outside"), (-3, "outside")]:
+        codes = voice.ref_codes.clone()
+        codes[1, 2] = bad_code
+        crafted = VoicePrompt(voice.speaker_embedding, codes, voice.ref_text)
+        with pytest.raises(ValueError, match=words):
+            engine.validate(Request("hi", crafted, "English"))
+    nan = VoicePrompt(torch.full_like(voice.speaker_embedding, float("nan")), voice.ref_codes, voice.ref_text)
+    with pytest.raises(ValueError, match="NaN"):
+        engine.validate(Request("hi", nan, "English"))
+
+
 def test_reference_formats(engine, tmp_path: Path) -> None:
     import soundfile as sf
 

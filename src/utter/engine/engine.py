@@ -379,9 +379,19 @@ class Engine:
                 f"this voice was made with a different model (speaker embedding of size "
                 f"{req.voice.speaker_embedding.shape[0]}, this model needs {dim})"
             )
+        if not bool(torch.isfinite(req.voice.speaker_embedding).all()):
+            raise ValueError("this voice's speaker embedding has invalid (NaN or infinite) values")
         codes = req.voice.ref_codes
         if codes is not None and (codes.shape[1] != self.config.talker.num_code_groups or codes.numel() == 0):
             raise ValueError("this voice's reference codes do not fit this model")
+        # An id out of range failed deep in the worker (a bare IndexError from an embedding
+        # lookup; the batcher kept the others going): a clear error at submit instead.
+        if codes is not None and not (
+            0 <= int(codes.min()) and int(codes.max()) < self.config.talker.codebook_size
+        ):
+            raise ValueError(
+                f"this voice's reference codes are outside [0, {self.config.talker.codebook_size})"
+            )
 
     def _variant_name(self) -> str:
         return {"base": "Base", "custom_voice": "CustomVoice", "voice_design": "VoiceDesign"}.get(
