@@ -245,6 +245,9 @@ def test_encoder_equals_transformers_mimi_bit_for_bit(size: str) -> None:
         assert got.shape == expected.shape == (2, q, math.ceil(wav.shape[1] / 1920))
         assert torch.equal(got, expected)
     assert len(torch.unique(got[0, 0])) > 1 and len(torch.unique(got[0, -1])) > 1
+    for samples in (1, 500, 1921, 4000):  # one 25 Hz frame (no causal mask), partial strides
+        short = wav[:1, :samples]
+        assert torch.equal(ours.encode(short, 16), reference.encode_codes(short, 16))
 
 
 def test_encoder_attends_over_the_whole_reference_as_transformers_does() -> None:
