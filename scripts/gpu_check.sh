@@ -23,7 +23,8 @@ step() {  # step NAME SECONDS COMMAND...: run with a timeout, log to $OUT/NAME.l
 }
 python3 -c "import torch; print(torch.__version__, torch.cuda.is_available())" | tee "$OUT/torch.txt"
 if [ "$PART" = a ]; then
-  # CUDA: graphs, compiled (Triton) layers in graphs, reads per step (plain and pipelined), the
+  # CUDA: parity with the official package on the GPU (float32 greedy codes, reference codes),
+  # graphs, compiled (Triton) layers in graphs, reads per step (plain and pipelined), the
   # codec on its own stream, codec slots replayed from graphs; then the scheduling logic the GPU runs by default (pipelined
   # steps, chunked prefill) on this machine's CPU.
   step tests 150 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_graphs.py \

@@ -1,6 +1,7 @@
 """On a GPU (skipped without one): captured CUDA graphs, captured on first use per batch bucket,
 length bucket and sampling plan, give the eager dynamic step's codes, and a step reads the
-device once; codec pushes replayed from graphs equal each stream's own decode. Run by
+device once; codec pushes replayed from graphs equal each stream's own decode; greedy codes
+equal the official package's, both on the GPU. Run by
 ``scripts/gpu_check.sh`` on a lent GPU; the same logic runs on the CPU in ``test_graphs.py``,
 ``test_host_reads.py`` and ``test_streaming.py``.
 """
@@ -161,3 +162,12 @@ def test_codec_slots_replayed_from_graphs_equal_streams_pushed_alone(cuda_engine
             assert np.abs(wav - alone[r].push(chunk)).max() < 1e-3
     captured = {key for key, graph in pool._graphs.items() if graph is not None}
     assert captured == {(4, 2), (4, 5), (2, 5), (2, 2)}  # chunk length 3 runs eagerly
+
+
+def test_greedy_codes_on_cuda_equal_the_official_package_on_cuda(tiny_checkpoint, ref_wav) -> None:
+    """Both on the GPU in float32 (no TF32): the reference codes (our Mimi encoder), the greedy
+    codes of a batch in three languages (graphs, fused projections) and the waveforms."""
+    from tests.test_parity import _compare
+
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    _compare(tiny_checkpoint, ref_wav, x_vector_only=False, device="cuda")

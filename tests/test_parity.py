@@ -29,13 +29,14 @@ LANGUAGES = ["English", "Chinese", "Auto"]
 MAX_NEW = 14  # official max_new_tokens; it yields at most MAX_NEW - 1 frames
 
 
-def _official(folder: Path):
-    return qwen_tts.Qwen3TTSModel.from_pretrained(str(folder), device_map="cpu", dtype=torch.float32)
+def _official(folder: Path, device: str = "cpu"):
+    return qwen_tts.Qwen3TTSModel.from_pretrained(str(folder), device_map=device, dtype=torch.float32)
 
 
-def _compare(folder: Path, ref: Path, x_vector_only: bool) -> None:
-    official = _official(folder)
-    ours = Engine.load(str(folder), device="cpu", dtype="float32")
+def _compare(folder: Path, ref: Path, x_vector_only: bool, device: str = "cpu") -> None:
+    """Both sides on ``device`` (tests/test_cuda.py runs this on a GPU)."""
+    official = _official(folder, device)
+    ours = Engine.load(str(folder), device=device, dtype="float32")
     ref_text = None if x_vector_only else REF_TEXT
     items = official.create_voice_clone_prompt(
         ref_audio=str(ref), ref_text=ref_text, x_vector_only_mode=x_vector_only
@@ -43,7 +44,7 @@ def _compare(folder: Path, ref: Path, x_vector_only: bool) -> None:
     voice = ours.create_voice(ref, ref_text=ref_text, x_vector_only=x_vector_only)
     # Speaker embedding and reference codes.
     torch.testing.assert_close(
-        voice.speaker_embedding, items[0].ref_spk_embedding.float(), atol=1e-5, rtol=1e-4
+        voice.speaker_embedding, items[0].ref_spk_embedding.float().cpu(), atol=1e-5, rtol=1e-4
     )
     if not x_vector_only:
         assert torch.equal(voice.ref_codes, items[0].ref_code.cpu())
