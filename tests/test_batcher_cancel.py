@@ -101,8 +101,12 @@ def cancel_between_steps(engine, max_batch: int, reqs, order, monkeypatch):
     """Submit ``reqs`` to a Batcher together, let every row make a frame, then cancel the rows
     in ``order``, one between each pair of steps; returns the streams and their audio."""
     gate = StepGate(engine.runner, monkeypatch)
-    with Batcher(engine, max_batch=max_batch, first_chunk_frames=2, chunk_frames=3) as batcher:
-        streams = [batcher.submit(r) for r in reqs]
+    batcher = Batcher(engine, max_batch=max_batch, first_chunk_frames=2, chunk_frames=3)
+    # Queued before the worker starts, so it admits them all at once: submitted to a running
+    # worker on a busy machine, the first few were admitted alone and the worker then waited at
+    # the gate for a step the test only allows once all are admitted.
+    streams = [batcher.submit(r) for r in reqs]
+    with batcher:
         wait_for(lambda: batcher.active == len(reqs))  # all admitted: the worker waits at the gate
         gate.one()  # every row has made a frame: they are all mid-generation
         for i in order:  # one cancel between each pair of steps

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from utter.engine.cpu.quant import _cpu_flags, fbgemm_available, int8_kernel
+from utter.engine.cpu.isa import _cpu_flags, fbgemm_available
+from utter.engine.cpu.quant import int8_kernel
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -31,7 +32,8 @@ AVX2_ONLY = {
 PROBE = """
 import json
 from utter.engine.cpu import native
-from utter.engine.cpu.quant import fbgemm_full_range, int8_kernel, onednn_int8_input
+from utter.engine.cpu.isa import fbgemm_full_range, onednn_int8_input
+from utter.engine.cpu.quant import int8_kernel
 lib = native.library()
 print(json.dumps({
     "onednn_input": str(onednn_int8_input()),
@@ -113,7 +115,7 @@ import torch
 from utter.engine.engine import Engine, Request
 from utter.engine.sampling import GenerationOptions
 from utter.engine.voice import VoicePrompt
-from utter.engine.cpu.quant import fbgemm_full_range, onednn_int8_input
+from utter.engine.cpu.isa import fbgemm_full_range, onednn_int8_input
 onednn_int8_input(), fbgemm_full_range()  # the kernel checks (which run the reference) come first
 print("checked", flush=True)
 for mode in sys.argv[2:]:

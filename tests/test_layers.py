@@ -76,7 +76,7 @@ def test_aligned_rows_path_equals_the_per_row_positions_path(engine: Engine) -> 
 
 
 def test_codec_decoder_dtype_follows_the_mode(tiny_checkpoint: Path, engine: Engine) -> None:
-    from utter.engine.cpu.quant import fast_bfloat16
+    from utter.engine.cpu.isa import fast_bfloat16
 
     assert engine.codec.dtype == torch.float32  # float32 stays exact (parity with the official one)
     fast = Engine.load(str(tiny_checkpoint), device="cpu", weight_mode="int8")

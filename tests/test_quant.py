@@ -16,6 +16,14 @@ from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
 from utter.engine.cpu import native
+from utter.engine.cpu.drift import logit_drift
+from utter.engine.cpu.isa import (
+    fbgemm_available,
+    full_range_operands,
+    has_int8_dot,
+    onednn_int8_available,
+    onednn_int8_input,
+)
 from utter.engine.cpu.quant import (
     OUTLIER_CREST,
     WEIGHT_MODES,
@@ -24,13 +32,7 @@ from utter.engine.cpu.quant import (
     activation_dtype,
     apply_weight_mode,
     default_weight_mode,
-    fbgemm_available,
-    full_range_operands,
-    has_int8_dot,
     int8_kernel,
-    logit_drift,
-    onednn_int8_available,
-    onednn_int8_input,
 )
 from utter.engine.engine import Engine, Request
 from utter.engine.sampling import GenerationOptions
@@ -276,3 +278,43 @@ def test_seeded_sampling_is_the_same_on_a_prefix_cache_miss_and_hit(
     assert served.runner.prefix_hits == 1
     assert torch.equal(miss, hit)
     assert torch.equal(fresh().generate_codes([*others, request])[-1], miss)  # first use, in a batch
+
+
+def test_a_kernel_far_slower_than_its_reference_is_not_fast() -> None:
+    """The oneDNN check times the int8 product and float32 in alternation: a candidate 50x
+    slower is refused, one as fast accepted."""
+    import time
+
+    from utter.engine.cpu.isa import _within
+
+    def wait(seconds: float):
+        def call() -> None:
+            end = time.perf_counter() + seconds
+            while time.perf_counter() < end:
+                pass
+
+        return call
+
+    assert not _within(wait(0.01), wait(0.0002), factor=8.0)
+    assert _within(wait(0.0002), wait(0.0002), factor=8.0)
+
+
+def test_onednn_takes_int8_inputs_only_with_amx(monkeypatch) -> None:
+    """Without AMX oneDNN has no int8 x int8 kernel (its reference loops ran a minute a frame), so
+    only uint8 inputs are tried, whatever a timing would say."""
+    from utter.engine.cpu import isa
+
+    if not onednn_int8_available():
+        pytest.skip("no oneDNN int8 product in this torch")
+    tried: list[torch.dtype] = []
+    monkeypatch.setattr(isa, "_cpu_flags", lambda: frozenset({"avx2", "avx512f", "avx512_vnni"}))
+    monkeypatch.setattr(isa, "_onednn_exact_and_fast", lambda dtype: tried.append(dtype) or False)
+    isa.onednn_int8_input.cache_clear()
+    try:
+        assert isa.onednn_int8_input() is None and tried == [torch.uint8]
+        tried.clear()
+        monkeypatch.setattr(isa, "_cpu_flags", lambda: frozenset({"avx512_vnni", "amx_int8"}))
+        isa.onednn_int8_input.cache_clear()
+        assert isa.onednn_int8_input() is None and tried == [torch.int8, torch.uint8]
+    finally:
+        isa.onednn_int8_input.cache_clear()

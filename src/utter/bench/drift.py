@@ -35,7 +35,9 @@ CAPS = (
 
 def measure(model: str, batch: int = 2, length: int = 16, seed: int = 0) -> dict[str, Any]:
     """Drift of every case in ``CASES`` against the float32 talker of ``model`` (a folder)."""
-    from ..engine.cpu.quant import Int8Linear, apply_weight_mode, cpu_isa, logit_drift
+    from ..engine.cpu.drift import logit_drift
+    from ..engine.cpu.isa import cpu_isa
+    from ..engine.cpu.quant import Int8Linear, apply_weight_mode
     from ..engine.engine import Engine
 
     reference = Engine.load(model, device="cpu", weight_mode="float32", max_batch=1).talker

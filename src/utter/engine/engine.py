@@ -22,13 +22,13 @@ from ..audio import SAMPLE_RATE, load_audio, resample
 from .checkpoint import resolve_checkpoint, weight_files
 from .config import GenerationDefaults, ModelConfig
 from .cpu import native_stack
+from .cpu.isa import fast_bfloat16
 from .cpu.quant import (
     NATIVE_MAX_BATCH,
     WEIGHT_MODES,
     activation_dtype,
     apply_weight_mode,
     default_weight_mode,
-    fast_bfloat16,
 )
 from .cuda import fusion
 from .model.layers import fuse_projections

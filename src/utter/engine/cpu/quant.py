@@ -38,26 +38,32 @@ Only Linear layers change format. Embeddings and norms follow the activation dty
 compute in float32 internally anyway, see ``RMSNorm``); rotary frequencies stay float32.
 ``codec_head`` stays a plain Linear in the activation dtype in every mode: the runner and the
 prompt builder read the activation dtype from ``codec_head.weight``, and the head is 0.2% of the
-bytes read per frame. ``logit_drift`` reports how far each mode moves the logits.
+bytes read per frame. Which kernels this CPU runs right and fast is checked in ``isa.py``;
+``drift.py`` reports how far each mode moves the logits.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
-import time
 import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from . import native
+from .isa import (
+    cpu_isa,
+    fbgemm_available,
+    fbgemm_full_range,
+    has_int8_dot,
+    int8pack_available,
+    onednn_int8_input,
+    onednn_qlinear,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -75,56 +81,6 @@ _KEEP_FLOAT = ("codec_head", "text_projection")
 # (the heavy-tailed inputs of down_proj reach about 15); a row where a few channels hold most of
 # the energy (the attention-sink tokens of real LLMs: crest up to sqrt(width) = 32-55) crosses it.
 OUTLIER_CREST = 20.0
-
-
-@functools.cache
-def fbgemm_available() -> bool:
-    """fbgemm's packed int8 and float16 CPU kernels (x86 builds of torch)."""
-    engines = torch.backends.quantized.supported_engines
-    return "fbgemm" in engines and hasattr(torch.ops.quantized, "linear_dynamic")
-
-
-def has_int8_dot() -> bool:
-    """Whether the CPU adds u8 x s8 products in 32 bits (VNNI, or AMX tiles). Without it the
-    int8 GEMMs of fbgemm and oneDNN sum pairs of products in 16 bits (AVX2 ``vpmaddubsw``),
-    which saturates for full-range inputs; see :func:`fbgemm_full_range` and
-    :func:`onednn_int8_input`, which check the kernels themselves."""
-    return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & _cpu_flags())
-
-
-_ISA_FLAGS = (
-    *("avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16"),
-)
-
-
-def cpu_isa() -> str:
-    """The vector features of this CPU that pick kernels, for logs and benchmark reports."""
-    flags = _cpu_flags()
-    return " ".join(f for f in _ISA_FLAGS if f in flags) or "none of " + "/".join(_ISA_FLAGS[:4])
-
-
-@functools.cache
-def _cpu_flags() -> frozenset[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return frozenset()
-    flags: set[str] = set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            flags.update(line.split(":", 1)[1].split())
-    return frozenset(flags)
-
-
-def fast_bfloat16(device: torch.device) -> bool:
-    """Whether ``device`` computes in bfloat16 natively (GPUs; CPUs with AVX512-BF16 or AMX)."""
-    if device.type == "cuda":
-        return True
-    return device.type == "cpu" and bool({"avx512_bf16", "amx_bf16"} & _cpu_flags())
-
-
-def _int8pack_available() -> bool:
-    return hasattr(torch.ops.aten, "_weight_int8pack_mm")
 
 
 def _check_mode(mode: str) -> None:
@@ -159,7 +115,7 @@ def default_weight_mode(device: str | torch.device) -> str:
     (int8 has no fast GPU kernel here, only the dequantising fallback).
     """
     kind = torch.device(device).type
-    if kind == "cpu" and (fbgemm_available() or _int8pack_available()):
+    if kind == "cpu" and (fbgemm_available() or int8pack_available()):
         return "int8"
     return "bfloat16"
 
@@ -183,143 +139,6 @@ def _quantize_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return q.clamp_(-127, 127), scales
     q = torch.round(w / scales[:, None]).clamp(-127, 127).to(torch.int8)
     return q, scales
-
-
-def full_range_operands() -> tuple[torch.Tensor, torch.Tensor]:
-    """int8 weights [16, 64] and inputs [4, 64] whose pair sums overflow 16 bits: rows of all
-    +-127 (the worst case) and random full-range ones. A kernel that sums in 16 bits somewhere
-    gets the all-127 products (64 x 127 x 127) badly wrong; a 2x2 product of ones never shows it."""
-    gen = torch.Generator().manual_seed(0)
-    w = torch.randint(-127, 128, (16, 64), generator=gen).to(torch.int8)
-    x = torch.randint(-127, 128, (4, 64), generator=gen).to(torch.int8)
-    w[0], w[1], x[0], x[1] = 127, -127, 127, -127
-    return w, x
-
-
-def onednn_qlinear(
-    xq: torch.Tensor,
-    src_scale: float,
-    packed: torch.Tensor,
-    scales: torch.Tensor,
-    zero_points: torch.Tensor,
-    dtype: torch.dtype,
-) -> torch.Tensor:
-    """oneDNN's int8 product in float32 of integer rows ``xq`` (float, values in [-127, 127];
-    consumed: shifted in place for uint8) times a packed int8 weight with per-channel ``scales``.
-    ``dtype`` is the input type (:func:`onednn_int8_input`): uint8 takes the same integers
-    shifted by 128 with a zero point of 128. The layers and the kernel check both call it."""
-    zero = 0
-    if dtype == torch.uint8:
-        xq, zero = xq.add_(128.0), 128
-    return torch.ops.onednn.qlinear_pointwise(
-        xq.to(dtype), src_scale, zero, packed, scales, zero_points,
-        None, 1.0, 0, torch.float32, "none", [], "",
-    )  # fmt: skip
-
-
-def _onednn_exact_and_fast(dtype: torch.dtype) -> bool:
-    """Whether oneDNN's int8 product with inputs of ``dtype`` is exact on full-range operands and
-    runs a real kernel rather than oneDNN's reference loops (timed against float32 ``F.linear``
-    of the same shape: a real int8 kernel is about as fast or faster, the reference ~500x slower)."""
-
-    def product(x: torch.Tensor, w: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
-        ones, zeros = torch.ones(w.shape[0]), torch.zeros(w.shape[0], dtype=torch.int32)
-        return onednn_qlinear(x.float(), 1.0, packed, ones, zeros, dtype)
-
-    w, x = full_range_operands()
-    if not torch.equal(
-        product(x, w, torch.ops.onednn.qlinear_prepack(w, None)), (x.long() @ w.long().T).float()
-    ):
-        return False
-    gen = torch.Generator().manual_seed(0)
-    wide = torch.randint(-127, 128, (512, 256), generator=gen).to(torch.int8)
-    rows = torch.randint(-127, 128, (16, 256), generator=gen).to(torch.int8)
-    packed, wide_f, rows_f = torch.ops.onednn.qlinear_prepack(wide, None), wide.float(), rows.float()
-    limit = 8 * _best_seconds(lambda: F.linear(rows_f, wide_f), 5) + 2e-4
-    return _best_seconds(lambda: product(rows, wide, packed), 3, stop_below=limit) < limit
-
-
-def _best_seconds(call: Callable[[], object], repeats: int, stop_below: float = 0.0) -> float:
-    """The fastest of ``repeats`` timed calls after one warm-up (stops early once under
-    ``stop_below``)."""
-    call()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        best = min(best, time.perf_counter() - start)
-        if best < stop_below:
-            break
-    return best
-
-
-@functools.cache
-def onednn_int8_input() -> torch.dtype | None:
-    """The input type under which oneDNN's int8 product is exact and fast on this CPU, or None.
-
-    int8 inputs run AMX's int8 x int8 kernels; without AMX, oneDNN (3.12, as torch 2.13 packs its
-    weights) has no int8 x int8 kernel and runs its reference loops: 0.55 s for one 16 x 1024 x
-    3072 product on an AVX-512 VNNI Xeon, 1000x its fast kernels. VNNI multiplies uint8 by int8,
-    so there the same integers go in shifted by 128 with a zero point of 128 (its brgemm kernel,
-    32 us where float32 takes 46; the sums are exact integers either way, so both inputs give
-    the same numbers). Without VNNI or AMX (AVX2), or with ``ONEDNN_MAX_CPU_ISA`` capped there,
-    its product sums pairs in 16 bits and saturates (127 x 127 + 127 x 127 gives 255): neither
-    input is exact, and oneDNN is not used. Checked on the kernel itself, once per process."""
-    if not onednn_int8_available():
-        return None
-    for dtype in (torch.int8, torch.uint8):
-        if _onednn_exact_and_fast(dtype):
-            return dtype
-    logger.info("oneDNN's int8 product is not exact and fast on this CPU (%s): not used", cpu_isa())
-    return None
-
-
-@functools.cache
-def fbgemm_full_range() -> bool:
-    """Whether fbgemm's int8 product takes 8-bit inputs without saturating (VNNI or AVX-512
-    kernels). If not, inputs are quantised to 7 bits (``reduce_range``), which its 16-bit pair
-    sums hold exactly. Checked on the kernel, not guessed from the CPU's flags (fbgemm can be
-    capped below what the CPU has, with ``FBGEMM_ENABLE_INSTRUCTIONS``)."""
-    if not fbgemm_available():
-        return False
-    w, x = full_range_operands()
-    zero = torch.zeros(w.shape[0], dtype=torch.long)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        qt = torch._make_per_channel_quantized_tensor(w, torch.ones(w.shape[0], dtype=torch.double), zero, 0)
-    packed = torch.ops.quantized.linear_prepack(qt, None)
-    xf = x.float()
-    want = xf @ w.float().T
-    got = torch.ops.quantized.linear_dynamic(xf, packed, False)
-    return float((got - want).abs().max() / want.abs().max()) < 0.02
-
-
-@functools.cache
-def onednn_int8_available() -> bool:
-    """oneDNN's int8 x int8 Linear (x86 builds of torch; AMX or VNNI when the CPU has them)."""
-    if not hasattr(torch.ops.onednn, "qlinear_pointwise"):
-        return False
-    try:
-        w = torch.ops.onednn.qlinear_prepack(torch.ones(2, 2, dtype=torch.int8), None)
-        x = torch.ones(1, 2, dtype=torch.int8)
-        y = torch.ops.onednn.qlinear_pointwise(
-            x,
-            1.0,
-            0,
-            w,
-            torch.ones(2),
-            torch.zeros(2, dtype=torch.int32),
-            None,
-            1.0,
-            0,
-            torch.float32,
-            "none",
-            [],
-            "",
-        )
-        return bool(torch.equal(y, torch.full((1, 2), 2.0)))
-    except (RuntimeError, NotImplementedError):
-        return False
 
 
 # Engines decoding at most this many rows at once use the native kernels where they build (int8 or
@@ -408,7 +227,7 @@ class Int8Linear(nn.Module):
         return self.qweight.float() * self.scales[:, None]
 
     def _weight_only(self, x2: torch.Tensor) -> torch.Tensor:
-        if x2.is_cpu and _int8pack_available():
+        if x2.is_cpu and int8pack_available():
             xb = x2.to(torch.bfloat16).contiguous()
             y = torch.ops.aten._weight_int8pack_mm(xb, self.qweight, self.scales_bf16).to(x2.dtype)
         else:
@@ -472,7 +291,7 @@ def int8_kernel(device: str | torch.device, max_batch: int = 1) -> str:
         return "fbgemm"
     if onednn_int8_input() is not None:
         return "onednn"
-    return "int8pack" if _int8pack_available() else "dequantize"
+    return "int8pack" if int8pack_available() else "dequantize"
 
 
 class Fp16Linear(nn.Module):
@@ -582,85 +401,3 @@ def apply_weight_mode(
     _cast_parameters(module, dtype)
     logger.info("weight mode %s: activations in %s, %d Linear layers converted", mode, dtype, converted)
     return module
-
-
-# ---------------------------------------------------------------------------- logit drift
-@dataclass(frozen=True)
-class Drift:
-    """How far a candidate's logits move from a reference's on the same inputs.
-
-    Cosines are per logit row (mean and worst); top-1 is the share of rows whose argmax agrees.
-    """
-
-    talker_cosine: float
-    talker_cosine_min: float
-    talker_top1: float
-    predictor_cosine: float
-    predictor_cosine_min: float
-    predictor_top1: float
-
-
-def _compare(ref: torch.Tensor, cand: torch.Tensor) -> tuple[float, float, float]:
-    ref, cand = ref.float().flatten(0, -2), cand.float().flatten(0, -2)  # [rows, V]
-    cos = F.cosine_similarity(ref, cand, dim=-1)
-    top1 = (ref.argmax(-1) == cand.argmax(-1)).float().mean()
-    return cos.mean().item(), cos.min().item(), top1.item()
-
-
-def _talker_logits(talker: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Talker over input embeddings x [B, S, D] from position 0: logits [B, S, V], hidden [B, S, D]."""
-    from ..model.layers import new_cache  # local import: no model import at module load
-
-    dtype, device = talker.codec_head.weight.dtype, talker.codec_head.weight.device
-    b, s, _ = x.shape
-    cache = new_cache(talker.model.cfg, b, s, device, dtype)
-    hidden = talker.model.run(x.to(dtype), cache, 0, kv_len=s)
-    return talker.codec_head(hidden), hidden
-
-
-def _predictor_logits(talker: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Code predictor over x [B, G, D] (talker hidden, then one embedding per codebook) -> [B, G-1, V]."""
-    from ..model.layers import new_cache
-
-    dtype, device = talker.codec_head.weight.dtype, talker.codec_head.weight.device
-    cp = talker.code_predictor
-    b, g, _ = x.shape
-    cache = new_cache(cp.model.cfg, b, g, device, dtype)
-    h = cp.small_to_mtp_projection(x.to(dtype))
-    out = cp.model.run(h, cache, 0, kv_len=g)
-    # Head j predicts codebook j+1 from the position holding codebook j (position j+1), as in decoding.
-    return torch.stack([head(out[:, j + 1]) for j, head in enumerate(cp.lm_head)], dim=1)
-
-
-@torch.inference_mode()
-def logit_drift(
-    reference: nn.Module, candidate: nn.Module, batch: int = 2, length: int = 16, seed: int = 0
-) -> Drift:
-    """Compare talker and code-predictor logits of two talkers on the same random inputs.
-
-    Inputs are the reference's own embeddings of random text and codec ids, so they have the
-    scale the model sees, and both stacks run them through all layers with causal attention
-    (drift accumulates as in decoding). The code predictor's input is the reference talker's
-    last hidden state followed by embeddings of random codes, one position per codebook.
-    """
-    gen = torch.Generator().manual_seed(seed)
-    cfg = reference.cfg
-    device = reference.codec_head.weight.device
-    codebook = cfg.code_predictor.vocab_size
-
-    def ids(high: int, *shape: int) -> torch.Tensor:
-        return torch.randint(0, high, shape, generator=gen).to(device)
-
-    text = reference.embed_text(ids(cfg.text_vocab_size, batch, length))
-    talker_in = reference.embed_codec(ids(codebook, batch, length)) + text  # [B, S, D]
-    ref_talker, hidden = _talker_logits(reference, talker_in)
-    codes = ids(codebook, batch, cfg.num_code_groups - 1)  # codebooks 0..G-2 feed the predictor
-    embeds = [reference.embed_codec(codes[:, :1])]
-    embeds += [
-        emb(codes[:, j + 1 : j + 2])
-        for j, emb in enumerate(reference.code_predictor.model.codec_embedding[:-1])
-    ]
-    cp_in = torch.cat([hidden[:, -1:], *embeds], dim=1)  # [B, G, D]
-    t = _compare(ref_talker, _talker_logits(candidate, talker_in)[0])
-    p = _compare(_predictor_logits(reference, cp_in), _predictor_logits(candidate, cp_in))
-    return Drift(t[0], t[1], t[2], p[0], p[1], p[2])
