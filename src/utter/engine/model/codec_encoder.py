@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .codec_decoder import LayerScale
+
 CODEBOOK_EPSILON = 1e-5  # Mimi's clamp of a codebook entry's usage count
 
 
@@ -215,15 +217,6 @@ class ConvEncoder(nn.Module):
         return x
 
 
-class LayerScale(nn.Module):
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.scale = nn.Parameter(torch.empty(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.scale * x
-
-
 class Attention(nn.Module):
     """Causal multi-head attention with rotary positions; one SDPA call (``is_causal``)."""
 
@@ -283,10 +276,10 @@ class TransformerLayer(nn.Module):
         super().__init__()
         self.input_layernorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.norm_eps)
         self.self_attn = Attention(cfg)
-        self.self_attn_layer_scale = LayerScale(cfg.hidden_size)
+        self.self_attn_layer_scale = LayerScale(cfg.hidden_size, 0.0)
         self.post_attention_layernorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.norm_eps)
         self.mlp = Mlp(cfg)
-        self.mlp_layer_scale = LayerScale(cfg.hidden_size)
+        self.mlp_layer_scale = LayerScale(cfg.hidden_size, 0.0)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         x = x + self.self_attn_layer_scale(self.self_attn(self.input_layernorm(x), cos, sin))
