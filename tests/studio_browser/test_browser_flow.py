@@ -37,7 +37,12 @@ def watch_job(page: Page, shot, timeout: float = 120.0) -> tuple[str, list[int]]
 def test_clone_generate_play_download_history_delete(page: Page, ref_audio, shot) -> None:
     tag = uuid.uuid4().hex[:8]
     name = f"Narrator {tag}"
-    text = f"Hello from the studio, take {tag}. This sentence is read in a cloned voice."
+    # Long enough that the job outlasts several progress beats on a fast machine with a warm
+    # studio (one short sentence once ended within the first beat: the bar went 0 -> 100).
+    text = (
+        f"Hello from the studio, take {tag}. This sentence is read in a cloned voice, and "
+        "another one follows it, so that the job runs long enough to be watched."
+    )
 
     # Clone: pick a file, see it checked and previewed, send it with its transcript.
     page.goto("/clone")
