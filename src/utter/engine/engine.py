@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -34,6 +33,7 @@ from .cuda import fusion
 from .model.layers import fuse_projections
 from .model.qwen3_tts import Qwen3TTSWeights
 from .model.speaker_encoder import extract_speaker_embedding
+from .model.speech_tokenizer import SpeechTokenizer, official_reference_cut
 from .prompt import build_prompt
 from .sampling import GenerationOptions, SamplingOptions
 from .sched.runner import Runner, Sequence
@@ -43,9 +43,6 @@ from .text import ROLE_TOKENS, TARGET_TAIL, TextTokenizer
 from .voice import VoicePrompt
 from .warm import WarmVoices
 from .weights import load_weights
-
-if TYPE_CHECKING:  # imported where used: it pulls in transformers (seconds), see Engine.load
-    from .model.speech_tokenizer import SpeechTokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -121,8 +118,6 @@ def _load_talker(
 
 
 def _load_codec(folder: Path, dev: torch.device, mode: str) -> SpeechTokenizer:
-    from .model.speech_tokenizer import SpeechTokenizer
-
     codec = SpeechTokenizer.load(folder / "speech_tokenizer", device=dev, dtype=torch.float32)
     if mode != "float32" and fast_bfloat16(dev):
         codec.set_decoder_dtype(torch.bfloat16)  # float32 stays exact, for parity with the official one
@@ -537,7 +532,6 @@ class Engine:
             return self.codec.decode(codes)
         full = torch.cat([voice.ref_codes.to(codes.device), codes])
         wav = self.codec.decode(full)
-        from .model.speech_tokenizer import official_reference_cut
 
         return wav[official_reference_cut(voice.ref_frames, full.shape[0], wav.shape[0]) :]
 

@@ -126,19 +126,27 @@ def _onednn_exact_and_fast(dtype: torch.dtype) -> bool:
 
 
 def _within(candidate: Callable[[], object], reference: Callable[[], object], factor: float) -> bool:
-    """Whether ``candidate`` runs within ``factor`` times ``reference`` (plus 0.2 ms), each the
-    best of 5 calls timed in alternation. Timing one after the other once let a busy machine
-    (a test suite beside it) slow the reference's calls and pass oneDNN's reference loops as a
-    fast kernel; alternating, whatever slows one slows the other."""
-    candidate(), reference()  # warm-up
-    best_c = best_r = float("inf")
-    for _ in range(5):
-        start = time.perf_counter()
-        reference()
-        middle = time.perf_counter()
-        candidate()
-        best_r, best_c = min(best_r, middle - start), min(best_c, time.perf_counter() - middle)
+    """Whether ``candidate`` runs within ``factor`` times ``reference`` (plus 0.2 ms)."""
+    best_c, best_r = best_alternating(candidate, reference)
     return best_c < factor * best_r + 2e-4
+
+
+def best_alternating(
+    a: Callable[[], object], b: Callable[[], object], rounds: int = 5
+) -> tuple[float, float]:
+    """The best seconds of ``rounds`` calls of ``a`` and of ``b``, timed in alternation after a
+    warm-up of each. Timing one after the other once let a busy machine (a test suite beside it)
+    slow the reference's calls and pass oneDNN's reference loops as a fast kernel; alternating,
+    whatever slows one slows the other."""
+    a(), b()
+    best_a = best_b = float("inf")
+    for _ in range(rounds):
+        start = time.perf_counter()
+        a()
+        middle = time.perf_counter()
+        b()
+        best_a, best_b = min(best_a, middle - start), min(best_b, time.perf_counter() - middle)
+    return best_a, best_b
 
 
 @functools.cache

@@ -16,7 +16,6 @@ logs one line and keeps the PyTorch path; ``UTTER_NATIVE=0`` turns it off.
 from __future__ import annotations
 
 import ctypes
-import functools
 import hashlib
 import logging
 import os
@@ -24,10 +23,13 @@ import platform
 import shutil
 import subprocess
 import tempfile
-import time
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
+
+from .isa import best_alternating
 
 logger = logging.getLogger(__name__)
 
@@ -117,9 +119,25 @@ def build(compiler: str | None = None) -> Path:
     return target
 
 
-@functools.cache
+_LIBRARY_LOCK = threading.Lock()
+_LIBRARY: list[ctypes.CDLL | None] = []  # the loaded library (or None), once loaded
+
+
 def library() -> ctypes.CDLL | None:
-    """The loaded kernels, or None (logged once) when disabled or they cannot be built."""
+    """The loaded kernels, or None (logged once) when disabled or they cannot be built.
+
+    Loaded once under a lock: the weight conversion asks from several threads at once, and each
+    had built, loaded and timed the kernels itself (``library.cache_clear()`` forgets it)."""
+    with _LIBRARY_LOCK:
+        if not _LIBRARY:
+            _LIBRARY.append(_load())
+        return _LIBRARY[0]
+
+
+library.cache_clear = _LIBRARY.clear  # type: ignore[attr-defined]
+
+
+def _load() -> ctypes.CDLL | None:
     if os.environ.get("UTTER_NATIVE", "1") == "0":
         return None
     if platform.system() == "Windows":
@@ -175,21 +193,22 @@ def _chosen_tile_rows(lib: ctypes.CDLL) -> int:
     weight = _blocked(torch.randint(-127, 128, (n, k), dtype=torch.int8, generator=gen), lib.utter_lanes())
     scales = torch.ones(n)
 
-    def best(rows: int, tile: bool) -> float:
-        set_tile_rows(lib, rows if tile else NEVER)
+    def call(rows: int, tile: bool) -> Callable[[], object]:
         x, y = torch.randn(rows, k, generator=gen), torch.empty(rows, n)
-        args = (weight.data_ptr(), scales.data_ptr(), INT8, x.data_ptr(), y.data_ptr(), rows, n, k)
-        times = []
-        for _ in range(5):
-            start = time.perf_counter()
-            lib.utter_gemv(*args)
-            times.append(time.perf_counter() - start)
-        return min(times)
 
-    best(8, False)  # the first call starts OpenMP's threads
+        def run() -> None:  # x and y are read here, so they live as long as this call does
+            set_tile_rows(lib, rows if tile else NEVER)
+            lib.utter_gemv(weight.data_ptr(), scales.data_ptr(), INT8, x.data_ptr(), y.data_ptr(), rows, n, k)
+
+        return run
+
+    def tiles_win(rows: int) -> bool:
+        tiled, on_the_fly = best_alternating(call(rows, True), call(rows, False))
+        return tiled < on_the_fly
+
     chosen = NEVER
-    if best(128, True) < best(128, False):
-        chosen = 5 if best(8, True) < best(8, False) else 33
+    if tiles_win(128):
+        chosen = 5 if tiles_win(8) else 33
     tiles = f"calls of {chosen}+ tokens" if chosen < NEVER else "no calls"
     logger.info("native products: weight blocks converted to float32 tiles first in %s", tiles)
     return chosen

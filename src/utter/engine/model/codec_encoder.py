@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .codec_decoder import LayerScale
+from .layers import Rotary, apply_rotary
 
 CODEBOOK_EPSILON = 1e-5  # Mimi's clamp of a codebook entry's usage count
 
@@ -240,27 +241,12 @@ class Attention(nn.Module):
         q = self.q_proj(x).view(b, t, self.heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
-        q = q * cos + _rotate_half(q) * sin
-        k = k * cos + _rotate_half(k) * sin
-        if self.kv_heads != self.heads:
-            rep = self.heads // self.kv_heads
-            k = (
-                k[:, :, None]
-                .expand(b, self.kv_heads, rep, t, self.head_dim)
-                .reshape(b, self.heads, t, self.head_dim)
-            )
-            v = (
-                v[:, :, None]
-                .expand(b, self.kv_heads, rep, t, self.head_dim)
-                .reshape(b, self.heads, t, self.head_dim)
-            )
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if self.kv_heads != self.heads:  # each key/value head serves heads / kv_heads query heads
+            k = k.repeat_interleave(self.heads // self.kv_heads, dim=1)
+            v = v.repeat_interleave(self.heads // self.kv_heads, dim=1)
         out = F.scaled_dot_product_attention(q, k, v, is_causal=t > 1)
         return self.o_proj(out.transpose(1, 2).contiguous().view(b, t, -1))
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
 class Mlp(nn.Module):
@@ -294,20 +280,13 @@ class Transformer(nn.Module):
     def __init__(self, cfg: CodecEncoderConfig) -> None:
         super().__init__()
         self.layers = nn.ModuleList([TransformerLayer(cfg) for _ in range(cfg.num_hidden_layers)])
-        self.head_dim, self.rope_theta = cfg.attention_head_dim, cfg.rope_theta
+        # inv_freq made on the CPU, as Mimi makes it (a GPU's pow may round differently); float32
+        # tables whatever the dtype, as Mimi's (the same products: the same bits).
+        self.rotary = Rotary(cfg.attention_head_dim, cfg.rope_theta)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Rotary tables in float32 whatever the dtype, as Mimi makes them (made here, not in
-        # __init__: the module is built on the meta device).
-        # inv_freq on the CPU, as Mimi makes it at load (a GPU's pow may round differently).
-        dim, dev = self.head_dim, x.device
-        inv_freq = 1.0 / (self.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
-        inv_freq = inv_freq.to(dev)
-        positions = torch.arange(x.shape[1], device=dev, dtype=torch.float32)
-        # One product per entry, as in Mimi's [dim/2, 1] @ [1, T] matmul: the same bits.
-        freqs = positions[:, None] * inv_freq[None, :]
-        emb = torch.cat((freqs, freqs), dim=-1)[None, None]  # [1, 1, T, head_dim]
-        cos, sin = emb.cos().to(x.dtype), emb.sin().to(x.dtype)
+        positions = torch.arange(x.shape[1], device=x.device)[None]
+        cos, sin = self.rotary(positions, x.dtype)  # [1, 1, T, head_dim]
         for layer in self.layers:
             x = layer(x, cos, sin)
         return x

@@ -153,6 +153,7 @@ class SpeechTokenizer:
             encoder = CodecEncoder(encoder_config)
         decoder.load_state_dict(dec_state, strict=True, assign=True)
         encoder.load_state_dict(enc_state, strict=True, assign=True)
+        encoder.to(device)  # its rotary table, made on the CPU (the file's tensors are already there)
         if encoder.frame_samples != config.encode_downsample_rate:
             raise ValueError(
                 f"the encoder makes a frame of {encoder.frame_samples} samples but encode_downsample_rate "
