@@ -22,8 +22,8 @@ from typing import Any, BinaryIO
 
 from ..audio import SAMPLE_RATE
 from ..audio.encode import PcmEncoder, wav_header
-from ..engine.sched.batcher import Stream
 from .errors import ApiError
+from .longform import AnyStream
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ FINISHED = ("completed", "failed", "cancelled")
 class Job:
     id: str
     text_length: int
-    stream: Stream
+    stream: AnyStream
     path: Path
     status: str = "queued"
     created_at: float = field(default_factory=time.time)
@@ -97,7 +97,7 @@ class JobManager:
         self.jobs.pop(job.id, None)
         job.path.unlink(missing_ok=True)
 
-    def add(self, stream: Stream, text_length: int, retry_after_s: int) -> Job:
+    def add(self, stream: AnyStream, text_length: int, retry_after_s: int) -> Job:
         """Track a submitted stream as a job and start consuming it (inside the event loop)."""
         self._sweep()
         if len(self.jobs) >= self.max_jobs:

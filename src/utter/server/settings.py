@@ -90,6 +90,12 @@ class ServerSettings(BaseSettings):
 
     # Input limits
     max_text_chars: int = Field(default=5000, ge=1)
+    # A text longer than split_chars (CJK characters count 3) is spoken in parts cut at sentence
+    # ends, up to split_parallel of them at once (at most half the batch), joined with a short
+    # crossfade: the model drifts on long texts, and one request makes at most max_frames.
+    # 0 speaks every text whole.
+    split_chars: int = Field(default=300, ge=0)
+    split_parallel: int = Field(default=4, ge=1)
     # Most frames (80 ms each) one request may ask for: the KV cache is sized from it.
     max_frames: int = Field(default=MAX_FRAMES, ge=1, le=MAX_FRAMES)
     max_batch_items: int = Field(default=32, ge=1)

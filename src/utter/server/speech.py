@@ -19,11 +19,13 @@ from starlette.requests import Request as HttpRequest
 from ..audio.encode import AudioEncoder
 from ..engine.engine import Engine, Request
 from ..engine.sampling import GenerationOptions, SamplingOptions
-from ..engine.sched.batcher import Batcher, QueueFullError, Stream, WorkerError
+from ..engine.sched.batcher import Batcher, QueueFullError, WorkerError
 from ..engine.voice import VoicePrompt
 from .errors import ApiError, busy
+from .longform import AnyStream, PartedStream, part_requests
 from .schemas import SamplingFields
 from .settings import ServerSettings
+from .textsplit import cost, split_text
 
 logger = logging.getLogger(__name__)
 
@@ -85,11 +87,22 @@ def submit(
     settings: ServerSettings,
     speaker: str | None = None,
     instruct: str | None = None,
-) -> Stream:
-    """Queue one request; 429 + Retry-After when the queue is full, 400 for a bad request
-    (one this model cannot serve included: the message names the model it needs)."""
+) -> AnyStream:
+    """Queue one request (a long text: its parts, see longform.py); 429 + Retry-After when the
+    queue is full, 400 for a bad request (one this model cannot serve included: the message
+    names the model it needs)."""
+    request = Request(text, voice, language, options, speaker=speaker, instruct=instruct)
+    # A long text is spoken in parts (longform.py), unless its voice is made afresh by each
+    # generation (a VoiceDesign description: every part would be another voice).
+    parts = [text]
+    if settings.split_chars and cost(text) > settings.split_chars and (voice is not None or speaker):
+        parts = split_text(text, settings.split_chars)
     try:
-        stream = batcher.submit(Request(text, voice, language, options, speaker=speaker, instruct=instruct))
+        if len(parts) > 1:
+            parallel = min(settings.split_parallel, max(1, batcher.max_batch // 2))
+            stream: AnyStream = PartedStream(batcher, part_requests(request, parts), parallel)
+        else:
+            stream = batcher.submit(request)
     except QueueFullError as exc:
         raise busy(settings.retry_after_s, f"The server is busy ({exc}); retry shortly.") from exc
     except WorkerError as exc:
@@ -98,11 +111,12 @@ def submit(
         raise ApiError(400, str(exc)) from exc
     # Logged inside the HTTP request, so this line links its request id to the engine's stream id.
     mode = speaker or ("design" if voice is None else "x-vector" if voice.x_vector_only else "icl")
-    logger.info("submitted %s: %d characters, %s, %s", stream.id, len(text), language, mode)
+    split = f", {len(parts)} parts" if len(parts) > 1 else ""
+    logger.info("submitted %s: %d characters, %s, %s%s", stream.id, len(text), language, mode, split)
     return stream
 
 
-def _stream_error(stream: Stream, exc: BaseException) -> ApiError:
+def _stream_error(stream: AnyStream, exc: BaseException) -> ApiError:
     if isinstance(exc, WorkerError):  # not this request's fault: another try can succeed
         logger.error("request %s failed: %s", stream.id, exc)
         message = "Generation failed on the server and was not completed; retry the request."
@@ -116,7 +130,7 @@ def _stream_error(stream: Stream, exc: BaseException) -> ApiError:
 class AudioChunks:
     """Async iteration over a stream's PCM chunks with an idle timeout; cancels what it abandons."""
 
-    def __init__(self, stream: Stream, timeout_s: float, http: HttpRequest | None = None) -> None:
+    def __init__(self, stream: AnyStream, timeout_s: float, http: HttpRequest | None = None) -> None:
         self.stream, self.timeout_s, self.http = stream, timeout_s, http
         self._agen = stream.__aiter__()
 
@@ -146,7 +160,7 @@ class AudioChunks:
         await self._agen.aclose()
 
 
-async def collect(stream: Stream, settings: ServerSettings, http: HttpRequest | None = None) -> np.ndarray:
+async def collect(stream: AnyStream, settings: ServerSettings, http: HttpRequest | None = None) -> np.ndarray:
     """The whole waveform of ``stream``, within ``generation_timeout_s`` in total."""
     chunks = AudioChunks(stream, settings.generation_timeout_s, http)
     parts: list[np.ndarray] = []
@@ -164,7 +178,7 @@ async def collect(stream: Stream, settings: ServerSettings, http: HttpRequest | 
 class _Deadline:
     """Async context manager: cancel the stream and answer 504 once ``seconds`` have passed."""
 
-    def __init__(self, seconds: float, stream: Stream) -> None:
+    def __init__(self, seconds: float, stream: AnyStream) -> None:
         self.seconds, self.stream = seconds, stream
         self._handle: asyncio.TimerHandle | None = None
         self._expired = False
@@ -184,7 +198,7 @@ class _Deadline:
 
 
 async def open_audio_stream(
-    stream: Stream, settings: ServerSettings
+    stream: AnyStream, settings: ServerSettings
 ) -> tuple[AudioChunks, np.ndarray | None]:
     """Wait for the first chunk before answering, so errors before any audio get a real status."""
     chunks = AudioChunks(stream, settings.generation_timeout_s)

@@ -20,14 +20,15 @@ import numpy as np
 from sqlalchemy import select
 
 from ..audio import SAMPLE_RATE, AudioError
+from ..audio.crossfade import crossfade_join
 from ..engine.sched.batcher import QueueFullError, WorkerError
 from ..server.runtime import ModelNotReady, ModelState
+from ..server.textsplit import split_text
 from .jobs import JobQueue, make_worker_id
 from .models import Generation, Task, Voice
 from .provider import SAMPLES_PER_FRAME, RemoteError, Synthesis, SynthesisStream, TTSProvider, VoiceSource
 from .settings import StudioSettings
 from .storage import Storage
-from .textsplit import crossfade_join, split_text
 
 logger = logging.getLogger(__name__)
 

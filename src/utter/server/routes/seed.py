@@ -15,9 +15,10 @@ from fastapi.responses import Response, StreamingResponse
 
 from ...audio import SAMPLE_RATE
 from ...audio.encode import encode_audio, make_encoder
-from ...engine.sched.batcher import Batcher, Stream
+from ...engine.sched.batcher import Batcher
 from ..deps import BatcherDep, Service, ServiceDep
 from ..errors import ApiError
+from ..longform import AnyStream
 from ..schemas import CloneBatchRequest, CloneBatchResponse, CloneRequest
 from ..speech import (
     check_language,
@@ -36,7 +37,7 @@ router = APIRouter(tags=["voice clone (seed API)"])
 WAV_RESPONSE = {200: {"content": {"audio/wav": {}}, "description": "16-bit PCM mono WAV at 24 kHz"}}
 
 
-async def start_clone(body: CloneRequest, service: Service, batcher: Batcher) -> tuple[Stream, str]:
+async def start_clone(body: CloneRequest, service: Service, batcher: Batcher) -> tuple[AnyStream, str]:
     """Check a /clone body (also /submit-job's), make its voice and submit it to the batcher.
     Returns the running stream and the checked text."""
     engine, settings = batcher.engine, service.settings

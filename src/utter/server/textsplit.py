@@ -1,4 +1,4 @@
-"""Long texts: split at sentence boundaries into model-friendly chunks, and join the audio back.
+"""Long texts: split at sentence boundaries into model-friendly chunks.
 
 The model does best on a few sentences at a time; past a few hundred characters it drifts and
 slows down (every frame attends to everything before it). So a long text is cut at sentence
@@ -11,8 +11,6 @@ Latin letters, so it costs 3.
 from __future__ import annotations
 
 import re
-
-import numpy as np
 
 CJK_COST = 3
 
@@ -146,32 +144,3 @@ def split_text(text: str, max_cost: int = 300) -> list[str]:
     for sentence in sentences(text):
         parts.extend(_split_long(re.sub(r"\s+", " ", sentence), max_cost))
     return _pack(parts, max_cost)
-
-
-def crossfade_join(parts: list[np.ndarray], sample_rate: int, fade_ms: float = 40.0) -> np.ndarray:
-    """Concatenate audio chunks, overlapping each seam by ``fade_ms`` with a linear crossfade.
-
-        Chunks are generated separately, so their seams do not line up; a short crossfade hides the
-        step without eating speech (chunk edges are near-silent); the gains sum to one, so a seam
-    never gets louder than its sides. The result is
-        ``sum(len) - (n - 1) * overlap`` samples long (overlaps shrink for very short chunks).
-    """
-    parts = [np.asarray(p, dtype=np.float32) for p in parts if len(p)]
-    if not parts:
-        return np.zeros(0, dtype=np.float32)
-    fade = int(sample_rate * fade_ms / 1000)
-    out: list[np.ndarray] = []
-    tail = parts[0]
-    for part in parts[1:]:
-        n = min(fade, len(tail), len(part))
-        if n == 0:
-            out.append(tail)
-            tail = part
-            continue
-        ramp = np.linspace(0.0, 1.0, n + 2, dtype=np.float32)[1:-1]  # strictly between 0 and 1
-        mixed = tail[-n:] * (1.0 - ramp) + part[:n] * ramp
-        out.append(tail[:-n])
-        out.append(mixed.astype(np.float32))
-        tail = part[n:]
-    out.append(tail)
-    return np.concatenate(out).astype(np.float32, copy=False)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from utter.studio.textsplit import cost, crossfade_join, sentences, split_text
+from utter.audio.crossfade import Crossfader, crossfade_join
+from utter.server.textsplit import cost, sentences, split_text
 
 
 def test_latin_sentences_keep_punctuation_and_skip_abbreviations() -> None:
@@ -92,3 +93,47 @@ def test_crossfade_join_overlaps_each_seam_and_never_gets_louder() -> None:
     assert (
         len(crossfade_join([np.ones(3, np.float32), np.ones(3, np.float32)], sr, fade_ms)) == 3
     )  # short chunk
+
+
+@pytest.mark.parametrize("fade", [0, 5, 240, 2000])
+def test_streamed_crossfade_equals_the_join_of_whole_parts(fade: int) -> None:
+    """The server streams a long text's parts through a Crossfader in whatever pieces the engine
+    hands out; the samples must be the studio's join of the whole parts, bit for bit: short and
+    empty parts, pieces shorter than the fade, seams that wait for the next part's start."""
+    rng = np.random.default_rng(fade)
+    lengths = [3000, 0, 7, 1200, 0, 0, 4800, 1, 2500]
+    parts = [rng.standard_normal(n).astype(np.float32) for n in lengths]
+    expected = crossfade_join(parts, 1000, fade)  # at 1000 Hz, fade_ms == samples
+    assert len(expected) == sum(lengths) - sum(
+        min(fade, a, b) for a, b in zip(_tails(lengths, fade), [n for n in lengths if n][1:])
+    )
+    for trial in range(5):
+        fader, out = Crossfader(fade), []
+        for i, part in enumerate(parts):
+            if i:
+                out.append(fader.seam())
+            cuts = np.sort(rng.integers(0, len(part) + 1, size=trial))  # pieces of any size, empty too
+            out.extend(fader.push(piece) for piece in np.split(part, cuts))
+        out.append(fader.finish())
+        np.testing.assert_array_equal(np.concatenate(out), expected)
+
+
+def _tails(lengths: list[int], fade: int) -> list[int]:
+    """The length of each non-empty part's tail at its seam with the next (what is left of it
+    after its own start was mixed into the part before)."""
+    tails, mixed = [], 0
+    kept = [n for n in lengths if n]
+    for a, b in zip(kept, kept[1:]):
+        tail = a - mixed
+        tails.append(tail)
+        mixed = min(fade, tail, b)
+    return tails
+
+
+def test_crossfade_mixes_the_seam_with_gains_that_sum_to_one() -> None:
+    a, b = np.full(100, 2.0, np.float32), np.full(100, -1.0, np.float32)
+    joined = crossfade_join([a, b], 1000, 10)
+    ramp = np.linspace(0.0, 1.0, 12, dtype=np.float32)[1:-1]
+    np.testing.assert_array_equal(joined[:90], a[:90])
+    np.testing.assert_allclose(joined[90:100], 2.0 * (1 - ramp) - ramp, rtol=1e-6)
+    np.testing.assert_array_equal(joined[100:], b[10:])

@@ -1,0 +1,152 @@
+"""Long texts in parts (server/longform.py): several parts at once in the batch, read back as one
+stream equal to the parts spoken alone and crossfaded; limits, cancels, a full queue, failures."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from tests.conftest import REF_TEXT
+from utter.audio import SAMPLE_RATE
+from utter.audio.crossfade import crossfade_join
+from utter.engine.engine import Request
+from utter.engine.sampling import GenerationOptions
+from utter.engine.sched.batcher import Batcher, WorkerError
+from utter.server.longform import FADE_SECONDS, PartedStream, part_requests
+from utter.server.textsplit import split_text
+
+TEXT = "One is here. Two is there. Three, now. Then four. And five ends it."
+
+
+@pytest.fixture(scope="module")
+def voice(engine, ref_wav):
+    return engine.create_voice(ref_wav, ref_text=REF_TEXT)
+
+
+def parts_of(voice, options: GenerationOptions) -> list[Request]:
+    parts = split_text(TEXT, 16)
+    assert len(parts) >= 4
+    return part_requests(Request(TEXT, voice, "English", options), parts)
+
+
+def alone(engine, requests: list[Request]) -> list[tuple[np.ndarray, str]]:
+    """Each part spoken by itself (a batch of one), with its finish reason."""
+    out = []
+    with Batcher(engine) as batcher:
+        for request in requests:
+            stream = batcher.submit(request)
+            out.append((stream.audio(), stream.finish_reason))
+    return out
+
+
+def read_in_loop(batcher: Batcher, requests: list[Request], parallel: int, stop_after: int | None = None):
+    """Make and read a PartedStream in one event loop (its parts' streams belong to that loop)."""
+
+    async def main():
+        stream = PartedStream(batcher, requests, parallel)
+        chunks, peak = [], 0
+        async for chunk in stream:
+            chunks.append(chunk.pcm)
+            peak = max(peak, len(stream._running))
+            if stop_after is not None and len(chunks) == stop_after:
+                break
+        return stream, chunks, peak
+
+    stream, chunks, peak = asyncio.run(main())
+    return stream, (np.concatenate(chunks) if chunks else np.zeros(0, np.float32)), peak
+
+
+def joined(parts: list[tuple[np.ndarray, str]]) -> np.ndarray:
+    return crossfade_join([audio for audio, _ in parts], SAMPLE_RATE, FADE_SECONDS * 1000)
+
+
+@pytest.mark.parametrize("parallel", [1, 3])
+def test_parts_run_together_and_sound_as_alone_crossfaded(engine, voice, parallel) -> None:
+    requests = parts_of(voice, GenerationOptions(seed=7))
+    assert [r.options.seed for r in requests] == list(range(7, 7 + len(requests)))  # seed + i
+    expected = alone(engine, requests)
+    with Batcher(engine, max_batch=4) as batcher:
+        stream, audio, peak = read_in_loop(batcher, requests, parallel)
+        assert engine.runner.active == 0 and batcher.queued == 0
+    assert peak == parallel  # the first `parallel` parts ran at once
+    want = joined(expected)
+    assert len(audio) == len(want)
+    np.testing.assert_allclose(audio, want, atol=1e-3)
+    reasons = {reason for _, reason in expected}
+    assert stream.finish_reason == ("max_frames" if "max_frames" in reasons else "eos")
+    assert stream.frames == sum(len(a) for a, _ in expected) // 1920
+    assert stream.first_audio_at is not None
+
+
+def test_the_callers_frame_limit_holds_for_the_whole_text(engine, voice) -> None:
+    requests = parts_of(voice, GenerationOptions.greedy(max_frames=30))
+    whole = joined(alone(engine, requests))
+    assert len(whole) > 30 * 1920  # the limit cuts
+    with Batcher(engine, max_batch=4) as batcher:
+        stream, audio, _ = read_in_loop(batcher, requests, 3)
+        deadline = time.monotonic() + 5
+        while engine.runner.active and time.monotonic() < deadline:  # the rest were cancelled
+            time.sleep(0.01)
+        assert engine.runner.active == 0 and batcher.queued == 0
+    assert len(audio) == 30 * 1920 and stream.frames == 30
+    np.testing.assert_allclose(audio, whole[: len(audio)], atol=1e-3)
+    assert stream.finish_reason == "max_frames"
+
+
+def test_a_reader_that_leaves_cancels_every_part(engine, voice) -> None:
+    requests = parts_of(voice, GenerationOptions.greedy())
+    with Batcher(engine, max_batch=4) as batcher:
+        stream, _, _ = read_in_loop(batcher, requests, 3, stop_after=1)
+        deadline = time.monotonic() + 5
+        while (engine.runner.active or batcher.active) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert engine.runner.active == 0 and batcher.active == 0 and batcher.queued == 0
+    assert stream.finish_reason == "cancelled" and stream.cancelled
+    assert len(stream._started) == 3  # the parts after them never started
+
+
+def test_later_parts_wait_for_room_in_a_full_queue(engine, voice) -> None:
+    """A queue of one: the second part cannot be queued while the first waits; it is offered
+    again as the first runs, and the whole text still comes, the same as with room."""
+    requests = parts_of(voice, GenerationOptions.greedy())
+    expected = joined(alone(engine, requests))
+    with Batcher(engine, max_batch=1, max_queue=1) as batcher:
+        _, audio, _ = read_in_loop(batcher, requests, 3)
+    np.testing.assert_allclose(audio, expected, atol=1e-3)
+
+
+def test_a_part_that_fails_fails_the_stream_and_stops_the_others(engine, voice, monkeypatch) -> None:
+    requests = parts_of(voice, GenerationOptions.greedy(max_frames=12))
+    with Batcher(engine, max_batch=4) as batcher:
+        real, calls = batcher.submit, []
+
+        def submit(request):
+            calls.append(request)
+            if len(calls) == 3:
+                raise WorkerError("the generation worker is down (test)")
+            return real(request)
+
+        monkeypatch.setattr(batcher, "submit", submit)
+        with pytest.raises(WorkerError):
+            read_in_loop(batcher, requests, 2)
+        deadline = time.monotonic() + 5
+        while engine.runner.active and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert engine.runner.active == 0 and batcher.queued == 0
+
+
+def test_every_part_is_checked_before_any_runs(engine, voice) -> None:
+    requests = parts_of(voice, GenerationOptions.greedy())
+    requests[-1] = replace(requests[-1], language="Elvish")
+    with Batcher(engine) as batcher:
+        with pytest.raises(ValueError, match="unknown language"):
+            asyncio.run(_make(batcher, requests))
+        assert batcher.queued == 0 and engine.runner.active == 0
+
+
+async def _make(batcher: Batcher, requests: list[Request]) -> PartedStream:
+    return PartedStream(batcher, requests, 2)
