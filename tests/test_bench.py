@@ -116,6 +116,12 @@ def test_bench_tiny_quick_end_to_end(tmp_path: Path, capsys) -> None:
     assert set(full["realtime"]) == {"20", "35", "50"}
     for fed in full["realtime"].values():
         assert fed["frames_ok"] and 0 < fed["first_audio_s"] < 60 and fed["stall_s"] >= 0
+    long = full["longform"]  # the long text whole and in parts, the same frames in all three
+    assert long["parts"] > 2 and long["frames"] == 2 * long["parts"] and long["parallel"] == 2
+    assert long["whole"]["audio_s"] == pytest.approx(long["frames"] * 0.08)
+    seams = (long["parts"] - 1) * 0.04  # each seam's crossfade overlaps 40 ms
+    for way in ("one_at_a_time", "at_once"):
+        assert long[way]["frames_ok"] and long[way]["audio_s"] == pytest.approx(long["frames"] * 0.08 - seams)
     assert full["memory"]["peak_rss_mib"] > 0
     light = doc["utter"][modes[1]]
     assert "error" not in light, light
@@ -136,6 +142,7 @@ def test_bench_tiny_quick_end_to_end(tmp_path: Path, capsys) -> None:
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     screen = capsys.readouterr().out
     assert "| cold start" in screen and f"utter {modes[0]}" in screen and "Targets" in screen
+    assert f"| long text (2616 chars, {long['frames']} frames) whole / in {long['parts']} parts" in screen
     assert md.read_text().strip() == screen.strip()
 
 

@@ -44,10 +44,11 @@ def alone(engine, requests: list[Request]) -> list[tuple[np.ndarray, str]]:
 
 
 def read_in_loop(batcher: Batcher, requests: list[Request], parallel: int, stop_after: int | None = None):
-    """Make and read a PartedStream in one event loop (its parts' streams belong to that loop)."""
+    """Make and read a PartedStream in one event loop (its parts' streams belong to that loop),
+    limited as the server limits it: by the frame limit of the parts' options."""
 
     async def main():
-        stream = PartedStream(batcher, requests, parallel)
+        stream = PartedStream(batcher, requests, parallel, requests[0].options.max_frames)
         chunks, peak = [], 0
         async for chunk in stream:
             chunks.append(chunk.pcm)

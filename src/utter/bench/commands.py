@@ -22,7 +22,7 @@ from pathlib import Path
 
 logger = logging.getLogger("utter.bench")
 
-FULL_SUITE = ["say", "frame", "ttfa", "concurrency", "texts", "arrivals", "realtime"]
+FULL_SUITE = ["say", "frame", "ttfa", "concurrency", "texts", "arrivals", "realtime", "longform"]
 LIGHT_SUITE = ["say", "frame", "ttfa"]
 OFFICIAL_DTYPES = ("bfloat16", "float32", "float16")
 
@@ -127,6 +127,12 @@ def register(subparsers) -> argparse.ArgumentParser:
         help="cap the texts' frame budgets (47/667/2180 frames uncapped; --quick: --frames)",
     )
     p.add_argument(
+        "--longform-frames",
+        type=int,
+        default=None,
+        help="frames of the long text spoken whole and in parts (default 360; --quick: 2 per part)",
+    )
+    p.add_argument(
         "--ttfa-repeats", type=int, default=None, help="first-audio measurements, median reported (default 3)"
     )
     p.add_argument(
@@ -153,6 +159,8 @@ def _settings(args: argparse.Namespace) -> dict:
     import torch
 
     from .common import checkpoint_size, default_checkpoint_cache, ensure_checkpoint, official_installed
+    from .longform import DEFAULT_FRAMES as LONGFORM_FRAMES
+    from .longform import long_parts
     from .runner import COMPILED, available_modes
     from .workload import TEXTS, text_frames
 
@@ -225,6 +233,7 @@ def _settings(args: argparse.Namespace) -> dict:
         "arrival_seconds": args.arrival_seconds or (2.0 if quick else 30.0),
         "text_frames": text_budget,
         "text_frames_capped": cap is not None,
+        "longform_frames": args.longform_frames or (2 * len(long_parts()) if quick else LONGFORM_FRAMES),
         "ttfa_repeats": args.ttfa_repeats or (1 if quick else 3),
         "sample": args.sample,
         "threads": args.threads,
@@ -323,6 +332,7 @@ def run(settings: dict, timeout: float = 7200.0) -> dict:
             "arrival_rates": settings["arrival_rates"],
             "arrival_seconds": settings["arrival_seconds"],
             "texts": settings["text_frames"],
+            "longform_frames": settings["longform_frames"],
             "ttfa_repeats": settings["ttfa_repeats"],
             "sample": settings["sample"],
             "threads": settings["threads"],

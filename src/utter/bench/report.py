@@ -190,6 +190,7 @@ def _all_ok(r: dict) -> bool | None:
     flags += [v.get("frames_ok") for v in (r.get("texts") or {}).values()]
     flags += [v.get("frames_ok") for v in (r.get("realtime") or {}).values()]
     flags += [v.get("frames_ok") for v in (r.get("arrivals") or {}).values()]
+    flags += [v.get("frames_ok") for v in (r.get("longform") or {}).values() if isinstance(v, dict)]
     return all(flags) if flags else None
 
 
@@ -262,6 +263,23 @@ def table(doc: dict) -> str:
                 f"text streamed in at {rate} tokens/s: first audio / playback stalls (s)",
                 [
                     _pair(_get(r, "realtime", rate, "first_audio_s"), _get(r, "realtime", rate, "stall_s"))
+                    for _, r in cols
+                ],
+            )
+        )
+    if s.get("longform_frames"):
+        lf = next((r["longform"] for _, r in cols if isinstance(r.get("longform"), dict)), {})
+        rows.append(
+            (
+                f"long text ({lf.get('chars', '?')} chars, {s['longform_frames']} frames) whole / in "
+                f"{lf.get('parts', '?')} parts one at a time / {lf.get('parallel', '?')} at once (s)",
+                [
+                    " / ".join(
+                        _fmt(_get(r, "longform", k, "seconds"), 1)
+                        for k in ("whole", "one_at_a_time", "at_once")
+                    )
+                    if r.get("longform")
+                    else "-"
                     for _, r in cols
                 ],
             )

@@ -21,6 +21,8 @@ makes exactly the frames asked for (checked: ``frames_ok``):
   audio p50/p95 from each request's arrival (``arrivals.py``).
 - ``realtime``: the medium text arriving at 20/35/50 LLM tokens per second while it is spoken
   (``realtime.py``): first audio after the first text, and whether playback ever stalls.
+- ``longform``: the long text whole, in its parts one at a time and several at once, as the
+  server speaks long texts (``longform.py``): seconds to the whole audio.
 """
 
 from __future__ import annotations
@@ -321,7 +323,7 @@ def measure(spec: dict) -> dict:
         for name, n in spec.get("texts", {}).items():
             with timed(f"text {name}"):
                 out["texts"][name] = _text_run(engine, voice, opts, name, n, device)
-    if suite & {"ttfa", "concurrency", "realtime", "arrivals"}:
+    if suite & {"ttfa", "concurrency", "realtime", "arrivals", "longform"}:
         # A server's engine: sized (and, on CPUs, its kernels chosen) for its batch limit, by
         # default the largest concurrency (more requests than the limit queue).
         concurrency = spec.get("concurrency") or [1]
@@ -357,5 +359,10 @@ def measure(spec: dict) -> dict:
 
                 with timed("realtime text-in"):
                     out["realtime"] = measure_realtime(batcher, voice, opts, frames)
+            if "longform" in suite:
+                from .longform import measure_longform
+
+                with timed("long text whole and in parts"):
+                    out["longform"] = measure_longform(batcher, voice, opts, spec["longform_frames"])
     out["memory"].update(peak_memory(device))
     return out

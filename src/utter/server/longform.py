@@ -40,19 +40,20 @@ class PartedStream:
     """The parts of one long text, generated up to ``parallel`` at once, read as one stream.
 
     Parts are submitted in order as earlier ones end (the first ``parallel`` at once); the audio
-    of a part that is ahead waits in its own stream until its turn. With a seed, part ``i`` is
-    sampled with ``seed + i`` (the same text and seed give the same audio). A frame limit the
-    caller gave (``options.max_frames``) holds for the whole text: the audio stops there and the
-    parts still running are cancelled (``finish_reason`` "max_frames").
+    of a part that is ahead waits in its own stream until its turn. ``max_frames`` limits the
+    whole text (the caller's limit; :func:`part_requests` gives each part the same one, which
+    none can exceed): the audio stops there and the parts still running are cancelled
+    (``finish_reason`` "max_frames").
     """
 
-    def __init__(self, batcher: Batcher, requests: list[Request], parallel: int) -> None:
+    def __init__(
+        self, batcher: Batcher, requests: list[Request], parallel: int, max_frames: int | None = None
+    ) -> None:
         if not requests:
             raise ValueError("no parts to speak")
         for request in requests:  # every part is checked before the first one runs
             batcher.engine.validate(request)
-        options = requests[0].options
-        self.limit = options.max_frames if options is not None else None  # the whole text's frames
+        self.limit = max_frames  # the whole text's frames (None: each part's own limit only)
         self._batcher = batcher
         self._waiting: deque[Request] = deque(requests)
         self._running: deque[Stream] = deque()
@@ -206,7 +207,8 @@ def _reason(reasons: list[str]) -> str:
 
 
 def part_requests(request: Request, texts: list[str]) -> list[Request]:
-    """One request per part: the same voice, language and options, seed ``seed + i``."""
+    """One request per part: the same voice, language and options (a frame limit included),
+    with a seed, ``seed + i`` (the same text and seed give the same audio)."""
     options = request.options
     out = []
     for i, text in enumerate(texts):

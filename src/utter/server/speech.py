@@ -100,7 +100,9 @@ def submit(
     try:
         if len(parts) > 1:
             parallel = min(settings.split_parallel, max(1, batcher.max_batch // 2))
-            stream: AnyStream = PartedStream(batcher, part_requests(request, parts), parallel)
+            stream: AnyStream = PartedStream(
+                batcher, part_requests(request, parts), parallel, options.max_frames
+            )
         else:
             stream = batcher.submit(request)
     except QueueFullError as exc:
