@@ -51,6 +51,8 @@ def read_in_loop(batcher: Batcher, requests: list[Request], parallel: int, stop_
         stream = PartedStream(batcher, requests, parallel, requests[0].options.max_frames)
         chunks, peak = [], 0
         async for chunk in stream:
+            if not chunks:  # the first part's first audio came before the others started
+                assert len(stream._started) == 1
             chunks.append(chunk.pcm)
             peak = max(peak, len(stream._running))
             if stop_after is not None and len(chunks) == stop_after:
@@ -101,7 +103,7 @@ def test_the_callers_frame_limit_holds_for_the_whole_text(engine, voice) -> None
 def test_a_reader_that_leaves_cancels_every_part(engine, voice) -> None:
     requests = parts_of(voice, GenerationOptions.greedy())
     with Batcher(engine, max_batch=4) as batcher:
-        stream, _, _ = read_in_loop(batcher, requests, 3, stop_after=1)
+        stream, _, _ = read_in_loop(batcher, requests, 3, stop_after=3)
         deadline = time.monotonic() + 5
         while (engine.runner.active or batcher.active) and time.monotonic() < deadline:
             time.sleep(0.01)

@@ -39,8 +39,9 @@ RETRY_S = 0.1  # a part the full queue refused is offered again this soon
 class PartedStream:
     """The parts of one long text, generated up to ``parallel`` at once, read as one stream.
 
-    Parts are submitted in order as earlier ones end (the first ``parallel`` at once); the audio
-    of a part that is ahead waits in its own stream until its turn. ``max_frames`` limits the
+    Parts are submitted in order: the first alone, then, from its first audio on, as many as
+    make ``parallel`` running, another each time one ends; the audio of a part that is ahead
+    waits in its own stream until its turn. ``max_frames`` limits the
     whole text (the caller's limit; :func:`part_requests` gives each part the same one, which
     none can exceed): the audio stops there and the parts still running are cancelled
     (``finish_reason`` "max_frames").
@@ -69,9 +70,10 @@ class PartedStream:
         self.error: BaseException | None = None
         self.submitted_at = time.perf_counter()
         self.first_audio_at: float | None = None
+        # The first part alone at first: admitted with others it would share their prefill (on
+        # a CPU, seconds for four), so the rest start once its first audio is out.
         self._submit()  # the first part's refusal (queue full, server down) is the caller's answer
         self.id = f"{self._started[0].id}+{self.parts - 1}"
-        self._top_up()
 
     # ------------------------------------------------------------------ what the routes read
     @property
@@ -140,12 +142,12 @@ class PartedStream:
                         yield self._chunk(pcm)
                 first = False
                 async for chunk in stream:
-                    self._top_up()
                     pcm, budget = _within(fader.push(chunk.pcm), budget)
                     if len(pcm):
                         yield self._chunk(pcm)
                     if budget == 0:
                         break
+                    self._top_up()  # after the first audio is out (see __init__)
                 self._running.popleft()
                 self._done_frames += stream.frames
                 if budget == 0:  # the caller's limit for the whole text: the rest is not needed
