@@ -51,6 +51,26 @@ def test_an_api_voice_is_a_studio_voice_and_deletes_reach_both(client) -> None:
     assert client.get(f"/tts/v1/voices/{studio_made}").status_code == 404
 
 
+def test_a_long_text_sounds_the_same_from_the_studio_and_its_api(client) -> None:
+    """The studio speaks a long text chunk by chunk; the API under /tts speaks it in parts at
+    once (server/longform.py) with the studio's split, seed and crossfade: the same audio."""
+    voice_id = clone(client, unique("long"))
+    text = "The first sentence is here. The second one follows it. A third closes the text."
+    job = client.post(
+        "/api/generate", json={"voice_id": voice_id, "text": text, "language": "English", "seed": 4}
+    ).json()
+    task = wait_task(client, job["task_id"])
+    assert task["status"] == "completed" and task["chunks_total"] == 3  # chunk_chars=40
+    gen = client.get(f"/api/generations/{job['generation_id']}").json()
+    studio_audio, _ = sf.read(io.BytesIO(client.get(gen["audio_url"]).content), dtype="float32")
+    body = {"input": text, "voice": voice_id, "language": "English", "seed": 4, "response_format": "wav"}
+    r = client.post("/tts/v1/audio/speech", json=body)
+    assert r.status_code == 200, r.text
+    api_audio, _ = sf.read(io.BytesIO(r.content), dtype="float32")
+    assert len(api_audio) == len(studio_audio)
+    np.testing.assert_allclose(api_audio, studio_audio, atol=2e-3)
+
+
 def test_voices_of_the_old_service_folder_are_taken_in(tmp_path, tiny_checkpoint, engine, ref_wav) -> None:
     from utter.server.voices import VoiceStore
 

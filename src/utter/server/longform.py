@@ -32,7 +32,7 @@ from ..engine.sched.batcher import AudioChunk, Batcher, QueueFullError, Stream
 
 logger = logging.getLogger(__name__)
 
-FADE_SECONDS = 0.04  # the crossfade at each seam (the studio's default too)
+FADE_MS = 40.0  # the crossfade at each seam, by default (the studio's default too)
 RETRY_S = 0.1  # a part the full queue refused is offered again this soon
 
 
@@ -48,7 +48,12 @@ class PartedStream:
     """
 
     def __init__(
-        self, batcher: Batcher, requests: list[Request], parallel: int, max_frames: int | None = None
+        self,
+        batcher: Batcher,
+        requests: list[Request],
+        parallel: int,
+        max_frames: int | None = None,
+        fade_ms: float = FADE_MS,
     ) -> None:
         if not requests:
             raise ValueError("no parts to speak")
@@ -59,7 +64,7 @@ class PartedStream:
         self._waiting: deque[Request] = deque(requests)
         self._running: deque[Stream] = deque()
         self._parallel = max(1, parallel)
-        self._fade = int(SAMPLE_RATE * FADE_SECONDS)
+        self._fade = int(SAMPLE_RATE * fade_ms / 1000)
         self._frame_samples = batcher.engine.codec.frame_samples
         self._estimates = [batcher.engine.default_max_frames(r.text) for r in requests]
         self._started: list[Stream] = []
@@ -209,13 +214,7 @@ def _reason(reasons: list[str]) -> str:
 
 
 def part_requests(request: Request, texts: list[str]) -> list[Request]:
-    """One request per part: the same voice, language and options (a frame limit included),
-    with a seed, ``seed + i`` (the same text and seed give the same audio)."""
-    options = request.options
-    out = []
-    for i, text in enumerate(texts):
-        opts = options
-        if options is not None and options.seed is not None:
-            opts = replace(options, seed=options.seed + i)
-        out.append(replace(request, text=text, options=opts))
-    return out
+    """One request per part: the same voice, language and options (the seed and a frame limit
+    included). The studio speaks the chunks of a long text the same way (same split, same seed
+    for every chunk, same crossfade), so a text and seed sound the same from either."""
+    return [replace(request, text=text) for text in texts]

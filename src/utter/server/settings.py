@@ -96,6 +96,7 @@ class ServerSettings(BaseSettings):
     # 0 speaks every text whole.
     split_chars: int = Field(default=300, ge=0)
     split_parallel: int = Field(default=4, ge=1)
+    split_crossfade_ms: float = Field(default=40.0, ge=0)
     # Most frames (80 ms each) one request may ask for: the KV cache is sized from it.
     max_frames: int = Field(default=MAX_FRAMES, ge=1, le=MAX_FRAMES)
     max_batch_items: int = Field(default=32, ge=1)

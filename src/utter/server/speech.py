@@ -101,7 +101,11 @@ def submit(
         if len(parts) > 1:
             parallel = min(settings.split_parallel, max(1, batcher.max_batch // 2))
             stream: AnyStream = PartedStream(
-                batcher, part_requests(request, parts), parallel, options.max_frames
+                batcher,
+                part_requests(request, parts),
+                parallel,
+                options.max_frames,
+                settings.split_crossfade_ms,
             )
         else:
             stream = batcher.submit(request)

@@ -118,6 +118,9 @@ class StudioSettings(BaseSettings):
             "host": self.host,
             "max_batch": self.max_batch,
             "max_queue": self.max_queue,
+            # /tts speaks long texts as the studio does (same split, same crossfade).
+            "split_chars": self.chunk_chars,
+            "split_crossfade_ms": self.crossfade_ms,
         }
         return ServerSettings(**{**values, **overrides})
 
