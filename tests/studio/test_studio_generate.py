@@ -56,6 +56,58 @@ def test_long_text_is_chunked_and_each_chunk_has_its_own_limit(client, studio, v
     assert not parts.exists()  # chunk files are cleaned up once joined
 
 
+class _OpenStreams:
+    """Wraps a provider's ``synthesize``: counts the chunk streams open at once."""
+
+    def __init__(self, real) -> None:
+        self.real, self.open, self.peak = real, 0, 0
+
+    async def synthesize(self, request):
+        stream = await self.real(request)
+        self.open += 1
+        self.peak = max(self.peak, self.open)
+        spy = self
+
+        class Counted:
+            @property
+            def finish_reason(self):
+                return stream.finish_reason
+
+            def cancel(self) -> None:
+                stream.cancel()
+
+            async def __aiter__(self):
+                try:
+                    async for chunk in stream:
+                        yield chunk
+                finally:
+                    spy.open -= 1
+
+        return Counted()
+
+
+def test_chunks_are_spoken_ahead_and_sound_as_one_by_one(client, studio, voice, monkeypatch) -> None:
+    """With chunk_parallel > 1 the chunks after the current one are spoken at once (from its
+    first audio on) and taken up in order: the same audio as one chunk at a time."""
+    runner = studio.studio.runner
+    text = (
+        "The first sentence is right here. The second one follows it now. "
+        "A third one comes after that. And the fourth one ends it."
+    )
+    audio, peaks = {}, {}
+    for parallel in (1, 3):
+        monkeypatch.setattr(runner.settings, "chunk_parallel", parallel)
+        spy = _OpenStreams(runner.provider.synthesize)
+        monkeypatch.setattr(runner.provider, "synthesize", spy.synthesize)
+        job = _generate(client, voice, text, seed=21, max_frames=6)
+        task = wait_task(client, job["task_id"])
+        assert task["status"] == "completed" and task["chunks_total"] == 4, task
+        audio[parallel], peaks[parallel] = _audio(client, job["generation_id"]), spy.peak
+        monkeypatch.undo()
+    assert peaks == {1: 1, 3: 3}
+    assert np.array_equal(audio[1], audio[3])
+
+
 def test_same_seed_same_audio(client, voice) -> None:
     a = _generate(client, voice, "Repeat me.", seed=123, max_frames=4)
     b = _generate(client, voice, "Repeat me.", seed=123, max_frames=4)
@@ -84,6 +136,8 @@ def test_cancel_stops_a_running_job_and_keeps_what_it_made(client, studio, voice
     assert seen == sorted(seen)  # progress only moves forward
     time.sleep(0.5)
     assert client.get(f"/api/tasks/{job['task_id']}").json()["frames_done"] == frames  # nothing runs on
+    batcher = studio.studio.runner.provider.holder.batcher  # nor do the chunks spoken ahead
+    assert batcher.active == 0 and batcher.queued == 0
     gen = client.get(f"/api/generations/{job['generation_id']}").json()
     # What it made is kept: playable, downloadable, and marked as a partial result.
     assert gen["status"] == "cancelled" and gen["partial"] and gen["resumable"] and gen["audio_url"]

@@ -78,6 +78,9 @@ class StudioSettings(BaseSettings):
     # the crossfade between chunks.
     chunk_chars: int = Field(300, ge=20)
     crossfade_ms: float = Field(40.0, ge=0)
+    # Chunks of one job spoken at once: the next ones start while the current one streams (on a
+    # GPU a few more rows in a step cost about the same, so a long text is done sooner).
+    chunk_parallel: int = Field(4, ge=1)
 
     # Jobs.
     job_slots: int = Field(4, ge=1)  # jobs one process runs at once (they share the batcher)

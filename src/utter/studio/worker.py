@@ -3,8 +3,10 @@
 Every studio process runs one :class:`JobRunner` (``--workers N`` gives N of them on one
 database). A job's text is split into chunks once (stored with the task); each chunk is spoken
 with the same voice and seed and saved as it finishes, so a job interrupted by a crash resumes
-at the first unfinished chunk. A heartbeat per job renews its lease, writes progress (chunks and
-frames) and picks up cancel requests, which stop the running stream at once.
+with the chunks it has not finished. Up to ``chunk_parallel`` chunks are spoken at once: the
+current one streams to the live audio, the next ones are spoken ahead (from the current
+chunk's first audio on) and taken up in order. A heartbeat per job renews its lease, writes
+progress (chunks and frames) and picks up cancel requests, which stop its streams at once.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,7 +69,7 @@ class _Job:
     frames_before: int = 0  # frames of finished chunks
     frames_now: int = 0  # frames of the running chunk
     max_now: int = 0
-    stream: SynthesisStream | None = None
+    streams: set[SynthesisStream] = field(default_factory=set)  # the current chunk's and those ahead
     stop_reason: str | None = None  # "cancelled", "lost", "gone", "shutdown"
     # The audio made so far, in order, as it streams (finished chunks, then the running one):
     # what GET /api/tasks/{id}/live.wav plays while the job runs.
@@ -76,8 +79,8 @@ class _Job:
     def stop(self, reason: str) -> None:
         if self.stop_reason is None:
             self.stop_reason = reason
-        if self.stream is not None:
-            self.stream.cancel()
+        for stream in list(self.streams):
+            stream.cancel()
 
     def check(self) -> None:
         if self.stop_reason is not None:
@@ -321,24 +324,32 @@ class JobRunner:
                 "resuming job %s: %d of %d chunks were already done", job.task_id, saved, len(job.chunks)
             )
         parts: list[np.ndarray] = []
-        for index, text in enumerate(job.chunks):
-            job.check()
-            audio = await asyncio.to_thread(self.storage.load_chunk, plan.generation_id, index)
-            live_base = len(job.live)
-            if audio is None:
-                try:
-                    audio = await self._speak(job, plan, text, index)
-                except AudioError as exc:  # the recording vanished meanwhile: say so, name no path
-                    if not plan.voice.audio_path.is_file():
-                        raise ValueError("the voice of this generation was deleted") from exc
-                    raise
-                await asyncio.to_thread(self.storage.save_chunk, plan.generation_id, index, audio)
-            parts.append(audio)
-            if len(job.live) == live_base:  # a chunk from an earlier run (not streamed now)
-                job.live.append(audio)
-            job.frames_before += len(audio) // SAMPLES_PER_FRAME
-            job.frames_now = job.max_now = 0
-            job.chunks_done = index + 1
+        ahead: dict[int, asyncio.Task] = {}  # chunks spoken ahead of their turn, by index
+        try:
+            for index, text in enumerate(job.chunks):
+                job.check()
+                live_base = len(job.live)
+                if index in ahead:  # spoken ahead (and saved): its audio as made, not as saved
+                    audio = await self._chunk_of(plan, ahead.pop(index))
+                else:
+                    audio = await asyncio.to_thread(self.storage.load_chunk, plan.generation_id, index)
+                if audio is None:
+
+                    def go_ahead(first: int = index + 1) -> None:  # from this chunk's first audio on
+                        self._look_ahead(job, plan, first, ahead)
+
+                    audio = await self._chunk_of(plan, self._speak(job, plan, text, index, go_ahead))
+                    await asyncio.to_thread(self.storage.save_chunk, plan.generation_id, index, audio)
+                parts.append(audio)
+                if len(job.live) == live_base:  # a chunk not streamed now (earlier run, or ahead)
+                    job.live.append(audio)
+                job.frames_before += len(audio) // SAMPLES_PER_FRAME
+                job.frames_now = job.max_now = 0
+                job.chunks_done = index + 1
+        finally:  # a job that stops stops its chunks ahead too (what they finished stays saved)
+            for task in ahead.values():
+                task.cancel()
+            await asyncio.gather(*ahead.values(), return_exceptions=True)
         joined = crossfade_join(parts, SAMPLE_RATE, self.settings.crossfade_ms)
         if len(joined) == 0:
             raise ValueError("the model produced no audio for this text")
@@ -365,13 +376,40 @@ class JobRunner:
         elif await asyncio.to_thread(self._generation_id, job.task_id) is None:
             self.storage.delete_generation(plan.generation_id)  # deleted while we finished
 
-    async def _speak(self, job: _Job, plan: _Plan, text: str, index: int) -> np.ndarray:
-        """One chunk's audio; retries while the TTS is momentarily full or unreachable."""
+    async def _chunk_of(self, plan: _Plan, speaking: Awaitable[np.ndarray]) -> np.ndarray:
+        try:
+            return await speaking
+        except AudioError as exc:  # the recording vanished meanwhile: say so, name no path
+            if plan.voice is not None and not plan.voice.audio_path.is_file():
+                raise ValueError("the voice of this generation was deleted") from exc
+            raise
+
+    def _look_ahead(self, job: _Job, plan: _Plan, first: int, ahead: dict[int, asyncio.Task]) -> None:
+        """Start speaking the chunks from ``first`` on that are not done, so that with the
+        current one ``chunk_parallel`` run; each is saved as it finishes."""
+        for index in range(first, min(first + self.settings.chunk_parallel - 1, len(job.chunks))):
+            if index in ahead or self.storage.chunk_audio(plan.generation_id, index).is_file():
+                continue
+            ahead[index] = asyncio.create_task(
+                self._speak_ahead(job, plan, index), name=f"utter-chunk-{index}"
+            )
+
+    async def _speak_ahead(self, job: _Job, plan: _Plan, index: int) -> np.ndarray:
+        audio = await self._speak(job, plan, job.chunks[index], index, None)
+        await asyncio.to_thread(self.storage.save_chunk, plan.generation_id, index, audio)
+        return audio
+
+    async def _speak(
+        self, job: _Job, plan: _Plan, text: str, index: int, on_first_audio: Callable[[], None] | None
+    ) -> np.ndarray:
+        """One chunk's audio; retries while the TTS is momentarily full or unreachable. With
+        ``on_first_audio`` it is the current chunk (it streams to the live audio and calls
+        that at its first audio), else a chunk spoken ahead (quietly, into its own buffer)."""
         request = Synthesis(text, plan.voice, plan.language, plan.seed, plan.options)  # type: ignore[arg-type]
         for attempt in range(MAX_RETRIES + 1):
             job.check()
             try:
-                return await self._stream(job, request, plan.generation_id, index)
+                return await self._stream(job, request, plan.generation_id, index, on_first_audio)
             except (QueueFullError, WorkerError, httpx.TransportError, RemoteError) as exc:
                 if isinstance(exc, RemoteError) and not exc.retryable:
                     raise
@@ -381,11 +419,20 @@ class JobRunner:
                 await asyncio.sleep(RETRY_SECONDS)
         raise AssertionError("unreachable")
 
-    async def _stream(self, job: _Job, request: Synthesis, generation_id: str, index: int) -> np.ndarray:
-        """The chunk's audio as it streams; what it has made is saved every few seconds, so a
-        job that stops (crash, cancel, failure) keeps all but the last few seconds of it."""
+    async def _stream(
+        self,
+        job: _Job,
+        request: Synthesis,
+        generation_id: str,
+        index: int,
+        on_first_audio: Callable[[], None] | None,
+    ) -> np.ndarray:
+        """The chunk's audio as it streams. The current chunk (``on_first_audio`` given) goes
+        to the live audio and what it has made is saved every few seconds, so a job that stops
+        (crash, cancel, failure) keeps all but the last few seconds of it."""
+        current = on_first_audio is not None
         stream = await self.provider.synthesize(request)
-        job.stream = stream
+        job.streams.add(stream)
         if job.stop_reason is not None:
             stream.cancel()
         pcm: list[np.ndarray] = []
@@ -394,6 +441,10 @@ class JobRunner:
         try:
             async for chunk in stream:
                 pcm.append(chunk.pcm)
+                if not current:
+                    continue
+                if len(pcm) == 1:
+                    on_first_audio()
                 job.live.append(chunk.pcm)
                 job.frames_now, job.max_now = chunk.frames_done, chunk.max_frames
                 made = sum(len(p) for p in pcm)
@@ -403,10 +454,12 @@ class JobRunner:
                     )
                     saved = made
         except BaseException:
-            del job.live[base:]
+            if current:
+                del job.live[base:]
+            stream.cancel()  # e.g. a chunk ahead whose job stopped: its generation stops too
             raise
         finally:
-            job.stream = None
+            job.streams.discard(stream)
         job.check()
         if stream.finish_reason == "cancelled":
             raise _Stop("cancelled")
