@@ -74,6 +74,32 @@ def test_say_greedy_is_deterministic_and_voice_file_round_trips(
     assert sf.read(a)[0].tolist() == sf.read(b)[0].tolist()
 
 
+def test_say_speaks_a_long_text_in_parts(
+    tiny_checkpoint: Path, ref_wav: Path, tmp_path: Path, caplog
+) -> None:
+    """As the server does: parts cut at sentence ends, several at once, crossfaded; the same
+    audio however many run at once; a frame limit for the whole text."""
+    text = tmp_path / "long.txt"
+    text.write_text("One is here. Two is there. Three, now. Then four. And five ends it.", encoding="utf-8")
+    common = ["--ref-text", REF_TEXT, "--text-file", str(text), "--seed", "4", "--split-chars", "16"]
+    outs = {}
+    for name, extra in {
+        "p1": ["--parallel", "1"],
+        "p3": ["--parallel", "3"],
+        "whole": ["--split-chars", "0"],
+    }.items():
+        outs[name] = tmp_path / f"{name}.wav"
+        with caplog.at_level(logging.INFO, logger="utter"):
+            assert main(_say(tiny_checkpoint, ref_wav, outs[name], *common, *extra)) == 0
+    assert "in 6 parts, up to 3 at once" in caplog.text
+    audio = {name: sf.read(path, dtype="int16")[0] for name, path in outs.items()}
+    assert np.array_equal(audio["p1"], audio["p3"])
+    assert len(audio["p3"]) != len(audio["whole"])  # spoken whole, it is another audio
+    limited = tmp_path / "limited.wav"
+    assert main(_say(tiny_checkpoint, ref_wav, limited, *common, "--max-frames", "7")) == 0
+    assert sf.info(limited).frames == 7 * 1920
+
+
 def test_x_vector_only_and_text_file(tiny_checkpoint: Path, ref_wav: Path, tmp_path: Path) -> None:
     text = tmp_path / "t.txt"
     text.write_text("Read from a file.", encoding="utf-8")

@@ -84,7 +84,18 @@ def build_parser() -> argparse.ArgumentParser:
     say.add_argument("--subtalker-top-k", type=int, default=None, help="code predictor top-k")
     say.add_argument("--subtalker-top-p", type=float, default=None, help="code predictor top-p")
     say.add_argument("--subtalker-greedy", action="store_true", help="argmax in the code predictor only")
-    say.add_argument("--max-frames", type=int, default=None, help="at most N frames of 1920 samples (80 ms)")
+    say.add_argument(
+        "--max-frames", type=int, default=None, help="at most N frames of 1920 samples (80 ms) in all"
+    )
+    say.add_argument(
+        "--split-chars",
+        type=int,
+        default=300,
+        help="speak a longer text in parts cut at sentence ends (a CJK character counts 3; 0: whole)",
+    )
+    say.add_argument(
+        "--parallel", type=int, default=4, help="parts of a long text spoken at once (default 4)"
+    )
 
     voice = sub.add_parser("voice", help="compute a voice from a reference recording and save it")
     _add_model_args(voice)
@@ -161,12 +172,16 @@ def _read_text(value: str | None, file: str | None, what: str) -> str | None:
     return value
 
 
-def _load_engine(args: argparse.Namespace):
+def _load_engine(args: argparse.Namespace, max_batch: int = 1):
     from .engine.engine import Engine
 
     # One request at a time: max_batch=1 picks the fastest single-stream weight mode.
     return Engine.load(
-        args.model, device=args.device, weight_mode=args.weight_mode, cache_dir=args.cache_dir, max_batch=1
+        args.model,
+        device=args.device,
+        weight_mode=args.weight_mode,
+        cache_dir=args.cache_dir,
+        max_batch=max_batch,
     )
 
 
@@ -227,7 +242,9 @@ def _options(engine, args: argparse.Namespace):
 
 def cmd_say(args: argparse.Namespace) -> None:
     from .audio import write_wav
+    from .engine.engine import Request
     from .engine.voice import VoicePrompt
+    from .server.textsplit import cost, split_text
 
     text = _read_text(args.text, args.text_file, "text")
     if text is None or not text.strip():
@@ -238,7 +255,12 @@ def cmd_say(args: argparse.Namespace) -> None:
         )
     if args.max_frames is not None and args.max_frames < 1:
         raise UsageError("--max-frames must be at least 1")
-    engine = _load_engine(args)
+    if args.split_chars < 0 or args.parallel < 1:
+        raise UsageError("--split-chars must be 0 or more and --parallel at least 1")
+    parts = (
+        split_text(text, args.split_chars) if args.split_chars and cost(text) > args.split_chars else [text]
+    )
+    engine = _load_engine(args, max_batch=min(args.parallel, len(parts)))
     if args.language.strip().lower() not in {lang.lower() for lang in engine.languages}:
         raise UsageError(f"unknown language {args.language!r}; choose one of: {', '.join(engine.languages)}")
     voice = None
@@ -253,10 +275,19 @@ def cmd_say(args: argparse.Namespace) -> None:
             f"{args.model} is a {engine.variant} model: it cannot clone (--ref/--voice need a Base model); "
             + ("use --speaker" if engine.variant == "custom_voice" else "describe the voice with --instruct")
         )
-    started = time.perf_counter()
-    audio = engine.generate(
+    request = Request(
         text, voice, args.language, _options(engine, args), speaker=args.speaker, instruct=args.instruct
     )
+    if engine.variant == "voice_design":  # each generation makes its voice afresh: no parts
+        parts = [text]
+    started = time.perf_counter()
+    if len(parts) == 1:
+        audio = engine.generate(
+            text, voice, args.language, request.options, speaker=args.speaker, instruct=args.instruct
+        )
+    else:
+        log.info("speaking %d characters in %d parts, up to %d at once", len(text), len(parts), args.parallel)
+        audio = _say_in_parts(engine, request, parts, args.parallel)
     elapsed = time.perf_counter() - started
     write_wav(args.output, audio, engine.sample_rate)
     seconds = len(audio) / engine.sample_rate
@@ -267,6 +298,27 @@ def cmd_say(args: argparse.Namespace) -> None:
         elapsed,
         seconds / elapsed if elapsed else 0.0,
     )
+
+
+def _say_in_parts(engine, request, parts: list[str], parallel: int):
+    """A long text as the server speaks it (``server/longform.py``): each part a request with
+    the same voice, options and seed, ``parallel`` at once, joined with a 40 ms crossfade; a
+    frame limit holds for the whole text."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    from .audio.crossfade import crossfade_join
+    from .engine.sched.batcher import Batcher
+    from .server.longform import FADE_MS
+
+    with Batcher(engine, max_batch=parallel, max_queue=len(parts)) as batcher:
+        streams = [batcher.submit(replace(request, text=part)) for part in parts]
+        audio = crossfade_join([stream.audio() for stream in streams], engine.sample_rate, FADE_MS)
+    limit = request.options.max_frames
+    if limit is not None:
+        audio = audio[: limit * engine.codec.frame_samples]
+    return np.asarray(audio, dtype=np.float32)
 
 
 def cmd_voice(args: argparse.Namespace) -> None:

@@ -41,10 +41,10 @@ class PartedStream:
 
     Parts are submitted in order: the first alone, then, from its first audio on, as many as
     make ``parallel`` running, another each time one ends; the audio of a part that is ahead
-    waits in its own stream until its turn. ``max_frames`` limits the
-    whole text (the caller's limit; :func:`part_requests` gives each part the same one, which
-    none can exceed): the audio stops there and the parts still running are cancelled
-    (``finish_reason`` "max_frames").
+    waits in its own stream until its turn. ``max_frames`` limits the whole text (the caller's
+    limit; :func:`part_requests` gives each part the same one, which none can exceed): the
+    audio stops there and the parts still running are cancelled (``finish_reason``
+    "max_frames").
     """
 
     def __init__(
@@ -121,10 +121,12 @@ class PartedStream:
             except QueueFullError:  # others are waiting too: try again at the next chunk
                 return
 
-    async def _next_part(self) -> Stream:
+    async def _next_part(self) -> Stream | None:
         """The stream of the next part to read, started now if it has not been (the queue may
-        be full for a while: the parts already running keep going meanwhile)."""
+        be full for a while), or None once cancelled."""
         while not self._running:
+            if self._cancelled or not self._waiting:
+                return None
             self._top_up()
             if not self._running:
                 await asyncio.sleep(RETRY_S)
@@ -140,6 +142,8 @@ class PartedStream:
             first = True
             while (self._running or self._waiting) and not self._cancelled:
                 stream = await self._next_part()
+                if stream is None:  # cancelled while it waited for room in the queue
+                    break
                 if not first:
                     pcm = fader.seam()
                     if len(pcm):
