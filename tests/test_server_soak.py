@@ -48,6 +48,10 @@ def clone_body(ref: str, seed: int, frames: int = 4, **extra) -> dict:
     }
 
 
+# A text the soak server (split_chars=30) speaks in four parts, two at once (server/longform.py).
+PARTED = "The first part is here. The second part follows. A third part comes. The last part ends it."
+
+
 BAD = [
     ("/clone", {"text": ""}, 400),
     ("/clone", {"language": "Elvish"}, 400),
@@ -61,12 +65,19 @@ BAD = [
 
 def test_soak_with_cancels_disconnects_bad_inputs_and_timeouts(engine, ref_wav, tmp_path) -> None:
     ref = b64(ref_wav.read_bytes())
-    srv = start_server(engine, tmp_path, max_batch=16, generation_timeout_s=3.0)
+    srv = start_server(
+        engine, tmp_path, max_batch=16, generation_timeout_s=3.0, split_chars=30, split_parallel=2
+    )
     headers = {"Authorization": f"Bearer {API_KEY}"}
     try:
         with srv.client() as http:
             expected = {seed: http.post("/clone", json=clone_body(ref, seed)).content for seed in range(4)}
             assert all(len(v) > 44 for v in expected.values())
+            parted = {
+                seed: http.post("/clone", json=clone_body(ref, seed, 12, text=PARTED)).content
+                for seed in range(4)
+            }
+            assert all(len(v) > 44 for v in parted.values())
             for _ in range(2):  # warm up every path once before measuring memory and threads
                 http.post("/clone", json=clone_body(ref, 0))
         time.sleep(0.5)
@@ -91,6 +102,7 @@ def test_soak_with_cancels_disconnects_bad_inputs_and_timeouts(engine, ref_wav, 
                         return
                     kind = rng.choice(
                         ["good", "good", "good", "stream-leave", "cancel", "bad", "give-up", "long"]
+                        + ["parts", "parts-leave"]
                     )
                     seed = rng.randrange(1000)
                     try:
@@ -99,6 +111,14 @@ def test_soak_with_cancels_disconnects_bad_inputs_and_timeouts(engine, ref_wav, 
                             record(
                                 kind, r.status_code == 200 and r.content == expected[seed % 4], r.text[:200]
                             )
+                        elif kind == "parts":  # a long text in parts, among everything else
+                            r = c.post("/clone", json=clone_body(ref, seed, 12, text=PARTED))
+                            record(kind, r.status_code == 200 and r.content == parted[seed % 4], r.text[:200])
+                        elif kind == "parts-leave":
+                            body = clone_body(ref, seed, 400, text=PARTED * 3, stream=True)
+                            with c.stream("POST", "/clone", json=body) as r:
+                                next(r.iter_bytes())
+                            record(kind, r.status_code == 200)
                         elif kind == "stream-leave":
                             with c.stream(
                                 "POST", "/clone", json=clone_body(ref, seed, 400, stream=True)
@@ -139,7 +159,9 @@ def test_soak_with_cancels_disconnects_bad_inputs_and_timeouts(engine, ref_wav, 
             w.join(timeout=TIME_LIMIT_S + 120)
         assert not failures, failures[:10]
         assert sum(outcomes.values()) >= 100, outcomes  # hundreds, unless the time bound came first
-        assert outcomes["good"] > 0 and outcomes["cancel"] > 0 and outcomes["bad"] > 0
+        assert (
+            outcomes["good"] > 0 and outcomes["cancel"] > 0 and outcomes["bad"] > 0 and outcomes["parts"] > 0
+        )
 
         batcher = srv.holder.batcher
         end = time.monotonic() + 60
