@@ -4,6 +4,7 @@ stream equal to the parts spoken alone and crossfaded; limits, cancels, a full q
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from dataclasses import replace
 
@@ -16,6 +17,7 @@ from utter.audio.crossfade import crossfade_join
 from utter.engine.engine import Request
 from utter.engine.sampling import GenerationOptions
 from utter.engine.sched.batcher import Batcher, WorkerError
+from utter.engine.sched.runner import Runner
 from utter.server.longform import FADE_MS, PartedStream, part_requests
 from utter.server.textsplit import split_text
 
@@ -67,12 +69,29 @@ def joined(parts: list[tuple[np.ndarray, str]]) -> np.ndarray:
     return crossfade_join([audio for audio, _ in parts], SAMPLE_RATE, FADE_MS)
 
 
-@pytest.mark.parametrize("parallel", [1, 3])
-def test_parts_run_together_and_sound_as_alone_crossfaded(engine, voice, parallel) -> None:
+@contextlib.contextmanager
+def gpu_scheduling(engine, monkeypatch):
+    """The GPU's way of scheduling, run on the CPU: fixed shapes (batch buckets, one cache
+    allocated once), pipelined steps, and every stream's codec state in shared slots."""
+    monkeypatch.setenv("UTTER_PIPELINE", "1")
+    monkeypatch.setenv("UTTER_CODEC_SLOTS", "1")
+    saved = engine.runner
+    engine.runner = Runner(engine.talker, engine.config)
+    engine.runner.enable_graphs(max_batch=4, max_len=1024, capture=False)
+    try:
+        yield
+    finally:
+        engine.runner = saved
+
+
+@pytest.mark.parametrize(("parallel", "path"), [(1, "cpu"), (3, "cpu"), (3, "gpu-like")])
+def test_parts_run_together_and_sound_as_alone_crossfaded(engine, voice, parallel, path, monkeypatch) -> None:
     requests = parts_of(voice, GenerationOptions(seed=7))
     assert {r.options.seed for r in requests} == {7}  # as the studio speaks chunks
     expected = alone(engine, requests)
-    with Batcher(engine, max_batch=4) as batcher:
+    scheduling = gpu_scheduling(engine, monkeypatch) if path == "gpu-like" else contextlib.nullcontext()
+    with scheduling, Batcher(engine, max_batch=4) as batcher:
+        assert (batcher._slots is not None) == (path == "gpu-like")
         stream, audio, peak = read_in_loop(batcher, requests, parallel)
         assert engine.runner.active == 0 and batcher.queued == 0
     assert peak == parallel  # the first `parallel` parts ran at once
