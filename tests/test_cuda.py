@@ -139,6 +139,23 @@ def test_the_batcher_streams_on_the_codec_stream_what_generate_decodes(
         assert a.shape == b.shape and np.abs(a - b).max() < 1e-3
 
 
+def test_a_long_text_in_parts_on_cuda_equals_its_parts_alone(cuda_engine, ref_wav) -> None:
+    """A long text's parts at once on the GPU path (graphs, pipelined steps, codec slots on
+    their stream), read as one stream: each part's audio as alone, crossfaded in order."""
+    import numpy as np
+
+    from tests.test_longform import alone, joined, parts_of, read_in_loop
+    from utter.engine.sched.batcher import Batcher
+
+    voice = cuda_engine.create_voice(ref_wav, ref_text=REF_TEXT)
+    requests = parts_of(voice, GenerationOptions(seed=7))
+    want = joined(alone(cuda_engine, requests))
+    with Batcher(cuda_engine, max_batch=4) as batcher:
+        _, got, peak = read_in_loop(batcher, requests, 3)
+    assert peak == 3 and len(got) == len(want)
+    assert np.abs(got - want).max() < 1e-3
+
+
 def test_codec_slots_replayed_from_graphs_equal_streams_pushed_alone(cuda_engine) -> None:
     """Codec pushes of several streams, captured per (batch bucket, chunk length) on first use
     and replayed after: each stream's audio is its own AudioStream's, and the capture (warm-up
