@@ -92,6 +92,16 @@ def start_server(
     return LiveServer(settings, holder, tls=tls).start()
 
 
+def store_voice(http: httpx.Client, ref_wav: Path, name: str = "Ada") -> dict:
+    """``POST /v1/voices`` with the test reference and its transcript; the stored voice's info."""
+    from tests.conftest import REF_TEXT
+
+    files = {"audio": ("ref.wav", ref_wav.read_bytes(), "audio/wav")}
+    r = http.post("/v1/voices", files=files, data={"name": name, "ref_text": REF_TEXT, "language": "English"})
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import REF_TEXT
-from tests.server_support import b64, start_server
+from tests.server_support import b64, start_server, store_voice
 from utter.audio import SAMPLE_RATE, load_audio
 from utter.audio.crossfade import crossfade_join
 from utter.server.longform import FADE_MS
@@ -29,12 +29,7 @@ def server(engine, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def voice_id(http, ref_wav) -> str:
-    files = {"audio": ("ref.wav", ref_wav.read_bytes(), "audio/wav")}
-    r = http.post(
-        "/v1/voices", files=files, data={"name": "Ada", "ref_text": REF_TEXT, "language": "English"}
-    )
-    assert r.status_code == 201, r.text
-    return r.json()["id"]
+    return store_voice(http, ref_wav)["id"]
 
 
 def pcm(data: bytes) -> np.ndarray:

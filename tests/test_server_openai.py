@@ -9,7 +9,7 @@ import json
 import pytest
 
 from tests.conftest import REF_TEXT
-from tests.server_support import read_wav, start_server
+from tests.server_support import read_wav, start_server, store_voice
 from utter.audio import load_audio
 from utter.audio.encode import FORMATS
 
@@ -30,12 +30,7 @@ def server(engine, data_dir):
 
 @pytest.fixture(scope="module")
 def voice_id(http, ref_wav) -> str:
-    files = {"audio": ("ref.wav", ref_wav.read_bytes(), "audio/wav")}
-    r = http.post(
-        "/v1/voices", files=files, data={"name": "Ada", "ref_text": REF_TEXT, "language": "English"}
-    )
-    assert r.status_code == 201, r.text
-    info = r.json()
+    info = store_voice(http, ref_wav)
     assert info["id"].startswith("voice_") and info["name"] == "Ada" and info["language"] == "English"
     assert info["ref_text"] == REF_TEXT and not info["x_vector_only"] and info["reference_seconds"] == 2.5
     return info["id"]
