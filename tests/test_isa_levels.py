@@ -69,7 +69,7 @@ def test_the_int8_and_native_tests_pass_at_avx2_level(tmp_path: Path) -> None:
     saturates or an AVX2 code path that computes wrong)."""
     selection = "int8 or native or drift or full_range"
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", selection]
-    command += ["tests/test_quant.py", "tests/test_native.py"]
+    command += ["tests/test_quant.py", "tests/test_native.py", "tests/test_int8_prefill.py"]
     out = subprocess.run(command, cwd=ROOT, env=_env(tmp_path), capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
     assert " passed" in out.stdout and " failed" not in out.stdout

@@ -21,6 +21,13 @@ from utter.engine.sampling import GenerationOptions, SamplingOptions
 pytestmark = pytest.mark.skipif(native.library() is None, reason="native kernels cannot be built here")
 
 
+@pytest.fixture(autouse=True)
+def native_prefills(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Prefills in the native kernels too, as float16 engines and CPUs without an int8 x int8
+    kernel run them (int8 engines here prefill with it: tests/test_int8_prefill.py)."""
+    monkeypatch.setenv("UTTER_INT8_PREFILL", "0")
+
+
 @pytest.mark.parametrize("rows", [1, 2, 3, 4, 7])
 def test_gemv_equals_the_dequantized_product(rows: int) -> None:
     torch.manual_seed(rows)
@@ -64,7 +71,8 @@ def _pytorch_only(module: torch.nn.Module) -> torch.nn.Module:
     computing in float32 with the dequantized weight (the native kernel's math)."""
     for sub in module.modules():
         if isinstance(sub, Int8Linear):
-            sub.kernel, sub.native = "dequantize", None
+            sub.qweight = sub.int8_weight()  # the plain copy back (native engines keep none)
+            sub.kernel, sub.native, sub.rows_kernel = "dequantize", None, None
         if isinstance(sub, Fp16Linear):
             sub.native = None
         if isinstance(sub, DecoderStack):
@@ -267,7 +275,7 @@ def test_int8_linear_takes_the_native_path_for_float32_rows(monkeypatch: pytest.
     odd = Int8Linear.from_linear(torch.nn.Linear(64, 6), "native")  # 6 rows: no blocked layout
     assert odd.native is None and odd.kernel in ("fbgemm", "dequantize")
     with pytest.raises(ValueError, match="int8 weights need"):
-        native.PackedWeight(native.library(), layer.qweight, None)
+        native.PackedWeight(native.library(), layer.int8_weight(), None)
 
 
 def test_cancels_in_a_full_native_batch_leave_the_others_exact(

@@ -35,16 +35,23 @@ CAPS = (
 
 def measure(model: str, batch: int = 2, length: int = 16, seed: int = 0) -> dict[str, Any]:
     """Drift of every case in ``CASES`` against the float32 talker of ``model`` (a folder)."""
+    from ..engine.cpu import native_stack
     from ..engine.cpu.drift import logit_drift
     from ..engine.cpu.isa import cpu_isa
-    from ..engine.cpu.quant import Int8Linear, apply_weight_mode
+    from ..engine.cpu.quant import NATIVE_MAX_BATCH, Int8Linear, apply_weight_mode
     from ..engine.engine import Engine
 
     reference = Engine.load(model, device="cpu", weight_mode="float32", max_batch=1).talker
     rows = []
     for mode, max_batch in CASES:
         candidate = apply_weight_mode(copy.deepcopy(reference), mode, max_batch)
+        if max_batch <= NATIVE_MAX_BATCH:  # as Engine.load: whole decoder stacks natively
+            native_stack.attach(candidate)
         kernels = sorted({m.kernel for m in candidate.modules() if isinstance(m, Int8Linear)})
+        prefill = sorted({m.rows_kernel for m in candidate.modules() if isinstance(m, Int8Linear)} - {None})
+        kernels = [
+            k + (f" (prefill {'/'.join(prefill)})" if prefill and k not in prefill else "") for k in kernels
+        ]
         drift = logit_drift(reference, candidate, batch=batch, length=length, seed=seed)
         rows.append({"mode": mode, "max_batch": max_batch, "int8_kernel": "/".join(kernels), **asdict(drift)})
         logger.info("%s (max_batch %d): %s", mode, max_batch, drift)
@@ -65,8 +72,9 @@ def table(result: dict[str, Any]) -> str:
         f"CPU flags: {result['isa']}{'; kernels capped: ' + caps if caps else ''}; "
         f"torch {result['torch']}; model {result['model']}",
         "",
-        "| mode | engine | int8 kernel | mean cosine talker / predictor | worst | top-1 talker / predictor |",
-        "|---|---|---|---|---|---|",
+        "| mode | engine | int8 kernel | mean cosine talker / predictor | worst | top-1 talker / predictor "
+        "| talker in decode steps: cosine, top-1 |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in result["rows"]:
         engine = "single stream" if r["max_batch"] == 1 else f"serving ({r['max_batch']} rows)"
@@ -74,7 +82,8 @@ def table(result: dict[str, Any]) -> str:
             f"| {r['mode']} | {engine} | {r['int8_kernel'] or '-'} | "
             f"{r['talker_cosine']:.5f} / {r['predictor_cosine']:.5f} | "
             f"{r['talker_cosine_min']:.5f} / {r['predictor_cosine_min']:.5f} | "
-            f"{r['talker_top1']:.0%} / {r['predictor_top1']:.0%} |"
+            f"{r['talker_top1']:.0%} / {r['predictor_top1']:.0%} | "
+            f"{r['talker_step_cosine']:.5f}, {r['talker_step_top1']:.0%} |"
         )
     return "\n".join(lines)
 

@@ -25,6 +25,8 @@ from .cpu.isa import fast_bfloat16
 from .cpu.quant import (
     NATIVE_MAX_BATCH,
     WEIGHT_MODES,
+    Fp16Linear,
+    Int8Linear,
     activation_dtype,
     apply_weight_mode,
     default_weight_mode,
@@ -252,8 +254,8 @@ class Engine:
         return self.config.languages
 
     def memory_bytes(self) -> int:
-        """Bytes of the tensors this engine's models hold (talker, speaker encoder, codec), packed
-        and quantised weights included."""
+        """Bytes of the weights this engine's models hold (talker, speaker encoder, codec), packed
+        and quantised copies included (the native layout, fbgemm's and oneDNN's packs)."""
         codec = self.codec
         roots = [self.weights, getattr(codec, "encoder", None), getattr(codec, "decoder", None)]
         seen: set[int] = set()
@@ -262,6 +264,7 @@ class Engine:
             if not isinstance(root, torch.nn.Module):
                 continue
             for module in root.modules():
+                total += module.packed_bytes() if isinstance(module, (Int8Linear, Fp16Linear)) else 0
                 own = [*module.parameters(recurse=False), *module.buffers(recurse=False)]
                 for t in [*own, *vars(module).values()]:
                     if isinstance(t, torch.Tensor) and id(t) not in seen and t.device.type != "meta":

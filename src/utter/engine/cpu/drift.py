@@ -14,6 +14,9 @@ class Drift:
     """How far a candidate's logits move from a reference's on the same inputs.
 
     Cosines are per logit row (mean and worst); top-1 is the share of rows whose argmax agrees.
+    The talker's inputs run as one prefill (``talker_*``) and one position per call, as decode
+    steps run (``talker_step_*``): engines may multiply the two kinds of call with different
+    kernels (native int8 engines prefill with int8 inputs and decode with float32 ones).
     """
 
     talker_cosine: float
@@ -22,6 +25,8 @@ class Drift:
     predictor_cosine: float
     predictor_cosine_min: float
     predictor_top1: float
+    talker_step_cosine: float
+    talker_step_top1: float
 
 
 def _compare(ref: torch.Tensor, cand: torch.Tensor) -> tuple[float, float, float]:
@@ -40,6 +45,19 @@ def _talker_logits(talker: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, to
     cache = new_cache(talker.model.cfg, b, s, device, dtype)
     hidden = talker.model.run(x.to(dtype), cache, 0, kv_len=s)
     return talker.codec_head(hidden), hidden
+
+
+def _talker_step_logits(talker: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Talker over x [B, S, D] one position per call (as decode steps run) -> logits [B, S, V]."""
+    from ..model.layers import new_cache
+
+    dtype, device = talker.codec_head.weight.dtype, talker.codec_head.weight.device
+    b, s, _ = x.shape
+    cache = new_cache(talker.model.cfg, b, s, device, dtype)
+    x = x.to(dtype)
+    positions = torch.zeros(b, 1, dtype=torch.long, device=device)
+    hidden = [talker.model.run(x[:, p : p + 1], cache, positions + p, kv_len=p + 1) for p in range(s)]
+    return talker.codec_head(torch.cat(hidden, dim=1))
 
 
 def _predictor_logits(talker: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -87,4 +105,5 @@ def logit_drift(
     cp_in = torch.cat([hidden[:, -1:], *embeds], dim=1)  # [B, G, D]
     t = _compare(ref_talker, _talker_logits(candidate, talker_in)[0])
     p = _compare(_predictor_logits(reference, cp_in), _predictor_logits(candidate, cp_in))
-    return Drift(t[0], t[1], t[2], p[0], p[1], p[2])
+    steps = _compare(ref_talker, _talker_step_logits(candidate, talker_in))
+    return Drift(t[0], t[1], t[2], p[0], p[1], p[2], steps[0], steps[2])

@@ -229,6 +229,12 @@ def pack(weight: torch.Tensor, lanes: int) -> torch.Tensor:
     return out
 
 
+def unpack(packed: torch.Tensor) -> torch.Tensor:
+    """The [n, k] weight of a blocked one (``pack``'s inverse)."""
+    blocks, runs, block, lanes = packed.shape
+    return packed.transpose(1, 2).reshape(blocks * block, runs * lanes)
+
+
 def _blocked(weight: torch.Tensor, lanes: int) -> torch.Tensor:
     """The blocked layout with torch ops (what ``utter_pack`` writes in one parallel pass)."""
     n, k = weight.shape

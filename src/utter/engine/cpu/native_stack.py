@@ -68,6 +68,11 @@ class NativeStack:
                 setattr(layers[i], name, tensor.data_ptr())
         if len(kinds) != 1:
             raise ValueError(f"mixed weight types {kinds}")
+        # Prefills (more than one position per row) go through the layers' PyTorch path when
+        # every product there has an int8 x int8 kernel for them (quant's rows_kernel): decided
+        # by the call's kind, never by how many rows share it.
+        products = [m for layer in stack.layers for m in layer.modules() if isinstance(m, Int8Linear)]
+        self.steps_only = bool(products) and all(m.rows_kernel is not None for m in products)
         final = stack.norm.weight.detach().float().contiguous()
         self.keep.append(final)
         self.layers = layers
@@ -104,12 +109,14 @@ class NativeStack:
 
     def accepts(self, x: torch.Tensor, cache: tuple[torch.Tensor, torch.Tensor]) -> bool:
         """Whether a call fits this kernel: float32 rows on the CPU (any number of positions: a
-        decode step or a prefill), with a float32 cache of as many rows whose (layer, row) parts
-        are contiguous and laid out alike in k and v."""
+        decode step or a prefill, unless ``steps_only`` leaves prefills to the int8 x int8 kernel), with a
+        float32 cache of as many rows whose (layer, row) parts are contiguous and laid out alike
+        in k and v."""
         k, v = cache
         _, _, _, t, dim = k.shape
         return (
-            x.is_cpu
+            (not self.steps_only or x.shape[1] == 1)
+            and x.is_cpu
             and x.dtype == torch.float32
             and k.dtype == torch.float32
             and v.dtype == torch.float32

@@ -154,6 +154,16 @@ def _quantize_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 # depend on the other rows of its batch (and on the native kernels equal those of `utter say`).
 NATIVE_MAX_BATCH = 8
 
+# A native engine's talker layers also keep their weights packed for the int8 x int8 kernel
+# (their ``rows_kernel``), which multiplies every call that reaches the layers' PyTorch path:
+# the native stack sends prefills there (calls of more than one position per row, see
+# ``native_stack``) and keeps decode steps. Prefills are compute-bound, and int8 dot products do
+# 2-4x the float32 multiply-adds of the native kernel (0.6B shapes at 85 rows, a Zen 5 EPYC:
+# 1024->6144 2.90 -> 0.75 ms, 3072->1024 1.48 -> 0.74 ms; a cloned voice's prefill 280 -> 81 ms);
+# decode steps (a few rows, memory-bound) stay native. Each position's row is quantised on its
+# own, as in every int8 x int8 product here, and which way a call goes depends on the call's
+# kind only, so a request's numbers never depend on the other rows of its batch.
+
 
 class Int8Linear(nn.Module):
     """int8 Linear: y = x @ (qweight * scales[:, None]).T + bias.
@@ -173,6 +183,7 @@ class Int8Linear(nn.Module):
         scales: torch.Tensor,
         bias: torch.Tensor | None,
         kernel: str | None = None,
+        rows_kernel: str | None = None,
     ) -> None:
         super().__init__()
         if qweight.dtype != torch.int8 or qweight.dim() != 2 or qweight.shape[1] < 2:
@@ -199,7 +210,12 @@ class Int8Linear(nn.Module):
                 pass
             if self.native is None:
                 self.kernel = "fbgemm" if fbgemm_available() else "dequantize"
-        if self.kernel == "fbgemm":
+        # The int8 x int8 kernel: this layer's own, or, beside native weights, the one that
+        # multiplies the prefills the native stack leaves to the PyTorch path (see above).
+        self.rows_kernel = self.kernel if self.kernel in ("fbgemm", "onednn") else None
+        if self.native is not None and rows_kernel in ("fbgemm", "onednn"):
+            self.rows_kernel = rows_kernel
+        if self.rows_kernel == "fbgemm":
             zero = torch.zeros(self.out_features, dtype=torch.long)
             with warnings.catch_warnings():  # "quantized tensors are deprecated": fbgemm's packing needs one
                 warnings.simplefilter("ignore", UserWarning)
@@ -210,28 +226,47 @@ class Int8Linear(nn.Module):
             # are divided by their own max-abs first, so each row's steps are its own max / 127.
             self.register_buffer("span_row", torch.zeros(1, self.in_features), persistent=False)
             self.span_row[0, 0], self.span_row[0, -1] = 1.0, -1.0
-        elif self.kernel == "onednn":
+        elif self.rows_kernel == "onednn":
             self.onednn_input = onednn_int8_input()
             self.packed = torch.ops.onednn.qlinear_prepack(self.qweight, None)
             self.register_buffer(
                 "zero_points", torch.zeros(self.out_features, dtype=torch.int32), persistent=False
             )
+        if self.native is not None:  # the native layout holds the weight: no plain copy kept
+            self.qweight = torch.empty(0, dtype=torch.int8)
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, kernel: str | None = None) -> Int8Linear:
+    def from_linear(
+        cls, linear: nn.Linear, kernel: str | None = None, rows_kernel: str | None = None
+    ) -> Int8Linear:
         q, scales = _quantize_rows(linear.weight)
-        return cls(q, scales, None if linear.bias is None else linear.bias.detach(), kernel)
+        return cls(q, scales, None if linear.bias is None else linear.bias.detach(), kernel, rows_kernel)
+
+    def packed_bytes(self) -> int:
+        """Bytes of the weight copies held outside this module's tensors: the native layout and
+        fbgemm's packed int8 weight (an opaque object, counted at its int8 size; oneDNN's pack is
+        a tensor attribute, which ``Engine.memory_bytes`` counts as such)."""
+        total = 0 if self.native is None else self.native.packed.numel() * self.native.packed.element_size()
+        opaque = self.packed is not None and not isinstance(self.packed, torch.Tensor)
+        return total + (self.out_features * self.in_features if opaque else 0)
+
+    def int8_weight(self) -> torch.Tensor:
+        """The int8 weight [out, in] (from the native layout where that is the only copy)."""
+        if self.qweight.numel() or self.native is None:
+            return self.qweight
+        return native.unpack(self.native.packed)
 
     def dequantized(self) -> torch.Tensor:
         """The weight [out, in] this layer multiplies by, in float32."""
-        return self.qweight.float() * self.scales[:, None]
+        return self.int8_weight().float() * self.scales[:, None]
 
     def _weight_only(self, x2: torch.Tensor) -> torch.Tensor:
+        qweight = self.int8_weight()
         if x2.is_cpu and int8pack_available():
             xb = x2.to(torch.bfloat16).contiguous()
-            y = torch.ops.aten._weight_int8pack_mm(xb, self.qweight, self.scales_bf16).to(x2.dtype)
+            y = torch.ops.aten._weight_int8pack_mm(xb, qweight, self.scales_bf16).to(x2.dtype)
         else:
-            y = F.linear(x2, self.qweight.to(x2.dtype)) * self.scales.to(x2.dtype)
+            y = F.linear(x2, qweight.to(x2.dtype)) * self.scales.to(x2.dtype)
         return y if self.bias is None else y + self.bias.to(y.dtype)
 
     def _int8_rows(self, x2: torch.Tensor) -> torch.Tensor:
@@ -241,7 +276,7 @@ class Int8Linear(nn.Module):
         norm = torch.linalg.vector_norm(x2, 2, dim=1, keepdim=True)
         outlier = peak > self.crest_limit * norm
         peak.clamp_(min=1e-30)
-        if self.kernel == "fbgemm":
+        if self.rows_kernel == "fbgemm":
             # Every call, one row included, quantises the same way (never fbgemm's own range for
             # a lone row): a request's numbers must not depend on how many rows share its step.
             scaled = torch.cat([x2 / peak, self.span_row])
@@ -250,27 +285,28 @@ class Int8Linear(nn.Module):
             xq = torch.round(x2 * (127.0 / peak))
             y = onednn_qlinear(xq, 1 / 127, self.packed, self.scales, self.zero_points, self.onednn_input)
         y = y * peak if self.bias is None else torch.addcmul(self.bias, y, peak)
-        if outlier.any():
+        if outlier.any():  # with float32 inputs: natively where the layer has native weights
             rows = outlier[:, 0].nonzero()[:, 0]
-            y[rows] = self._weight_only(x2[rows])
+            y[rows] = self.native(x2[rows]) if self.native is not None else self._weight_only(x2[rows])
         return y
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)
-        if self.native is not None and self.native.takes(x2):
-            y = self.native(x2)
-        elif self.kernel in ("fbgemm", "onednn"):
+        if self.rows_kernel is not None:  # with native weights too: the stack sent a prefill
             y = self._int8_rows(x2)
+        elif self.native is not None and self.native.takes(x2):
+            y = self.native(x2)
         elif self.kernel == "int8pack":
             y = self._weight_only(x2)
         else:
-            y = F.linear(x2, self.qweight.to(x2.dtype)) * self.scales.to(x2.dtype)
+            y = F.linear(x2, self.int8_weight().to(x2.dtype)) * self.scales.to(x2.dtype)
             y = y if self.bias is None else y + self.bias.to(y.dtype)
         return y.to(x.dtype).view(*lead, self.out_features)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, kernel={self.kernel}"
+        rows = f", rows_kernel={self.rows_kernel}" if self.rows_kernel not in (None, self.kernel) else ""
+        return f"in_features={self.in_features}, out_features={self.out_features}, kernel={self.kernel}{rows}"
 
 
 def int8_kernel(device: str | torch.device, max_batch: int = 1) -> str:
@@ -292,6 +328,17 @@ def int8_kernel(device: str | torch.device, max_batch: int = 1) -> str:
     if onednn_int8_input() is not None:
         return "onednn"
     return "int8pack" if int8pack_available() else "dequantize"
+
+
+def prefill_kernel(device: str | torch.device) -> str | None:
+    """The int8 x int8 kernel for a native engine's talker prefills (see ``rows_kernel``):
+    oneDNN where it is exact and fast here (int8 dot-product units, checked on the kernel),
+    else fbgemm; None without either (or with ``UTTER_INT8_PREFILL=0``: prefills stay native)."""
+    if torch.device(device).type != "cpu" or os.environ.get("UTTER_INT8_PREFILL", "1") == "0":
+        return None
+    if has_int8_dot() and onednn_int8_input() is not None:
+        return "onednn"
+    return "fbgemm" if fbgemm_available() else None
 
 
 class Fp16Linear(nn.Module):
@@ -322,6 +369,13 @@ class Fp16Linear(nn.Module):
     @classmethod
     def from_linear(cls, linear: nn.Linear, native_kernel: bool = False) -> Fp16Linear:
         return cls(linear.weight, linear.bias, native_kernel)
+
+    def packed_bytes(self) -> int:
+        """Bytes of the weight copies held outside this module's tensors (the native layout,
+        fbgemm's packed float16 weight: an opaque object, counted at its float16 size)."""
+        total = 0 if self.native is None else self.native.packed.numel() * self.native.packed.element_size()
+        opaque = self.packed is not None and not isinstance(self.packed, torch.Tensor)
+        return total + (2 * self.out_features * self.in_features if opaque else 0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
@@ -354,8 +408,8 @@ def _cast_parameters(module: nn.Module, dtype: torch.dtype) -> None:
                 sub._parameters[name] = nn.Parameter(p.detach().to(dtype), requires_grad=False)
 
 
-def _convert_linears(module: nn.Module, make: Callable[[nn.Linear], nn.Module]) -> int:
-    """Replace every nn.Linear under ``module`` (except ``_KEEP_FLOAT``) by ``make(linear)``."""
+def _convert_linears(module: nn.Module, make: Callable[[str, nn.Linear], nn.Module]) -> int:
+    """Replace every nn.Linear under ``module`` (except ``_KEEP_FLOAT``) by ``make(name, linear)``."""
     targets = [
         (name, sub)
         for name, sub in module.named_modules()
@@ -364,7 +418,7 @@ def _convert_linears(module: nn.Module, make: Callable[[nn.Linear], nn.Module]) 
     # Packing is single-threaded C++ that releases the GIL: one worker per core halves load time.
     workers = max(1, min(torch.get_num_threads(), os.cpu_count() or 1, 8))
     with ThreadPoolExecutor(workers, thread_name_prefix="utter-pack") as pool:
-        made = list(pool.map(lambda item: make(item[1]), targets))
+        made = list(pool.map(lambda item: make(*item), targets))
     for (name, _), new in zip(targets, made):
         parent_name, _, child = name.rpartition(".")
         parent = module.get_submodule(parent_name) if parent_name else module
@@ -392,12 +446,23 @@ def apply_weight_mode(
         kernel = kernel or int8_kernel(param.device, max_batch)
         if dtype != torch.float32 and kernel in ("fbgemm", "onednn"):
             kernel = "int8pack"  # activations are not float32 here (no fbgemm): weight-only int8
-        converted = _convert_linears(module, lambda linear: Int8Linear.from_linear(linear, kernel))
+        # A native engine's talker layers (not the code predictor's: its prompts are 2 rows) also
+        # get the int8 x int8 kernel for their prefills (see rows_kernel).
+        wide = prefill_kernel(param.device) if kernel == "native" else None
+
+        def make(name: str, linear: nn.Linear) -> Int8Linear:
+            rows = wide if name.startswith("model.layers.") else None
+            return Int8Linear.from_linear(linear, kernel, rows)
+
+        converted = _convert_linears(module, make)
         kernels = sorted({m.kernel for m in module.modules() if isinstance(m, Int8Linear)})
-        logger.info("int8 kernel %s for up to %d rows (CPU: %s)", "/".join(kernels), max_batch, cpu_isa())
+        prefill = f", {wide} for prefills" if wide else ""
+        logger.info(
+            "int8 kernel %s for up to %d rows%s (CPU: %s)", "/".join(kernels), max_batch, prefill, cpu_isa()
+        )
     elif _packed_cpu(mode, param.device):
         small = max_batch <= NATIVE_MAX_BATCH  # small batches: the native kernels where they build
-        converted = _convert_linears(module, lambda linear: Fp16Linear.from_linear(linear, small))
+        converted = _convert_linears(module, lambda _, linear: Fp16Linear.from_linear(linear, small))
     _cast_parameters(module, dtype)
     logger.info("weight mode %s: activations in %s, %d Linear layers converted", mode, dtype, converted)
     return module
