@@ -99,7 +99,9 @@ def test_chunks_are_spoken_ahead_and_sound_as_one_by_one(client, studio, voice, 
         monkeypatch.setattr(runner.settings, "chunk_parallel", parallel)
         spy = _OpenStreams(runner.provider.synthesize)
         monkeypatch.setattr(runner.provider, "synthesize", spy.synthesize)
-        job = _generate(client, voice, text, seed=21, max_frames=6)
+        job = _generate(
+            client, voice, text, seed=21, max_frames=16
+        )  # the current chunk outlasts the start of those ahead
         task = wait_task(client, job["task_id"])
         assert task["status"] == "completed" and task["chunks_total"] == 4, task
         audio[parallel], peaks[parallel] = _audio(client, job["generation_id"]), spy.peak
