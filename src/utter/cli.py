@@ -244,7 +244,7 @@ def cmd_say(args: argparse.Namespace) -> None:
     from .audio import write_wav
     from .engine.engine import Request
     from .engine.voice import VoicePrompt
-    from .server.textsplit import cost, split_text
+    from .server.longform import parts_of
 
     text = _read_text(args.text, args.text_file, "text")
     if text is None or not text.strip():
@@ -257,9 +257,7 @@ def cmd_say(args: argparse.Namespace) -> None:
         raise UsageError("--max-frames must be at least 1")
     if args.split_chars < 0 or args.parallel < 1:
         raise UsageError("--split-chars must be 0 or more and --parallel at least 1")
-    parts = (
-        split_text(text, args.split_chars) if args.split_chars and cost(text) > args.split_chars else [text]
-    )
+    parts = parts_of(text, args.split_chars)
     engine = _load_engine(args, max_batch=min(args.parallel, len(parts)))
     if args.language.strip().lower() not in {lang.lower() for lang in engine.languages}:
         raise UsageError(f"unknown language {args.language!r}; choose one of: {', '.join(engine.languages)}")
@@ -301,24 +299,16 @@ def cmd_say(args: argparse.Namespace) -> None:
 
 
 def _say_in_parts(engine, request, parts: list[str], parallel: int):
-    """A long text as the server speaks it (``server/longform.py``): each part a request with
-    the same voice, options and seed, ``parallel`` at once, joined with a 40 ms crossfade; a
-    frame limit holds for the whole text."""
-    from dataclasses import replace
+    """A long text as the server speaks it (``server/longform.py``): its parts with the same
+    voice, options and seed, ``parallel`` at once, crossfaded; a frame limit for the whole text."""
+    import asyncio
 
-    import numpy as np
-
-    from .audio.crossfade import crossfade_join
     from .engine.sched.batcher import Batcher
-    from .server.longform import FADE_MS
+    from .server.longform import part_requests, speak_parts
 
     with Batcher(engine, max_batch=parallel, max_queue=len(parts)) as batcher:
-        streams = [batcher.submit(replace(request, text=part)) for part in parts]
-        audio = crossfade_join([stream.audio() for stream in streams], engine.sample_rate, FADE_MS)
-    limit = request.options.max_frames
-    if limit is not None:
-        audio = audio[: limit * engine.codec.frame_samples]
-    return np.asarray(audio, dtype=np.float32)
+        requests = part_requests(request, parts)
+        return asyncio.run(speak_parts(batcher, requests, parallel, request.options.max_frames))
 
 
 def cmd_voice(args: argparse.Namespace) -> None:

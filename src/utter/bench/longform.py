@@ -15,9 +15,9 @@ import dataclasses
 import time
 
 from ..engine.sched.batcher import Batcher
-from ..server.longform import PartedStream
+from ..server.longform import PartedStream, parts_at_once, parts_of
 from ..server.settings import ServerSettings
-from ..server.textsplit import cost, split_text
+from ..server.textsplit import cost
 from .workload import LONG, SAMPLE_RATE
 
 DEFAULT_FRAMES = 360  # 28.8 s of audio in all, about 30 frames for each of the long text's 12 parts
@@ -77,7 +77,7 @@ def _result(wall: float, first: float | None, samples: int, ok: bool) -> dict:
 
 def long_parts() -> list[str]:
     """The long text's parts as a server with default settings cuts it."""
-    return split_text(LONG, ServerSettings().split_chars)
+    return parts_of(LONG, ServerSettings().split_chars)
 
 
 def measure_longform(
@@ -85,10 +85,9 @@ def measure_longform(
 ) -> dict:
     """The long text whole, in parts one at a time, and ``parallel`` at once (the server's
     default: ``split_parallel``, at most half the batch)."""
-    settings = ServerSettings()
     parts = long_parts()
     budget = share(frames, [cost(p) for p in parts])
-    parallel = parallel or min(settings.split_parallel, max(1, batcher.max_batch // 2))
+    parallel = parallel or parts_at_once(ServerSettings().split_parallel, batcher)
     out = {"chars": len(LONG), "parts": len(parts), "frames": frames, "parallel": parallel}
     out["whole"] = _whole(batcher, speaker, opts, frames)
     out["one_at_a_time"] = _parts(batcher, speaker, opts, parts, budget, 1)

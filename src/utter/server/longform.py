@@ -29,6 +29,7 @@ from ..audio import SAMPLE_RATE
 from ..audio.crossfade import Crossfader
 from ..engine.engine import Request
 from ..engine.sched.batcher import AudioChunk, Batcher, QueueFullError, Stream
+from .textsplit import cost, split_text
 
 logger = logging.getLogger(__name__)
 
@@ -215,6 +216,25 @@ def _reason(reasons: list[str]) -> str:
     if "cancelled" in reasons:
         return "cancelled"
     return "max_frames" if "max_frames" in reasons else "eos"
+
+
+def parts_of(text: str, max_cost: int) -> list[str]:
+    """``text`` cut into parts of at most ``max_cost`` (textsplit), or as it is when it fits (or
+    with ``max_cost`` 0): the one rule the server, ``utter say`` and the benchmark split by."""
+    return split_text(text, max_cost) if max_cost and cost(text) > max_cost else [text]
+
+
+def parts_at_once(wanted: int, batcher: Batcher) -> int:
+    """How many parts of one text run at once: ``wanted``, at most half the batch (the rest of
+    the batch stays for other requests), at least one."""
+    return max(1, min(wanted, batcher.max_batch // 2))
+
+
+async def speak_parts(
+    batcher: Batcher, requests: list[Request], parallel: int, max_frames: int | None
+) -> np.ndarray:
+    """The whole audio of a long text's parts (for callers outside a server: ``utter say``)."""
+    return await PartedStream(batcher, requests, parallel, max_frames).audio_async()
 
 
 def part_requests(request: Request, texts: list[str]) -> list[Request]:

@@ -22,10 +22,9 @@ from ..engine.sampling import GenerationOptions, SamplingOptions
 from ..engine.sched.batcher import Batcher, QueueFullError, WorkerError
 from ..engine.voice import VoicePrompt
 from .errors import ApiError, busy
-from .longform import AnyStream, PartedStream, part_requests
+from .longform import AnyStream, PartedStream, part_requests, parts_at_once, parts_of
 from .schemas import SamplingFields
 from .settings import ServerSettings
-from .textsplit import cost, split_text
 
 logger = logging.getLogger(__name__)
 
@@ -94,12 +93,10 @@ def submit(
     request = Request(text, voice, language, options, speaker=speaker, instruct=instruct)
     # A long text is spoken in parts (longform.py), unless its voice is made afresh by each
     # generation (a VoiceDesign description: every part would be another voice).
-    parts = [text]
-    if settings.split_chars and cost(text) > settings.split_chars and (voice is not None or speaker):
-        parts = split_text(text, settings.split_chars)
+    parts = parts_of(text, settings.split_chars) if voice is not None or speaker else [text]
     try:
         if len(parts) > 1:
-            parallel = min(settings.split_parallel, max(1, batcher.max_batch // 2))
+            parallel = parts_at_once(settings.split_parallel, batcher)
             stream: AnyStream = PartedStream(
                 batcher,
                 part_requests(request, parts),

@@ -165,6 +165,15 @@ NATIVE_MAX_BATCH = 8
 # kind only, so a request's numbers never depend on the other rows of its batch.
 
 
+def _packed_bytes(layer: Int8Linear | Fp16Linear, element_size: int) -> int:
+    """Bytes a layer's weight takes outside its tensors: the native layout (a plain object
+    holding a tensor) and fbgemm's pack (an opaque object, counted at the weight's size; oneDNN's
+    pack is a tensor attribute, which ``Engine.memory_bytes`` counts as such)."""
+    total = 0 if layer.native is None else layer.native.packed.numel() * layer.native.packed.element_size()
+    opaque = layer.packed is not None and not isinstance(layer.packed, torch.Tensor)
+    return total + (element_size * layer.out_features * layer.in_features if opaque else 0)
+
+
 class Int8Linear(nn.Module):
     """int8 Linear: y = x @ (qweight * scales[:, None]).T + bias.
 
@@ -243,12 +252,8 @@ class Int8Linear(nn.Module):
         return cls(q, scales, None if linear.bias is None else linear.bias.detach(), kernel, rows_kernel)
 
     def packed_bytes(self) -> int:
-        """Bytes of the weight copies held outside this module's tensors: the native layout and
-        fbgemm's packed int8 weight (an opaque object, counted at its int8 size; oneDNN's pack is
-        a tensor attribute, which ``Engine.memory_bytes`` counts as such)."""
-        total = 0 if self.native is None else self.native.packed.numel() * self.native.packed.element_size()
-        opaque = self.packed is not None and not isinstance(self.packed, torch.Tensor)
-        return total + (self.out_features * self.in_features if opaque else 0)
+        """Bytes of the weight copies held outside this module's tensors (see ``_packed_bytes``)."""
+        return _packed_bytes(self, element_size=1)
 
     def int8_weight(self) -> torch.Tensor:
         """The int8 weight [out, in] (from the native layout where that is the only copy)."""
@@ -371,11 +376,8 @@ class Fp16Linear(nn.Module):
         return cls(linear.weight, linear.bias, native_kernel)
 
     def packed_bytes(self) -> int:
-        """Bytes of the weight copies held outside this module's tensors (the native layout,
-        fbgemm's packed float16 weight: an opaque object, counted at its float16 size)."""
-        total = 0 if self.native is None else self.native.packed.numel() * self.native.packed.element_size()
-        opaque = self.packed is not None and not isinstance(self.packed, torch.Tensor)
-        return total + (2 * self.out_features * self.in_features if opaque else 0)
+        """Bytes of the weight copies held outside this module's tensors (see ``_packed_bytes``)."""
+        return _packed_bytes(self, element_size=2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
