@@ -172,3 +172,61 @@ def test_every_part_is_checked_before_any_runs(engine, voice) -> None:
 
 async def _make(batcher: Batcher, requests: list[Request]) -> PartedStream:
     return PartedStream(batcher, requests, 2)
+
+
+def test_an_open_stream_takes_parts_as_they_come(engine, voice) -> None:
+    """A realtime reply's parts are added while the first speaks, and the reader waits between
+    parts for the next or the end: the same audio as all parts known at once."""
+    requests = parts_of(voice, GenerationOptions(seed=7))
+    expected = joined(alone(engine, requests))
+
+    async def main(batcher: Batcher) -> tuple[PartedStream, np.ndarray]:
+        stream = PartedStream(batcher, requests[:1], 2, open=True)
+        assert stream.parts == 1
+
+        async def add_later() -> None:
+            for request in requests[1:]:
+                await asyncio.sleep(0.05)
+                stream.add(request)
+            with pytest.raises(ValueError, match="unknown language"):  # a bad part, refused alone
+                stream.add(replace(requests[0], language="Elvish"))
+            await asyncio.sleep(0.5)  # the reader has read every part by now, and waits
+            stream.end()
+
+        adder = asyncio.create_task(add_later())
+        chunks = [chunk.pcm async for chunk in stream]
+        await adder
+        return stream, np.concatenate(chunks)
+
+    with Batcher(engine, max_batch=4) as batcher:
+        stream, audio = asyncio.run(main(batcher))
+        assert engine.runner.active == 0 and batcher.queued == 0
+    np.testing.assert_allclose(audio, expected, atol=1e-3)
+    assert stream.parts == len(requests) and stream.finish_reason in ("eos", "max_frames")
+    with pytest.raises(RuntimeError, match="complete"):
+        stream.add(requests[0])
+
+
+def test_an_open_stream_cancelled_between_parts_ends(engine, voice) -> None:
+    requests = parts_of(voice, GenerationOptions.greedy(max_frames=6))
+
+    async def main(batcher: Batcher) -> PartedStream:
+        stream = PartedStream(batcher, requests[:1], 2, open=True)
+
+        async def leave() -> None:  # the client leaves while the reader waits for more text
+            while not stream._done_frames:
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.1)
+            stream.cancel()
+
+        leaving = asyncio.create_task(leave())
+        chunks = [chunk async for chunk in stream]  # the one part, then a wait the cancel ends
+        await leaving
+        assert len(chunks) > 0
+        stream.add(requests[1])  # after a cancel: nothing starts
+        return stream
+
+    with Batcher(engine, max_batch=4) as batcher:
+        stream = asyncio.run(asyncio.wait_for(main(batcher), 60))
+        assert engine.runner.active == 0 and batcher.queued == 0
+    assert stream.finish_reason == "cancelled" and len(stream._started) == 1

@@ -1,4 +1,5 @@
-"""Sentence splitting for long texts (10 languages, CJK punctuation) and the crossfade join."""
+"""Sentence splitting for long texts (10 languages, CJK punctuation), the cutting of a text that
+arrives in pieces (realtime replies), and the crossfade join."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import numpy as np
 import pytest
 
 from utter.audio.crossfade import Crossfader, crossfade_join
-from utter.server.textsplit import cost, sentences, split_text
+from utter.server.textsplit import PartCutter, cost, sentences, split_text
 
 
 def test_latin_sentences_keep_punctuation_and_skip_abbreviations() -> None:
@@ -78,6 +79,70 @@ def test_empty_and_whitespace_texts_give_no_chunks() -> None:
     assert split_text("   \n\n  ") == []
     with pytest.raises(ValueError):
         split_text("x", 0)
+
+
+def cut(pieces: list[str], max_cost: int) -> list[str]:
+    """The parts a PartCutter makes of ``pieces`` pushed in order (checking what it hands on)."""
+    cutter, parts = PartCutter(max_cost), [""]
+    for piece in pieces:
+        for text, ends in cutter.push(piece):
+            assert text or ends
+            parts[-1] += text
+            if ends:
+                parts.append("")
+    return [p for p in parts if p]
+
+
+REPLY = (
+    'Dr. Smith came at 3.5 p.m. today! "Was it raining?" she asked. It was, a little. '
+    "Then the sun came out and we walked to the river, slowly, talking about nothing much. "
+    "First item\nSecond item\n这是一个测试。我们要看看它怎么切分，对不对？"
+    * 3
+    + "and then " * 60
+    + "一二三四五六七八九十" * 20
+)
+
+
+def test_a_text_in_pieces_is_cut_the_same_however_it_arrives() -> None:
+    whole = cut([REPLY], 90)
+    assert len(whole) > 8
+    for seed in range(30):
+        rng = np.random.default_rng(seed)
+        points = sorted(set(rng.integers(1, len(REPLY), int(rng.integers(1, 300))).tolist()))
+        pieces = [REPLY[a:b] for a, b in zip([0, *points], [*points, len(REPLY)])]
+        assert cut(pieces, 90) == whole, seed
+    assert cut(list(REPLY), 90) == whole
+    # Nothing is lost or reordered: only the whitespace at the cuts goes.
+    assert "".join(whole).replace(" ", "").replace("\n", "") == REPLY.replace(" ", "").replace("\n", "")
+    assert all(p == p.lstrip() for p in whole)
+
+
+def test_parts_end_at_sentence_ends_once_long_enough_else_clauses_else_spaces() -> None:
+    # Sentence ends after two thirds of the budget; "3.5", "Dr." and "p.m." do not end one there.
+    assert cut(["Dr. Smith came at 3.5 p.m. today. We left. Then more text came."], 60) == [
+        "Dr. Smith came at 3.5 p.m. today. We left.",
+        "Then more text came.",
+    ]
+    # A sentence end counts only once what follows it is known.
+    cutter = PartCutter(30)
+    assert cutter.push("One two three four five six.") == [("One two three four five six.", False)]
+    assert cutter.push(" Next") == [("", True), ("Next", False)]
+    assert cutter.push(".5") == [(".5", False)]
+    # No sentence end: a clause mark once the budget is spent, any space at one and a half.
+    assert cut(["word " * 7 + "clause, " + "word " * 20], 30)[0] == ("word " * 7 + "clause,")
+    parts = cut(["word " * 40], 30)
+    assert len(parts) > 3 and all(45 <= cost(p) < 50 for p in parts[:-1])
+    # Line breaks end a part once long enough (lists, paragraphs).
+    assert cut(["a list item that is long enough\nnext"], 30) == ["a list item that is long enough", "next"]
+    # CJK: sentence ends need no space; a run without any punctuation is cut between characters.
+    assert cut(["这是一个测试。" * 3], 30) == ["这是一个测试。这是一个测试。", "这是一个测试。"]
+    assert all(cost(p) <= 45 for p in cut(["一二三四五六七八九十" * 10], 30))
+
+
+def test_texts_without_boundaries_or_budget_stay_whole() -> None:
+    assert cut(["x" * 500], 30) == ["x" * 500]  # nowhere to cut: one part, as before
+    assert cut([REPLY], 0) == [REPLY]  # cutting off
+    assert cut(["   ", "  Hello"], 30) == ["Hello"]
 
 
 def test_crossfade_join_overlaps_each_seam_and_never_gets_louder() -> None:

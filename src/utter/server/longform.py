@@ -46,6 +46,10 @@ class PartedStream:
     limit; :func:`part_requests` gives each part the same one, which none can exceed): the
     audio stops there and the parts still running are cancelled (``finish_reason``
     "max_frames").
+
+    With ``open`` the parts are not all known yet (a realtime reply, cut as its text comes):
+    :meth:`add` appends one, :meth:`end` says there will be no more, and the stream ends only
+    after both.
     """
 
     def __init__(
@@ -55,6 +59,7 @@ class PartedStream:
         parallel: int,
         max_frames: int | None = None,
         fade_ms: float = FADE_MS,
+        open: bool = False,
     ) -> None:
         if not requests:
             raise ValueError("no parts to speak")
@@ -67,10 +72,12 @@ class PartedStream:
         self._parallel = max(1, parallel)
         self._fade = int(SAMPLE_RATE * fade_ms / 1000)
         self._frame_samples = batcher.engine.codec.frame_samples
-        self._estimates = [batcher.engine.default_max_frames(r.text) for r in requests]
+        self._estimates = [self._estimate(r) for r in requests]
         self._started: list[Stream] = []
         self._done_frames = 0  # frames of the parts already read to their end
         self._cancelled = False
+        self._open = open
+        self._more = asyncio.Event()  # set by add() and end(): the reader waits on it
         self.parts = len(requests)
         self.finish_reason: str | None = None
         self.error: BaseException | None = None
@@ -79,7 +86,7 @@ class PartedStream:
         # The first part alone at first: admitted with others it would share their prefill (on
         # a CPU, seconds for four), so the rest start once its first audio is out.
         self._submit()  # the first part's refusal (queue full, server down) is the caller's answer
-        self.id = f"{self._started[0].id}+{self.parts - 1}"
+        self.id = self._started[0].id + ("+" if open else f"+{self.parts - 1}")
 
     # ------------------------------------------------------------------ what the routes read
     @property
@@ -103,10 +110,36 @@ class PartedStream:
         """Stop every running part; the parts not yet started never will."""
         self._cancelled = True
         self._waiting.clear()
+        self._more.set()
         for stream in self._running:
             stream.cancel()
 
+    def add(self, request: Request) -> None:
+        """Another part after the others (only while open); raises ValueError for a part the
+        engine refuses, WorkerError when the engine is down."""
+        if not self._open:
+            raise RuntimeError("this stream's parts are complete")
+        if self._cancelled:
+            return
+        self._batcher.engine.validate(request)
+        self._waiting.append(request)
+        self._estimates.append(self._estimate(request))
+        self.parts += 1
+        if self.first_audio_at is not None:  # else it waits for the first audio (see __init__)
+            self._top_up()
+        self._more.set()
+
+    def end(self) -> None:
+        """No more parts will be added."""
+        self._open = False
+        self._more.set()
+
     # ------------------------------------------------------------------ parts
+    def _estimate(self, request: Request) -> int:
+        """A part's frame limit before it runs (a text still arriving: the limit of no text)."""
+        engine = self._batcher.engine
+        return engine.frame_limit(0) if request.feed is not None else engine.default_max_frames(request.text)
+
     def _submit(self) -> None:
         request = self._waiting[0]
         stream = self._batcher.submit(request)  # raises QueueFullError, WorkerError
@@ -126,8 +159,12 @@ class PartedStream:
         """The stream of the next part to read, started now if it has not been (the queue may
         be full for a while), or None once cancelled."""
         while not self._running:
-            if self._cancelled or not self._waiting:
+            if self._cancelled or not (self._waiting or self._open):
                 return None
+            if not self._waiting:  # an open stream between parts: wait for the next or the end
+                self._more.clear()
+                await self._more.wait()
+                continue
             self._top_up()
             if not self._running:
                 await asyncio.sleep(RETRY_S)
@@ -141,7 +178,7 @@ class PartedStream:
         limited = False
         try:
             first = True
-            while (self._running or self._waiting) and not self._cancelled:
+            while (self._running or self._waiting or self._open) and not self._cancelled:
                 stream = await self._next_part()
                 if stream is None:  # cancelled while it waited for room in the queue
                     break

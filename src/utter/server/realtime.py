@@ -3,6 +3,11 @@
 The text comes in messages (an LLM's reply, token by token) and goes into a
 :class:`~utter.engine.sched.textfeed.TextFeed`; the request starts speaking with its first final
 word and the engine parks it whenever it runs out of text. Audio goes out as it is made.
+A long reply is spoken in parts, as the API speaks a long text (``longform.py``): a
+:class:`~utter.server.textsplit.PartCutter` ends a part at a sentence end once it is long
+enough, its feed is closed, and the text after it goes into the next part's feed, a request of
+its own that starts at once (generated beside the one speaking, its audio joined after it with
+a crossfade), so no reply is cut short by one request's frame limit or drifts with its length.
 Two protocols share this: our own (``routes/realtime.py``) and ElevenLabs' ``stream-input``
 (``routes/elevenlabs.py``); each says how messages look, this module does the rest: auth,
 limits, the idle timeout, cancelling when the client leaves, and errors as messages.
@@ -14,6 +19,7 @@ import asyncio
 import hmac
 import logging
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -21,12 +27,14 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from ..audio.encode import AudioEncoder
 from ..engine.engine import Request
 from ..engine.sampling import GenerationOptions
-from ..engine.sched.batcher import Batcher, QueueFullError, Stream, WorkerError
+from ..engine.sched.batcher import Batcher, QueueFullError, WorkerError
 from ..engine.sched.textfeed import TextFeed
 from ..engine.voice import VoicePrompt
 from .deps import Service
 from .errors import ApiError
+from .longform import PartedStream, parts_at_once
 from .speech import _stream_error
+from .textsplit import PartCutter
 
 logger = logging.getLogger(__name__)
 
@@ -77,9 +85,12 @@ class TextInSession(ABC):
 
     def __init__(self, ws: WebSocket, service: Service, encoder: AudioEncoder) -> None:
         self.ws, self.service, self.encoder = ws, service, encoder
-        self.feed = TextFeed()
+        self.feeds = [TextFeed()]  # one per part of the reply, in order
+        self.cutter = PartCutter(service.settings.split_chars)
+        self.closed = False  # the client ended its text
         self.chars = 0
-        self.stream: Stream | None = None
+        self.stream: PartedStream | None = None
+        self._part: Callable[[TextFeed], Request] | None = None  # a part's request, once running
 
     # -------------------------------------------------------------- protocol
     @abstractmethod
@@ -91,7 +102,7 @@ class TextInSession(ABC):
     async def send_audio(self, data: bytes) -> None: ...
 
     @abstractmethod
-    async def send_done(self, stream: Stream) -> None: ...
+    async def send_done(self, stream: PartedStream) -> None: ...
 
     @abstractmethod
     async def send_error(self, message: str, status: int) -> None: ...
@@ -104,18 +115,39 @@ class TextInSession(ABC):
             limit = self.service.settings.max_text_chars
             if self.chars > limit:
                 raise SessionError(f"The text is over {limit} characters; end this input and start another.")
-            if self.feed.closed:
+            if self.closed:
                 raise SessionError("The text input was already closed.")
-            self.feed.push(message.text)
-        if message.flush:
-            self.feed.flush()
+            for text, ends in self.cutter.push(message.text):
+                self._push(text)
+                if ends:
+                    self.feeds[-1].close()
+        if message.flush and not self.feeds[-1].closed:
+            self.feeds[-1].flush()
         if message.close:
-            self.feed.close()
+            self.closed = True
+            self.feeds[-1].close()
+            if self.stream is not None:
+                self.stream.end()
+
+    def _push(self, text: str) -> None:
+        """Text for the current part; after a cut, the first text opens the next part."""
+        feed = self.feeds[-1]
+        if feed.closed:
+            if not text.strip():
+                return
+            feed = TextFeed()
+            self.feeds.append(feed)
+            if self.stream is not None and self._part is not None:
+                try:
+                    self.stream.add(self._part(feed))
+                except WorkerError as exc:
+                    raise SessionError(f"The server cannot generate now: {exc}.", 503) from exc
+        feed.push(text)
 
     async def _read_loop(self) -> None:
         """Feed the text in until the input closes; a silent client times out."""
         idle = self.service.settings.realtime_idle_timeout_s
-        while not self.feed.closed:
+        while not self.closed:
             try:
                 message = await asyncio.wait_for(self.read(), idle)
             except asyncio.TimeoutError:
@@ -128,8 +160,21 @@ class TextInSession(ABC):
         self, batcher: Batcher, prompt: VoicePrompt, language: str, options: GenerationOptions
     ) -> None:
         """Speak the text as it arrives; returns when the audio is sent or the session failed."""
+
+        def part(feed: TextFeed) -> Request:
+            return Request("", prompt, language, options, feed=feed)
+
+        settings = self.service.settings
         try:
-            self.stream = batcher.submit(Request("", prompt, language, options, feed=self.feed))
+            self.stream = PartedStream(
+                batcher,
+                [part(feed) for feed in self.feeds],
+                parts_at_once(settings.split_parallel, batcher),
+                options.max_frames,
+                settings.split_crossfade_ms,
+                open=not self.closed,
+            )
+            self._part = part
         except QueueFullError as exc:
             raise SessionError(f"The server is busy ({exc}); retry shortly.", 429) from exc
         except WorkerError as exc:

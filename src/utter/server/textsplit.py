@@ -19,7 +19,8 @@ _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-
 _CLOSERS = "\"'”’»)]}」』）】》"
 _LATIN_END = ".!?…"
 _CJK_END = "。！？；"
-_CLAUSE = re.compile(r"(?<=[,;:，、；：—–])")
+_CLAUSE_MARKS = ",;:，、；：—–"
+_CLAUSE = re.compile(f"(?<=[{_CLAUSE_MARKS}])")
 # Words after which a full stop does not end a sentence.
 _ABBREVIATIONS = {
     "mr", "mrs", "ms", "dr", "prof", "sr", "jr", "st", "vs", "etc", "e.g", "i.e", "no", "fig", "mt",
@@ -144,3 +145,80 @@ def split_text(text: str, max_cost: int = 300) -> list[str]:
     for sentence in sentences(text):
         parts.extend(_split_long(re.sub(r"\s+", " ", sentence), max_cost))
     return _pack(parts, max_cost)
+
+
+class PartCutter:
+    """Where a text that arrives in pieces (an LLM's reply, over a realtime session) is cut
+    into parts, decided as it comes: text already handed on is never taken back.
+
+    A whole text is packed into parts of at most ``max_cost`` (:func:`split_text`); a text still
+    being written cannot be, since what follows is unknown. So a part ends at the first
+    sentence end once it costs two thirds of ``max_cost`` (or a line break: list items,
+    paragraphs), else at a clause mark once it costs ``max_cost``, else at any space or after a
+    CJK character at one and a half times that. A Latin sentence end counts once the character
+    after it is known (a space; "3.5" is no end), so where the cuts fall depends on the text
+    only, never on how it was cut into messages (tested).
+    """
+
+    def __init__(self, max_cost: int) -> None:
+        self.max_cost = max_cost  # 0: never cut
+        self.target = max(1, max_cost * 2 // 3)
+        self.hard = max_cost * 3 // 2
+        self._text = ""  # the current part's text so far
+        self._scan = 0  # where scanning goes on: no cut before it
+        self._cost = 0  # cost of _text[:_scan]
+
+    def push(self, piece: str) -> list[tuple[str, bool]]:
+        """Add ``piece``; returns ``(text, ends)`` pairs in order: text for the current part
+        and whether the part ends after it (the next text starts a new part). A part never
+        starts with whitespace."""
+        if not self._text:
+            piece = piece.lstrip()
+        emitted = len(self._text)
+        self._text += piece
+        out: list[tuple[str, bool]] = []
+        while self.max_cost and (cut := self._find_cut()) is not None:
+            assert cut >= emitted  # what was handed on stays in its part
+            out.append((self._text[emitted:cut], True))
+            self._text, self._scan, self._cost, emitted = self._text[cut:].lstrip(), 0, 0, 0
+        if len(self._text) > emitted:
+            out.append((self._text[emitted:], False))
+        return out
+
+    def _find_cut(self) -> int | None:
+        text, n = self._text, len(self._text)
+        i, spent = self._scan, self._cost
+        while i < n:
+            ch = text[i]
+            if ch in _LATIN_END or ch in _CJK_END:
+                j = i + 1
+                while j < n and (text[j] in _LATIN_END or text[j] in _CJK_END):
+                    j += 1
+                while j < n and text[j] in _CLOSERS:
+                    j += 1
+                if j == n:  # what follows decides: wait for it
+                    break
+                spent += cost(text[i:j])
+                ends = ch in _CJK_END or text[j].isspace()
+                if ends and spent >= self.target and not _is_abbreviation(text[:j].rstrip()):
+                    return j
+                i = j
+                continue
+            if i and spent >= self.max_cost and self._boundary(text[i - 1], ch):
+                if text[i - 1] in _CLAUSE_MARKS or spent >= self.hard:
+                    return i
+            if ch == "\n" and spent >= self.target:
+                return i
+            spent += cost(ch)
+            i += 1
+        self._scan, self._cost = i, spent
+        return None
+
+    @staticmethod
+    def _boundary(before: str, after: str) -> bool:
+        """Whether a part may end between ``before`` and ``after`` (mid-sentence): at a space,
+        or after a CJK character or clause mark unless punctuation follows."""
+        if after.isspace():
+            return True
+        punctuation = after in _LATIN_END or after in _CJK_END or after in _CLOSERS or after in _CLAUSE_MARKS
+        return bool(_CJK.match(before) or before in _CLAUSE_MARKS) and not punctuation

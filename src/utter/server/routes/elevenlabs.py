@@ -35,9 +35,9 @@ from ...asr.whisper import LANGUAGE_NAMES
 from ...audio.formats import FormatEncoder, OutputFormat, parse_output_format
 from ...engine.engine import Engine
 from ...engine.sampling import GenerationOptions
-from ...engine.sched.batcher import Stream
 from ..deps import BatcherDep, Service, ServiceDep
 from ..errors import ApiError
+from ..longform import PartedStream
 from ..realtime import POLICY_VIOLATION, Incoming, SessionError, TextInSession, key_of, key_ok
 from ..runtime import ModelNotReady
 from ..schemas import ApiModel, SamplingFields
@@ -138,7 +138,7 @@ class StreamInputSession(TextInSession):
         payload = {"audio": base64.b64encode(data).decode(), "isFinal": False}
         await self.ws.send_text(json.dumps({**payload, "normalizedAlignment": None, "alignment": None}))
 
-    async def send_done(self, stream: Stream) -> None:
+    async def send_done(self, stream: PartedStream) -> None:
         await self.ws.send_text(json.dumps({"isFinal": True}))
 
     async def send_error(self, message: str, status: int) -> None:

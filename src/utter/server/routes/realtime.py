@@ -28,9 +28,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.websockets import WebSocketDisconnect
 
 from ...audio.encode import make_encoder
-from ...engine.sched.batcher import Stream
 from ..deps import Service
 from ..errors import ApiError
+from ..longform import PartedStream
 from ..realtime import POLICY_VIOLATION, Incoming, SessionError, TextInSession, key_of, key_ok
 from ..runtime import ModelNotReady
 from ..schemas import RealtimeStart
@@ -61,7 +61,7 @@ class RealtimeSession(TextInSession):
     async def send_audio(self, data: bytes) -> None:
         await self.ws.send_bytes(data)
 
-    async def send_done(self, stream: Stream) -> None:
+    async def send_done(self, stream: PartedStream) -> None:
         frames = stream.frames
         done = {
             "type": "done",
