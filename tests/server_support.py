@@ -35,7 +35,7 @@ class LiveServer:
         self._sock.bind(("127.0.0.1", 0))
         self.port = self._sock.getsockname()[1]
         self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
-        limits = uvicorn_limits(settings.header_timeout_s, settings.idle_timeout_s, settings.max_connections)
+        limits = uvicorn_limits(settings)
         if tls:  # (certificate, key): for clients that only speak wss:// (ElevenLabs' realtime SDK)
             limits = {**limits, "ssl_certfile": str(tls[0]), "ssl_keyfile": str(tls[1])}
         config = uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="on", **limits)
@@ -52,9 +52,17 @@ class LiveServer:
         return self
 
     def stop(self) -> None:
+        """Shut down as on SIGTERM. A server left running would keep its batcher stepping the
+        session's shared engine under the next test's batcher (a race that fails a later,
+        unrelated test), so one that does not stop fails here."""
         self.server.should_exit = True
-        self.thread.join(timeout=30)
+        self.thread.join(timeout=self.settings.shutdown_grace_s + 20)
         self._sock.close()
+        if self.thread.is_alive():
+            self.server.force_exit = True
+            if self.settings.manage_holder:
+                self.holder.stop()
+            raise RuntimeError("the test server did not stop within its shutdown grace")
 
     def client(self, api_key: str | None = API_KEY, timeout: float = 120.0) -> httpx.Client:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -76,6 +84,7 @@ def start_server(
         generation_timeout_s=120.0,
         first_chunk_frames=1,
         chunk_frames=2,
+        shutdown_grace_s=3.0,
     )
     values.update(overrides)
     settings = ServerSettings(**values)

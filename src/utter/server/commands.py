@@ -117,7 +117,7 @@ def run_api_server(args: argparse.Namespace) -> None:
     app = create_app(settings, holder)
     logger.info("serving the TTS API on http://%s:%d (docs at /docs)", settings.host, settings.port)
     # Our middleware logs each request with its id; uvicorn's own access log would repeat it.
-    limits = uvicorn_limits(settings.header_timeout_s, settings.idle_timeout_s, settings.max_connections)
+    limits = uvicorn_limits(settings)
     uvicorn.run(app, host=settings.host, port=settings.port, access_log=False, log_config=None, **limits)
 
 

@@ -61,14 +61,18 @@ class GuardedH11Protocol(H11Protocol):
             self.transport.close()
 
 
-def uvicorn_limits(header_timeout_s: float, idle_timeout_s: float, max_connections: int) -> dict[str, Any]:
-    """Keyword arguments for ``uvicorn.run``/``uvicorn.Config`` that apply the limits.
+def uvicorn_limits(settings: Any) -> dict[str, Any]:
+    """Keyword arguments for ``uvicorn.run``/``uvicorn.Config`` that apply the connection limits
+    of ``settings`` (the TTS service's or the studio's: both have these fields).
 
     ``limit_concurrency`` makes uvicorn answer 503 to connections beyond ``max_connections``
-    instead of accepting them without bound."""
-    GuardedH11Protocol.header_timeout_s = header_timeout_s
+    instead of accepting them without bound. ``timeout_graceful_shutdown``: uvicorn otherwise
+    waits at shutdown until every answer in flight is sent, so one client that stops reading a
+    streamed answer would keep a stopped server running for ever."""
+    GuardedH11Protocol.header_timeout_s = settings.header_timeout_s
     return {
         "http": GuardedH11Protocol,
-        "timeout_keep_alive": idle_timeout_s,
-        "limit_concurrency": max_connections,
+        "timeout_keep_alive": settings.idle_timeout_s,
+        "limit_concurrency": settings.max_connections,
+        "timeout_graceful_shutdown": settings.shutdown_grace_s,
     }

@@ -83,6 +83,9 @@ class ServerSettings(BaseSettings):
     body_timeout_s: float = Field(default=60.0, gt=0)
     idle_timeout_s: float = Field(default=5.0, gt=0)
     max_connections: int = Field(default=512, ge=1)
+    # On SIGTERM (a deploy's stop) answers in flight get this long to finish, then are cut: a
+    # client that holds a streamed answer without reading it must not keep the server up.
+    shutdown_grace_s: float = Field(default=15.0, gt=0)
 
     # A realtime (WebSocket) session whose input stays open with no text for this long is closed:
     # it holds a place in the batch while it waits.

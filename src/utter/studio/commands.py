@@ -150,8 +150,7 @@ def run_serve(args: argparse.Namespace) -> None:
         workers=settings.workers if settings.workers > 1 else None,
         access_log=False,
         log_config=None,
-        timeout_graceful_shutdown=15,
-        **uvicorn_limits(settings.header_timeout_s, settings.idle_timeout_s, settings.max_connections),
+        **uvicorn_limits(settings),
     )
 
 

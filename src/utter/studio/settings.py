@@ -61,11 +61,12 @@ class StudioSettings(BaseSettings):
     open_network: bool = False
 
     # Connection limits, as for the TTS service (see ServerSettings): header and body deadlines,
-    # idle keep-alive, and the most open connections before new ones get 503.
+    # idle keep-alive, the most open connections before new ones get 503, and the shutdown grace.
     header_timeout_s: float = Field(10.0, gt=0)
     body_timeout_s: float = Field(120.0, gt=0)
     idle_timeout_s: float = Field(5.0, gt=0)
     max_connections: int = Field(512, ge=1)
+    shutdown_grace_s: float = Field(15.0, gt=0)  # answers in flight at SIGTERM, then cut
 
     # Uploads and texts.
     max_upload_mb: float = Field(25.0, gt=0)
