@@ -1,11 +1,13 @@
 """Soak: hundreds of requests from 12 concurrent clients that behave well, leave, cancel, time
-out and send garbage, all at once, bounded in time. At the end the server must be healthy and
+out and send garbage, all at once, bounded in time (realtime sessions with long replies in
+parts among them). At the end the server must be healthy and
 idle, every well-formed request must have its right answer, and nothing may leak: no rows in the
 runner, no .part files, no threads, and memory back near where it started.
 """
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 import time
@@ -13,6 +15,7 @@ from collections import Counter
 from pathlib import Path
 
 import httpx
+from websockets.sync.client import connect
 
 from tests.conftest import REF_TEXT
 from tests.server_support import API_KEY, b64, start_server
@@ -52,6 +55,25 @@ def clone_body(ref: str, seed: int, frames: int = 4, **extra) -> dict:
 PARTED = "The first part is here. The second part follows. A third part comes. The last part ends it."
 
 
+def realtime(srv, voice: str, seed: int, leave: bool = False) -> bytes:
+    """PARTED as a realtime reply, word by word (cut into parts as it arrives); with ``leave``
+    the client hangs up after its first audio, with half its text sent."""
+    url = srv.url.replace("http", "ws") + f"/v1/realtime/speech?api_key={API_KEY}"
+    words = PARTED.split(" ")
+    with connect(url, open_timeout=30, close_timeout=10) as ws:
+        ws.send(json.dumps({"type": "start", "voice": voice, "seed": seed, "max_frames": 48}))
+        ws.recv(30)
+        for i, word in enumerate(words[: len(words) // 2] if leave else words):
+            ws.send(json.dumps({"type": "text", "text": (" " if i else "") + word}))
+        if leave:
+            ws.recv(60)
+            return b""
+        ws.send(json.dumps({"type": "close"}))
+        audio = b"".join(m for m in ws if isinstance(m, bytes))
+        assert ws.close_code == 1000
+        return audio
+
+
 BAD = [
     ("/clone", {"text": ""}, 400),
     ("/clone", {"language": "Elvish"}, 400),
@@ -78,6 +100,12 @@ def test_soak_with_cancels_disconnects_bad_inputs_and_timeouts(engine, ref_wav, 
                 for seed in range(4)
             }
             assert all(len(v) > 44 for v in parted.values())
+            files = {"audio": ("ref.wav", ref_wav.read_bytes(), "audio/wav")}
+            voice = http.post("/v1/voices", files=files, data={"name": "Soak", "x_vector_only": "true"})
+            voice = voice.json()["id"]
+        spoken = {seed: realtime(srv, voice, seed) for seed in range(4)}
+        assert all(len(v) > 0 for v in spoken.values())
+        with srv.client() as http:
             for _ in range(2):  # warm up every path once before measuring memory and threads
                 http.post("/clone", json=clone_body(ref, 0))
         time.sleep(0.5)
@@ -102,7 +130,7 @@ def test_soak_with_cancels_disconnects_bad_inputs_and_timeouts(engine, ref_wav, 
                         return
                     kind = rng.choice(
                         ["good", "good", "good", "stream-leave", "cancel", "bad", "give-up", "long"]
-                        + ["parts", "parts-leave"]
+                        + ["parts", "parts-leave", "realtime", "realtime-leave"]
                     )
                     seed = rng.randrange(1000)
                     try:
@@ -119,6 +147,12 @@ def test_soak_with_cancels_disconnects_bad_inputs_and_timeouts(engine, ref_wav, 
                             with c.stream("POST", "/clone", json=body) as r:
                                 next(r.iter_bytes())
                             record(kind, r.status_code == 200)
+                        elif kind == "realtime":  # a long reply in parts, word by word
+                            audio = realtime(srv, voice, seed % 4)
+                            record(kind, audio == spoken[seed % 4], f"{len(audio)} bytes")
+                        elif kind == "realtime-leave":
+                            realtime(srv, voice, seed % 4, leave=True)
+                            record(kind, True)
                         elif kind == "stream-leave":
                             with c.stream(
                                 "POST", "/clone", json=clone_body(ref, seed, 400, stream=True)
@@ -162,6 +196,7 @@ def test_soak_with_cancels_disconnects_bad_inputs_and_timeouts(engine, ref_wav, 
         assert (
             outcomes["good"] > 0 and outcomes["cancel"] > 0 and outcomes["bad"] > 0 and outcomes["parts"] > 0
         )
+        assert outcomes["realtime"] > 0 and outcomes["realtime-leave"] > 0
 
         batcher = srv.holder.batcher
         end = time.monotonic() + 60
@@ -173,7 +208,7 @@ def test_soak_with_cancels_disconnects_bad_inputs_and_timeouts(engine, ref_wav, 
             health = http.get("/health")
             assert health.status_code == 200 and health.json()["worker"]["alive"], health.text
             assert http.post("/clone", json=clone_body(ref, 2)).content == expected[2]
-        assert engine.runner.active == 0
+        assert engine.runner.active == 0 and not engine.runner.parked
         assert not list(srv.settings.jobs_dir.glob("*.part"))
         time.sleep(0.5)
         assert own_threads() <= threads_before + 2, threading.enumerate()
