@@ -15,7 +15,7 @@ import soundfile as sf
 import uvicorn
 
 from utter.server.app import create_app
-from utter.server.connections import uvicorn_limits
+from utter.server.http.connections import uvicorn_limits
 from utter.server.runtime import EngineHolder
 from utter.server.settings import ServerSettings
 

@@ -18,8 +18,8 @@ from utter.engine.engine import Request
 from utter.engine.sampling import GenerationOptions
 from utter.engine.sched.batcher import Batcher, WorkerError
 from utter.engine.sched.runner import Runner
-from utter.server.longform import FADE_MS, PartedStream, part_requests
-from utter.server.textsplit import split_text
+from utter.server.speech.longform import FADE_MS, PartedStream, part_requests
+from utter.server.speech.textsplit import split_text
 
 TEXT = "One is here. Two is there. Three, now. Then four. And five ends it."
 

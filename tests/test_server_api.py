@@ -259,8 +259,8 @@ def test_mounted_under_a_prefix(tmp_path) -> None:
 
 
 def test_base64_forms() -> None:
-    from utter.server.errors import ApiError
-    from utter.server.references import decode_base64_audio
+    from utter.server.http.errors import ApiError
+    from utter.server.voices.references import decode_base64_audio
 
     data = bytes(range(256)) * 3
     std = base64.b64encode(data).decode()

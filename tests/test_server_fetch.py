@@ -12,7 +12,7 @@ import pytest
 
 from tests.conftest import REF_TEXT
 from tests.server_support import start_server
-from utter.server.fetch import FetchError, check_url, fetch_audio, is_public
+from utter.server.voices.fetch import FetchError, check_url, fetch_audio, is_public
 
 
 @pytest.mark.parametrize(

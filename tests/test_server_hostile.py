@@ -19,7 +19,7 @@ import soundfile as sf
 from tests.conftest import REF_TEXT
 from tests.server_support import API_KEY, b64, start_server
 from utter.engine.engine import MAX_FRAMES, Engine
-from utter.server.middleware import SingleLineFormatter
+from utter.server.http.middleware import SingleLineFormatter
 from utter.server.runtime import EngineHolder
 
 

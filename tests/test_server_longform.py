@@ -11,8 +11,8 @@ from tests.conftest import REF_TEXT
 from tests.server_support import b64, start_server, store_voice
 from utter.audio import SAMPLE_RATE, load_audio
 from utter.audio.crossfade import crossfade_join
-from utter.server.longform import FADE_MS
-from utter.server.textsplit import split_text
+from utter.server.speech.longform import FADE_MS
+from utter.server.speech.textsplit import split_text
 
 TEXT = "One is here. Two is there. Three, now. Then four. And five ends it."
 SPLIT = 16

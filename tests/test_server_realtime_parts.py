@@ -18,7 +18,7 @@ from websockets.sync.client import connect
 from tests.server_support import API_KEY, start_server
 from tests.test_server_realtime import _drain, _ws
 from utter.audio.crossfade import crossfade_join
-from utter.server.textsplit import PartCutter, cost
+from utter.server.speech.textsplit import PartCutter, cost
 
 # A reply long enough to be spoken in parts on a server that cuts at 60 (sentence ends after 40):
 # sentences of at most 20 characters keep every part within 60, so the API speaks each part

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from utter.audio.crossfade import Crossfader, crossfade_join
-from utter.server.textsplit import PartCutter, cost, sentences, split_text
+from utter.server.speech.textsplit import PartCutter, cost, sentences, split_text
 
 
 def test_latin_sentences_keep_punctuation_and_skip_abbreviations() -> None:

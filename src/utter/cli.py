@@ -244,7 +244,7 @@ def cmd_say(args: argparse.Namespace) -> None:
     from .audio import write_wav
     from .engine.engine import Request
     from .engine.voice import VoicePrompt
-    from .server.longform import parts_of
+    from .server.speech.longform import parts_of
 
     text = _read_text(args.text, args.text_file, "text")
     if text is None or not text.strip():
@@ -299,12 +299,12 @@ def cmd_say(args: argparse.Namespace) -> None:
 
 
 def _say_in_parts(engine, request, parts: list[str], parallel: int):
-    """A long text as the server speaks it (``server/longform.py``): its parts with the same
+    """A long text as the server speaks it (``server/speech/longform.py``): its parts with the same
     voice, options and seed, ``parallel`` at once, crossfaded; a frame limit for the whole text."""
     import asyncio
 
     from .engine.sched.batcher import Batcher
-    from .server.longform import part_requests, speak_parts
+    from .server.speech.longform import part_requests, speak_parts
 
     with Batcher(engine, max_batch=parallel, max_queue=len(parts)) as batcher:
         requests = part_requests(request, parts)

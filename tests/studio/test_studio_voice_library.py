@@ -72,7 +72,7 @@ def test_a_long_text_sounds_the_same_from_the_studio_and_its_api(client) -> None
 
 
 def test_voices_of_the_old_service_folder_are_taken_in(tmp_path, tiny_checkpoint, engine, ref_wav) -> None:
-    from utter.server.voices import VoiceStore
+    from utter.server.voices.store import VoiceStore
 
     data = tmp_path / "data"
     old = VoiceStore(data / "tts" / "voices")

@@ -1,4 +1,4 @@
-"""A long text whole against in parts (``server/longform.py``), through the serving Batcher.
+"""A long text whole against in parts (``server/speech/longform.py``), through the serving Batcher.
 
 The long seed text (2616 characters) is spoken three ways: as one request, in its parts one at
 a time, and in its parts ``parallel`` at once, as the server does. End of speech is disabled
@@ -15,9 +15,9 @@ import dataclasses
 import time
 
 from ..engine.sched.batcher import Batcher
-from ..server.longform import PartedStream, parts_at_once, parts_of
 from ..server.settings import ServerSettings
-from ..server.textsplit import cost
+from ..server.speech.longform import PartedStream, parts_at_once, parts_of
+from ..server.speech.textsplit import cost
 from .workload import LONG, SAMPLE_RATE
 
 DEFAULT_FRAMES = 360  # 28.8 s of audio in all, about 30 frames for each of the long text's 12 parts

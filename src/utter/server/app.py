@@ -17,17 +17,17 @@ from fastapi import Depends, FastAPI
 
 from .. import __version__
 from . import routes
-from .asr import AsrHolder
 from .deps import Service, require_api_key
-from .docs import install_offline_docs
-from .errors import install_error_handlers
-from .jobs import JobManager
-from .middleware import RequestContextMiddleware
+from .http.docs import install_offline_docs
+from .http.errors import install_error_handlers
+from .http.middleware import RequestContextMiddleware
 from .models import ModelSet
-from .references import ReferenceService
 from .runtime import EngineHolder
 from .settings import ServerSettings
-from .voices import VoiceLibrary, VoiceStore
+from .speech.jobs import JobManager
+from .voices.asr import AsrHolder
+from .voices.references import ReferenceService
+from .voices.store import VoiceLibrary, VoiceStore
 
 logger = logging.getLogger(__name__)
 

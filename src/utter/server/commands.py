@@ -93,7 +93,7 @@ def settings_from_args(args: argparse.Namespace, **overrides: Any) -> ServerSett
 
 def configure_logging(level: int = logging.INFO) -> None:
     """Logs with the request id of each line (``[-]`` outside requests)."""
-    from .middleware import RequestIdFilter, SingleLineFormatter
+    from .http.middleware import RequestIdFilter, SingleLineFormatter
 
     handler = logging.StreamHandler()
     handler.addFilter(RequestIdFilter())
@@ -108,7 +108,7 @@ def run_api_server(args: argparse.Namespace) -> None:
     import uvicorn
 
     from .app import create_app
-    from .connections import uvicorn_limits
+    from .http.connections import uvicorn_limits
     from .runtime import EngineHolder
 
     configure_logging(logging.DEBUG if getattr(args, "debug", False) else logging.INFO)
@@ -122,14 +122,14 @@ def run_api_server(args: argparse.Namespace) -> None:
 
 
 def _run_client(args: argparse.Namespace) -> None:
-    from .client import run
+    from .clients.client import run
 
     run(args)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``utter client`` to the CLI's subcommands (dispatched through ``args.func``)."""
-    from .client import add_client_args
+    from .clients.client import add_client_args
 
     client = subparsers.add_parser("client", help="call a running Utter/seed TTS service (test client)")
     add_client_args(client)

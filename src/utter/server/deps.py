@@ -13,15 +13,15 @@ from fastapi import Depends, Request
 
 from ..engine.engine import Engine
 from ..engine.sched.batcher import Batcher
-from .asr import AsrHolder
-from .errors import ApiError
-from .jobs import JobManager
-from .middleware import API_KEY_MESSAGE, api_key_matches
+from .http.errors import ApiError
+from .http.middleware import API_KEY_MESSAGE, api_key_matches
 from .models import ModelSet
-from .references import ReferenceService
 from .runtime import EngineHolder
 from .settings import ServerSettings
-from .voices import VoiceLibrary
+from .speech.jobs import JobManager
+from .voices.asr import AsrHolder
+from .voices.references import ReferenceService
+from .voices.store import VoiceLibrary
 
 
 @dataclass

@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from .errors import ApiError
+from .http.errors import ApiError
 from .runtime import EngineHolder
 
 logger = logging.getLogger(__name__)

@@ -38,7 +38,7 @@ class ServerSettings(BaseSettings):
     # speaker's name, or by needing an instruction); each loads in the background like ``model``.
     extra_models: str = ""
 
-    # Transcription of references sent without a transcript (server/asr.py): a Whisper hub id or
+    # Transcription of references sent without a transcript (server/voices/asr.py): a Whisper hub id or
     # folder, loaded on first use; "none" turns it off (such references then clone by x-vector).
     asr_model: str = DEFAULT_ASR_MODEL
     asr_device: str | None = None  # None: the TTS device
@@ -48,7 +48,7 @@ class ServerSettings(BaseSettings):
     host: str = "127.0.0.1"  # loopback unless asked: the service has no key by default
     port: int = 8000
 
-    # Where stored voices and job results live (voices survive restarts; see voices.py, jobs.py).
+    # Where stored voices and job results live (voices survive restarts; see voices/store.py, speech/jobs.py).
     data_dir: Path = Field(default_factory=default_data_dir)
 
     # Optional API key, accepted as "Authorization: Bearer KEY" or "X-API-Key: KEY".

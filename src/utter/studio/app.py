@@ -20,9 +20,9 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
-from ..server.asr import AsrHolder
-from ..server.docs import install_offline_docs
-from ..server.errors import error_response, install_error_handlers
+from ..server.http.docs import install_offline_docs
+from ..server.http.errors import error_response, install_error_handlers
+from ..server.voices.asr import AsrHolder
 from . import routes
 from .db import Database
 from .deps import Studio

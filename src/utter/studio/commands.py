@@ -80,7 +80,7 @@ def _export(args: argparse.Namespace) -> None:
 def serve_app():  # -> FastAPI; uvicorn's factory, run in every worker process
     """The studio app built from the environment, with logging set up (workers start bare)."""
     from ..server.commands import configure_logging
-    from ..server.connections import GuardedH11Protocol
+    from ..server.http.connections import GuardedH11Protocol
     from .app import create_studio_app
 
     if not logging.getLogger().handlers:
@@ -106,7 +106,7 @@ def run_serve(args: argparse.Namespace) -> None:
     import uvicorn
     from pydantic import ValidationError
 
-    from ..server.connections import uvicorn_limits
+    from ..server.http.connections import uvicorn_limits
     from .db import Database, DatabaseError, describe
     from .login import needs_password
     from .settings import StudioSettings

@@ -9,8 +9,8 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
-from ..server.asr import AsrHolder
 from ..server.models import ModelSet
+from ..server.voices.asr import AsrHolder
 from .db import Database
 from .jobs import JobQueue
 from .provider import TTSProvider

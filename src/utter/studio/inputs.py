@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy.orm import Session
 
-from ..server.errors import ApiError
+from ..server.http.errors import ApiError
 
 T = TypeVar("T")
 

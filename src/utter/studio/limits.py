@@ -14,7 +14,7 @@ import time
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..server.errors import error_response
+from ..server.http.errors import error_response
 
 
 class _Refused(Exception):

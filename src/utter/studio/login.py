@@ -24,8 +24,8 @@ import jinja2
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ..server.errors import error_response
-from ..server.middleware import api_key_matches
+from ..server.http.errors import error_response
+from ..server.http.middleware import api_key_matches
 
 COOKIE = "utter_session"
 SESSION_SECONDS = 30 * 24 * 3600

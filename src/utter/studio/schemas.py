@@ -200,5 +200,5 @@ class HealthOut(BaseModel):
     model: ModelStatus
     database: str
     jobs: dict[str, int]  # queued / processing counts
-    asr: dict[str, Any] | None = None  # the transcription model's state (server/asr.py)
+    asr: dict[str, Any] | None = None  # the transcription model's state (server/voices/asr.py)
     models: list[dict[str, Any]] = Field(default_factory=list)  # every model of /tts, main first

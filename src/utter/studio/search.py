@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlalchemy import ColumnElement
 
-from ..server.voices import fold
+from ..server.voices.store import fold
 
 SEPARATOR = "\n"  # between fields in a search key: a query with a line break matches nothing across
 SNIPPET_CHARS = 40  # context on each side of a match

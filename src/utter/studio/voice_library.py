@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 
 from ..audio import SAMPLE_RATE
 from ..server.runtime import public_text
-from ..server.voices import VoiceNameTaken, VoiceNotFound, VoiceStore, fold
+from ..server.voices.store import VoiceNameTaken, VoiceNotFound, VoiceStore, fold
 from .models import Generation, Task, Voice, new_id
 from .provider import VoiceSource
 from .schemas import ACTIVE

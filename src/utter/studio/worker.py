@@ -26,7 +26,7 @@ from ..audio import SAMPLE_RATE, AudioError
 from ..audio.crossfade import crossfade_join
 from ..engine.sched.batcher import QueueFullError, WorkerError
 from ..server.runtime import ModelNotReady, ModelState
-from ..server.textsplit import split_text
+from ..server.speech.textsplit import split_text
 from .jobs import JobQueue, make_worker_id
 from .models import Generation, Task, Voice
 from .provider import SAMPLES_PER_FRAME, RemoteError, Synthesis, SynthesisStream, TTSProvider, VoiceSource

@@ -36,13 +36,20 @@ from ...audio.formats import FormatEncoder, OutputFormat, parse_output_format
 from ...engine.engine import Engine
 from ...engine.sampling import GenerationOptions
 from ..deps import BatcherDep, Service, ServiceDep
-from ..errors import ApiError
-from ..longform import PartedStream
-from ..realtime import POLICY_VIOLATION, Incoming, SessionError, TextInSession, key_of, key_ok
+from ..http.errors import ApiError
 from ..runtime import ModelNotReady
 from ..schemas import ApiModel, SamplingFields
-from ..speech import check_language, check_text, encoded_body, generation_options, open_audio_stream, submit
-from ..voices import VoiceNotFound
+from ..speech.longform import PartedStream
+from ..speech.realtime import POLICY_VIOLATION, Incoming, SessionError, TextInSession, key_of, key_ok
+from ..speech.submit import (
+    check_language,
+    check_text,
+    encoded_body,
+    generation_options,
+    open_audio_stream,
+    submit,
+)
+from ..voices.store import VoiceNotFound
 from .openai import unknown_voice
 
 logger = logging.getLogger(__name__)

@@ -20,10 +20,10 @@ from starlette.concurrency import run_in_threadpool
 from ...audio import SAMPLE_RATE, to_wav_bytes
 from ...engine.design import sample_text
 from ..deps import ServiceDep
-from ..errors import ApiError
+from ..http.errors import ApiError
 from ..schemas import ApiModel, SamplingFields
-from ..speech import check_language, check_text, collect, generation_options, submit
-from ..voices import VoiceNameTaken
+from ..speech.submit import check_language, check_text, collect, generation_options, submit
+from ..voices.store import VoiceNameTaken
 
 router = APIRouter(tags=["voice design"])
 

@@ -14,7 +14,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic_core import PydanticCustomError
 
 from ..deps import BatcherDep, ServiceDep
-from ..errors import ApiError, error_response
+from ..http.errors import ApiError, error_response
 from ..schemas import CloneRequest, JobStatus, JobSubmitted, check_unicode
 from .seed import start_clone
 

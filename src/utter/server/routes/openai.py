@@ -25,9 +25,9 @@ from ...audio.encode import FORMATS, LENGTH_IN_HEADER, AudioEncoder, encode_audi
 from ...engine.sched.batcher import Batcher
 from ...engine.voice import VoicePrompt
 from ..deps import Service, ServiceDep
-from ..errors import ApiError
+from ..http.errors import ApiError
 from ..schemas import SpeechRequest
-from ..speech import (
+from ..speech.submit import (
     AudioChunks,
     check_language,
     check_text,
@@ -37,7 +37,7 @@ from ..speech import (
     open_audio_stream,
     submit,
 )
-from ..voices import VoiceNotFound
+from ..voices.store import VoiceNotFound
 
 logger = logging.getLogger(__name__)
 router = APIRouter(tags=["OpenAI-compatible"])

@@ -29,13 +29,13 @@ from starlette.websockets import WebSocketDisconnect
 
 from ...audio.encode import make_encoder
 from ..deps import Service
-from ..errors import ApiError
-from ..longform import PartedStream
-from ..realtime import POLICY_VIOLATION, Incoming, SessionError, TextInSession, key_of, key_ok
+from ..http.errors import ApiError
 from ..runtime import ModelNotReady
 from ..schemas import RealtimeStart
-from ..speech import check_language, generation_options
-from ..voices import VoiceNotFound
+from ..speech.longform import PartedStream
+from ..speech.realtime import POLICY_VIOLATION, Incoming, SessionError, TextInSession, key_of, key_ok
+from ..speech.submit import check_language, generation_options
+from ..voices.store import VoiceNotFound
 
 logger = logging.getLogger(__name__)
 router = APIRouter(tags=["realtime"])

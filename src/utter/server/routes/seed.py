@@ -17,10 +17,10 @@ from ...audio import SAMPLE_RATE
 from ...audio.encode import encode_audio, make_encoder
 from ...engine.sched.batcher import Batcher
 from ..deps import BatcherDep, Service, ServiceDep
-from ..errors import ApiError
-from ..longform import AnyStream
+from ..http.errors import ApiError
 from ..schemas import CloneBatchRequest, CloneBatchResponse, CloneRequest
-from ..speech import (
+from ..speech.longform import AnyStream
+from ..speech.submit import (
     check_language,
     check_text,
     collect,

@@ -17,7 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from ...asr.whisper import LANGUAGE_NAMES, SAMPLE_RATE
 from ...audio import TooLong, load_audio
 from ..deps import ServiceDep
-from ..errors import ApiError
+from ..http.errors import ApiError
 
 router = APIRouter(tags=["transcription"])
 FORMATS = ("json", "text", "verbose_json")

@@ -13,10 +13,10 @@ from fastapi import APIRouter, File, Form, UploadFile
 from starlette.concurrency import run_in_threadpool
 
 from ..deps import EngineDep, ServiceDep
-from ..errors import ApiError
+from ..http.errors import ApiError
 from ..schemas import VoiceInfo, VoiceList
-from ..speech import check_language
-from ..voices import VoiceNameTaken, VoiceNotFound
+from ..speech.submit import check_language
+from ..voices.store import VoiceNameTaken, VoiceNotFound
 from .openai import unknown_voice
 
 router = APIRouter(tags=["voices"])

@@ -20,7 +20,7 @@ from sqlalchemy import select
 
 from ...audio import SAMPLE_RATE
 from ...audio.encode import pcm16, wav_header
-from ...server.errors import ApiError
+from ...server.http.errors import ApiError
 from ...server.runtime import ModelState
 from ..deps import SessionDep, Studio, StudioDep
 from ..inputs import clean_text, get_row, require_id

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from ...audio import SAMPLE_RATE, load_audio
 from ...audio.encode import FORMATS, encode_audio
-from ...server.errors import ApiError
+from ...server.http.errors import ApiError
 from ..deps import SessionDep, StudioDep
 from ..inputs import clean_text, get_row
 from ..models import Generation

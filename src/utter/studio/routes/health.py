@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from ...server.errors import ApiError
+from ...server.http.errors import ApiError
 from ..deps import StudioDep
 from ..schemas import HealthOut, ModelStatus
 

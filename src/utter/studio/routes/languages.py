@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from ...server.errors import ApiError
+from ...server.http.errors import ApiError
 from ..deps import Studio, StudioDep
 from ..schemas import LanguagesOut
 

@@ -1,7 +1,7 @@
 """``POST /api/transcribe``: the Clone page's Transcribe button; ``/api/asr``: the model's state.
 
 The recording is checked like a clone's (size, a real decoder, length), then transcribed by the
-process's Whisper (``server/asr.py``, shared with ``/tts``), which loads on first use. The page
+process's Whisper (``server/voices/asr.py``, shared with ``/tts``), which loads on first use. The page
 asks with a short ``wait`` and shows "downloading 40%" from the 503 until the model is ready.
 """
 
@@ -13,7 +13,7 @@ from fastapi import APIRouter, File, Form, UploadFile
 from starlette.concurrency import run_in_threadpool
 
 from ...audio import SAMPLE_RATE
-from ...server.errors import ApiError
+from ...server.http.errors import ApiError
 from ..deps import StudioDep
 from ..schemas import TranscriptOut
 from .voices import read_reference

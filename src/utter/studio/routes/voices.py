@@ -18,7 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ...audio import SAMPLE_RATE, AudioError, TooLong, load_audio
-from ...server.errors import ApiError
+from ...server.http.errors import ApiError
 from ..deps import SessionDep, Studio, StudioDep
 from ..inputs import clean_text, get_row
 from ..models import Voice, new_id

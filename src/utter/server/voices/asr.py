@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from starlette.concurrency import run_in_threadpool
 
-from .errors import ApiError
-from .runtime import public_text
+from ..http.errors import ApiError
+from ..runtime import public_text
 
 if TYPE_CHECKING:
-    from ..asr import Transcriber, Transcript
+    from ...asr import Transcriber, Transcript
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ class AsrHolder:
         self._state, self._progress = AsrState.DOWNLOADING, fraction
 
     def _load(self) -> None:
-        from ..asr import AsrError, Transcriber, resolve_asr_model
+        from ...asr import AsrError, Transcriber, resolve_asr_model
 
         started = time.perf_counter()
         try:

@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from ..audio import SAMPLE_RATE
-from ..audio.encode import PcmEncoder, wav_header
-from .errors import ApiError
+from ...audio import SAMPLE_RATE
+from ...audio.encode import PcmEncoder, wav_header
+from ..http.errors import ApiError
 from .longform import AnyStream
 
 logger = logging.getLogger(__name__)

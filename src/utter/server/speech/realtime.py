@@ -24,16 +24,16 @@ from dataclasses import dataclass
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from ..audio.encode import AudioEncoder
-from ..engine.engine import Request
-from ..engine.sampling import GenerationOptions
-from ..engine.sched.batcher import Batcher, QueueFullError, WorkerError
-from ..engine.sched.textfeed import TextFeed
-from ..engine.voice import VoicePrompt
-from .deps import Service
-from .errors import ApiError
+from ...audio.encode import AudioEncoder
+from ...engine.engine import Request
+from ...engine.sampling import GenerationOptions
+from ...engine.sched.batcher import Batcher, QueueFullError, WorkerError
+from ...engine.sched.textfeed import TextFeed
+from ...engine.voice import VoicePrompt
+from ..deps import Service
+from ..http.errors import ApiError
 from .longform import PartedStream, parts_at_once
-from .speech import _stream_error
+from .submit import _stream_error
 from .textsplit import PartCutter
 
 logger = logging.getLogger(__name__)

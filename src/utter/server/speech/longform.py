@@ -25,10 +25,10 @@ from dataclasses import replace
 
 import numpy as np
 
-from ..audio import SAMPLE_RATE
-from ..audio.crossfade import Crossfader
-from ..engine.engine import Request
-from ..engine.sched.batcher import AudioChunk, Batcher, QueueFullError, Stream
+from ...audio import SAMPLE_RATE
+from ...audio.crossfade import Crossfader
+from ...engine.engine import Request
+from ...engine.sched.batcher import AudioChunk, Batcher, QueueFullError, Stream
 from .textsplit import cost, split_text
 
 logger = logging.getLogger(__name__)

@@ -23,8 +23,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ..audio import SAMPLE_RATE, write_wav
-from ..engine.voice import VoicePrompt
+from ...audio import SAMPLE_RATE, write_wav
+from ...engine.voice import VoicePrompt
 
 logger = logging.getLogger(__name__)
 

@@ -11,9 +11,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..audio import AudioError
-from ..engine.sched.batcher import QueueFullError
-from .runtime import ModelNotReady, ModelState
+from ...audio import AudioError
+from ...engine.sched.batcher import QueueFullError
+from ..runtime import ModelNotReady, ModelState
 
 ERROR_TYPES = {
     400: "invalid_request_error",

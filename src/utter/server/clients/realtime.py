@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from ..audio.encode import wav_header
+from ...audio.encode import wav_header
 
 logger = logging.getLogger(__name__)
 

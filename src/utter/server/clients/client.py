@@ -4,7 +4,7 @@
     utter client --endpoint URL languages
     utter client --endpoint URL clone --ref ref.wav --ref-text "..." --text "Hello" -o out.wav
     utter client --endpoint URL batch --ref ref.wav --text "One." --text "Two." --out-dir outs/
-    llm ... | utter client --endpoint URL realtime --voice ID -o reply.wav     (realtime_client.py)
+    llm ... | utter client --endpoint URL realtime --voice ID -o reply.wav     (realtime.py)
 
 Results (JSON, file names) go to stdout; progress and timings go to the log.
 """
@@ -54,7 +54,7 @@ def add_client_args(p: argparse.ArgumentParser) -> None:
             c.add_argument("--stream", action="store_true", help="receive the audio while it is generated")
         else:
             c.add_argument("--out-dir", default="batch_output", help="folder for the WAV files")
-    from .realtime_client import add_realtime_args
+    from .realtime import add_realtime_args
 
     add_realtime_args(sub)
 
@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> None:
     base = args.endpoint.rstrip("/")
     started = time.perf_counter()
     if args.client_command == "realtime":
-        from .realtime_client import run_realtime
+        from .realtime import run_realtime
 
         result = run_realtime(args, ClientError)
         if args.output != "-":

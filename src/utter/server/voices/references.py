@@ -23,14 +23,14 @@ from dataclasses import dataclass
 import numpy as np
 from starlette.concurrency import run_in_threadpool
 
-from ..asr import Transcriber, Transcript
-from ..audio import SAMPLE_RATE, TooLong, duration_seconds, load_audio
-from ..engine.engine import Engine
-from ..engine.voice import VoicePrompt
+from ...asr import Transcriber, Transcript
+from ...audio import SAMPLE_RATE, TooLong, duration_seconds, load_audio
+from ...engine.engine import Engine
+from ...engine.voice import VoicePrompt
+from ..http.errors import ApiError
+from ..settings import ServerSettings
 from .asr import AsrHolder
-from .errors import ApiError
 from .fetch import FetchError, fetch_audio
-from .settings import ServerSettings
 
 logger = logging.getLogger(__name__)
 

@@ -16,15 +16,15 @@ from dataclasses import replace
 import numpy as np
 from starlette.requests import Request as HttpRequest
 
-from ..audio.encode import AudioEncoder
-from ..engine.engine import Engine, Request
-from ..engine.sampling import GenerationOptions, SamplingOptions
-from ..engine.sched.batcher import Batcher, QueueFullError, WorkerError
-from ..engine.voice import VoicePrompt
-from .errors import ApiError, busy
+from ...audio.encode import AudioEncoder
+from ...engine.engine import Engine, Request
+from ...engine.sampling import GenerationOptions, SamplingOptions
+from ...engine.sched.batcher import Batcher, QueueFullError, WorkerError
+from ...engine.voice import VoicePrompt
+from ..http.errors import ApiError, busy
+from ..schemas import SamplingFields
+from ..settings import ServerSettings
 from .longform import AnyStream, PartedStream, part_requests, parts_at_once, parts_of
-from .schemas import SamplingFields
-from .settings import ServerSettings
 
 logger = logging.getLogger(__name__)
 

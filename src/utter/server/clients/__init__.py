@@ -1,0 +1,1 @@
+"""Clients of a running service: ``utter client`` and its realtime pipe."""

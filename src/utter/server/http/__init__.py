@@ -1,0 +1,1 @@
+"""HTTP plumbing: middleware, connection limits, the error shape and offline docs."""

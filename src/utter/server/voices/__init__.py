@@ -1,0 +1,1 @@
+"""Voices: the stored library, references from requests (uploads, URLs) and their transcripts."""
