@@ -237,3 +237,31 @@ def test_dev_tiny_whisper(tmp_path: Path, capsys) -> None:
     assert main(["dev", "tiny-whisper", str(tmp_path / "w")]) == 0
     assert "RANDOM Whisper" in capsys.readouterr().out
     assert (tmp_path / "w" / "generation_config.json").is_file()
+
+
+@pytest.mark.parametrize("api_only", [False, True])
+def test_serve_on_a_taken_port_says_so_before_loading_anything(tiny_checkpoint, tmp_path, api_only) -> None:
+    """A port another server holds: one line naming the address and what to do, before the
+    database, the model or uvicorn start (uvicorn alone fails only after the app started, with
+    the model loading, and the process then died mid-load)."""
+    import socket
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("UTTER_")}
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        args = ["serve", "--model", str(tiny_checkpoint), "--port", str(port), "--data-dir", str(tmp_path)]
+        run = subprocess.run(
+            [sys.executable, "-m", "utter.cli", *args, *(["--api-only"] if api_only else [])],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+        )
+    assert run.returncode == 1, run.stderr
+    assert run.stderr.strip().splitlines()[-1] == (
+        f"utter: error: cannot listen on 127.0.0.1:{port}: Address already in use (another server there? "
+        "choose --port)"
+    )
+    assert "loading" not in run.stderr and not (tmp_path / "utter.db").exists()  # nothing was set up

@@ -108,11 +108,12 @@ def run_api_server(args: argparse.Namespace) -> None:
     import uvicorn
 
     from .app import create_app
-    from .http.connections import uvicorn_limits
+    from .http.connections import check_address, uvicorn_limits
     from .runtime import EngineHolder
 
     configure_logging(logging.DEBUG if getattr(args, "debug", False) else logging.INFO)
     settings = settings_from_args(args)
+    check_address(settings.host, settings.port)
     holder = EngineHolder.from_settings(settings)
     app = create_app(settings, holder)
     logger.info("serving the TTS API on http://%s:%d (docs at /docs)", settings.host, settings.port)

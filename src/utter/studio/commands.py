@@ -106,7 +106,7 @@ def run_serve(args: argparse.Namespace) -> None:
     import uvicorn
     from pydantic import ValidationError
 
-    from ..server.http.connections import uvicorn_limits
+    from ..server.http.connections import check_address, uvicorn_limits
     from .db import Database, DatabaseError, describe
     from .login import needs_password
     from .settings import StudioSettings
@@ -126,6 +126,7 @@ def run_serve(args: argparse.Namespace) -> None:
             f"utter: error: listening on {settings.host} opens the studio to other machines; set a "
             "password (UTTER_PASSWORD) or, on a trusted network, UTTER_OPEN_NETWORK=1"
         )
+    check_address(settings.host, settings.port)
     try:
         db = Database(settings.db_url)
         db.migrate()

@@ -11,8 +11,6 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
@@ -92,9 +90,14 @@ class Database:
 
     def migrate(self) -> None:
         """Run Alembic up to head, programmatically (the migrations ship inside the package)."""
+        # Quiet first: importing alembic's commands logs a line per autogenerate plugin (seven
+        # INFO lines per start); the one line that matters is ours, below.
+        logging.getLogger("alembic").setLevel(logging.WARNING)
+        from alembic import command
+        from alembic.config import Config
+
         cfg = Config()
         cfg.set_main_option("script_location", str(MIGRATIONS))
-        logging.getLogger("alembic").setLevel(logging.WARNING)  # its seven INFO lines per start; ours below
         try:
             with self.engine.begin() as conn:
                 if self.dialect == "postgresql":

@@ -12,7 +12,9 @@ own deadline in :mod:`.middleware`, where the app reads them.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import socket
 from typing import Any
 
 import h11
@@ -76,3 +78,20 @@ def uvicorn_limits(settings: Any) -> dict[str, Any]:
         "limit_concurrency": settings.max_connections,
         "timeout_graceful_shutdown": settings.shutdown_grace_s,
     }
+
+
+def check_address(host: str, port: int) -> None:
+    """Exit with a one-line error when ``host:port`` cannot be listened on (another server
+    there, a host that is not this machine's), before anything loads: uvicorn finds out only
+    after the app has started, with the model loading in the background, and its process then
+    dies mid-load. Binds the way uvicorn does (``SO_REUSEADDR``), so a port in TIME_WAIT passes."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, kind, proto, _, address = infos[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        hint = " (another server there? choose --port)" if exc.errno == errno.EADDRINUSE else ""
+        raise SystemExit(f"utter: error: cannot listen on {host}:{port}: {reason}{hint}") from None
