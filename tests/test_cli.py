@@ -45,6 +45,37 @@ def test_say_writes_24k_mono_wav(tiny_checkpoint: Path, ref_wav: Path, tmp_path:
     assert 0 < info.frames <= 5 * 1920
 
 
+def test_say_writes_the_format_its_output_names(
+    tiny_checkpoint: Path, ref_wav: Path, tmp_path: Path, capsysbinary
+) -> None:
+    """The extension picks the format (the service's encoders); a name it cannot place or a
+    folder that is not there fail before the model loads; ``-o -`` writes the WAV to stdout."""
+    import av
+
+    args = ["--ref-text", REF_TEXT, "--text", "Hello there.", "--seed", "3", "--max-frames", "5"]
+    wav = tmp_path / "out"  # no extension: WAV
+    assert main(_say(tiny_checkpoint, ref_wav, wav, *args)) == 0
+    want = sf.read(wav, dtype="float32")[0]
+    for name, codec in [("out.mp3", "mp3"), ("out.FLAC", "flac"), ("out.ogg", "opus"), ("out.aac", "aac")]:
+        assert main(_say(tiny_checkpoint, ref_wav, tmp_path / name, *args)) == 0
+        with av.open(str(tmp_path / name)) as f:
+            stream = f.streams.audio[0]
+            assert stream.codec_context.name.startswith(codec) and stream.channels == 1
+    assert np.array_equal(sf.read(tmp_path / "out.FLAC", dtype="float32")[0], want)  # lossless
+    pcm = tmp_path / "out.pcm"
+    assert main(_say(tiny_checkpoint, ref_wav, pcm, *args)) == 0
+    assert pcm.read_bytes() == wav.read_bytes()[44:]
+    capsysbinary.readouterr()
+    assert main(_say(tiny_checkpoint, ref_wav, "-", *args)) == 0
+    assert capsysbinary.readouterr().out == wav.read_bytes()
+    for bad, words in [
+        ("out.xyz", "cannot tell the audio format"),
+        ("nowhere/out.wav", "there is no folder"),
+    ]:
+        assert main(_say("/no/such/model", ref_wav, tmp_path / bad, *args)) == 2  # before the model
+        assert words in capsysbinary.readouterr().err.decode()
+
+
 def test_say_greedy_is_deterministic_and_voice_file_round_trips(
     tiny_checkpoint: Path, ref_wav: Path, tmp_path: Path
 ) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -73,7 +74,13 @@ def build_parser() -> argparse.ArgumentParser:
     say.add_argument("--text", help="text to speak")
     say.add_argument("--text-file", help="file holding the text to speak")
     say.add_argument("--language", default="Auto", help="Auto or one of the 10 languages (default: Auto)")
-    say.add_argument("-o", "--output", required=True, help="output WAV file (24 kHz mono)")
+    say.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        help="output file, 24 kHz mono; its extension picks the format: .wav (also without one), "
+        ".mp3, .flac, .opus/.ogg, .aac, .pcm (raw s16le); - writes WAV to stdout",
+    )
     say.add_argument("--greedy", action="store_true", help="deterministic decoding (argmax)")
     say.add_argument("--seed", type=int, default=None, help="random seed for sampling")
     say.add_argument("--temperature", type=float, default=None)
@@ -240,8 +247,32 @@ def _options(engine, args: argparse.Namespace):
     return GenerationOptions(talker, sub, penalty, seed=args.seed, max_frames=args.max_frames)
 
 
+# Output file extension -> the audio format `utter say` writes (the service's formats).
+OUTPUT_FORMATS = {"": "wav", ".wav": "wav", ".mp3": "mp3", ".flac": "flac", ".opus": "opus", ".ogg": "opus",
+                  ".aac": "aac", ".pcm": "pcm"}  # fmt: skip
+
+
+def output_format(path: str) -> str:
+    """The format of an output file from its extension, checked before anything loads (a typo
+    or a missing folder would otherwise surface only after the whole generation)."""
+    if path == "-":
+        return "wav"
+    out = Path(path)
+    fmt = OUTPUT_FORMATS.get(out.suffix.lower())
+    if fmt is None:
+        choices = ", ".join(k for k in OUTPUT_FORMATS if k)
+        raise UsageError(f"cannot tell the audio format of {path} from its extension; use one of {choices}")
+    folder = out.parent
+    if not folder.is_dir():
+        raise UsageError(f"cannot write {path}: there is no folder {folder}")
+    if not os.access(folder, os.W_OK):
+        raise UsageError(f"cannot write {path}: the folder {folder} is not writable")
+    return fmt
+
+
 def cmd_say(args: argparse.Namespace) -> None:
-    from .audio import write_wav
+    from .audio import write_file
+    from .audio.encode import encode_audio
     from .engine.engine import Request
     from .engine.voice import VoicePrompt
     from .server.speech.longform import parts_of
@@ -257,6 +288,7 @@ def cmd_say(args: argparse.Namespace) -> None:
         raise UsageError("--max-frames must be at least 1")
     if args.split_chars < 0 or args.parallel < 1:
         raise UsageError("--split-chars must be 0 or more and --parallel at least 1")
+    fmt = output_format(args.output)
     parts = parts_of(text, args.split_chars)
     engine = _load_engine(args, max_batch=min(args.parallel, len(parts)))
     if args.language.strip().lower() not in {lang.lower() for lang in engine.languages}:
@@ -287,7 +319,12 @@ def cmd_say(args: argparse.Namespace) -> None:
         log.info("speaking %d characters in %d parts, up to %d at once", len(text), len(parts), args.parallel)
         audio = _say_in_parts(engine, request, parts, args.parallel)
     elapsed = time.perf_counter() - started
-    write_wav(args.output, audio, engine.sample_rate)
+    data = encode_audio(audio, fmt, sr=engine.sample_rate)
+    if args.output == "-":
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+    else:
+        write_file(args.output, data)
     seconds = len(audio) / engine.sample_rate
     log.info(
         "wrote %s: %.2f s of audio in %.2f s (%.2fx real time)",

@@ -8,6 +8,7 @@ from utter.audio.io import (
     load_audio,
     resample,
     to_wav_bytes,
+    write_file,
     write_wav,
 )
 
@@ -19,5 +20,6 @@ __all__ = [
     "load_audio",
     "resample",
     "to_wav_bytes",
+    "write_file",
     "write_wav",
 ]

@@ -168,14 +168,18 @@ def to_wav_bytes(audio: np.ndarray, sr: int = SAMPLE_RATE) -> bytes:
 
 
 def write_wav(path: str | Path, audio: np.ndarray, sr: int = SAMPLE_RATE) -> Path:
-    """Write a 16-bit PCM mono WAV file atomically and return its path.
+    """Write a 16-bit PCM mono WAV file atomically (see :func:`write_file`); returns its path."""
+    return write_file(path, to_wav_bytes(audio, sr))
+
+
+def write_file(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically and return the path.
 
     The data goes to a temporary file in the same folder, which then replaces ``path`` with
     ``os.replace``: readers (a web player, a concurrent request) see either the old file or the complete
     new one, never a half-written one, and a crash leaves no partial file behind.
     """
     path = Path(path)
-    data = to_wav_bytes(audio, sr)
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
