@@ -49,11 +49,11 @@ def test_say_writes_the_format_its_output_names(
     tiny_checkpoint: Path, ref_wav: Path, tmp_path: Path, capsysbinary
 ) -> None:
     """The extension picks the format (the service's encoders); a name it cannot place or a
-    folder that is not there fail before the model loads; ``-o -`` writes the WAV to stdout."""
+    folder it cannot make fail before the model loads; ``-o -`` writes the WAV to stdout."""
     import av
 
     args = ["--ref-text", REF_TEXT, "--text", "Hello there.", "--seed", "3", "--max-frames", "5"]
-    wav = tmp_path / "out"  # no extension: WAV
+    wav = tmp_path / "new" / "out"  # no extension: WAV; the folder is made
     assert main(_say(tiny_checkpoint, ref_wav, wav, *args)) == 0
     want = sf.read(wav, dtype="float32")[0]
     for name, codec in [("out.mp3", "mp3"), ("out.FLAC", "flac"), ("out.ogg", "opus"), ("out.aac", "aac")]:
@@ -68,9 +68,10 @@ def test_say_writes_the_format_its_output_names(
     capsysbinary.readouterr()
     assert main(_say(tiny_checkpoint, ref_wav, "-", *args)) == 0
     assert capsysbinary.readouterr().out == wav.read_bytes()
+    (tmp_path / "a-file").write_text("")
     for bad, words in [
         ("out.xyz", "cannot tell the audio format"),
-        ("nowhere/out.wav", "there is no folder"),
+        ("a-file/out.wav", "cannot make the folder"),
     ]:
         assert main(_say("/no/such/model", ref_wav, tmp_path / bad, *args)) == 2  # before the model
         assert words in capsysbinary.readouterr().err.decode()

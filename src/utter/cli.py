@@ -253,8 +253,8 @@ OUTPUT_FORMATS = {"": "wav", ".wav": "wav", ".mp3": "mp3", ".flac": "flac", ".op
 
 
 def output_format(path: str) -> str:
-    """The format of an output file from its extension, checked before anything loads (a typo
-    or a missing folder would otherwise surface only after the whole generation)."""
+    """The format of an output file from its extension, and its folder made, before anything
+    loads (a typo or an unwritable place would otherwise surface only after the generation)."""
     if path == "-":
         return "wav"
     out = Path(path)
@@ -263,8 +263,10 @@ def output_format(path: str) -> str:
         choices = ", ".join(k for k in OUTPUT_FORMATS if k)
         raise UsageError(f"cannot tell the audio format of {path} from its extension; use one of {choices}")
     folder = out.parent
-    if not folder.is_dir():
-        raise UsageError(f"cannot write {path}: there is no folder {folder}")
+    try:  # as `utter voice` does with its output
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: cannot make the folder {folder} ({exc.strerror})") from None
     if not os.access(folder, os.W_OK):
         raise UsageError(f"cannot write {path}: the folder {folder} is not writable")
     return fmt
