@@ -142,7 +142,10 @@ def test_parts_end_at_sentence_ends_once_long_enough_else_clauses_else_spaces() 
 def test_texts_without_boundaries_or_budget_stay_whole() -> None:
     assert cut(["x" * 500], 30) == ["x" * 500]  # nowhere to cut: one part, as before
     assert cut([REPLY], 0) == [REPLY]  # cutting off
-    assert cut(["   ", "  Hello"], 30) == ["Hello"]
+    # The first part keeps the text as given (as the API does); later parts start at a word.
+    assert cut(["  Hello"], 30) == ["  Hello"]
+    first = " one two three four five six."
+    assert cut([first + "  ", "  Seven."], 30) == [first, "Seven."]
 
 
 def test_crossfade_join_overlaps_each_seam_and_never_gets_louder() -> None:

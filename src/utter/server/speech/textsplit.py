@@ -165,14 +165,16 @@ class PartCutter:
         self.target = max(1, max_cost * 2 // 3)
         self.hard = max_cost * 3 // 2
         self._text = ""  # the current part's text so far
+        self._cut = False  # a cut was made: the whitespace that starts the next part goes
         self._scan = 0  # where scanning goes on: no cut before it
         self._cost = 0  # cost of _text[:_scan]
 
     def push(self, piece: str) -> list[tuple[str, bool]]:
         """Add ``piece``; returns ``(text, ends)`` pairs in order: text for the current part
-        and whether the part ends after it (the next text starts a new part). A part never
-        starts with whitespace."""
-        if not self._text:
+        and whether the part ends after it (the next text starts a new part). A part after a
+        cut starts at its first non-space, as :func:`split_text`'s do; the first part keeps
+        the text as given (a reply that fits one part reads as the API reads it)."""
+        if not self._text and self._cut:
             piece = piece.lstrip()
         emitted = len(self._text)
         self._text += piece
@@ -181,6 +183,7 @@ class PartCutter:
             assert cut >= emitted  # what was handed on stays in its part
             out.append((self._text[emitted:cut], True))
             self._text, self._scan, self._cost, emitted = self._text[cut:].lstrip(), 0, 0, 0
+            self._cut = True
         if len(self._text) > emitted:
             out.append((self._text[emitted:], False))
         return out
