@@ -79,6 +79,23 @@ def test_text_in_pieces_speaks_like_the_whole_text(server, voice_id) -> None:
     assert np.abs(got.astype(int) - want).max() <= 2
 
 
+def test_a_reply_that_fits_one_part_reads_as_the_api_reads_it(server, voice_id) -> None:
+    """Leading whitespace included: the realtime cutter strips only the parts after a cut."""
+    text = "  " + TEXT
+    with _ws(server) as ws:
+        ws.send(json.dumps({"type": "start", "voice": voice_id, "seed": 6, "max_frames": 30}))
+        ws.recv(30)
+        for i in range(0, len(text), 7):
+            ws.send(json.dumps({"type": "text", "text": text[i : i + 7]}))
+        ws.send(json.dumps({"type": "close"}))
+        audio, _ = _drain(ws)
+    with server.client() as http:
+        body = {"input": text, "voice": voice_id, "response_format": "pcm", "seed": 6, "max_frames": 30}
+        whole = np.frombuffer(http.post("/v1/audio/speech", json=body).content, np.int16)
+    got = np.frombuffer(audio, np.int16)
+    assert len(got) == len(whole) > 0 and np.abs(got.astype(int) - whole).max() <= 2
+
+
 def test_first_audio_comes_before_the_text_is_complete(server, voice_id) -> None:
     with _ws(server) as ws:
         ws.send(json.dumps({"type": "start", "voice": voice_id, "seed": 1, "max_frames": 200}))
