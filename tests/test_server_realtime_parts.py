@@ -134,3 +134,27 @@ def test_elevenlabs_stream_input_cuts_a_long_first_message_the_same(parted, voic
         audio = b"".join(base64.b64decode(m["audio"]) for m in map(json.loads, ws) if m.get("audio"))
         assert ws.close_code == 1000
     assert len(_reply_parts()) >= 3 and audio == ours
+
+
+def test_a_flush_at_a_long_enough_sentence_end_ends_the_part_at_once(parted, voice_id_parted) -> None:
+    """An agent that flushes its sentence gets that part finished while it thinks: the part ends
+    at the flush (nothing left waiting for text on the server), and the reply sounds the same
+    as sent whole."""
+    whole, _ = _session(parted, voice_id_parted, [REPLY], seed=4)
+    first = _reply_parts()[0]
+    assert REPLY.startswith(first) and REPLY[len(first)] == " "
+    with _ws(parted) as ws:
+        ws.send(json.dumps({"type": "start", "voice": voice_id_parted, "seed": 4}))
+        ws.recv(30)
+        ws.send(json.dumps({"type": "text", "text": first}))
+        ws.send(json.dumps({"type": "flush"}))
+        audio = b""
+        while not audio:
+            message = ws.recv(60)
+            audio += message if isinstance(message, bytes) else b""
+        _idle(parted)  # the first part ended: not parked waiting for the next message
+        ws.send(json.dumps({"type": "text", "text": REPLY[len(first) :]}))
+        ws.send(json.dumps({"type": "close"}))
+        rest, events = _drain(ws)
+        assert ws.close_code == 1000, events
+    assert audio + rest == whole

@@ -3,6 +3,8 @@ arrives in pieces (realtime replies), and the crossfade join."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -137,6 +139,37 @@ def test_parts_end_at_sentence_ends_once_long_enough_else_clauses_else_spaces() 
     # CJK: sentence ends need no space; a run without any punctuation is cut between characters.
     assert cut(["这是一个测试。" * 3], 30) == ["这是一个测试。这是一个测试。", "这是一个测试。"]
     assert all(cost(p) <= 45 for p in cut(["一二三四五六七八九十" * 10], 30))
+
+
+def test_a_flush_makes_a_sentence_end_at_the_end_count_at_once() -> None:
+    cutter = PartCutter(30)
+    assert cutter.push("One two three four five six.") == [("One two three four five six.", False)]
+    assert cutter.flush()  # no need to wait for the next character
+    assert cutter.push(" Next") == [("Next", False)]  # a new part, at its first word
+    assert not cutter.flush()  # no sentence end pending
+    # Too short, an abbreviation, or no end at the end of the text: no cut.
+    assert not PartCutter(30).flush()
+    short = PartCutter(30)
+    short.push("Short one.")
+    assert not short.flush() and short.push(" More") == [(" More", False)]
+    abbreviation = PartCutter(30)
+    abbreviation.push("We met the famous Dr.")
+    assert not abbreviation.flush()
+    closers = PartCutter(30)
+    closers.push('She said "one two three four five?"')
+    assert closers.flush()
+    assert not PartCutter(0).flush()
+    # Flushing after every sentence, where the cuts fall anyway, changes nothing.
+    whole = cut([REPLY], 90)
+    cutter, parts = PartCutter(90), [""]
+    for sentence in re.split(r"(?<=[.!?。？！])(?=\s)|(?<=[。？！])", REPLY):
+        for text, ends in cutter.push(sentence):
+            parts[-1] += text
+            if ends:
+                parts.append("")
+        if cutter.flush():
+            parts.append("")
+    assert [p for p in parts if p] == whole
 
 
 def test_texts_without_boundaries_or_budget_stay_whole() -> None:

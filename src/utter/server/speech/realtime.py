@@ -122,7 +122,10 @@ class TextInSession(ABC):
                 if ends:
                     self.feeds[-1].close()
         if message.flush and not self.feeds[-1].closed:
-            self.feeds[-1].flush()
+            if self.cutter.flush():  # a sentence end that ends the part: its feed is complete
+                self.feeds[-1].close()
+            else:
+                self.feeds[-1].flush()
         if message.close:
             self.closed = True
             self.feeds[-1].close()

@@ -157,7 +157,8 @@ class PartCutter:
     paragraphs), else at a clause mark once it costs ``max_cost``, else at any space or after a
     CJK character at one and a half times that. A Latin sentence end counts once the character
     after it is known (a space; "3.5" is no end), so where the cuts fall depends on the text
-    only, never on how it was cut into messages (tested).
+    only, never on how it was cut into messages (tested), except that a client's flush
+    (:meth:`flush`) makes a sentence end at the end of the text so far count at once.
     """
 
     def __init__(self, max_cost: int) -> None:
@@ -187,6 +188,19 @@ class PartCutter:
         if len(self._text) > emitted:
             out.append((self._text[emitted:], False))
         return out
+
+    def flush(self) -> bool:
+        """The text so far is final (a client's flush): a sentence end at its very end, which
+        waits for the character after it, counts now. Returns whether the current part ends
+        here (the next text starts a new part): a client that flushes a sentence once the part
+        is long enough gets its cut at once, not when the next message comes."""
+        text, i = self._text, self._scan
+        if not self.max_cost or i >= len(text) or not (text[i] in _LATIN_END or text[i] in _CJK_END):
+            return False  # _find_cut stopped at the end of the text: no end is pending
+        if self._cost + cost(text[i:]) < self.target or _is_abbreviation(text.rstrip()):
+            return False
+        self._text, self._scan, self._cost, self._cut = "", 0, 0, True
+        return True
 
     def _find_cut(self) -> int | None:
         text, n = self._text, len(self._text)
