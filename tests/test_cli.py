@@ -77,6 +77,28 @@ def test_say_writes_the_format_its_output_names(
         assert words in capsysbinary.readouterr().err.decode()
 
 
+def test_a_voice_file_under_an_audio_name_fails_before_loading(ref_wav: Path, tmp_path: Path, capsys) -> None:
+    """``utter voice -o me.wav`` (meaning to hear it) would write a safetensors file no player
+    opens: refused with what to do, before the model loads (the model here does not exist)."""
+    (tmp_path / "a-file").write_text("")
+    for name, words in [
+        ("me.wav", "use a .safetensors name"),
+        ("me.M4A", "use a .safetensors name"),
+        ("-", "use a .safetensors name"),
+        ("a-file/me.safetensors", "cannot make the folder"),
+    ]:
+        out = name if name == "-" else str(tmp_path / name)
+        argv = ["voice", "--model", "/no/such/model", "--ref", str(ref_wav), "--ref-text", "x", "-o", out]
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert words in err and len(err.splitlines()) == 1, err
+    argv = ["design", "--model", "/no/such/model", "--description", "warm", "-o", str(tmp_path / "v.wav")]
+    assert main(argv) == 2 and "use a .safetensors name" in capsys.readouterr().err
+    argv[-1] = str(tmp_path / "v.safetensors")
+    assert main([*argv, "--clip", str(tmp_path / "clip.xyz")]) == 2
+    assert "cannot tell the audio format" in capsys.readouterr().err
+
+
 def test_say_greedy_is_deterministic_and_voice_file_round_trips(
     tiny_checkpoint: Path, ref_wav: Path, tmp_path: Path
 ) -> None:

@@ -175,10 +175,11 @@ def test_cli_speaker_instruct_and_design(
     assert err.count("\n") == 1 and "preset speakers need a CustomVoice model" in err
 
     # Design, then clone: the designed clip becomes a Base-model voice (ICL, the clip's words).
-    voice_file, clip = tmp_path / "designed.safetensors", tmp_path / "designed.wav"
+    voice_file, clip = tmp_path / "designed.safetensors", tmp_path / "designed.flac"
     argv = ["design", "--model", str(voice_design), "--base-model", str(tiny_checkpoint), "--device", "cpu"]
     argv += ["--description", "A warm, low voice.", "--seed", "3", "--clip", str(clip), "-o", str(voice_file)]
     assert main(argv) == 0
+    assert sf.info(clip).format == "FLAC" and sf.info(clip).samplerate == 24000  # by its extension
     voice = VoicePrompt.load(voice_file)
     assert voice.ref_codes is not None and voice.ref_text.startswith("Today is a lovely day")
     said = tmp_path / "said.wav"

@@ -120,7 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     design.add_argument("--text", default=None, help="what the designed voice says in its clip")
     design.add_argument("--language", default="Auto")
     design.add_argument("--seed", type=int, default=None, help="another seed, another take of the voice")
-    design.add_argument("--clip", default=None, help="also keep the designed clip as this WAV file")
+    design.add_argument(
+        "--clip", default=None, help="also keep the designed clip as this audio file (format by extension)"
+    )
     design.add_argument(
         "-o", "--output", required=True, help="voice file to write (.safetensors), for --voice"
     )
@@ -262,6 +264,28 @@ def output_format(path: str) -> str:
     if fmt is None:
         choices = ", ".join(k for k in OUTPUT_FORMATS if k)
         raise UsageError(f"cannot tell the audio format of {path} from its extension; use one of {choices}")
+    _output_folder(out)
+    return fmt
+
+
+def voice_output(path: str) -> None:
+    """Check a voice file's name and make its folder before anything loads: a voice is a
+    safetensors file, and one written under an audio name (``-o me.wav``, meaning to hear it)
+    would only puzzle every player that opens it."""
+    out = Path(path)
+    if path == "-" or out.suffix.lower() in OUTPUT_FORMATS or out.suffix.lower() in AUDIO_SUFFIXES:
+        raise UsageError(
+            f"{path} names audio, but a voice is saved as a voice file: use a .safetensors name "
+            "(then `utter say --voice FILE` speaks with it)"
+        )
+    _output_folder(out)
+
+
+AUDIO_SUFFIXES = {".m4a", ".mp4", ".webm", ".wma", ".aiff", ".aif"}  # not written, but still audio
+
+
+def _output_folder(out: Path) -> None:
+    path = str(out)
     folder = out.parent
     try:  # as `utter voice` does with its output
         folder.mkdir(parents=True, exist_ok=True)
@@ -269,7 +293,6 @@ def output_format(path: str) -> str:
         raise UsageError(f"cannot write {path}: cannot make the folder {folder} ({exc.strerror})") from None
     if not os.access(folder, os.W_OK):
         raise UsageError(f"cannot write {path}: the folder {folder} is not writable")
-    return fmt
 
 
 def cmd_say(args: argparse.Namespace) -> None:
@@ -351,6 +374,7 @@ def _say_in_parts(engine, request, parts: list[str], parallel: int):
 
 
 def cmd_voice(args: argparse.Namespace) -> None:
+    voice_output(args.output)
     engine = _load_engine(args)
     voice = _make_voice(engine, args)
     voice.save(args.output)
@@ -363,12 +387,17 @@ def cmd_design(args: argparse.Namespace) -> None:
     model makes a voice of that clip and its text (ICL), so it stays the same for any text."""
     from dataclasses import replace
 
-    from .audio import SAMPLE_RATE, write_wav
+    from .audio import SAMPLE_RATE, write_file
+    from .audio.encode import encode_audio
     from .engine.design import sample_text
     from .engine.engine import Engine
 
     if not args.description.strip():
         raise UsageError("describe the voice with --description")
+    voice_output(args.output)
+    if args.clip == "-":
+        raise UsageError("--clip needs a file name (the clip's format comes from its extension)")
+    clip_format = output_format(args.clip) if args.clip else None
     text = args.text or sample_text(args.language)
     designer = Engine.load(args.model, device=args.device, cache_dir=args.cache_dir, max_batch=1)
     if designer.variant != "voice_design":
@@ -377,7 +406,7 @@ def cmd_design(args: argparse.Namespace) -> None:
     clip = designer.generate(text, None, args.language, options, instruct=args.description)
     del designer
     if args.clip:
-        write_wav(args.clip, clip, SAMPLE_RATE)
+        write_file(args.clip, encode_audio(clip, clip_format, sr=SAMPLE_RATE))
         log.info("wrote the designed clip %s (%.1f s)", args.clip, len(clip) / SAMPLE_RATE)
     base = Engine.load(args.base_model, device=args.device, cache_dir=args.cache_dir, max_batch=1)
     voice = base.create_voice((clip, SAMPLE_RATE), ref_text=text)
