@@ -4,6 +4,7 @@ cancel stops the stream, and bad requests get clear 4xx answers. SQLite and Post
 
 from __future__ import annotations
 
+import asyncio
 import io
 import time
 
@@ -57,13 +58,16 @@ def test_long_text_is_chunked_and_each_chunk_has_its_own_limit(client, studio, v
 
 
 class _OpenStreams:
-    """Wraps a provider's ``synthesize``: counts the chunk streams open at once."""
+    """Wraps a provider's ``synthesize``: counts the chunk streams open at once (and with
+    ``pause`` holds each piece of the first stream's audio that long: a slow current chunk)."""
 
-    def __init__(self, real) -> None:
-        self.real, self.open, self.peak = real, 0, 0
+    def __init__(self, real, pause: float = 0.0) -> None:
+        self.real, self.open, self.peak, self.pause, self.started = real, 0, 0, pause, 0
 
     async def synthesize(self, request):
         stream = await self.real(request)
+        self.started += 1
+        pause = self.pause if self.started == 1 else 0.0
         self.open += 1
         self.peak = max(self.peak, self.open)
         spy = self
@@ -79,6 +83,7 @@ class _OpenStreams:
             async def __aiter__(self):
                 try:
                     async for chunk in stream:
+                        await asyncio.sleep(pause)
                         yield chunk
                 finally:
                     spy.open -= 1
@@ -108,6 +113,28 @@ def test_chunks_are_spoken_ahead_and_sound_as_one_by_one(client, studio, voice, 
         monkeypatch.undo()
     assert peaks == {1: 1, 3: 3}
     assert np.array_equal(audio[1], audio[3])
+
+
+def test_progress_counts_the_chunks_spoken_ahead(client, studio, voice, monkeypatch) -> None:
+    """The work done ahead shows: while the first chunk is still the current one, the progress
+    already counts what the chunks after it have made (it used to jump when their turn came)."""
+    runner = studio.studio.runner
+    monkeypatch.setattr(runner.settings, "chunk_parallel", 3)
+    spy = _OpenStreams(runner.provider.synthesize, pause=0.5)
+    monkeypatch.setattr(runner.provider, "synthesize", spy.synthesize)
+    text = "The first sentence is right here. The second one follows it now. A third one comes after."
+    job = _generate(client, voice, text, seed=5, max_frames=24)
+    seen = []
+    deadline = time.monotonic() + 120
+    while (task := client.get(f"/api/tasks/{job['task_id']}").json())["status"] in ("queued", "processing"):
+        assert time.monotonic() < deadline, task
+        seen.append((task["chunks_done"], task["progress"], task["frames_done"]))
+        time.sleep(0.05)
+    assert task["status"] == "completed" and task["chunks_total"] == 3 and spy.peak == 3, task
+    progress = [p for _, p, _ in seen]
+    assert progress == sorted(progress)  # only forward
+    assert any(done == 0 and p > 1 / 3 for done, p, _ in seen), seen  # more than the first chunk's share
+    assert max(f for _, _, f in seen) <= task["frames_done"] == 72
 
 
 def test_same_seed_same_audio(client, voice) -> None:

@@ -66,9 +66,10 @@ class _Job:
     busy_before: float = 0.0
     chunks: list[str] = field(default_factory=list)
     chunks_done: int = 0
-    frames_before: int = 0  # frames of finished chunks
-    frames_now: int = 0  # frames of the running chunk
-    max_now: int = 0
+    frames_before: int = 0  # frames of the chunks taken up in order (chunks_done)
+    # Chunks being spoken (the current one and those ahead) or spoken ahead and not yet taken
+    # up: index -> (frames made, frame limit), so the progress shown counts the work ahead too.
+    speaking: dict[int, tuple[int, int]] = field(default_factory=dict)
     streams: set[SynthesisStream] = field(default_factory=set)  # the current chunk's and those ahead
     stop_reason: str | None = None  # "cancelled", "lost", "gone", "shutdown"
     # The audio made so far, in order, as it streams (finished chunks, then the running one):
@@ -88,13 +89,12 @@ class _Job:
 
     def progress_values(self) -> dict[str, Any]:
         total = max(len(self.chunks), 1)
-        within = min(self.frames_now / self.max_now, 1.0) if self.max_now else 0.0
-        running = self.chunks_done < len(self.chunks)
+        within = sum(min(made / limit, 1.0) for made, limit in self.speaking.values() if limit)
         return {
             "chunks_total": len(self.chunks),
             "chunks_done": self.chunks_done,
-            "frames_done": self.frames_before + self.frames_now,
-            "progress": min((self.chunks_done + (within if running else 0.0)) / total, 0.999),
+            "frames_done": self.frames_before + sum(made for made, _ in self.speaking.values()),
+            "progress": min((self.chunks_done + within) / total, 0.999),
             "busy_seconds": self.busy_before + time.monotonic() - self.started,
             "message": f"chunk {min(self.chunks_done + 1, len(self.chunks))} of {len(self.chunks)}"
             if self.chunks
@@ -344,7 +344,7 @@ class JobRunner:
                 if len(job.live) == live_base:  # a chunk not streamed now (earlier run, or ahead)
                     job.live.append(audio)
                 job.frames_before += len(audio) // SAMPLES_PER_FRAME
-                job.frames_now = job.max_now = 0
+                job.speaking.pop(index, None)
                 job.chunks_done = index + 1
         finally:  # a job that stops stops its chunks ahead too (what they finished stays saved)
             for task in ahead.values():
@@ -397,6 +397,8 @@ class JobRunner:
     async def _speak_ahead(self, job: _Job, plan: _Plan, index: int) -> np.ndarray:
         audio = await self._speak(job, plan, job.chunks[index], index, None)
         await asyncio.to_thread(self.storage.save_chunk, plan.generation_id, index, audio)
+        frames = len(audio) // SAMPLES_PER_FRAME
+        job.speaking[index] = (frames, frames)  # done: it counts whole until its turn comes
         return audio
 
     async def _speak(
@@ -441,12 +443,12 @@ class JobRunner:
         try:
             async for chunk in stream:
                 pcm.append(chunk.pcm)
+                job.speaking[index] = (chunk.frames_done, chunk.max_frames)
                 if not current:
                     continue
                 if len(pcm) == 1:
                     on_first_audio()
                 job.live.append(chunk.pcm)
-                job.frames_now, job.max_now = chunk.frames_done, chunk.max_frames
                 made = sum(len(p) for p in pcm)
                 if made - saved >= SAVE_EVERY_SECONDS * SAMPLE_RATE:
                     await asyncio.to_thread(
@@ -454,8 +456,10 @@ class JobRunner:
                     )
                     saved = made
         except BaseException:
-            if current:
+            if current:  # what it made up to its last save is kept (a retry overwrites it)
                 del job.live[base:]
+            else:  # a chunk ahead keeps nothing until it ends
+                job.speaking.pop(index, None)
             stream.cancel()  # e.g. a chunk ahead whose job stopped: its generation stops too
             raise
         finally:
