@@ -122,7 +122,7 @@ def test_bench_tiny_quick_end_to_end(tmp_path: Path, capsys) -> None:
     seams = (long["parts"] - 1) * 0.04  # each seam's crossfade overlaps 40 ms
     for way in ("one_at_a_time", "at_once"):
         assert long[way]["frames_ok"] and long[way]["audio_s"] == pytest.approx(long["frames"] * 0.08 - seams)
-    assert full["memory"]["peak_rss_mib"] > 0
+    assert 0 < full["memory"]["rss_after_load_mib"] <= full["memory"]["peak_rss_mib"]
     light = doc["utter"][modes[1]]
     assert "error" not in light, light
     assert {"say", "frame", "ttfa"} <= set(light) and "concurrency" not in light
@@ -142,6 +142,7 @@ def test_bench_tiny_quick_end_to_end(tmp_path: Path, capsys) -> None:
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     screen = capsys.readouterr().out
     assert "| cold start" in screen and f"utter {modes[0]}" in screen and "Targets" in screen
+    assert "| RSS after load (MiB) |" in screen
     assert f"| long text (2616 chars, {long['frames']} frames) whole / in {long['parts']} parts" in screen
     assert md.read_text().strip() == screen.strip()
 

@@ -35,7 +35,7 @@ from .cuda import fusion
 from .model.layers import fuse_projections
 from .model.qwen3_tts import Qwen3TTSWeights
 from .model.speaker_encoder import extract_speaker_embedding
-from .model.speech_tokenizer import SpeechTokenizer, official_reference_cut
+from .model.speech_tokenizer import WEIGHTS_FILE, SpeechTokenizer, official_reference_cut
 from .prompt import build_prompt
 from .sampling import GenerationOptions, SamplingOptions
 from .sched.runner import Runner, Sequence
@@ -44,7 +44,7 @@ from .streaming import CHUNK_FRAMES, FIRST_CHUNK_FRAMES, AudioStream, PcmChunker
 from .text import ROLE_TOKENS, TARGET_TAIL, TextTokenizer
 from .voice import VoicePrompt
 from .warm import WarmVoices
-from .weights import load_weights
+from .weights import load_weights, release_file_views
 
 logger = logging.getLogger(__name__)
 
@@ -114,6 +114,7 @@ def _load_talker(
     # Small batches on a CPU: the products take the native kernels (see quant.int8_kernel) and,
     # where every one of a stack's products has, its decode steps run natively too.
     apply_weight_mode(weights.talker, mode, max_batch)
+    release_file_views(weights, weight_files(folder))  # before the native stack reads any tensor
     if max_batch <= NATIVE_MAX_BATCH and dev.type == "cpu" and native_stack.attach(weights.talker):
         logger.info("decode steps run in the native kernels (%s weights)", mode)
     return weights.eval()
@@ -123,6 +124,8 @@ def _load_codec(folder: Path, dev: torch.device, mode: str) -> SpeechTokenizer:
     codec = SpeechTokenizer.load(folder / "speech_tokenizer", device=dev, dtype=torch.float32)
     if mode != "float32" and fast_bfloat16(dev):
         codec.set_decoder_dtype(torch.bfloat16)  # float32 stays exact, for parity with the official one
+    parts = torch.nn.ModuleList([codec.encoder, codec.decoder])
+    release_file_views(parts, [folder / "speech_tokenizer" / WEIGHTS_FILE])
     return codec
 
 
