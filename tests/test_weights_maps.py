@@ -37,13 +37,16 @@ def _module_from(path: Path) -> nn.Module:
 
 
 def test_views_left_by_loading_are_moved_and_the_file_map_closes(tmp_path, monkeypatch) -> None:
-    path = tmp_path / "model.safetensors"
+    blob = tmp_path / "blobs" / "3f2a"  # a hub cache: the snapshot's file is a link to its blob
+    blob.parent.mkdir()
     tensors = {
         "embed.weight": torch.randn(64, 32).to(torch.bfloat16),
         "small.table": torch.arange(10, dtype=torch.float32),
         "converted.weight": torch.randn(512, 512),  # read, then converted: not held any more
     }
-    save_file(tensors, str(path))
+    save_file(tensors, str(blob))
+    path = tmp_path / "model.safetensors"
+    path.symlink_to(blob)
     module = _module_from(path)
     assert _mapped_bytes(path) >= path.stat().st_size  # the whole file, pinned by two small views
     monkeypatch.setattr(w, "LAZY_MIN_BYTES", 1024)  # the embedding counts as large here

@@ -291,9 +291,7 @@ def table(doc: dict) -> str:
                 [_fmt(_get(r, "texts", name, "seconds"), 1) for _, r in cols],
             )
         )
-    rows.append(
-        ("RSS after load (MiB)", [_fmt(_get(r, "memory", "rss_after_load_mib"), 0) for _, r in cols])
-    )
+    rows.append(("RSS after load (MiB)", [_fmt(_get(r, "memory", "rss_after_load_mib"), 0) for _, r in cols]))
     rows.append(("peak RSS (MiB)", [_fmt(_get(r, "memory", "peak_rss_mib"), 0) for _, r in cols]))
     if s["device"].startswith("cuda"):
         rows.append(
