@@ -49,10 +49,10 @@ def test_views_left_by_loading_are_moved_and_the_file_map_closes(tmp_path, monke
     path.symlink_to(blob)
     module = _module_from(path)
     assert _mapped_bytes(path) >= path.stat().st_size  # the whole file, pinned by two small views
-    monkeypatch.setattr(w, "LAZY_MIN_BYTES", 1024)  # the embedding counts as large here
+    monkeypatch.setattr(w, "SPAN_MIN_BYTES", 1024)  # the stretch the two lie in counts as large here
     assert w.release_file_views(module, [path]) == 2
-    # The large one is mapped on its own (its bytes only), the small one copied: the file's map
-    # of the whole is gone.
+    # The stretch of the file they lie in is mapped on its own (not the converted weight's
+    # bytes): the file's map of the whole is gone.
     assert 0 < _mapped_bytes(path) < path.stat().st_size // 4
     embed = module.embed.weight
     assert torch.equal(embed, tensors["embed.weight"]) and embed.dtype == torch.bfloat16
@@ -60,6 +60,13 @@ def test_views_left_by_loading_are_moved_and_the_file_map_closes(tmp_path, monke
     assert torch.equal(module.small.table, tensors["small.table"])
     assert module.small.tied is module.embed.weight
     assert w.release_file_views(module, [path]) == 0  # nothing left to move: the own map is not the file's
+    del module, embed  # the stretch's map goes with them
+    module = _module_from(path)
+    monkeypatch.setattr(w, "SPAN_MIN_BYTES", 1 << 40)  # every stretch small: copies, no map at all
+    assert w.release_file_views(module, [path]) == 2 and _mapped_bytes(path) == 0
+    assert (
+        torch.equal(module.embed.weight, tensors["embed.weight"]) and module.small.tied is module.embed.weight
+    )
 
 
 def test_a_file_still_mostly_in_use_keeps_its_map(tmp_path) -> None:
@@ -93,10 +100,12 @@ def test_an_int8_engine_holds_no_map_of_its_checkpoint_and_speaks_as_before(
     assert maps() == (whole + 1, parts)
     audio = speak(same)
     monkeypatch.setattr(w, "KEEP_MAP_SHARE", 1.0)  # as at real sizes: most of the file is stale
+    monkeypatch.setattr(w, "SPAN_MIN_BYTES", 1 << 40)  # copies only
     kept = Engine.load(str(tiny_checkpoint), device="cpu", weight_mode="int8")
-    assert maps() == (whole + 1, parts)  # no new map: the text embedding was copied
+    assert maps() == (whole + 1, parts)  # no new map: what it still uses was copied
     assert (speak(kept) == audio).all()
-    monkeypatch.setattr(w, "LAZY_MIN_BYTES", 1024)  # the embedding (and more) get maps of their own
+    monkeypatch.setattr(w, "SPAN_MIN_BYTES", 1024)  # stretches of the file mapped on their own
+    monkeypatch.setattr(w, "SPAN_GAP_BYTES", 1)  # one per tensor, none across converted weights
     own = Engine.load(str(tiny_checkpoint), device="cpu", weight_mode="int8")
     embedding = own.weights.talker.model.text_embedding.weight.nbytes
     assert maps()[0] == whole + 1 and embedding < maps()[1] - parts < file.stat().st_size

@@ -8,7 +8,6 @@ directly, so a checkpoint is read once and never initialised twice.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -62,16 +61,13 @@ def load_weights(
             owner._buffers[name.rsplit(".", 1)[-1]] = buf.to(device)
 
 
-# A tensor at least this large that is still read from the checkpoint after loading is mapped on
-# its own, lazily (a text embedding of 151,936 rows, of which a session reads a few hundred).
-LAZY_MIN_BYTES = 64 << 20
+# Stretches of a file still in use are mapped on their own (read lazily, nothing copied): a
+# text embedding of 151,936 rows, of which a session reads a few hundred; a codec encoder. Views
+# closer than SPAN_GAP_BYTES share a map; a stretch under SPAN_MIN_BYTES is copied instead.
+SPAN_GAP_BYTES = 1 << 20
+SPAN_MIN_BYTES = 1 << 20
 # A file whose tensors still in use hold this share of it or more keeps its map (nothing to gain).
 KEEP_MAP_SHARE = 0.5
-_NUMPY = {
-    "BF16": (np.uint16, torch.bfloat16),
-    "F16": (np.float16, torch.float16),
-    "F32": (np.float32, torch.float32),
-}
 
 
 def release_file_views(module: nn.Module, files: list[Path]) -> int:
@@ -80,43 +76,84 @@ def release_file_views(module: nn.Module, files: list[Path]) -> int:
     On a CPU the safetensors files are memory-mapped and tensors kept as stored are views of that
     map; one such view (the bfloat16 text embedding of an int8 engine, a codec encoder beside a
     decoder cast to bfloat16) keeps the whole map alive, and with it every page the conversion
-    read: about 1.1 GB of the 0.6B checkpoint's stale bfloat16 layers stayed in the process's
-    resident memory. Where the views left hold under half of a file, each is copied (small ones)
-    or mapped on its own from its place in the file (large ones, read lazily as before), so the
-    map closes; a file mostly still in use (weights kept as stored) keeps its map. Returns how
-    many tensors were moved. Linux only (it finds the maps in /proc); elsewhere a no-op."""
-    # The loader's maps are of the whole file; smaller ones are tensors' own (made here before).
+    read: about 1.5 GB of the 0.6B checkpoint's stale pages stayed in the process's resident
+    memory. Where the views left hold under half of a file, the stretches of the file they lie
+    in are mapped on their own (each tensor a view of its stretch, read lazily as before; tiny
+    stretches copied), so the whole file's map closes; a file mostly still in use (weights kept
+    as stored) keeps its map. Returns how many tensors were moved. Linux only (it finds the maps
+    in /proc); elsewhere a no-op."""
+    # The loader maps each file whole, from its first byte: a view's place in the file is its
+    # address minus the map's start. Smaller maps of a file are stretches made here before.
     spans = [(path, rng) for path in files if (rng := _mapped_ranges(path, whole=True))]
     if not spans:
         return 0
-    views: dict[Path, list[tuple[dict, str, str, torch.Tensor]]] = {path: [] for path, _ in spans}
-    for prefix, sub in module.named_modules():
+    held: dict[Path, dict[int, list[tuple[dict, str, torch.Tensor]]]] = {path: {} for path, _ in spans}
+    for sub in module.modules():
         for store in (sub._parameters, sub._buffers):
             for key, tensor in store.items():
                 if tensor is None or tensor.device.type != "cpu" or tensor.numel() == 0:
                     continue
                 ptr = tensor.data_ptr()
-                path = next((p for p, rng in spans if any(lo <= ptr < hi for lo, hi in rng)), None)
-                if path is not None:
-                    views[path].append((store, key, f"{prefix}.{key}" if prefix else key, tensor))
-    headers: dict[Path, tuple[int, dict]] = {}
-    moved: dict[int, torch.Tensor] = {}  # by data pointer: tied tensors stay tied
-    for path, held in views.items():
-        in_use = sum({t.data_ptr(): t.nbytes for *_, t in held}.values())
-        if not held or in_use >= KEEP_MAP_SHARE * path.stat().st_size:
+                for path, ranges in spans:
+                    base = next((lo for lo, hi in ranges if lo <= ptr < hi), None)
+                    if base is not None:
+                        held[path].setdefault(ptr - base, []).append((store, key, tensor))
+                        break
+    moved = 0
+    for path, views in held.items():
+        sizes = {offset: uses[0][2].nbytes for offset, uses in views.items()}
+        if not views or sum(sizes.values()) >= KEEP_MAP_SHARE * path.stat().st_size:
             continue
-        for store, key, name, tensor in held:
-            ptr = tensor.data_ptr()
-            if ptr not in moved:
-                lazy = _own_map(path, name, tensor, headers) if tensor.nbytes >= LAZY_MIN_BYTES else None
-                new = lazy if lazy is not None else tensor.detach().clone()
+        for lo, hi in _stretches(sizes):
+            stretch = _map_stretch(path, lo, hi) if hi - lo >= SPAN_MIN_BYTES else None
+            for offset in (o for o in sizes if lo <= o < hi):
+                uses = views[offset]
+                tensor = uses[0][2]
+                new = _view_in(stretch, offset - lo, tensor) if stretch is not None else None
+                if new is None:
+                    new = tensor.detach().clone()
                 if isinstance(tensor, nn.Parameter):
                     new = nn.Parameter(new, requires_grad=False)
-                moved[ptr] = new
-            store[key] = moved[ptr]
+                for store, key, _ in uses:  # tied tensors stay one tensor
+                    store[key] = new
+                moved += 1
     if moved:
-        logger.info("released the checkpoint's memory maps (%d tensors moved)", len(moved))
-    return len(moved)
+        logger.info("released the checkpoint's memory maps (%d tensors moved)", moved)
+    return moved
+
+
+def _stretches(sizes: dict[int, int]) -> list[tuple[int, int]]:
+    """File byte ranges covering the tensors at ``sizes`` (offset -> bytes), joined across gaps
+    under SPAN_GAP_BYTES."""
+    out: list[tuple[int, int]] = []
+    for offset in sorted(sizes):
+        end = offset + sizes[offset]
+        if out and offset - out[-1][1] < SPAN_GAP_BYTES:
+            out[-1] = (out[-1][0], max(out[-1][1], end))
+        else:
+            out.append((offset, end))
+    return out
+
+
+def _map_stretch(path: Path, lo: int, hi: int) -> torch.Tensor:
+    # Copy-on-write ("c"): writable as torch expects, and the file is never written.
+    return torch.from_numpy(np.memmap(path, dtype=np.uint8, mode="c", offset=lo, shape=(hi - lo,)))
+
+
+def _view_in(stretch: torch.Tensor, start: int, tensor: torch.Tensor) -> torch.Tensor | None:
+    """``tensor`` as a view of ``stretch`` from byte ``start``, or None where that cannot be (a
+    layout or alignment a view cannot take, or other bytes than the tensor's)."""
+    if not tensor.is_contiguous():
+        return None
+    raw = stretch[start : start + tensor.nbytes]
+    try:
+        view = raw.view(tensor.dtype).view(tensor.shape)
+        want = tensor.reshape(-1).view(torch.uint8)
+    except RuntimeError:
+        return None
+    if not (torch.equal(raw[:256], want[:256]) and torch.equal(raw[-256:], want[-256:])):
+        return None
+    return view
 
 
 def _mapped_ranges(path: Path, whole: bool = False) -> list[tuple[int, int]]:
@@ -138,27 +175,3 @@ def _mapped_ranges(path: Path, whole: bool = False) -> list[tuple[int, int]]:
     except OSError:
         return []
     return [(lo, hi) for lo, hi in ranges if hi - lo >= size]
-
-
-def _own_map(path: Path, name: str, tensor: torch.Tensor, headers: dict) -> torch.Tensor | None:
-    """``tensor`` (named ``name`` in ``path``) as a private map of its own bytes in the file,
-    or None when the file does not hold it as it is (another name, shape or dtype)."""
-    if path not in headers:
-        with open(path, "rb") as f:
-            size = int.from_bytes(f.read(8), "little")
-            headers[path] = (8 + size, json.loads(f.read(size)))
-    start, header = headers[path]
-    entry = header.get(name)
-    if not entry or entry.get("dtype") not in _NUMPY or not tensor.is_contiguous():
-        return None
-    np_dtype, dtype = _NUMPY[entry["dtype"]]
-    if dtype != tensor.dtype or tuple(entry["shape"]) != tuple(tensor.shape):
-        return None
-    lo, _ = entry["data_offsets"]
-    # Copy-on-write ("c"): writable as torch expects, and the file is never written.
-    array = np.memmap(path, dtype=np_dtype, mode="c", offset=start + lo, shape=tuple(tensor.shape))
-    lazy = torch.from_numpy(array).view(dtype)
-    flat, want = lazy.reshape(-1), tensor.reshape(-1)
-    if not (torch.equal(flat[:64], want[:64]) and torch.equal(flat[-64:], want[-64:])):
-        return None  # not the bytes the view read: keep a copy instead
-    return lazy
