@@ -33,6 +33,7 @@ def _module_from(path: Path) -> nn.Module:
         module.embed.weight = nn.Parameter(f.get_tensor("embed.weight"), requires_grad=False)
         module.small.register_buffer("table", f.get_tensor("small.table"))
         module.small.tied = module.embed.weight  # the same tensor twice: stays one tensor
+        module.small.register_buffer("flat", module.embed.weight.detach().view(-1))  # same bytes, other shape
     return module
 
 
@@ -50,7 +51,7 @@ def test_views_left_by_loading_are_moved_and_the_file_map_closes(tmp_path, monke
     module = _module_from(path)
     assert _mapped_bytes(path) >= path.stat().st_size  # the whole file, pinned by two small views
     monkeypatch.setattr(w, "SPAN_MIN_BYTES", 1024)  # the stretch the two lie in counts as large here
-    assert w.release_file_views(module, [path]) == 2
+    assert w.release_file_views(module, [path]) == 3
     # The stretch of the file they lie in is mapped on its own (not the converted weight's
     # bytes): the file's map of the whole is gone.
     assert 0 < _mapped_bytes(path) < path.stat().st_size // 4
@@ -59,11 +60,13 @@ def test_views_left_by_loading_are_moved_and_the_file_map_closes(tmp_path, monke
     assert isinstance(module.embed.weight, nn.Parameter) and not module.embed.weight.requires_grad
     assert torch.equal(module.small.table, tensors["small.table"])
     assert module.small.tied is module.embed.weight
+    flat = module.small.flat
+    assert flat.shape == (64 * 32,) and flat.data_ptr() == embed.data_ptr()  # still one memory
     assert w.release_file_views(module, [path]) == 0  # nothing left to move: the own map is not the file's
-    del module, embed  # the stretch's map goes with them
+    del module, embed, flat  # the stretch's map goes with them
     module = _module_from(path)
     monkeypatch.setattr(w, "SPAN_MIN_BYTES", 1 << 40)  # every stretch small: copies, no map at all
-    assert w.release_file_views(module, [path]) == 2 and _mapped_bytes(path) == 0
+    assert w.release_file_views(module, [path]) == 3 and _mapped_bytes(path) == 0
     assert (
         torch.equal(module.embed.weight, tensors["embed.weight"]) and module.small.tied is module.embed.weight
     )

@@ -87,7 +87,8 @@ def release_file_views(module: nn.Module, files: list[Path]) -> int:
     spans = [(path, rng) for path in files if (rng := _mapped_ranges(path, whole=True))]
     if not spans:
         return 0
-    held: dict[Path, dict[int, list[tuple[dict, str, torch.Tensor]]]] = {path: {} for path, _ in spans}
+    # path -> (offset in the file, dtype, shape, strides) -> where that tensor is held
+    held: dict[Path, dict[tuple, list[tuple[dict, str, torch.Tensor]]]] = {path: {} for path, _ in spans}
     for sub in module.modules():
         for store in (sub._parameters, sub._buffers):
             for key, tensor in store.items():
@@ -97,19 +98,22 @@ def release_file_views(module: nn.Module, files: list[Path]) -> int:
                 for path, ranges in spans:
                     base = next((lo for lo, hi in ranges if lo <= ptr < hi), None)
                     if base is not None:
-                        held[path].setdefault(ptr - base, []).append((store, key, tensor))
+                        view = (ptr - base, tensor.dtype, tuple(tensor.shape), tensor.stride())
+                        held[path].setdefault(view, []).append((store, key, tensor))
                         break
     moved = 0
     for path, views in held.items():
-        sizes = {offset: uses[0][2].nbytes for offset, uses in views.items()}
+        sizes: dict[int, int] = {}
+        for view, uses in views.items():
+            sizes[view[0]] = max(sizes.get(view[0], 0), uses[0][2].nbytes)
         if not views or sum(sizes.values()) >= KEEP_MAP_SHARE * path.stat().st_size:
             continue
         for lo, hi in _stretches(sizes):
             stretch = _map_stretch(path, lo, hi) if hi - lo >= SPAN_MIN_BYTES else None
-            for offset in (o for o in sizes if lo <= o < hi):
-                uses = views[offset]
+            for view in (v for v in views if lo <= v[0] < hi):
+                uses = views[view]
                 tensor = uses[0][2]
-                new = _view_in(stretch, offset - lo, tensor) if stretch is not None else None
+                new = _view_in(stretch, view[0] - lo, tensor) if stretch is not None else None
                 if new is None:
                     new = tensor.detach().clone()
                 if isinstance(tensor, nn.Parameter):
