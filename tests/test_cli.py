@@ -92,6 +92,10 @@ def test_a_voice_file_under_an_audio_name_fails_before_loading(ref_wav: Path, tm
         assert main(argv) == 2
         err = capsys.readouterr().err.strip()
         assert words in err and len(err.splitlines()) == 1, err
+    for name in ("me", "me.voice"):  # any other name holds a voice: on to the (missing) model
+        argv = ["voice", "--model", "/no/such/model", "--ref", str(ref_wav), "--ref-text", "x"]
+        assert main([*argv, "-o", str(tmp_path / name)]) == 2
+        assert "names audio" not in capsys.readouterr().err
     argv = ["design", "--model", "/no/such/model", "--description", "warm", "-o", str(tmp_path / "v.wav")]
     assert main(argv) == 2 and "use a .safetensors name" in capsys.readouterr().err
     argv[-1] = str(tmp_path / "v.safetensors")

@@ -273,7 +273,8 @@ def voice_output(path: str) -> None:
     safetensors file, and one written under an audio name (``-o me.wav``, meaning to hear it)
     would only puzzle every player that opens it."""
     out = Path(path)
-    if path == "-" or out.suffix.lower() in OUTPUT_FORMATS or out.suffix.lower() in AUDIO_SUFFIXES:
+    suffix = out.suffix.lower()  # a name without one is fine: any name holds a voice
+    if path == "-" or (suffix and (suffix in OUTPUT_FORMATS or suffix in AUDIO_SUFFIXES)):
         raise UsageError(
             f"{path} names audio, but a voice is saved as a voice file: use a .safetensors name "
             "(then `utter say --voice FILE` speaks with it)"
