@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import threading
 import time
 
 import numpy as np
@@ -59,15 +60,16 @@ def test_long_text_is_chunked_and_each_chunk_has_its_own_limit(client, studio, v
 
 class _OpenStreams:
     """Wraps a provider's ``synthesize``: counts the chunk streams open at once (and with
-    ``pause`` holds each piece of the first stream's audio that long: a slow current chunk)."""
+    ``hold`` keeps the first stream after its first piece until that event is set, at most
+    30 s: a current chunk that lasts until the test has seen what it waits for)."""
 
-    def __init__(self, real, pause: float = 0.0) -> None:
-        self.real, self.open, self.peak, self.pause, self.started = real, 0, 0, pause, 0
+    def __init__(self, real, hold: threading.Event | None = None) -> None:
+        self.real, self.open, self.peak, self.hold, self.started = real, 0, 0, hold, 0
 
     async def synthesize(self, request):
         stream = await self.real(request)
         self.started += 1
-        pause = self.pause if self.started == 1 else 0.0
+        hold = self.hold if self.started == 1 else None
         self.open += 1
         self.peak = max(self.peak, self.open)
         spy = self
@@ -83,8 +85,11 @@ class _OpenStreams:
             async def __aiter__(self):
                 try:
                     async for chunk in stream:
-                        await asyncio.sleep(pause)
                         yield chunk
+                        waited = 0.0
+                        while hold is not None and not hold.is_set() and waited < 30:
+                            await asyncio.sleep(0.05)
+                            waited += 0.05
                 finally:
                     spy.open -= 1
 
@@ -120,7 +125,8 @@ def test_progress_counts_the_chunks_spoken_ahead(client, studio, voice, monkeypa
     already counts what the chunks after it have made (it used to jump when their turn came)."""
     runner = studio.studio.runner
     monkeypatch.setattr(runner.settings, "chunk_parallel", 3)
-    spy = _OpenStreams(runner.provider.synthesize, pause=0.5)
+    seen_ahead = threading.Event()  # the current chunk is held until the work ahead shows
+    spy = _OpenStreams(runner.provider.synthesize, hold=seen_ahead)
     monkeypatch.setattr(runner.provider, "synthesize", spy.synthesize)
     text = "The first sentence is right here. The second one follows it now. A third one comes after."
     job = _generate(client, voice, text, seed=5, max_frames=24)
@@ -129,6 +135,8 @@ def test_progress_counts_the_chunks_spoken_ahead(client, studio, voice, monkeypa
     while (task := client.get(f"/api/tasks/{job['task_id']}").json())["status"] in ("queued", "processing"):
         assert time.monotonic() < deadline, task
         seen.append((task["chunks_done"], task["progress"], task["frames_done"]))
+        if task["chunks_done"] == 0 and task["progress"] > 1 / 3:
+            seen_ahead.set()
         time.sleep(0.05)
     assert task["status"] == "completed" and task["chunks_total"] == 3 and spy.peak == 3, task
     progress = [p for _, p, _ in seen]
