@@ -268,6 +268,9 @@ def output_format(path: str) -> str:
     return fmt
 
 
+AUDIO_SUFFIXES = {".m4a", ".mp4", ".webm", ".wma", ".aiff", ".aif"}  # not written, but still audio
+
+
 def voice_output(path: str) -> None:
     """Check a voice file's name and make its folder before anything loads: a voice is a
     safetensors file, and one written under an audio name (``-o me.wav``, meaning to hear it)
@@ -282,13 +285,11 @@ def voice_output(path: str) -> None:
     _output_folder(out)
 
 
-AUDIO_SUFFIXES = {".m4a", ".mp4", ".webm", ".wma", ".aiff", ".aif"}  # not written, but still audio
-
-
 def _output_folder(out: Path) -> None:
+    """Make the folder of an output file, or fail with one line, before anything loads."""
     path = str(out)
     folder = out.parent
-    try:  # as `utter voice` does with its output
+    try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UsageError(f"cannot write {path}: cannot make the folder {folder} ({exc.strerror})") from None
