@@ -300,6 +300,7 @@ def _output_folder(out: Path) -> None:
 def cmd_say(args: argparse.Namespace) -> None:
     from .audio import write_file
     from .audio.encode import encode_audio
+    from .engine.cpu.threads import call_in_own_thread
     from .engine.engine import Request
     from .engine.voice import VoicePrompt
     from .server.speech.longform import parts_of
@@ -326,7 +327,9 @@ def cmd_say(args: argparse.Namespace) -> None:
             raise UsageError(
                 "give a reference recording with --ref (and --ref-text), or a saved --voice file"
             )
-        voice = VoicePrompt.load(args.voice) if args.voice else _make_voice(engine, args)
+        # In a thread that ends with it: the parts' batcher then has the only OpenMP team
+        # (see engine/cpu/threads.py)
+        voice = VoicePrompt.load(args.voice) if args.voice else call_in_own_thread(_make_voice, engine, args)
     elif args.voice is not None or args.ref is not None:
         raise UsageError(
             f"{args.model} is a {engine.variant} model: it cannot clone (--ref/--voice need a Base model); "

@@ -274,25 +274,12 @@ def _text_run(engine, voice, opts, name: str, frames: int, device: str) -> dict:
     }
 
 
-def measure(spec: dict) -> dict:
-    """Run the measurements named in ``spec["suite"]`` for one weight mode; returns a JSON-able dict."""
-    import torch
-
+def _solo(engine, spec: dict, opts, out: dict) -> Speaker:
+    """Who speaks, then the one-stream measurements (``say``, ``frame``, ``texts``) into ``out``."""
     from ..audio import write_wav
-    from ..engine.sched.batcher import Batcher
 
     spawned, device, mode = spec["spawned_at"], spec["device"], spec["mode"]
     suite, frames, workdir = set(spec["suite"]), spec["frames"], Path(spec["workdir"])
-    torch.set_grad_enabled(False)
-    imported = time.time()
-    with timed("load"):
-        engine = load_engine(spec["model"], device, mode, max_batch=1)  # as `utter say` loads it
-        sync(device)
-    ready = time.time()
-    out = result_head("utter", mode, device, spawned, imported, ready)
-    out["load"]["phases_s"] = dict(engine.load_seconds)  # where the load went
-    opts = _options(engine, frames, spec.get("sample", False), spec.get("seed", 0))
-
     # `utter say` from process start: voice from the recording, generate, decode, write.
     t0 = time.time()
     voice = Speaker.for_engine(engine, spec["ref_wav"])
@@ -316,13 +303,37 @@ def measure(spec: dict) -> dict:
             out["frame"] = _frame_run(engine, voice, opts, device)
         with timed("step counts"):
             out["frame"].update(_step_counts(engine, voice, opts, device))
-    voice_path = workdir / f"voice-utter-{mode}.safetensors"
-    voice.save(voice_path)
     if "texts" in suite:
         out["texts"] = {}
         for name, n in spec.get("texts", {}).items():
             with timed(f"text {name}"):
                 out["texts"][name] = _text_run(engine, voice, opts, name, n, device)
+    return voice
+
+
+def measure(spec: dict) -> dict:
+    """Run the measurements named in ``spec["suite"]`` for one weight mode; returns a JSON-able dict."""
+    import torch
+
+    from ..engine.cpu.threads import call_in_own_thread
+    from ..engine.sched.batcher import Batcher
+
+    spawned, device, mode = spec["spawned_at"], spec["device"], spec["mode"]
+    suite, frames, workdir = set(spec["suite"]), spec["frames"], Path(spec["workdir"])
+    torch.set_grad_enabled(False)
+    imported = time.time()
+    with timed("load"):
+        engine = load_engine(spec["model"], device, mode, max_batch=1)  # as `utter say` loads it
+        sync(device)
+    ready = time.time()
+    out = result_head("utter", mode, device, spawned, imported, ready)
+    out["load"]["phases_s"] = dict(engine.load_seconds)  # where the load went
+    opts = _options(engine, frames, spec.get("sample", False), spec.get("seed", 0))
+    # One stream at a time, in a thread that ends before the serving part: its OpenMP team goes
+    # with it, and the batcher's is the only one, as in a server (see engine/cpu/threads.py).
+    voice = call_in_own_thread(_solo, engine, spec, opts, out)
+    voice_path = workdir / f"voice-utter-{mode}.safetensors"
+    voice.save(voice_path)
     if suite & {"ttfa", "concurrency", "realtime", "arrivals", "longform"}:
         # A server's engine: sized (and, on CPUs, its kernels chosen) for its batch limit, by
         # default the largest concurrency (more requests than the limit queue).

@@ -31,6 +31,7 @@ from .cpu.quant import (
     apply_weight_mode,
     default_weight_mode,
 )
+from .cpu.threads import call_in_own_thread
 from .cuda import fusion
 from .model.layers import fuse_projections
 from .model.qwen3_tts import Qwen3TTSWeights
@@ -194,7 +195,28 @@ class Engine:
         ``compile`` (default: ``UTTER_COMPILE``, else off) fuses the decoder layers with
         torch.compile (see ``engine/cuda/fusion.py``; float weight modes), compiled here, before
         any graph is captured.
+
+        The load runs in a thread of its own that ends with it: the OpenMP team its parallel
+        work starts goes with that thread instead of staying in the caller's, where it would
+        slow down the team that decodes (see ``engine/cpu/threads.py``).
         """
+        args = (model, device, dtype, cache_dir, cuda_graphs, max_batch, max_len, weight_mode, compile)
+        return call_in_own_thread(cls._load_here, *args)
+
+    @classmethod
+    def _load_here(
+        cls,
+        model: str,
+        device: str | None,
+        dtype: str | None,
+        cache_dir: str | None,
+        cuda_graphs: bool | None,
+        max_batch: int,
+        max_len: int,
+        weight_mode: str | None,
+        compile: bool | None,
+    ) -> Engine:
+        """:meth:`load`, in the calling thread."""
         device = device or default_device()
         if weight_mode and dtype and weight_mode != dtype:
             raise ValueError("give either a weight mode or a dtype, not both")

@@ -29,6 +29,7 @@ import numpy as np
 
 from ..audio import SAMPLE_RATE, AudioError, load_audio
 from ..engine.config import LANGUAGES
+from ..engine.cpu.threads import in_own_thread
 from ..server.runtime import EngineHolder, ModelNotReady, ModelState
 from .storage import Storage
 
@@ -131,8 +132,9 @@ class LocalProvider:
         return hashlib.sha1(str(self.holder.engine.folder.resolve()).encode()).hexdigest()[:16]
 
     async def voice_prompt(self, voice: VoiceSource):  # -> VoicePrompt
-        """:meth:`prompt_for` off the event loop."""
-        return await asyncio.to_thread(self.prompt_for, voice)
+        """:meth:`prompt_for` off the event loop, in a thread that ends with it (a pooled thread
+        would keep the OpenMP team the prompt's computation starts: see ``engine/cpu/threads.py``)."""
+        return await in_own_thread(self.prompt_for, voice)
 
     def prompt_for(self, voice: VoiceSource):  # -> VoicePrompt
         """The voice's prompt for the loaded model: from its cache file, else computed and cached.

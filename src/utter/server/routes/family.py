@@ -18,6 +18,7 @@ from pydantic import Field
 from starlette.concurrency import run_in_threadpool
 
 from ...audio import SAMPLE_RATE, to_wav_bytes
+from ...engine.cpu.threads import in_own_thread
 from ...engine.design import sample_text
 from ..deps import ServiceDep
 from ..http.errors import ApiError
@@ -70,7 +71,7 @@ async def voice_design(body: VoiceDesignRequest, service: ServiceDep) -> dict[st
         if not name:
             raise ApiError(400, "save_as must name the voice.", param="save_as")
         cloner = (await base.wait_ready(settings.ready_timeout_s)).engine
-        prompt = await run_in_threadpool(cloner.create_voice, (clip, SAMPLE_RATE), text)
+        prompt = await in_own_thread(cloner.create_voice, (clip, SAMPLE_RATE), text)
         try:
             out["voice"] = await run_in_threadpool(
                 service.voices.create, name, language, prompt, clip, base.model

@@ -18,8 +18,8 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from starlette.concurrency import run_in_threadpool
 
+from ...engine.cpu.threads import in_own_thread
 from ..http.errors import ApiError
 from ..runtime import public_text
 
@@ -166,10 +166,11 @@ class AsrHolder:
     async def transcribe(
         self, wav: np.ndarray, sample_rate: int, language: str | None, timeout: float
     ) -> Transcript:
-        """Transcribe in a worker thread (the event loop keeps serving); 503 when unavailable,
+        """Transcribe in a thread of its own that ends with it (the event loop keeps serving, and
+        no OpenMP team stays behind: see ``engine/cpu/threads.py``); 503 when unavailable,
         400 for a language the model does not know."""
         transcriber = await self.require(timeout)
         try:
-            return await run_in_threadpool(transcriber.transcribe, wav, sample_rate, language)
+            return await in_own_thread(transcriber.transcribe, wav, sample_rate, language)
         except ValueError as exc:
             raise ApiError(400, str(exc), param="language") from exc

@@ -25,6 +25,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ...asr import Transcriber, Transcript
 from ...audio import SAMPLE_RATE, TooLong, duration_seconds, load_audio
+from ...engine.cpu.threads import in_own_thread
 from ...engine.engine import Engine
 from ...engine.voice import VoicePrompt
 from ..http.errors import ApiError
@@ -145,7 +146,8 @@ class ReferenceService:
         try:
             wav, _ = await run_in_threadpool(self.load_checked, data)  # bad audio: 400 before any wait
             transcriber = await self.asr.wait_ready(self.settings.ready_timeout_s) if transcribe else None
-            return await run_in_threadpool(self._encode, engine, wav, ref_text, transcriber)
+            # computed in a thread that ends with it (its OpenMP team would slow the batcher's)
+            return await in_own_thread(self._encode, engine, wav, ref_text, transcriber)
         except ValueError as exc:  # AudioError and the engine's checks: the client's input
             raise ApiError(400, str(exc), param="ref_audio") from exc
 
