@@ -32,10 +32,12 @@ AVX2_ONLY = {
 PROBE = """
 import json
 from utter.engine.cpu import native
-from utter.engine.cpu.isa import fbgemm_full_range, onednn_int8_input
+import torch
+from utter.engine.cpu.isa import fast_bfloat16, fbgemm_full_range, onednn_int8_input
 from utter.engine.cpu.quant import int8_kernel
 lib = native.library()
 print(json.dumps({
+    "fast_bfloat16": fast_bfloat16(torch.device("cpu")),
     "onednn_input": str(onednn_int8_input()),
     "fbgemm_full_range": fbgemm_full_range(),
     "serving": int8_kernel("cpu", max_batch=16),
@@ -60,8 +62,39 @@ def test_an_avx2_only_cpu_serves_int8_with_kernels_that_compute_right(tmp_path: 
     assert out.returncode == 0, out.stderr
     probe = json.loads(out.stdout.strip().splitlines()[-1])
     # Capped to AVX2, oneDNN's int8 product saturates and fbgemm's needs 7-bit inputs: both are
-    # detected on the kernels themselves, and batches are served by fbgemm.
-    assert probe == {"onednn_input": "None", "fbgemm_full_range": False, "serving": "fbgemm", "lanes": 8}
+    # detected on the kernels themselves, and batches are served by fbgemm. No bfloat16 codec:
+    # oneDNN capped below bfloat16 products runs it in its reference code (100x slower).
+    assert probe == {
+        "fast_bfloat16": False,
+        "onednn_input": "None",
+        "fbgemm_full_range": False,
+        "serving": "fbgemm",
+        "lanes": 8,
+    }
+
+
+def test_a_onednn_cap_below_bfloat16_keeps_the_codec_in_float32(monkeypatch, tiny_checkpoint) -> None:
+    import torch
+
+    from utter.engine.cpu.isa import fast_bfloat16
+    from utter.engine.engine import _load_codec
+
+    cpu = torch.device("cpu")
+    for name in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):
+        monkeypatch.delenv(name, raising=False)
+    native_bf16 = fast_bfloat16(cpu)
+    assert native_bf16 == bool({"avx512_bf16", "amx_bf16"} & _cpu_flags())
+    expected = torch.bfloat16 if native_bf16 else torch.float32  # uncapped: as the CPU has it
+    assert _load_codec(tiny_checkpoint, cpu, "int8").dtype == expected
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "avx512_core_bf16")  # a cap that keeps them
+    assert fast_bfloat16(cpu) == native_bf16
+    for cap in ("AVX2", "avx512_core_vnni"):
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+        assert not fast_bfloat16(cpu)
+        assert _load_codec(tiny_checkpoint, cpu, "int8").dtype == torch.float32
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+    monkeypatch.setenv("DNNL_MAX_CPU_ISA", "AVX2")  # its older name
+    assert not fast_bfloat16(cpu)
 
 
 def test_the_int8_and_native_tests_pass_at_avx2_level(tmp_path: Path) -> None:

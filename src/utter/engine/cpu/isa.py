@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import time
 import warnings
 from collections.abc import Callable
@@ -61,11 +62,30 @@ def _cpu_flags() -> frozenset[str]:
     return frozenset(flags)
 
 
+# oneDNN's instruction set names below AVX512_CORE_BF16, its first with bfloat16 products. Capped
+# to one of them (ONEDNN_MAX_CPU_ISA, as the tests set to act as an AVX2-only CPU), oneDNN runs
+# bfloat16 in its reference code: a codec convolution took 1.25 s instead of 8 ms on a Zen 5
+# EPYC capped to AVX2, and a stream made 0.05 audio s per s instead of 1.5.
+_ONEDNN_ISAS_WITHOUT_BF16 = frozenset(
+    {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI"}
+)
+
+
+def onednn_capped_below_bfloat16() -> bool:
+    """Whether oneDNN is told to use no instructions with bfloat16 products (ONEDNN_MAX_CPU_ISA,
+    or its older name DNNL_MAX_CPU_ISA)."""
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or ""
+    return cap.strip().upper() in _ONEDNN_ISAS_WITHOUT_BF16
+
+
 def fast_bfloat16(device: torch.device) -> bool:
-    """Whether ``device`` computes in bfloat16 natively (GPUs; CPUs with AVX512-BF16 or AMX)."""
+    """Whether ``device`` computes in bfloat16 natively (GPUs; CPUs with AVX512-BF16 or AMX whose
+    oneDNN is not capped below them)."""
     if device.type == "cuda":
         return True
-    return device.type == "cpu" and bool({"avx512_bf16", "amx_bf16"} & _cpu_flags())
+    if device.type != "cpu" or onednn_capped_below_bfloat16():
+        return False
+    return bool({"avx512_bf16", "amx_bf16"} & _cpu_flags())
 
 
 def int8pack_available() -> bool:
