@@ -17,8 +17,11 @@ import pytest
 
 from tests.studio.support import clone, free_port, wait_task
 
-TEXT = " ".join(f"This is sentence number {n}." for n in ("one", "two", "three", "four", "five", "six"))
-FRAMES = 16  # per chunk; six chunks of one sentence each (chunk_chars 40); long enough to kill mid-job
+# A chunk per sentence (chunk_chars 40), FRAMES frames each: enough chunks that a kill after the
+# first two always lands mid-job (six once finished before the kill on a 2-core machine).
+CHUNKS = 24
+TEXT = " ".join(f"This is sentence number {n}." for n in range(1, CHUNKS + 1))
+FRAMES = 16
 
 
 class Serve:
@@ -100,18 +103,18 @@ def test_a_killed_server_resumes_or_fails_its_jobs_on_restart(tmp_path, tiny_che
     assert all(row["status"] == "processing" for row in rows.values()), [
         (r["status"], r["chunks_done"], r["attempts"]) for r in rows.values()
     ]  # killed mid-job
-    assert 2 <= rows[resumed]["chunks_done"] < 6
+    assert 2 <= rows[resumed]["chunks_done"] < CHUNKS
     with sqlite3.connect(data / "utter.db") as db:  # as if this job had already crashed the server 3 times
         db.execute("UPDATE tasks SET attempts = 3 WHERE id = ?", (doomed,))
 
     second = Serve(data, tiny_checkpoint, log)
     task = wait_task(second.client, resumed)
     assert task["status"] == "completed", task
-    assert task["attempts"] == 2 and task["chunks_done"] == 6 and task["frames_done"] == 6 * FRAMES
+    assert task["attempts"] == 2 and task["chunks_done"] == CHUNKS and task["frames_done"] == CHUNKS * FRAMES
     assert "resuming job" in log.read_text()  # the finished chunks were not made again
     gen = second.client.get(f"/api/generations/{task['generation_id']}").json()
     fade = 960  # 40 ms at 24 kHz
-    assert gen["duration_seconds"] == pytest.approx((6 * FRAMES * 1920 - 5 * fade) / 24000)
+    assert gen["duration_seconds"] == pytest.approx((CHUNKS * FRAMES * 1920 - (CHUNKS - 1) * fade) / 24000)
     assert second.client.get(gen["audio_url"]).status_code == 200
 
     # Interrupted as often as allowed: the job ends failed, with the reason, never "processing".
@@ -127,7 +130,7 @@ def test_a_killed_server_resumes_or_fails_its_jobs_on_restart(tmp_path, tiny_che
     assert gen["resumable"]
     assert second.client.post(f"/api/tasks/{doomed}/resume").status_code == 200
     task = wait_task(second.client, doomed)
-    assert task["status"] == "completed" and task["chunks_done"] == 6, task
+    assert task["status"] == "completed" and task["chunks_done"] == CHUNKS, task
 
     # A graceful stop hands a running job back to the queue without counting an attempt.
     paused = _submit(second, voice, seed=5, text=" ".join([TEXT] * 20))  # long: still running at the stop
