@@ -277,6 +277,9 @@ def _text_run(engine, voice, opts, name: str, frames: int, device: str) -> dict:
 def _solo(engine, spec: dict, opts, out: dict) -> Speaker:
     """Who speaks, then the one-stream measurements (``say``, ``frame``, ``texts``) into ``out``."""
     from ..audio import write_wav
+    from ..engine.cuda import fusion
+
+    fusion.prepare_thread()  # compiled layers run in this thread (compiler settings are per thread)
 
     spawned, device, mode = spec["spawned_at"], spec["device"], spec["mode"]
     suite, frames, workdir = set(spec["suite"]), spec["frames"], Path(spec["workdir"])

@@ -201,7 +201,9 @@ class Engine:
         slow down the team that decodes (see ``engine/cpu/threads.py``).
         """
         args = (model, device, dtype, cache_dir, cuda_graphs, max_batch, max_len, weight_mode, compile)
-        return call_in_own_thread(cls._load_here, *args)
+        engine = call_in_own_thread(cls._load_here, *args)
+        fusion.prepare_thread()  # compiled layers may run here too (compiler settings are per thread)
+        return engine
 
     @classmethod
     def _load_here(
