@@ -117,3 +117,16 @@ def test_an_int8_engine_holds_no_map_of_its_checkpoint_and_speaks_as_before(
     pinned = Engine.load(str(tiny_checkpoint), device="cpu", weight_mode="int8")
     assert maps()[0] == whole + 2  # what the release prevents: the whole file held for good
     assert (speak(pinned) == audio).all()
+
+
+def test_a_module_with_no_tensor_on_the_cpu_reads_no_maps(tmp_path, monkeypatch):
+    """A GPU load (here: tensors on the meta device) has nothing mapped to let go: the release
+    returns before it reads /proc (a read that would only add to a GPU's cold start)."""
+
+    def no_read(*args, **kwargs):
+        raise AssertionError("/proc/self/maps was read")
+
+    monkeypatch.setattr(w, "_mapped_ranges", no_read)
+    with torch.device("meta"):
+        module = torch.nn.Linear(8, 8)
+    assert w.release_file_views(module, [tmp_path / "model.safetensors"]) == 0

@@ -115,8 +115,7 @@ def _load_talker(
     # Small batches on a CPU: the products take the native kernels (see quant.int8_kernel) and,
     # where every one of a stack's products has, its decode steps run natively too.
     apply_weight_mode(weights.talker, mode, max_batch)
-    if dev.type == "cpu":  # GPU loads read straight into device memory: no map is left
-        release_file_views(weights, weight_files(folder))  # before the native stack reads any tensor
+    release_file_views(weights, weight_files(folder))  # before the native stack reads any tensor
     if max_batch <= NATIVE_MAX_BATCH and dev.type == "cpu" and native_stack.attach(weights.talker):
         logger.info("decode steps run in the native kernels (%s weights)", mode)
     return weights.eval()
@@ -126,9 +125,8 @@ def _load_codec(folder: Path, dev: torch.device, mode: str) -> SpeechTokenizer:
     codec = SpeechTokenizer.load(folder / "speech_tokenizer", device=dev, dtype=torch.float32)
     if mode != "float32" and fast_bfloat16(dev):
         codec.set_decoder_dtype(torch.bfloat16)  # float32 stays exact, for parity with the official one
-    if dev.type == "cpu":
-        parts = torch.nn.ModuleList([codec.encoder, codec.decoder])
-        release_file_views(parts, [folder / "speech_tokenizer" / WEIGHTS_FILE])
+    parts = torch.nn.ModuleList([codec.encoder, codec.decoder])
+    release_file_views(parts, [folder / "speech_tokenizer" / WEIGHTS_FILE])
     return codec
 
 

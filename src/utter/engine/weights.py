@@ -82,6 +82,15 @@ def release_file_views(module: nn.Module, files: list[Path]) -> int:
     stretches copied), so the whole file's map closes; a file mostly still in use (weights kept
     as stored) keeps its map. Returns how many tensors were moved. Linux only (it finds the maps
     in /proc); elsewhere a no-op."""
+    on_cpu = [
+        (store, key, tensor)
+        for sub in module.modules()
+        for store in (sub._parameters, sub._buffers)
+        for key, tensor in store.items()
+        if tensor is not None and tensor.device.type == "cpu" and tensor.numel() > 0
+    ]
+    if not on_cpu:  # a GPU load reads straight into device memory: no map, no /proc read
+        return 0
     # The loader maps each file whole, from its first byte: a view's place in the file is its
     # address minus the map's start. Smaller maps of a file are stretches made here before.
     spans = [(path, rng) for path in files if (rng := _mapped_ranges(path, whole=True))]
@@ -89,18 +98,14 @@ def release_file_views(module: nn.Module, files: list[Path]) -> int:
         return 0
     # path -> (offset in the file, dtype, shape, strides) -> where that tensor is held
     held: dict[Path, dict[tuple, list[tuple[dict, str, torch.Tensor]]]] = {path: {} for path, _ in spans}
-    for sub in module.modules():
-        for store in (sub._parameters, sub._buffers):
-            for key, tensor in store.items():
-                if tensor is None or tensor.device.type != "cpu" or tensor.numel() == 0:
-                    continue
-                ptr = tensor.data_ptr()
-                for path, ranges in spans:
-                    base = next((lo for lo, hi in ranges if lo <= ptr < hi), None)
-                    if base is not None:
-                        view = (ptr - base, tensor.dtype, tuple(tensor.shape), tensor.stride())
-                        held[path].setdefault(view, []).append((store, key, tensor))
-                        break
+    for store, key, tensor in on_cpu:
+        ptr = tensor.data_ptr()
+        for path, ranges in spans:
+            base = next((lo for lo, hi in ranges if lo <= ptr < hi), None)
+            if base is not None:
+                view = (ptr - base, tensor.dtype, tuple(tensor.shape), tensor.stride())
+                held[path].setdefault(view, []).append((store, key, tensor))
+                break
     moved = 0
     for path, views in held.items():
         sizes: dict[int, int] = {}
