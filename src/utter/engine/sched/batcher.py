@@ -1,7 +1,8 @@
 """Continuous batching with streaming audio: the engine as a service for many concurrent callers.
 
-A single worker thread owns the device. Between decode steps it admits queued requests
-(prefill), drops cancelled ones, and turns each request's new frames into PCM through that
+One worker thread owns the engine (``worker.py``: a thread per GPU batcher, one for all of a
+process's CPU batchers). In each of its turns it admits queued requests (prefill), drops
+cancelled ones, runs one decode step and turns each request's new frames into PCM through that
 request's streaming codec decoder. Callers get a :class:`Stream` at once and read audio chunks
 from it, from asyncio (``async for``) or from plain threads (``for``). The first chunk is small
 so the first audio comes early; later chunks are larger to amortise decoding.
@@ -24,10 +25,10 @@ import numpy as np
 import torch
 
 from ..codec_slots import CodecSlots
-from ..cuda import fusion
 from ..engine import MAX_FRAMES, Engine, Request
 from ..streaming import CHUNK_FRAMES, FIRST_CHUNK_FRAMES, PcmChunker
 from .runner import Sequence
+from .worker import Worker, worker_for
 
 logger = logging.getLogger(__name__)
 
@@ -169,7 +170,9 @@ class Batcher:
         self._wakeup = threading.Event()
         self._stop = threading.Event()
         self._ids = itertools.count(1)
-        self._thread: threading.Thread | None = None
+        self._worker: Worker | None = None
+        self._thread: threading.Thread | None = None  # the worker's thread that serves this batcher
+        self._left = threading.Event()  # set once the worker has ended its requests and let it go
         self._live: dict[int, _Live] = {}
         # Liveness, read by /health: the worker stamps every turn of its loop (also when idle).
         self.heartbeat = time.monotonic()
@@ -200,16 +203,20 @@ class Batcher:
 
     # ---------------------------------------------------------------- control
     def start(self) -> Batcher:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="utter-batcher", daemon=True)
-            self._thread.start()
+        """Join a worker (on a CPU the process's one, see ``worker.py``) and start serving."""
+        if self._worker is None:
+            self._worker = worker_for(self.engine.device)
+            self._thread = self._worker.attach(self)
         return self
 
     def stop(self) -> None:
+        """Stop serving: queued and running requests end "cancelled"; returns once they have."""
         self._stop.set()
         self._wake()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
+        if self._worker is not None:
+            if not self._left.wait(timeout=30):
+                logger.warning("the batcher's worker did not let it go within 30 s")
+            self._worker = None
             self._thread = None
 
     def __enter__(self) -> Batcher:
@@ -232,7 +239,8 @@ class Batcher:
     @property
     def alive(self) -> bool:
         """Whether the worker thread is running and has not given up."""
-        return self.dead is None and self._thread is not None and self._thread.is_alive()
+        thread = self._thread
+        return self.dead is None and thread is not None and thread.is_alive() and not self._left.is_set()
 
     def health(self) -> dict[str, object]:
         """Liveness for /health: whether the worker runs, when it last turned its loop, failures."""
@@ -277,43 +285,39 @@ class Batcher:
         return stream
 
     # ---------------------------------------------------------------- worker
-    def _run(self) -> None:
-        """The worker thread: serve until stopped, recovering from failures.
+    def _turn_safely(self) -> bool:
+        """One turn of the worker's loop (see :meth:`_turn`); returns whether it stepped.
 
-        Inference mode for the whole thread: the runner's tensors are inference tensors, and any
-        in-place update outside inference mode raises. A failed step fails the requests it held
-        (:class:`WorkerError`), forgets their rows and goes on; a loop that keeps failing
-        (``MAX_RESTARTS`` in ``RESTART_WINDOW_S``) gives up, fails everything queued and marks
-        the batcher dead, so /health reports it and new requests get a clear error.
+        A failed turn fails the requests it held (:class:`WorkerError`), forgets their rows and
+        counts as busy (the next turn comes at once); a batcher that keeps failing
+        (``MAX_RESTARTS`` in ``RESTART_WINDOW_S``) gives up: ``dead`` is set, the worker lets it
+        go and fails everything queued, so /health reports it and new requests get a clear error.
         """
-        torch.set_grad_enabled(False)
-        fusion.prepare_thread()  # compiled layers run in this thread (compiler settings are per thread)
-        with torch.inference_mode():
-            while not self._stop.is_set():
-                try:
-                    self._serve()
-                except BaseException as exc:  # noqa: BLE001 - whatever it was, the callers must hear
-                    logger.exception("batcher worker failed")
-                    self._recover(exc)
-                    if self.dead is not None:
-                        break
+        try:
+            return self._turn()
+        except BaseException as exc:  # noqa: BLE001 - whatever it was, the callers must hear
+            logger.exception("batcher worker failed")
+            self._recover(exc)
+            return True
+
+    def _turn(self) -> bool:
+        """Admit, drop the cancelled, feed text, then one decode step if any row can take it."""
+        self.heartbeat = time.monotonic()
+        self._admit()
+        self._drop_cancelled()
+        self._pump_text()
+        if not self._live:
+            self.engine.runner.release()  # idle: give back the memory a long request grew
+        if not self.engine.runner.active:  # idle, or every request waits for its text
+            return False
+        self._step()
+        self.steps += 1
+        return True
+
+    def _drain_for_exit(self) -> None:
+        """Run by the worker as it lets this batcher go: cancelled at a stop, failed if dead."""
         down = None if self.dead is None else WorkerError(f"the generation worker is down ({self.dead})")
         self._drain(down)
-
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            self.heartbeat = time.monotonic()
-            self._admit()
-            self._drop_cancelled()
-            self._pump_text()
-            if not self._live:
-                self.engine.runner.release()  # idle: give back the memory a long request grew
-            if not self.engine.runner.active:  # idle, or every request waits for its text
-                self._wakeup.wait(timeout=0.5)
-                self._wakeup.clear()
-                continue
-            self._step()
-            self.steps += 1
 
     def _recover(self, exc: BaseException) -> None:
         """Fail the live requests and forget their rows without touching the (suspect) caches."""
