@@ -197,6 +197,8 @@ def test_bench_covers_the_other_variants(tmp_path: Path, variant: str) -> None:
         "short",
         "--concurrency",
         "1",
+        "--idle-models",
+        "1",
         "--output",
         str(out),
         "--plot",
@@ -207,6 +209,7 @@ def test_bench_covers_the_other_variants(tmp_path: Path, variant: str) -> None:
     assert doc["settings"]["variant"] == variant and doc["official"] == {}
     run = doc["utter"]["float32"]
     assert "error" not in run, run
+    assert doc["settings"]["idle_models"] == 1 and run["idle_models"] == 1  # one more model, idle
     assert run["say"]["frames_ok"] and run["frame"]["frames_ok"] and run["ttfa"]["seconds"] > 0
     assert all(r["frames_ok"] for r in run["realtime"].values())
 

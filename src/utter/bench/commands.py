@@ -106,6 +106,13 @@ def register(subparsers) -> argparse.ArgumentParser:
         "--concurrency, so all run together; a server's own default is 8 on CPUs, 16 on GPUs)",
     )
     p.add_argument(
+        "--idle-models",
+        type=int,
+        default=0,
+        help="more models (the same checkpoint) loaded beside the serving one, each serving one "
+        "request and then idle, as a server's CustomVoice and VoiceDesign models (default: 0)",
+    )
+    p.add_argument(
         "--texts", type=_csv(str), default=None, help="seed texts to time: short,medium,long (default: all)"
     )
     p.add_argument(
@@ -200,6 +207,8 @@ def _settings(args: argparse.Namespace) -> dict:
         raise ValueError("--concurrency values must be at least 1")
     if args.max_batch is not None and args.max_batch < 1:
         raise ValueError("--max-batch must be at least 1")
+    if args.idle_models < 0:
+        raise ValueError("--idle-models must be 0 or more")
     variant = _variant_of(Path(model))
     if args.official is False:
         status, official = "disabled (--no-official)", []
@@ -228,6 +237,7 @@ def _settings(args: argparse.Namespace) -> dict:
         "frames": frames,
         "concurrency": concurrency,
         "max_batch": args.max_batch or max(concurrency),
+        "idle_models": args.idle_models,
         "arrival_rates": args.arrival_rates
         or ([2.0] if quick else [1.0] + ([4.0, 10.0] if device.startswith("cuda") else [])),
         "arrival_seconds": args.arrival_seconds or (2.0 if quick else 30.0),
@@ -329,6 +339,7 @@ def run(settings: dict, timeout: float = 7200.0) -> dict:
             "frames": settings["frames"],
             "concurrency": settings["concurrency"],
             "max_batch": settings["max_batch"],
+            "idle_models": settings.get("idle_models", 0),
             "arrival_rates": settings["arrival_rates"],
             "arrival_seconds": settings["arrival_seconds"],
             "texts": settings["text_frames"],

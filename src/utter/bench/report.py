@@ -307,7 +307,8 @@ def table(doc: dict) -> str:
         f"Model: {s['size']} sizes ({s.get('variant', 'base')}), random weights, on {s['device']}; "
         f"{frames} frames per request, "
         f"{'sampling' if s.get('sample') else 'greedy'}, end of speech disabled"
-        + (f"; serving engine: up to {s['max_batch']} requests at once" if s.get("max_batch") else ""),
+        + (f"; serving engine: up to {s['max_batch']} requests at once" if s.get("max_batch") else "")
+        + (f"; {s['idle_models']} more model(s) loaded beside it, idle" if s.get("idle_models") else ""),
         "",
         "| | " + " | ".join(name for name, _ in cols) + " |",
         "|---|" + "---:|" * len(cols),

@@ -348,6 +348,8 @@ def measure(spec: dict) -> dict:
             engine = load_engine(spec["model"], device, mode, max_batch=max_batch)
         out["load"]["serving_load_s"] = time.time() - started
         out["serving_max_batch"] = max_batch
+        idle = _idle_models(spec, mode, max_batch, voice, opts)
+        out["idle_models"] = len(idle)
         with Batcher(engine, max_batch=max_batch) as batcher:
             if "ttfa" in suite:
                 with timed("first audio"):
@@ -378,5 +380,23 @@ def measure(spec: dict) -> dict:
 
                 with timed("long text whole and in parts"):
                     out["longform"] = measure_longform(batcher, voice, opts, spec["longform_frames"])
+        for extra in idle:
+            extra.stop()
     out["memory"].update(peak_memory(device))
     return out
+
+
+def _idle_models(spec: dict, mode: str, max_batch: int, voice: Speaker, opts) -> list:
+    """``spec["idle_models"]`` more engines of the same checkpoint, each with a started batcher
+    that has served one short request and then idles: what a server holding a CustomVoice and a
+    VoiceDesign model beside its Base one runs the measured model next to."""
+    from ..engine.sched.batcher import Batcher
+
+    batchers = []
+    for i in range(spec.get("idle_models", 0)):
+        with timed(f"idle model {i + 1}"):
+            engine = load_engine(spec["model"], spec["device"], mode, max_batch)
+            batcher = Batcher(engine, max_batch=max_batch).start()
+            batchers.append(batcher)
+            batcher.submit(voice.request(SHORT, dataclasses.replace(opts, max_frames=4))).audio()
+    return batchers
