@@ -136,3 +136,21 @@ def test_a_model_that_gives_up_leaves_the_other_serving(engine, other, voices, m
         audio = healthy.submit(_request(voices[1], 5)).audio()
         assert len(audio) == 5 * 1920 and np.isfinite(audio).all()
         assert threading.current_thread() is not healthy._thread
+
+
+def test_a_model_whose_recovery_fails_is_let_go_and_the_other_serves_on(engine, other, voices, monkeypatch):
+    def broken():
+        raise RuntimeError("step broke")
+
+    def unrecoverable(exc):
+        raise RuntimeError("and so did the recovery")
+
+    with Batcher(engine, max_batch=2) as failing, Batcher(other, max_batch=2) as healthy:
+        monkeypatch.setattr(engine.runner, "step", broken)
+        monkeypatch.setattr(failing, "_recover", unrecoverable)
+        with pytest.raises(WorkerError, match="down"):
+            failing.submit(_request(voices[0], 3)).audio()
+        assert not failing.alive and "and so did the recovery" in str(failing.health()["error"])
+        audio = healthy.submit(_request(voices[1], 4)).audio()
+        assert len(audio) == 4 * 1920 and healthy.alive and healthy._thread.is_alive()
+    assert engine.runner.live == 0  # the failed model's rows were let go with it

@@ -94,8 +94,12 @@ class Worker:
                     members = list(self._members)
                 busy = False
                 for batcher in members:
-                    if not batcher._stop.is_set() and batcher.dead is None:
-                        busy |= batcher._turn_safely()
+                    try:
+                        if not batcher._stop.is_set() and batcher.dead is None:
+                            busy |= batcher._turn_safely()
+                    except BaseException as exc:  # noqa: BLE001 - its recovery failed: it alone is done for
+                        logger.critical("a batcher failed to recover and stops serving", exc_info=True)
+                        batcher.dead = f"recovery failed: {type(exc).__name__}: {exc}"
                     if batcher._stop.is_set() or batcher.dead is not None:
                         self._leave(batcher)
                 if not busy:
