@@ -154,3 +154,11 @@ def test_a_model_whose_recovery_fails_is_let_go_and_the_other_serves_on(engine, 
         audio = healthy.submit(_request(voices[1], 4)).audio()
         assert len(audio) == 4 * 1920 and healthy.alive and healthy._thread.is_alive()
     assert engine.runner.live == 0  # the failed model's rows were let go with it
+
+
+def test_each_gpu_batcher_gets_a_thread_of_its_own_and_cpu_ones_share() -> None:
+    cpu = torch.device("cpu")
+    assert worker_module.worker_for(cpu) is worker_module.worker_for(cpu)
+    gpu = torch.device("meta")  # any device that is not the CPU: its kernels run asynchronously
+    first, second = worker_module.worker_for(gpu), worker_module.worker_for(gpu)
+    assert first is not second and first is not worker_module.worker_for(cpu)

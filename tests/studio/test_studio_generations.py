@@ -22,11 +22,12 @@ def history(studio) -> dict:
         for i in range(2)
     ]
     gone = clone(client, unique("gone"))
+    # Delete the voice's file behind the studio's back (before the job is queued: after, a fast
+    # worker may have read it already): the job fails with a reason, nothing crashes.
+    (studio.settings.data_dir / "voices" / gone / "reference.wav").unlink()
     failed = client.post(
         "/api/generate", json={"voice_id": gone, "text": f"{tag} fails.", "max_frames": 2}
     ).json()
-    # Delete the voice's file behind the studio's back: the job fails with a reason, nothing crashes.
-    (studio.settings.data_dir / "voices" / gone / "reference.wav").unlink()
     for job in [*jobs, failed]:
         wait_task(client, job["task_id"])
     return {"tag": tag, "voice": voice, "jobs": jobs, "failed": failed}
