@@ -8,7 +8,8 @@
 #        tests on CUDA, then the 0.6B benchmark (compiled and eager, the official package)
 #   run: bash .gpu/run.sh bash scripts/gpu_check.sh b   (carry: [".gpu"], timeout_s 600)
 #        the 1.7B benchmark (compiled; its targets: one stream, 32 streams, arrivals at 10/s)
-# Try it on the CPU first with DEVICE=cpu (the CUDA tests skip there).
+# Try it on the CPU first with DEVICE=cpu (the CUDA tests skip there). A bench step cut by its
+# timeout still leaves its JSON and table: every item measured before the cut, marked incomplete.
 set -uo pipefail
 PART=${1:-a}
 OUT=${OUT:-/tmp/gpu-out}

@@ -264,3 +264,71 @@ def test_the_checkpoint_is_read_through_before_the_workers(tmp_path: Path) -> No
     (tmp_path / "model.safetensors").write_bytes(b"x" * (9 << 20))
     (tmp_path / "speech_tokenizer" / "model.safetensors").write_bytes(b"y" * 1000)
     assert read_through(tmp_path)[0] == (9 << 20) + 1000
+
+
+def test_a_stopped_bench_keeps_what_it_measured(tmp_path: Path) -> None:
+    """SIGTERM (an outer ``timeout``, Ctrl-C) in the middle of a configuration: the worker is
+    stopped, the items it finished are written with the reason the rest is missing, exit 1."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    out, md = tmp_path / "bench.json", tmp_path / "bench.md"
+    argv = ["--debug", "bench", "--size", "tiny", "--checkpoint-cache", str(tmp_path / "cache")]
+    argv += ["--weight-mode", "float32", "--no-official", "--frames", "4", "--concurrency", "1"]
+    argv += ["--texts", "short", "--ttfa-repeats", "1", "--threads", "1"]
+    argv += ["--arrival-rates", "1", "--arrival-seconds", "600"]  # an item that would run 10 minutes
+    argv += ["--output", str(out), "--plot", "", "--markdown", str(md)]
+    code = "import sys; from utter.bench.commands import main; sys.exit(main(sys.argv[1:]))"
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    command = [sys.executable, "-c", code, *argv]
+    proc = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        seen = []
+        for line in proc.stderr:  # the worker's log comes through with --debug
+            seen.append(line)
+            if "arrivals [1.0]/s for 600 s ..." in line:
+                break
+        else:
+            pytest.fail("the arrivals item never started:\n" + "".join(seen[-30:]))
+        proc.send_signal(signal.SIGTERM)  # the parent only: it stops its worker itself
+        proc.stderr.read()
+        assert proc.wait(timeout=60) == 1
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    doc = json.loads(out.read_text())
+    run = doc["utter"]["float32"]
+    assert "error" not in run and "stopped" in run["incomplete"]
+    assert run["say"]["frames_ok"] and run["frame"]["frames"] == 4 and run["concurrency"]["1"]["frames_ok"]
+    assert run["ttfa"]["seconds"] > 0 and "arrivals" not in run and "partial" not in run
+    assert "stopped during utter float32" in doc["settings"]["stopped"]
+    table = md.read_text()
+    assert "incomplete, stopped" in table and "audio s per s, 1 streams" in table
+
+
+def test_a_worker_that_fails_midway_keeps_the_items_before(tmp_path: Path, monkeypatch) -> None:
+    from utter.bench import worker
+    from utter.bench.common import save_partial
+
+    spec = {"system": "utter", "mode": "int8", "out": str(tmp_path / "result.json")}
+    spec_path = tmp_path / "spec.json"
+    spec_path.write_text(json.dumps(spec))
+
+    def measure_then_fail(spec: dict) -> dict:
+        out = {"system": "utter", "mode": "int8", "say": {"frames_ok": True}}
+        save_partial(spec, out)
+        raise RuntimeError("the GPU fell over")
+
+    monkeypatch.setattr(worker, "run", measure_then_fail)
+    assert worker.main([str(spec_path)]) == 1
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["say"] == {"frames_ok": True} and "partial" not in result
+    assert result["incomplete"] == "failed: RuntimeError: the GPU fell over"
+
+    monkeypatch.setattr(worker, "run", lambda spec: 1 / 0)  # nothing saved: the error alone
+    (tmp_path / "result.json").unlink()
+    assert worker.main([str(spec_path)]) == 1
+    assert json.loads((tmp_path / "result.json").read_text())["error"].startswith("ZeroDivisionError")

@@ -11,16 +11,30 @@ registering the command costs the CLI nothing.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 logger = logging.getLogger("utter.bench")
+
+
+class Stopped(Exception):
+    """SIGTERM or SIGINT while benchmarking: the running worker is stopped, what it finished is
+    kept, and the document is written as it stands (``result``: that worker's entry)."""
+
+    def __init__(self, result: dict | None = None) -> None:
+        super().__init__("the benchmark was stopped")
+        self.result = result
+
 
 FULL_SUITE = ["say", "frame", "ttfa", "concurrency", "texts", "arrivals", "realtime", "longform"]
 LIGHT_SUITE = ["say", "frame", "ttfa"]
@@ -278,35 +292,56 @@ def _worker(spec: dict, workdir: Path, timeout: float) -> dict:
     spec = dict(spec, out=str(out), spawned_at=started)
     spec_path.write_text(json.dumps(spec))
     cmd = [sys.executable, "-m", "utter.bench.worker", str(spec_path)]
+    stopped = False
     with open(log, "w") as sink:
         target = None if spec.get("debug") else sink
-        try:
+        try:  # (subprocess.run kills the worker when it times out or anything interrupts it)
             code = subprocess.run(
                 cmd, env=env, timeout=timeout, check=False, stdout=target, stderr=target
             ).returncode
-            result = (
-                json.loads(out.read_text())
-                if out.is_file()
-                else {"error": f"worker exited with status {code}"}
-            )
+            result = _read_result(out, f"worker exited with status {code} before it finished")
         except subprocess.TimeoutExpired:
-            result = {"error": f"timed out after {timeout:.0f} s"}
+            result = _read_result(out, f"timed out after {timeout:.0f} s")
+        except Stopped:
+            result, stopped = _read_result(out, "stopped (SIGTERM or SIGINT) before it finished"), True
     result = {
         "system": spec["system"],
         "mode": spec["mode"],
         **result,
         "worker_wall_s": time.time() - started,
     }
-    if "error" in result:
+    problem = result.get("error") or result.get("incomplete")
+    if problem:
         tail = log.read_text(errors="replace").strip().splitlines()[-25:]
-        logger.error("%s failed: %s\n%s", name, result["error"], "\n".join(tail))
+        logger.error("%s failed: %s\n%s", name, problem, "\n".join(tail))
     else:
         logger.info("%s: done in %.0f s", name, result["worker_wall_s"])
+    if stopped:
+        raise Stopped(result)
     return result
 
 
-def run(settings: dict, timeout: float = 7200.0) -> dict:
-    """Measure every configuration in ``settings``; returns the finished benchmark document."""
+def _read_result(out: Path, problem: str) -> dict:
+    """The worker's result; after a kill, the items it saved as it went (``incomplete`` says
+    why the rest is missing: the table and ratios use what is there), or only the error."""
+    try:
+        result = json.loads(out.read_text()) if out.is_file() else None
+    except ValueError:  # cut off while written
+        result = None
+    if result is None:
+        return {"error": problem}
+    if result.get("partial"):
+        del result["partial"]
+        result["incomplete"] = problem
+    return result
+
+
+def run(settings: dict, timeout: float = 7200.0, progress: Callable[[dict], None] | None = None) -> dict:
+    """Measure every configuration in ``settings``; returns the finished benchmark document.
+
+    ``progress`` gets the document after each configuration (the command writes it out, so a
+    run cut short keeps what it measured). A :class:`Stopped` raised meanwhile (the command's
+    SIGTERM handler) ends the run early with the figures so far."""
     from .. import __version__
     from ..audio import write_wav
     from .common import machine_info, read_through
@@ -352,13 +387,28 @@ def run(settings: dict, timeout: float = 7200.0) -> dict:
             "workdir": str(workdir),
             "debug": logger.isEnabledFor(logging.DEBUG),
         }
-        for system, modes in (("utter", settings["weight_modes"]), ("official", settings["official_dtypes"])):
-            for i, mode in enumerate(modes):
-                suite = FULL_SUITE if i == 0 else LIGHT_SUITE
+        configurations = [
+            (system, mode, FULL_SUITE if i == 0 else LIGHT_SUITE)
+            for system, modes in (
+                ("utter", settings["weight_modes"]),
+                ("official", settings["official_dtypes"]),
+            )
+            for i, mode in enumerate(modes)
+        ]
+        for system, mode, suite in configurations:
+            try:
                 result = _worker(dict(base, system=system, mode=mode, suite=suite), workdir, timeout)
                 doc[system][mode] = result
                 for key, value in (result.get("device_info") or {}).items():
                     machine.setdefault(key, value)
+                if progress is not None:
+                    progress(finish(doc))
+            except Stopped as stop:  # keep what was measured; the rest is not run
+                if stop.result is not None:
+                    doc[system][mode] = stop.result
+                settings["stopped"] = f"stopped during {system} {mode}; the configurations after it not run"
+                logger.warning("%s", settings["stopped"])
+                break
     if settings["official_dtypes"] and all("error" in r for r in doc["official"].values()):
         settings["official_status"] = "failed (see the errors)"
     return finish(doc)
@@ -368,16 +418,39 @@ def cmd_bench(args: argparse.Namespace) -> dict:
     """Handler of ``utter bench``: measure, then write JSON, print the table, write the plot."""
     from .report import plot, table, write_json
 
-    doc = run(_settings(args), timeout=args.timeout)
-    write_json(doc, Path(args.output))
+    def save(doc: dict) -> None:  # after each configuration: a run cut short keeps what it had
+        write_json(doc, Path(args.output))
+        if args.markdown:
+            Path(args.markdown).write_text(table(doc) + "\n")
+
+    with _stop_on_signals():
+        doc = run(_settings(args), timeout=args.timeout, progress=save)
+    save(doc)
     text = table(doc)
     sys.stdout.write(text + "\n")  # the table is the command's output
-    if args.markdown:
-        Path(args.markdown).write_text(text + "\n")
     if args.plot:
         if plot(doc, Path(args.plot)):
             logger.info("wrote %s and %s", args.output, args.plot)
     return doc
+
+
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[None]:
+    """SIGTERM and SIGINT raise :class:`Stopped` in the main thread while benchmarking (an outer
+    ``timeout`` or Ctrl-C): the running worker is killed and the figures so far are written."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise Stopped()
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -394,5 +467,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         sys.stderr.write(f"utter: error: {exc}\n")
         return 2
-    failed = [r for side in ("utter", "official") for r in doc[side].values() if "error" in r]
-    return 1 if failed else 0
+    failed = [
+        r for side in ("utter", "official") for r in doc[side].values() if "error" in r or "incomplete" in r
+    ]
+    return 1 if failed or doc["settings"].get("stopped") else 0

@@ -212,6 +212,18 @@ def timed(item: str) -> Iterator[None]:
     logger.info("%s: %.1f s", item, time.perf_counter() - start)
 
 
+def save_partial(spec: dict, out: dict) -> None:
+    """Write the figures measured so far where the worker's result goes (replaced by the full
+    result at the end): a worker killed at its timeout, or by a stopped benchmark, still gives
+    the items it finished (``commands._worker`` reads them back, marked ``incomplete``)."""
+    import json
+
+    path = Path(spec["out"])
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({**out, "partial": True}, indent=2, default=str))
+    os.replace(tmp, path)
+
+
 def median(values: list[float]) -> float | None:
     if not values:
         return None

@@ -315,6 +315,9 @@ def table(doc: dict) -> str:
     ]
     lines += [f"| {label} | " + " | ".join(vals) + " |" for label, vals in rows]
     errors = [f"{name}: {r['error']}" for name, r in cols if "error" in r]
+    errors += [f"{name}: incomplete, {r['incomplete']}" for name, r in cols if "incomplete" in r]
+    if s.get("stopped"):
+        errors.append(str(s["stopped"]))
     if s.get("official_status") and s["official_status"] != "measured":
         errors.append(f"official: {s['official_status']}")
     if errors:

@@ -32,7 +32,7 @@ import logging
 import time
 from pathlib import Path
 
-from .common import Probe, median, peak_memory, result_head, sync, timed
+from .common import Probe, median, peak_memory, result_head, save_partial, sync, timed
 from .workload import FRAME_SECONDS, LANGUAGE, REF_TEXT, SAMPLE_RATE, SHORT, TEXTS
 
 logger = logging.getLogger(__name__)
@@ -301,16 +301,19 @@ def _solo(engine, spec: dict, opts, out: dict) -> Speaker:
             "voice_s": t1 - t0,
             "generate_s": done - t1,
         }
+        save_partial(spec, out)
     if "frame" in suite:
         with timed("frame"):
             out["frame"] = _frame_run(engine, voice, opts, device)
         with timed("step counts"):
             out["frame"].update(_step_counts(engine, voice, opts, device))
+        save_partial(spec, out)
     if "texts" in suite:
         out["texts"] = {}
         for name, n in spec.get("texts", {}).items():
             with timed(f"text {name}"):
                 out["texts"][name] = _text_run(engine, voice, opts, name, n, device)
+            save_partial(spec, out)
     return voice
 
 
@@ -331,6 +334,7 @@ def measure(spec: dict) -> dict:
     ready = time.time()
     out = result_head("utter", mode, device, spawned, imported, ready)
     out["load"]["phases_s"] = dict(engine.load_seconds)  # where the load went
+    save_partial(spec, out)
     opts = _options(engine, frames, spec.get("sample", False), spec.get("seed", 0))
     # One stream at a time, in a thread that ends before the serving part: its OpenMP team goes
     # with it, and the batcher's is the only one, as in a server (see engine/cpu/threads.py).
@@ -348,17 +352,20 @@ def measure(spec: dict) -> dict:
             engine = load_engine(spec["model"], device, mode, max_batch=max_batch)
         out["load"]["serving_load_s"] = time.time() - started
         out["serving_max_batch"] = max_batch
+        save_partial(spec, out)
         idle = _idle_models(spec, mode, max_batch, voice, opts)
         out["idle_models"] = len(idle)
         with Batcher(engine, max_batch=max_batch) as batcher:
             if "ttfa" in suite:
                 with timed("first audio"):
                     out["ttfa"] = _ttfa(batcher, voice_path, voice, opts, spec.get("ttfa_repeats", 3))
+                save_partial(spec, out)
             if "concurrency" in suite:
                 out["concurrency"] = {}
                 for c in concurrency:
                     with timed(f"concurrency {c}"):
                         out["concurrency"][str(c)] = _concurrent(batcher, voice, opts, c)
+                    save_partial(spec, out)
                 out["concurrency_mode"] = (
                     f"one Batcher (up to {max_batch} at once), all streams submitted together"
                 )
@@ -370,11 +377,13 @@ def measure(spec: dict) -> dict:
                     out["arrivals"] = measure_arrivals(
                         batcher, voice, opts, rates, seconds, spec.get("seed", 0)
                     )
+                save_partial(spec, out)
             if "realtime" in suite:
                 from .realtime import measure_realtime
 
                 with timed("realtime text-in"):
                     out["realtime"] = measure_realtime(batcher, voice, opts, frames)
+                save_partial(spec, out)
             if "longform" in suite:
                 from .longform import measure_longform
 

@@ -28,6 +28,16 @@ def run(spec: dict) -> dict:
     return measure(spec)
 
 
+def _saved(spec: dict) -> dict | None:
+    """The figures the measurement saved as it went (``common.save_partial``), if any."""
+    try:
+        saved = json.loads(Path(spec["out"]).read_text())
+    except (OSError, ValueError):
+        return None
+    saved.pop("partial", None)
+    return saved
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
@@ -44,10 +54,10 @@ def main(argv: list[str] | None = None) -> int:
         result, status = run(spec), 0
     except Exception as exc:  # noqa: BLE001 - reported to the parent, which keeps going
         traceback.print_exc()
-        result, status = (
-            {"system": spec["system"], "mode": spec["mode"], "error": f"{type(exc).__name__}: {exc}"},
-            1,
-        )
+        problem = f"{type(exc).__name__}: {exc}"
+        result, status = _saved(spec) or {"system": spec["system"], "mode": spec["mode"], "error": problem}, 1
+        if "error" not in result:  # the items before the failure were saved as they finished
+            result["incomplete"] = f"failed: {problem}"
     Path(spec["out"]).write_text(json.dumps(result, indent=2))
     return status
 
