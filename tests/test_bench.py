@@ -133,6 +133,11 @@ def test_bench_tiny_quick_end_to_end(tmp_path: Path, capsys) -> None:
         assert FRAME_KEYS <= set(official["frame"]) and official["frame"]["frames_ok"]
         assert official["say"]["frames_ok"]
         assert all(c["frames_ok"] for c in official["concurrency"].values())
+        one, four = official["concurrency"]["1"], official["concurrency"]["4"]  # one rate, measured once
+        assert one["requests_run"] == four["requests_run"] == 4
+        assert one["audio_s_per_s"] == four["audio_s_per_s"]
+        assert four["x_realtime_per_stream"] == pytest.approx(one["x_realtime_per_stream"] / 4)
+        assert four["wall_s"] == pytest.approx(4 * one["wall_s"])
         assert all(t["frames_ok"] for t in official["texts"].values())
         assert doc["ratios"]["gen_ms"][modes[0]] > 0
         assert doc["ratios"]["audio_s_per_s"]["4"] > 0
