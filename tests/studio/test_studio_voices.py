@@ -10,6 +10,7 @@ import soundfile as sf
 
 from tests.conftest import REF_TEXT
 from tests.studio.support import audio_bytes, clone, unique
+from utter.studio.views import MAX_PAGE
 
 
 @pytest.mark.parametrize("fmt", ["wav", "flac", "ogg", "mp3", "m4a"])
@@ -89,9 +90,13 @@ def test_list_search_and_paginate(client) -> None:
         client.get("/api/voices", params={"search": "%"}).json()["total"] == 0
     )  # LIKE wildcards are literal
     assert client.get("/api/voices", params={"search": tag.upper()}).json()["total"] == 3  # case-insensitive
-    for bad in ({"page": 0}, {"per_page": 0}, {"per_page": 101}, {"page": "x"}):
-        r = client.get("/api/voices", params=bad)
-        assert r.status_code == 422 and isinstance(r.json()["detail"], str)
+    for bad in ({"page": 0}, {"per_page": 0}, {"per_page": 101}, {"page": "x"}, {"page": 10**20}):
+        for path in ("/api/voices", "/api/generations"):  # 10**20 was a 500 (SQLite's integers)
+            r = client.get(path, params=bad)
+            assert r.status_code == 422 and isinstance(r.json()["detail"], str), (path, bad, r.text)
+    for path, key in (("/api/voices", "voices"), ("/api/generations", "generations")):
+        last = client.get(path, params={"page": MAX_PAGE, "per_page": 100})  # far past the end: empty
+        assert last.status_code == 200 and last.json()[key] == [], (path, last.text)
 
 
 def test_patch_renames_and_retranscribes(client, studio) -> None:

@@ -92,6 +92,12 @@ def generation_out(gen: Generation, task: Task | None, search: str | None = None
     )
 
 
+# The highest page a list may be asked for: its offset (page x per_page) must fit the database's
+# 64-bit integers, and SQLite refused 10^20 with an error the client saw as a 500. A person pages
+# through far fewer; a page past the end is an empty one.
+MAX_PAGE = 1_000_000
+
+
 def pages(total: int, per_page: int) -> int:
     return max(1, -(-total // per_page))
 

@@ -18,7 +18,7 @@ from ..inputs import clean_text, get_row
 from ..models import Generation
 from ..schemas import ACTIVE, STATUSES, GenerationList, GenerationOut
 from ..search import matches
-from ..views import generation_out, page_of, pages
+from ..views import MAX_PAGE, generation_out, page_of, pages
 
 router = APIRouter(prefix="/api", tags=["generations"])
 
@@ -30,7 +30,7 @@ def _get(session: Session, generation_id: str) -> Generation:
 @router.get("/generations", response_model=GenerationList)
 def list_generations(
     session: SessionDep,
-    page: Annotated[int, Query(ge=1)] = 1,
+    page: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 1,
     per_page: Annotated[int, Query(ge=1, le=100)] = 20,
     search: Annotated[str | None, Query(max_length=200)] = None,
     status: Annotated[str | None, Query()] = None,

@@ -24,7 +24,7 @@ from ..inputs import clean_text, get_row
 from ..models import Voice, new_id
 from ..schemas import CloneOut, VoiceList, VoiceOut, VoiceUpdate
 from ..search import matches
-from ..views import page_of, pages, voice_out
+from ..views import MAX_PAGE, page_of, pages, voice_out
 from ..voice_library import name_taken, remove_voice
 from .languages import resolve_language
 
@@ -163,7 +163,7 @@ def clone(
 @router.get("/voices", response_model=VoiceList)
 def list_voices(
     session: SessionDep,
-    page: Annotated[int, Query(ge=1)] = 1,
+    page: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 1,
     per_page: Annotated[int, Query(ge=1, le=100)] = 20,
     search: Annotated[str | None, Query(max_length=200)] = None,
 ) -> VoiceList:
