@@ -10,6 +10,7 @@ import json
 
 import numpy as np
 import pytest
+from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from tests.server_support import API_KEY, self_signed, start_server
@@ -176,3 +177,31 @@ def test_stream_input_equals_convert_with_a_seed(server, trust, voice_id) -> Non
         ws.send(json.dumps({"text": " ", "xi_api_key": "wrong"}))
         error = json.loads(ws.recv(30))
         assert error["code"] == 401 and "key" in error["message"]
+
+
+@pytest.mark.parametrize(
+    ("first", "query", "code", "words"),
+    [
+        ({"text": " ", "xi_api_key": 5}, "", 401, "key"),  # was an AttributeError: an abnormal close
+        ({"text": " ", "xi_api_key": ["k"]}, "", 401, "key"),
+        ({"text": " ", "authorization": 5}, "", 401, "key"),  # was a TypeError
+        ({"text": " ", "xi_api_key": API_KEY}, "seed=%C2%B2", 400, "seed"),  # "²" passes isdigit()
+        ({"text": " ", "xi_api_key": API_KEY}, "seed=" + "9" * 5000, 400, "seed"),
+        ({"text": " ", "xi_api_key": API_KEY}, "seed=9223372036854775808", 400, "seed"),
+        (b"\x00binary", "", 400, "binary"),  # was Starlette's KeyError: an abnormal close
+    ],
+)
+def test_stream_input_refuses_odd_first_messages_with_a_message(
+    server, trust, voice_id, first, query, code, words
+):
+    import ssl
+
+    ctx = ssl.create_default_context(cafile=str(trust))
+    url = server.url.replace("https", "wss") + f"/v1/text-to-speech/{voice_id}/stream-input?{query}"
+    with connect(url, ssl=ctx, open_timeout=30) as ws:
+        ws.send(first if isinstance(first, bytes) else json.dumps(first))
+        error = json.loads(ws.recv(30))
+        assert error["code"] == code and words in error["message"], error
+        with pytest.raises(ConnectionClosed):
+            ws.recv(30)
+        assert ws.close_code == 1008

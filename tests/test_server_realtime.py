@@ -141,6 +141,31 @@ def test_bad_starts_get_an_error_message(server, voice_id, first: str, code: int
         assert ws.close_code == 1008
 
 
+def test_binary_frames_get_an_error_message(server, voice_id) -> None:
+    """A binary frame where a JSON text frame belongs (first or later) is a 400 with a message,
+    not Starlette's KeyError and an abnormal close."""
+    start = json.dumps({"type": "start", "voice": voice_id, "max_frames": 30})
+    for messages in ([b"\x00\x01"], [start, b'{"type": "close"}']):
+        with _ws(server) as ws:
+            for message in messages:
+                ws.send(message)
+            events = [json.loads(text) for text in _texts(ws)]  # until the server closes
+            error = next(e for e in events if e["type"] == "error")
+            assert error["code"] == 400 and "binary" in error["message"]
+            assert ws.close_code == 1008
+
+
+def _texts(ws):
+    """The text frames a session sends until it closes."""
+    try:
+        while True:
+            message = ws.recv(30)
+            if isinstance(message, str):
+                yield message
+    except ConnectionClosed:
+        return
+
+
 def test_misbehaving_clients(server, voice_id) -> None:
     start = json.dumps({"type": "start", "voice": voice_id, "max_frames": 30})
     with pytest.raises(InvalidStatus):  # no key: the handshake is refused

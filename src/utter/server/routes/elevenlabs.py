@@ -40,7 +40,15 @@ from ..http.errors import ApiError
 from ..runtime import ModelNotReady
 from ..schemas import ApiModel, SamplingFields
 from ..speech.longform import PartedStream
-from ..speech.realtime import POLICY_VIOLATION, Incoming, SessionError, TextInSession, key_of, key_ok
+from ..speech.realtime import (
+    POLICY_VIOLATION,
+    Incoming,
+    SessionError,
+    TextInSession,
+    key_of,
+    key_ok,
+    receive_text,
+)
 from ..speech.submit import (
     check_language,
     check_text,
@@ -131,7 +139,7 @@ class StreamInputSession(TextInSession):
 
     async def read(self) -> Incoming:
         try:
-            message = json.loads(await self.ws.receive_text())
+            message = json.loads(await receive_text(self.ws))
             text = message.get("text")
         except (ValueError, AttributeError):
             raise SessionError('Each message is a JSON object with a "text" field.') from None
@@ -166,19 +174,19 @@ async def stream_input(ws: WebSocket, voice_id: str) -> None:
     try:
         fmt = _format(params.get("output_format"))
         session = StreamInputSession(ws, service, FormatEncoder(fmt))
-        first = json.loads(await ws.receive_text())  # {"text": " ", voice_settings, xi_api_key ...}
+        first = json.loads(await receive_text(ws))  # {"text": " ", voice_settings, xi_api_key ...}
         if not isinstance(first, dict):
             raise SessionError('The first message must be a JSON object like {"text": " "}.')
         if given is None:
-            auth = first.get("authorization") or ""
+            auth = first.get("authorization")
+            auth = auth if isinstance(auth, str) else ""
             key = first.get("xi_api_key") or (auth[7:].strip() if auth[:7].lower() == "bearer " else auth)
-            if not key_ok(key or None, expected):
+            if not key_ok(key, expected):
                 raise SessionError("A valid API key is required (xi-api-key).", 401)
         batcher = await service.holder.wait_ready(service.settings.ready_timeout_s)
         meta, prompt = await _voice(service, voice_id)
         language = _language(batcher.engine, params.get("language_code"), meta.get("language"))
-        seed = params.get("seed")
-        options = _options(batcher.engine, int(seed) if seed and seed.isdigit() else None)
+        options = _options(batcher.engine, _seed(params.get("seed")))
         text = first.get("text")
         if isinstance(text, str) and text.strip():  # the opening " " is not part of the text
             session.add(Incoming(text=text, flush=bool(first.get("flush"))))
@@ -194,6 +202,15 @@ async def stream_input(ws: WebSocket, voice_id: str) -> None:
         await _fail(ws, session, exc.message, exc.status)
         return
     await session.serve(batcher, prompt, language, options)
+
+
+def _seed(value: str | None) -> int | None:
+    """The ``seed`` query parameter: none, or a whole number below 2^63 (as the HTTP APIs take)."""
+    if not value:
+        return None
+    if not (value.isascii() and value.isdigit() and len(value) <= 19 and int(value) < 2**63):
+        raise SessionError(f"seed must be a whole number from 0 to {2**63 - 1}.")
+    return int(value)
 
 
 async def _fail(ws: WebSocket, session: StreamInputSession | None, message: str, status: int) -> None:

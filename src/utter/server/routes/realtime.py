@@ -33,7 +33,15 @@ from ..http.errors import ApiError
 from ..runtime import ModelNotReady
 from ..schemas import RealtimeStart
 from ..speech.longform import PartedStream
-from ..speech.realtime import POLICY_VIOLATION, Incoming, SessionError, TextInSession, key_of, key_ok
+from ..speech.realtime import (
+    POLICY_VIOLATION,
+    Incoming,
+    SessionError,
+    TextInSession,
+    key_of,
+    key_ok,
+    receive_text,
+)
 from ..speech.submit import check_language, generation_options
 from ..voices.store import VoiceNotFound
 
@@ -43,7 +51,7 @@ router = APIRouter(tags=["realtime"])
 
 class RealtimeSession(TextInSession):
     async def read(self) -> Incoming:
-        raw = await self.ws.receive_text()
+        raw = await receive_text(self.ws)
         try:
             message = json.loads(raw)
             kind = message["type"]
@@ -77,7 +85,7 @@ class RealtimeSession(TextInSession):
 
 async def _start(ws: WebSocket, service: Service) -> tuple[RealtimeStart, dict]:
     try:
-        body = RealtimeStart.model_validate_json(await ws.receive_text())
+        body = RealtimeStart.model_validate_json(await receive_text(ws))
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first.get("loc", ()))

@@ -74,10 +74,24 @@ def key_of(ws: WebSocket) -> str | None:
     return None
 
 
-def key_ok(given: str | None, expected: str | None) -> bool:
+def key_ok(given: object, expected: str | None) -> bool:
+    """Whether ``given`` is the server's key (anything but a non-empty string is not: a JSON
+    message may carry a number or a list where the key goes)."""
     if expected is None:
         return True
-    return bool(given) and hmac.compare_digest(given.encode(), expected.encode())
+    return isinstance(given, str) and bool(given) and hmac.compare_digest(given.encode(), expected.encode())
+
+
+async def receive_text(ws: WebSocket) -> str:
+    """The next message, which must be a text frame: a binary frame is a :class:`SessionError`
+    (400) rather than the KeyError Starlette's ``receive_text`` raises for it."""
+    message = await ws.receive()
+    if message["type"] == "websocket.disconnect":
+        raise WebSocketDisconnect(message.get("code", 1000), message.get("reason"))
+    text = message.get("text")
+    if text is None:
+        raise SessionError("Messages are JSON in text frames, not binary ones.")
+    return text
 
 
 class TextInSession(ABC):
