@@ -190,6 +190,10 @@ def test_x_vector_only_and_text_file(tiny_checkpoint: Path, ref_wav: Path, tmp_p
         (["--ref-text", REF_TEXT, "--x-vector-only", "--text", "hi"], "drop --ref-text"),
         (["--ref-text", REF_TEXT, "--text", "hi", "--max-frames", "0"], "--max-frames"),
         (["--ref-text", REF_TEXT, "--text-file", "/nonexistent/t.txt"], "text file not found"),
+        # Found by trying the command as a careless or hostile user would: each was a traceback.
+        (["--ref-text", REF_TEXT, "--text", "hi", "--device", "tpu"], "unknown device 'tpu'"),
+        (["--ref-text", REF_TEXT, "--text", "caf\udce9"], "not valid Unicode"),  # argv bytes not UTF-8
+        (["--ref-text", REF_TEXT, "--text", "hi", "--seed", str(2**64)], "seed must be"),
     ],
 )
 def test_user_errors_are_one_line(
@@ -200,6 +204,19 @@ def test_user_errors_are_one_line(
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
     assert not out.exists()
+
+
+def test_outputs_and_text_files_that_cannot_be_used_are_one_line(
+    tiny_checkpoint: Path, ref_wav: Path, tmp_path: Path, capsys
+) -> None:
+    assert main(_say(tiny_checkpoint, ref_wav, tmp_path, "--ref-text", REF_TEXT, "--text", "hi")) == 2
+    assert "it is a folder" in capsys.readouterr().err  # was a traceback, after the whole generation
+    latin = tmp_path / "latin1.txt"
+    latin.write_bytes("caf\xe9 au lait".encode("latin-1"))
+    out = tmp_path / "never.wav"
+    assert main(_say(tiny_checkpoint, ref_wav, out, "--ref-text", REF_TEXT, "--text-file", str(latin))) == 2
+    err = capsys.readouterr().err.strip()
+    assert "is not UTF-8 text" in err and len(err.splitlines()) == 1 and not out.exists()
 
 
 def test_missing_and_non_audio_reference(tiny_checkpoint: Path, tmp_path: Path, capsys) -> None:
@@ -323,3 +340,22 @@ def test_serve_on_a_taken_port_says_so_before_loading_anything(tiny_checkpoint, 
         "choose --port)"
     )
     assert "loading" not in run.stderr and not (tmp_path / "utter.db").exists()  # nothing was set up
+
+
+@pytest.mark.parametrize("api_only", [False, True])
+def test_serve_with_an_unknown_device_says_so_at_start(tiny_checkpoint, tmp_path, api_only) -> None:
+    """``--device tpu``: one line at start (was: a server up with its model failed, and torch's
+    list of twenty device kinds in the log)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("UTTER_")}
+    args = ["serve", "--model", str(tiny_checkpoint), "--device", "tpu", "--data-dir", str(tmp_path)]
+    run = subprocess.run(
+        [sys.executable, "-m", "utter.cli", *args, *(["--api-only"] if api_only else [])],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert run.returncode == 1, run.stderr
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.startswith("utter: error: bad setting device") and "unknown device 'tpu'" in last
+    assert not (tmp_path / "utter.db").exists()

@@ -177,7 +177,12 @@ def _read_text(value: str | None, file: str | None, what: str) -> str | None:
         path = Path(file)
         if not path.is_file():
             raise UsageError(f"{what} file not found: {file}")
-        return path.read_text(encoding="utf-8")
+        try:
+            return path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise UsageError(
+                f"{what} file {file} is not UTF-8 text (byte {exc.start} cannot be read)"
+            ) from None
     return value
 
 
@@ -288,6 +293,8 @@ def voice_output(path: str) -> None:
 def _output_folder(out: Path) -> None:
     """Make the folder of an output file, or fail with one line, before anything loads."""
     path = str(out)
+    if out.is_dir():
+        raise UsageError(f"cannot write {path}: it is a folder; give a file name")
     folder = out.parent
     try:
         folder.mkdir(parents=True, exist_ok=True)

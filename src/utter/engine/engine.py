@@ -63,6 +63,32 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def check_device(device: str, available: bool = True) -> None:
+    """A device this engine runs on (cpu, cuda, cuda:N), or a ValueError that says so (torch's own
+    error for a typo lists twenty device kinds, none of which would run here); with
+    ``available`` False only the name is checked (settings, before any GPU is looked at)."""
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, ValueError):
+        kind = None
+    if kind not in ("cpu", "cuda"):
+        raise ValueError(f"unknown device {device!r}: use cpu, cuda or cuda:N")
+    if available and kind == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for but no CUDA GPU is available")
+
+
+def _unicode_error(text: str | None, what: str) -> str | None:
+    """Why ``text`` is not Unicode the tokenizer can take (lone surrogates: bytes that were not
+    UTF-8, passed through by Python's command line or a careless client), or None."""
+    if text is None:
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return f"{what} holds characters that are not valid Unicode at position {exc.start} (was it UTF-8?)"
+    return None
+
+
 def default_max_batch(device: str | torch.device) -> int:
     """How many requests a server decodes together by default: 16 on GPUs; on CPUs the most
     that the native kernels serve (``NATIVE_MAX_BATCH``), where one stream decodes 1.7-1.8x as
@@ -218,13 +244,12 @@ class Engine:
     ) -> Engine:
         """:meth:`load`, in the calling thread."""
         device = device or default_device()
+        check_device(device)
         if weight_mode and dtype and weight_mode != dtype:
             raise ValueError("give either a weight mode or a dtype, not both")
         mode = weight_mode or dtype or default_weight_mode(device)
         if mode not in WEIGHT_MODES:
             raise ValueError(f"unknown weight mode {mode!r}; choose one of {', '.join(WEIGHT_MODES)}")
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise ValueError("device 'cuda' was asked for but no CUDA GPU is available")
         started = time.perf_counter()
         phases: dict[str, float] = {}  # where the load's time went (Engine.load_seconds)
         folder = resolve_checkpoint(model, cache_dir=cache_dir)
@@ -388,6 +413,14 @@ class Engine:
             raise ValueError("text is empty")
         if req.feed is not None and req.feed.closed and not req.feed.text.strip():
             raise ValueError("text is empty")
+        for value, what in (
+            (req.text, "the text"),
+            (req.instruct, "the instruction"),
+            (req.speaker, "the speaker"),
+        ):
+            problem = _unicode_error(value, what)
+            if problem:
+                raise ValueError(problem)
         limit = req.options.max_frames if req.options is not None else None
         if limit is not None and limit > MAX_FRAMES:
             raise ValueError(

@@ -223,6 +223,8 @@ class GenerationOptions:
             raise ValueError("repetition_penalty must be > 0")
         if self.max_frames is not None and self.max_frames < 1:
             raise ValueError("max_frames must be >= 1")
+        if self.seed is not None and not -(2**63) <= self.seed < 2**64:  # what torch's generators take
+            raise ValueError(f"seed must be a whole number from 0 to {2**63 - 1}")
 
     @classmethod
     def greedy(cls, max_frames: int | None = None) -> GenerationOptions:

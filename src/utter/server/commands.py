@@ -88,7 +88,14 @@ def settings_from_args(args: argparse.Namespace, **overrides: Any) -> ServerSett
         for dest, field in _SETTING_ARGS.items()
         if getattr(args, dest, None) is not None
     }
-    return ServerSettings(**{**given, **overrides})
+    from pydantic import ValidationError
+
+    try:
+        return ServerSettings(**{**given, **overrides})
+    except ValidationError as exc:  # one line, as the studio says it (not pydantic's page)
+        first = exc.errors()[0]
+        where = ".".join(str(x) for x in first["loc"])
+        raise SystemExit(f"utter: error: bad setting {where + ': ' if where else ''}{first['msg']}") from None
 
 
 def configure_logging(level: int = logging.INFO) -> None:

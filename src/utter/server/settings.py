@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from ..engine.engine import MAX_FRAMES
+from ..engine.engine import MAX_FRAMES, check_device
 from ..engine.streaming import CHUNK_FRAMES, FIRST_CHUNK_FRAMES
 
 DEFAULT_MODEL = "Qwen/Qwen3-TTS-12Hz-0.6B-Base"
@@ -121,6 +121,14 @@ class ServerSettings(BaseSettings):
     # Reference prompts computed for /clone are cached by content, so a client that sends the
     # same reference with every request pays for encoding it once.
     voice_cache_size: int = Field(default=32, ge=0)
+
+    @field_validator("device", "asr_device")
+    @classmethod
+    def _known_device(cls, value: str | None) -> str | None:
+        """A typo (``--device tpu``) stops the server at start, not its model's load later."""
+        if value and value.strip():
+            check_device(value.strip(), available=False)
+        return value
 
     @property
     def voices_dir(self) -> Path:

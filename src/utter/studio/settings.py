@@ -100,6 +100,16 @@ class StudioSettings(BaseSettings):
     def _blank_is_none(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
 
+    @field_validator("device", "asr_device")
+    @classmethod
+    def _known_device(cls, value: str | None) -> str | None:
+        """A typo (``--device tpu``) stops the studio at start, not its model's load later."""
+        if value:
+            from ..engine.engine import check_device  # only when a device is named: torch is slow to import
+
+            check_device(value, available=False)
+        return value
+
     @model_validator(mode="after")
     def _check_ranges(self) -> StudioSettings:
         if self.min_ref_seconds >= self.max_ref_seconds:
