@@ -314,6 +314,14 @@ def test_dev_tiny_whisper(tmp_path: Path, capsys) -> None:
     assert (tmp_path / "w" / "generation_config.json").is_file()
 
 
+def _serve(checkpoint: Path, data: Path, api_only: bool, *extra: str) -> subprocess.CompletedProcess:
+    """``utter serve`` in a process of its own, with no UTTER_ setting of this environment."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("UTTER_")}
+    args = ["serve", "--model", str(checkpoint), "--data-dir", str(data), *extra]
+    command = [sys.executable, "-m", "utter.cli", *args, *(["--api-only"] if api_only else [])]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
+
+
 @pytest.mark.parametrize("api_only", [False, True])
 def test_serve_on_a_taken_port_says_so_before_loading_anything(tiny_checkpoint, tmp_path, api_only) -> None:
     """A port another server holds: one line naming the address and what to do, before the
@@ -321,19 +329,11 @@ def test_serve_on_a_taken_port_says_so_before_loading_anything(tiny_checkpoint, 
     the model loading, and the process then died mid-load)."""
     import socket
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith("UTTER_")}
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        args = ["serve", "--model", str(tiny_checkpoint), "--port", str(port), "--data-dir", str(tmp_path)]
-        run = subprocess.run(
-            [sys.executable, "-m", "utter.cli", *args, *(["--api-only"] if api_only else [])],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            env=env,
-        )
+        run = _serve(tiny_checkpoint, tmp_path, api_only, "--port", str(port))
     assert run.returncode == 1, run.stderr
     assert run.stderr.strip().splitlines()[-1] == (
         f"utter: error: cannot listen on 127.0.0.1:{port}: Address already in use (another server there? "
@@ -346,15 +346,7 @@ def test_serve_on_a_taken_port_says_so_before_loading_anything(tiny_checkpoint, 
 def test_serve_with_an_unknown_device_says_so_at_start(tiny_checkpoint, tmp_path, api_only) -> None:
     """``--device tpu``: one line at start (was: a server up with its model failed, and torch's
     list of twenty device kinds in the log)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("UTTER_")}
-    args = ["serve", "--model", str(tiny_checkpoint), "--device", "tpu", "--data-dir", str(tmp_path)]
-    run = subprocess.run(
-        [sys.executable, "-m", "utter.cli", *args, *(["--api-only"] if api_only else [])],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-    )
+    run = _serve(tiny_checkpoint, tmp_path, api_only, "--device", "tpu")
     assert run.returncode == 1, run.stderr
     last = run.stderr.strip().splitlines()[-1]
     assert last.startswith("utter: error: bad setting device") and "unknown device 'tpu'" in last
