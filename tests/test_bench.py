@@ -337,3 +337,31 @@ def test_a_worker_that_fails_midway_keeps_the_items_before(tmp_path: Path, monke
     (tmp_path / "result.json").unlink()
     assert worker.main([str(spec_path)]) == 1
     assert json.loads((tmp_path / "result.json").read_text())["error"].startswith("ZeroDivisionError")
+
+
+def test_a_run_stopped_before_the_official_side_says_it_was_not_run(tmp_path: Path, monkeypatch) -> None:
+    settings = {
+        "model": str(tmp_path / "not-a-folder"), "device": "cpu", "frames": 4, "concurrency": [1],
+        "max_batch": 1, "arrival_rates": [1.0], "arrival_seconds": 1.0, "text_frames": {},
+        "longform_frames": 4, "ttfa_repeats": 1, "sample": False, "threads": None, "seed": 0,
+        "weight_modes": ["int8", "float16"], "official_dtypes": ["bfloat16"],
+        "official_reference": "bfloat16", "size": "0.6b", "variant": "base", "official_status": "measured",
+    }  # fmt: skip
+    ran = []
+
+    def worker(spec: dict, workdir: Path, timeout: float) -> dict:
+        ran.append(spec["mode"])
+        partial = {
+            "system": "utter",
+            "mode": spec["mode"],
+            "say": {"frames_ok": True},
+            "incomplete": "stopped",
+        }
+        raise commands.Stopped(partial)
+
+    monkeypatch.setattr(commands, "_worker", worker)
+    doc = commands.run(settings)
+    assert ran == ["int8"] and doc["utter"]["int8"]["incomplete"] == "stopped"  # nothing after it ran
+    assert doc["settings"]["official_status"] == "not run (the benchmark was stopped)"
+    assert "stopped during utter int8" in doc["settings"]["stopped"] and doc["official"] == {}
+    assert "official: not run (the benchmark was stopped)" in report.table(doc)

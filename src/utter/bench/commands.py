@@ -409,7 +409,9 @@ def run(settings: dict, timeout: float = 7200.0, progress: Callable[[dict], None
                 settings["stopped"] = f"stopped during {system} {mode}; the configurations after it not run"
                 logger.warning("%s", settings["stopped"])
                 break
-    if settings["official_dtypes"] and all("error" in r for r in doc["official"].values()):
+    if settings["official_dtypes"] and not doc["official"]:  # stopped before it ran
+        settings["official_status"] = "not run (the benchmark was stopped)"
+    elif settings["official_dtypes"] and all("error" in r for r in doc["official"].values()):
         settings["official_status"] = "failed (see the errors)"
     return finish(doc)
 
