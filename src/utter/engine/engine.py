@@ -42,7 +42,7 @@ from .sampling import GenerationOptions, SamplingOptions
 from .sched.runner import Runner, Sequence
 from .sched.textfeed import TextFeed
 from .streaming import CHUNK_FRAMES, FIRST_CHUNK_FRAMES, AudioStream, PcmChunker
-from .text import ROLE_TOKENS, TARGET_TAIL, TextTokenizer
+from .text import ROLE_TOKENS, TARGET_TAIL, TextTokenizer, invalid_unicode_at
 from .voice import VoicePrompt
 from .warm import WarmVoices
 from .weights import load_weights, release_file_views
@@ -75,18 +75,6 @@ def check_device(device: str, available: bool = True) -> None:
         raise ValueError(f"unknown device {device!r}: use cpu, cuda or cuda:N")
     if available and kind == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' was asked for but no CUDA GPU is available")
-
-
-def _unicode_error(text: str | None, what: str) -> str | None:
-    """Why ``text`` is not Unicode the tokenizer can take (lone surrogates: bytes that were not
-    UTF-8, passed through by Python's command line or a careless client), or None."""
-    if text is None:
-        return None
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        return f"{what} holds characters that are not valid Unicode at position {exc.start} (was it UTF-8?)"
-    return None
 
 
 def default_max_batch(device: str | torch.device) -> int:
@@ -418,9 +406,10 @@ class Engine:
             (req.instruct, "the instruction"),
             (req.speaker, "the speaker"),
         ):
-            problem = _unicode_error(value, what)
-            if problem:
-                raise ValueError(problem)
+            if value is not None and (at := invalid_unicode_at(value)) is not None:
+                raise ValueError(
+                    f"{what} holds characters that are not valid Unicode at position {at} (was it UTF-8?)"
+                )
         limit = req.options.max_frames if req.options is not None else None
         if limit is not None and limit > MAX_FRAMES:
             raise ValueError(

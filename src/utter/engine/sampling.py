@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
+MAX_SEED = 2**63 - 1  # the largest seed the APIs take (a signed 64-bit integer, as databases store it)
+
 
 @dataclass(frozen=True)
 class SamplingOptions:
@@ -224,7 +226,7 @@ class GenerationOptions:
         if self.max_frames is not None and self.max_frames < 1:
             raise ValueError("max_frames must be >= 1")
         if self.seed is not None and not -(2**63) <= self.seed < 2**64:  # what torch's generators take
-            raise ValueError(f"seed must be a whole number from 0 to {2**63 - 1}")
+            raise ValueError(f"seed must be a whole number from 0 to {MAX_SEED}")
 
     @classmethod
     def greedy(cls, max_frames: int | None = None) -> GenerationOptions:

@@ -108,6 +108,16 @@ class TextTokenizer:
         return len(target_ids) - ROLE_TOKENS - TARGET_TAIL
 
 
+def invalid_unicode_at(text: str) -> int | None:
+    """Where ``text`` stops being Unicode the tokenizer can take (a lone surrogate: bytes that
+    were not UTF-8, passed on by Python's command line or sent as JSON's ``"\\ud800"``), or None."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return exc.start
+    return None
+
+
 def qwen2_tokenizer(folder: Path, config: dict[str, Any]) -> Tokenizer:
     """The fast tokenizer transformers converts a Qwen2 folder to (NFC, the Qwen2 split, byte-level
     BPE with no unknown token, the config's added tokens at their ids), built from the files."""

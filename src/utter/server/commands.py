@@ -14,7 +14,7 @@ import argparse
 import logging
 from typing import Any
 
-from .settings import DEFAULT_MODEL, ServerSettings
+from .settings import DEFAULT_MODEL, ServerSettings, bad_setting
 
 logger = logging.getLogger(__name__)
 
@@ -92,10 +92,8 @@ def settings_from_args(args: argparse.Namespace, **overrides: Any) -> ServerSett
 
     try:
         return ServerSettings(**{**given, **overrides})
-    except ValidationError as exc:  # one line, as the studio says it (not pydantic's page)
-        first = exc.errors()[0]
-        where = ".".join(str(x) for x in first["loc"])
-        raise SystemExit(f"utter: error: bad setting {where + ': ' if where else ''}{first['msg']}") from None
+    except ValidationError as exc:
+        raise SystemExit(bad_setting(exc)) from None
 
 
 def configure_logging(level: int = logging.INFO) -> None:

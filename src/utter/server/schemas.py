@@ -13,6 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from pydantic_core import PydanticCustomError
 
 from ..engine.engine import MAX_FRAMES
+from ..engine.sampling import MAX_SEED
+from ..engine.text import invalid_unicode_at
 
 AudioFormat = Literal["wav", "pcm", "flac", "mp3", "opus", "aac"]
 
@@ -24,15 +26,12 @@ def check_unicode(value: Any, field: str) -> Any:
     surrogate) is not, and would fail later in the tokenizer, a file name or a database."""
     texts = value if isinstance(value, list) else [value]
     for text in texts:
-        if isinstance(text, str):
-            try:
-                text.encode("utf-8")
-            except UnicodeEncodeError:
-                raise PydanticCustomError(
-                    "invalid_text",
-                    "{field} is not valid Unicode text (it has a lone surrogate)",
-                    {"field": field},
-                ) from None
+        if isinstance(text, str) and invalid_unicode_at(text) is not None:
+            raise PydanticCustomError(
+                "invalid_text",
+                "{field} is not valid Unicode text (it has a lone surrogate)",
+                {"field": field},
+            )
     return value
 
 
@@ -59,7 +58,9 @@ class SamplingFields(ApiModel):
     top_k: int | None = Field(default=None, ge=0, le=TOP_K_MAX)
     top_p: float | None = Field(default=None, gt=0, le=1)
     repetition_penalty: float | None = Field(default=None, gt=0, le=10)
-    seed: int | None = Field(default=None, ge=0, lt=2**63, description="fixed seed: same request, same audio")
+    seed: int | None = Field(
+        default=None, ge=0, le=MAX_SEED, description="fixed seed: same request, same audio"
+    )
     subtalker_do_sample: bool | None = None
     subtalker_temperature: float | None = Field(default=None, gt=0, le=10)
     subtalker_top_k: int | None = Field(default=None, ge=0, le=TOP_K_MAX)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ..engine.engine import MAX_FRAMES, check_device
@@ -144,3 +144,11 @@ class ServerSettings(BaseSettings):
     def api_key_value(self) -> str | None:
         value = self.api_key.get_secret_value() if self.api_key is not None else None
         return value or None
+
+
+def bad_setting(exc: ValidationError) -> str:
+    """The first problem of settings that do not validate, in one line for a command to print
+    (pydantic's own message is a page)."""
+    first = exc.errors()[0]
+    where = ".".join(str(x) for x in first["loc"])
+    return f"utter: error: bad setting {where + ': ' if where else ''}{first['msg']}"

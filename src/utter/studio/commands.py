@@ -107,6 +107,7 @@ def run_serve(args: argparse.Namespace) -> None:
     from pydantic import ValidationError
 
     from ..server.http.connections import check_address, uvicorn_limits
+    from ..server.settings import bad_setting
     from .db import Database, DatabaseError, describe
     from .login import needs_password
     from .settings import StudioSettings
@@ -118,9 +119,7 @@ def run_serve(args: argparse.Namespace) -> None:
     try:
         settings = StudioSettings()
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(x) for x in first["loc"])
-        raise SystemExit(f"utter: error: bad setting {where + ': ' if where else ''}{first['msg']}") from exc
+        raise SystemExit(bad_setting(exc)) from exc
     if needs_password(settings.host) and not settings.password_value() and not settings.open_network:
         raise SystemExit(
             f"utter: error: listening on {settings.host} opens the studio to other machines; set a "

@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..engine.sampling import MAX_SEED
 from ..server.schemas import ApiModel
 
 # Task and generation states. A job only moves forward: queued -> processing -> one of the
@@ -92,7 +93,7 @@ class GenerateIn(ApiModel):
     instruct: str | None = Field(None, max_length=2000)
     text: str
     language: str = "Auto"
-    seed: int | None = Field(None, ge=0, le=2**63 - 1)
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
     temperature: float | None = Field(None, gt=0, le=5)
     top_k: int | None = Field(None, ge=0, le=5000)
     top_p: float | None = Field(None, gt=0, le=1)

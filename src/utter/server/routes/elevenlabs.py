@@ -34,7 +34,7 @@ from starlette.websockets import WebSocketDisconnect
 from ...asr.whisper import LANGUAGE_NAMES
 from ...audio.formats import FormatEncoder, OutputFormat, parse_output_format
 from ...engine.engine import Engine
-from ...engine.sampling import GenerationOptions
+from ...engine.sampling import MAX_SEED, GenerationOptions
 from ..deps import BatcherDep, Service, ServiceDep
 from ..http.errors import ApiError
 from ..runtime import ModelNotReady
@@ -208,8 +208,10 @@ def _seed(value: str | None) -> int | None:
     """The ``seed`` query parameter: none, or a whole number below 2^63 (as the HTTP APIs take)."""
     if not value:
         return None
-    if not (value.isascii() and value.isdigit() and len(value) <= 19 and int(value) < 2**63):
-        raise SessionError(f"seed must be a whole number from 0 to {2**63 - 1}.")
+    if not (
+        value.isascii() and value.isdigit() and len(value) <= len(str(MAX_SEED)) and int(value) <= MAX_SEED
+    ):
+        raise SessionError(f"seed must be a whole number from 0 to {MAX_SEED}.")
     return int(value)
 
 
