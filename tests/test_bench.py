@@ -12,6 +12,7 @@ import torch
 from utter.bench import commands, report
 from utter.bench.runner import available_modes
 from utter.bench.workload import TEXTS, reference_audio, text_frames
+from utter.engine.cpu.quant import int8_kernel
 
 FRAME_KEYS = {"prefill_ms", "talker_ms", "code_predictor_ms", "gen_ms", "codec_ms", "total_ms", "x_realtime"}
 
@@ -105,6 +106,7 @@ def test_bench_tiny_quick_end_to_end(tmp_path: Path, capsys) -> None:
     assert {"checkpoint", "talker", "codec_tokenizer_wait", "total"} <= set(phases)
     assert phases["total"] >= phases["talker"] > 0 and "graphs" not in phases  # no CUDA graphs on a CPU
     assert 0 < full["ttfa"]["seconds"] < full["say"]["seconds"]
+    assert full["serving_kernels"].startswith(f"int8 {int8_kernel('cpu', 4)}")  # sized for 4 rows
     assert set(full["concurrency"]) == {"1", "4"}
     assert all(c["frames_ok"] and c["audio_s"] > 0 for c in full["concurrency"].values())
     assert full["concurrency"]["4"]["audio_s"] == 4 * full["concurrency"]["1"]["audio_s"]
@@ -148,8 +150,28 @@ def test_bench_tiny_quick_end_to_end(tmp_path: Path, capsys) -> None:
     screen = capsys.readouterr().out
     assert "| cold start" in screen and f"utter {modes[0]}" in screen and "Targets" in screen
     assert "| RSS after load (MiB) |" in screen
+    assert f"| serving engine's products | {full['serving_kernels']} |" in screen
     assert f"| long text (2616 chars, {long['frames']} frames) whole / in {long['parts']} parts" in screen
     assert md.read_text().strip() == screen.strip()
+
+
+def test_engine_kernels_name_what_multiplies_the_talker(tiny_checkpoint: Path) -> None:
+    """A serving table says which kernels its figures are of: the one an engine's batch limit
+    picked, the prefills' own beside the native kernels, or plain torch products."""
+    from utter.bench.runner import engine_kernels
+    from utter.engine.cpu.quant import prefill_kernel
+    from utter.engine.engine import Engine
+
+    def load(mode: str, rows: int) -> str:
+        return engine_kernels(
+            Engine.load(str(tiny_checkpoint), device="cpu", weight_mode=mode, max_batch=rows)
+        )
+
+    single = int8_kernel("cpu", 1)
+    prefills = prefill_kernel("cpu") if single == "native" else None
+    assert load("int8", 1) == f"int8 {single}" + (f", prefills int8 {prefills}" if prefills else "")
+    assert load("int8", 32) == f"int8 {int8_kernel('cpu', 32)}"  # past the native kernels: one kernel
+    assert load("float32", 4) == "torch"
 
 
 def test_official_end_of_speech_is_disabled(tiny_checkpoint: Path, ref_wav: Path) -> None:

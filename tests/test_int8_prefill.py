@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from utter.engine.cpu import native
-from utter.engine.cpu.quant import NATIVE_MAX_BATCH, Int8Linear, prefill_kernel
-from utter.engine.engine import Engine, Request
+from utter.engine.cpu.quant import Int8Linear, prefill_kernel
+from utter.engine.engine import CPU_MAX_BATCH, Engine, Request
 from utter.engine.model.layers import new_cache
 from utter.engine.sampling import GenerationOptions, SamplingOptions
 
@@ -31,7 +31,7 @@ def _greedy(frames: int) -> GenerationOptions:
 def engines(tiny_checkpoint: Path) -> tuple[Engine, Engine]:
     """(a single-stream engine as `utter say` loads it, a CPU server's engine)."""
     load = lambda batch: Engine.load(str(tiny_checkpoint), device="cpu", weight_mode="int8", max_batch=batch)  # noqa: E731
-    return load(1), load(NATIVE_MAX_BATCH)
+    return load(1), load(CPU_MAX_BATCH)
 
 
 def test_talker_layers_prefill_with_the_int8_kernel_and_decode_natively(engines, ref_wav) -> None:

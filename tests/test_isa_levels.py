@@ -34,7 +34,7 @@ import json
 from utter.engine.cpu import native
 import torch
 from utter.engine.cpu.isa import fast_bfloat16, fbgemm_full_range, onednn_int8_input
-from utter.engine.cpu.quant import int8_kernel
+from utter.engine.cpu.quant import int8_kernel, native_max_batch
 lib = native.library()
 print(json.dumps({
     "fast_bfloat16": fast_bfloat16(torch.device("cpu")),
@@ -42,6 +42,7 @@ print(json.dumps({
     "fbgemm_full_range": fbgemm_full_range(),
     "serving": int8_kernel("cpu", max_batch=16),
     "lanes": lib.utter_lanes() if lib is not None else None,
+    "native_rows": native_max_batch(),
 }))
 """
 
@@ -70,6 +71,7 @@ def test_an_avx2_only_cpu_serves_int8_with_kernels_that_compute_right(tmp_path: 
         "fbgemm_full_range": False,
         "serving": "fbgemm",
         "lanes": 8,
+        "native_rows": 8,  # 8-float vectors: the native kernels serve up to 8 rows, not 16
     }
 
 
@@ -113,7 +115,7 @@ import torch
 from torch import nn
 from utter.engine.cpu.quant import Int8Linear, int8_kernel
 torch.manual_seed(0)
-layer = Int8Linear.from_linear(nn.Linear(1024, 3072), int8_kernel("cpu", max_batch=16))
+layer = Int8Linear.from_linear(nn.Linear(1024, 3072), int8_kernel("cpu", max_batch=32))
 print("kernel", layer.kernel, flush=True)
 layer(torch.randn(16, 1024))
 """
@@ -152,7 +154,7 @@ from utter.engine.cpu.isa import fbgemm_full_range, onednn_int8_input
 onednn_int8_input(), fbgemm_full_range()  # the kernel checks (which run the reference) come first
 print("checked", flush=True)
 for mode in sys.argv[2:]:
-    engine = Engine.load(sys.argv[1], device="cpu", weight_mode=mode, max_batch=16)
+    engine = Engine.load(sys.argv[1], device="cpu", weight_mode=mode, max_batch=32)
     dim = engine.config.talker.decoder.hidden_size
     voice = VoicePrompt(speaker_embedding=torch.randn(dim))
     rows = [Request(f"Row {i} speaks.", voice, "English", GenerationOptions.greedy(3)) for i in range(3)]
@@ -177,7 +179,7 @@ def test_no_weight_mode_runs_onednn_reference_loops(tiny_checkpoint: Path) -> No
     # What ran after the kernel checks (which try oneDNN's int8 product, the reference included).
     after = out.stdout.split("\nchecked\n", 1)[1]
     runs = [line for line in after.splitlines() if ",primitive,exec," in line]
-    if int8_kernel("cpu", max_batch=16) == "onednn":  # the int8 engine's products are oneDNN's
+    if int8_kernel("cpu", max_batch=32) == "onednn":  # the int8 engine's products are oneDNN's
         assert any(",matmul," in line for line in runs), after[-2000:]
     slow = [line for line in runs if ",ref" in line]
     assert not slow, slow[:5]

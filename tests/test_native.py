@@ -13,8 +13,8 @@ import torch
 
 from tests.test_layers import _unfused
 from utter.engine.cpu import native, native_stack
-from utter.engine.cpu.quant import NATIVE_MAX_BATCH, Fp16Linear, Int8Linear, _quantize_rows, apply_weight_mode
-from utter.engine.engine import Engine, Request
+from utter.engine.cpu.quant import Fp16Linear, Int8Linear, _quantize_rows, apply_weight_mode, native_max_batch
+from utter.engine.engine import CPU_MAX_BATCH, Engine, Request
 from utter.engine.model.layers import DecoderStack, fuse_projections, new_cache
 from utter.engine.sampling import GenerationOptions, SamplingOptions
 
@@ -145,7 +145,7 @@ def test_single_stream_engines_decode_natively_and_match_the_pytorch_path(
 ) -> None:
     single = Engine.load(str(tiny_checkpoint), device="cpu", weight_mode="int8", max_batch=1)
     large = Engine.load(
-        str(tiny_checkpoint), device="cpu", weight_mode="int8", max_batch=NATIVE_MAX_BATCH + 1
+        str(tiny_checkpoint), device="cpu", weight_mode="int8", max_batch=native_max_batch() + 1
     )
     fp16 = Engine.load(str(tiny_checkpoint), device="cpu", weight_mode="float16", max_batch=1)
     assert single.talker.model.native is not None and single.talker.code_predictor.model.native is not None
@@ -169,12 +169,12 @@ def test_single_stream_engines_decode_natively_and_match_the_pytorch_path(
 def test_small_batch_engines_decode_natively_and_each_row_as_alone(
     tiny_checkpoint: Path, ref_wav: Path, mode: str
 ) -> None:
-    """An engine serving up to NATIVE_MAX_BATCH rows runs every call natively: batched steps
+    """An engine serving up to native_max_batch() rows runs every call natively: batched steps
     (rows at their own positions in their own cache rows), a right-padded batched prefill, the
     code predictor's rows. Each row's codes are bit for bit those it gets alone, and those of the
     single-stream engine (`utter say`): a token's arithmetic does not depend on the other rows."""
     single = Engine.load(str(tiny_checkpoint), device="cpu", weight_mode=mode, max_batch=1)
-    small = Engine.load(str(tiny_checkpoint), device="cpu", weight_mode=mode, max_batch=NATIVE_MAX_BATCH)
+    small = Engine.load(str(tiny_checkpoint), device="cpu", weight_mode=mode, max_batch=native_max_batch())
     assert small.talker.model.native is not None and small.talker.code_predictor.model.native is not None
     voice = single.create_voice(str(ref_wav), "A short reference sentence.")
     texts = ["Short.", "A somewhat longer sentence for the second row.", "Third row, middling.", "Four."]
@@ -281,22 +281,22 @@ def test_int8_linear_takes_the_native_path_for_float32_rows(monkeypatch: pytest.
 def test_cancels_in_a_full_native_batch_leave_the_others_exact(
     tiny_checkpoint: Path, ref_wav: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A CPU server's default engine (NATIVE_MAX_BATCH rows, native kernels): rows cancelled one
+    """A CPU server's default engine (CPU_MAX_BATCH rows, native kernels): rows cancelled one
     per step while the batch is full leave every other request's audio bit for bit as alone
     (the native arithmetic is row-independent, so no near-tie filtering is needed)."""
     from tests.test_batcher_cancel import cancel_between_steps
     from utter.engine.sched.batcher import Batcher
 
-    engine = Engine.load(str(tiny_checkpoint), device="cpu", weight_mode="int8", max_batch=NATIVE_MAX_BATCH)
+    engine = Engine.load(str(tiny_checkpoint), device="cpu", weight_mode="int8", max_batch=CPU_MAX_BATCH)
     assert engine.talker.model.native is not None
     voice = engine.create_voice(str(ref_wav), "A short reference sentence.")
-    reqs = [Request(f"Row {i} keeps talking.", voice, "English", _greedy(8)) for i in range(NATIVE_MAX_BATCH)]
+    reqs = [Request(f"Row {i} keeps talking.", voice, "English", _greedy(8)) for i in range(CPU_MAX_BATCH)]
     # Chunked as cancel_between_steps chunks (2, then 3 frames): a chunking's audio equals
     # another's to float rounding only (bit for bit where the codec runs in bfloat16)
-    with Batcher(engine, max_batch=NATIVE_MAX_BATCH, first_chunk_frames=2, chunk_frames=3) as batcher:
+    with Batcher(engine, max_batch=CPU_MAX_BATCH, first_chunk_frames=2, chunk_frames=3) as batcher:
         alone = [batcher.submit(r).audio() for r in reqs]
-    order = [0, NATIVE_MAX_BATCH - 1, 3]
-    streams, audios = cancel_between_steps(engine, NATIVE_MAX_BATCH, reqs, order, monkeypatch)
+    order = [0, CPU_MAX_BATCH - 1, 3]
+    streams, audios = cancel_between_steps(engine, CPU_MAX_BATCH, reqs, order, monkeypatch)
     for i, stream in enumerate(streams):
         if i in order:
             assert stream.finish_reason == "cancelled"

@@ -123,16 +123,16 @@ def test_holder_loads_in_background_and_reports_failure(tiny_checkpoint, tmp_pat
 
 
 def test_a_cpu_server_defaults_to_the_native_kernels_batch(tiny_checkpoint) -> None:
-    """With no max_batch set, a CPU server decodes up to NATIVE_MAX_BATCH requests together, the
-    most its native kernels serve (1.8x the speed of oneDNN's for one stream); set, it is kept."""
+    """With no max_batch set, a CPU server decodes up to CPU_MAX_BATCH (8) requests together, in
+    its native kernels on every CPU where they build; set, it is kept."""
     from utter.engine.cpu import native
-    from utter.engine.cpu.quant import NATIVE_MAX_BATCH
+    from utter.engine.engine import CPU_MAX_BATCH
 
     holder = EngineHolder(str(tiny_checkpoint), device="cpu", dtype="int8")
     holder.start()
     try:
         batcher = asyncio.run(holder.wait_ready(120))
-        assert batcher.max_batch == holder.max_batch == NATIVE_MAX_BATCH
+        assert batcher.max_batch == holder.max_batch == CPU_MAX_BATCH == 8
         if native.library() is not None:
             assert holder.engine.talker.model.native is not None
     finally:

@@ -228,6 +228,8 @@ def table(doc: dict) -> str:
             [_fmt(_get(r, "ttfa", "seconds"), 3) for _, r in cols],
         ),
     ]
+    if any(r.get("serving_kernels") for _, r in cols):
+        rows.append(("serving engine's products", [r.get("serving_kernels") or "-" for _, r in cols]))
     for c in s.get("concurrency", []):
         rows.append(
             (

@@ -113,6 +113,24 @@ def load_engine(model: str, device: str, mode: str, max_batch: int):
     return Engine.load(model, device=device, weight_mode=weights, max_batch=max_batch, compile=compiled)
 
 
+def engine_kernels(engine) -> str:
+    """Which kernels multiply an engine's talker: the int8 or float16 CPU kernel its batch limit
+    picked (``quant.int8_kernel``, ``native_max_batch``) and the prefills' own, or the plain
+    PyTorch product; a serving table says which kernel its figures are of."""
+    from ..engine.cpu.quant import Fp16Linear, Int8Linear
+
+    steps, prefills = set(), set()
+    for module in engine.talker.modules():
+        if isinstance(module, Int8Linear):
+            steps.add(f"int8 {module.kernel}")
+            if module.rows_kernel not in (None, module.kernel):
+                prefills.add(f"int8 {module.rows_kernel}")
+        elif isinstance(module, Fp16Linear):
+            steps.add("float16 native" if module.native is not None else "float16 fbgemm")
+    text = "/".join(sorted(steps)) or "torch"
+    return text + (f", prefills {'/'.join(sorted(prefills))}" if prefills else "")
+
+
 def _options(engine, frames: int, sample: bool, seed: int):
     from ..engine.sampling import GenerationOptions
 
@@ -352,6 +370,7 @@ def measure(spec: dict) -> dict:
             engine = load_engine(spec["model"], device, mode, max_batch=max_batch)
         out["load"]["serving_load_s"] = time.time() - started
         out["serving_max_batch"] = max_batch
+        out["serving_kernels"] = engine_kernels(engine)
         save_partial(spec, out)
         idle = _idle_models(spec, mode, max_batch, voice, opts)
         out["idle_models"] = len(idle)

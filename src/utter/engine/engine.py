@@ -23,13 +23,13 @@ from .config import GenerationDefaults, ModelConfig
 from .cpu import native_stack
 from .cpu.isa import fast_bfloat16
 from .cpu.quant import (
-    NATIVE_MAX_BATCH,
     WEIGHT_MODES,
     Fp16Linear,
     Int8Linear,
     activation_dtype,
     apply_weight_mode,
     default_weight_mode,
+    native_max_batch,
 )
 from .cpu.threads import call_in_own_thread
 from .cuda import fusion
@@ -77,12 +77,16 @@ def check_device(device: str, available: bool = True) -> None:
         raise ValueError("device 'cuda' was asked for but no CUDA GPU is available")
 
 
+CPU_MAX_BATCH = 8  # a CPU server's default batch limit (see default_max_batch)
+
+
 def default_max_batch(device: str | torch.device) -> int:
-    """How many requests a server decodes together by default: 16 on GPUs; on CPUs the most
-    that the native kernels serve (``NATIVE_MAX_BATCH``), where one stream decodes 1.7-1.8x as
-    fast as through oneDNN and four 1.2-1.4x (measured: see ``quant.NATIVE_MAX_BATCH`` and the
-    README's serving tables); more requests queue rather than each slowing all."""
-    return NATIVE_MAX_BATCH if torch.device(device).type == "cpu" else 16
+    """How many requests a server decodes together by default: 16 on GPUs, 8 on CPUs. On a CPU
+    a step's cost grows with its rows, so more streams at once only share the same few audio
+    seconds per second more thinly (on a 2-core CPU 16 streams made 2.7 against 8's 2.6): a
+    ninth request queues for a free row rather than slow the eight that are speaking, and the
+    8 rows stay within the native kernels on every CPU (``quant.native_max_batch``)."""
+    return CPU_MAX_BATCH if torch.device(device).type == "cpu" else 16
 
 
 @dataclass(frozen=True)
@@ -130,7 +134,7 @@ def _load_talker(
     # where every one of a stack's products has, its decode steps run natively too.
     apply_weight_mode(weights.talker, mode, max_batch)
     release_file_views(weights, weight_files(folder))  # before the native stack reads any tensor
-    if max_batch <= NATIVE_MAX_BATCH and dev.type == "cpu" and native_stack.attach(weights.talker):
+    if max_batch <= native_max_batch() and dev.type == "cpu" and native_stack.attach(weights.talker):
         logger.info("decode steps run in the native kernels (%s weights)", mode)
     return weights.eval()
 
@@ -196,7 +200,7 @@ class Engine:
         ``weight_mode`` (float32, bfloat16, float16 or int8; ``dtype`` is an alias for the float
         ones) defaults to the fastest safe mode for the device (see
         :func:`~utter.engine.cpu.quant.default_weight_mode`): int8 on CPUs, bfloat16 on GPUs.
-        ``max_batch`` also picks the CPU kernels (the native ones for up to ``NATIVE_MAX_BATCH``
+        ``max_batch`` also picks the CPU kernels (the native ones for up to ``native_max_batch()``
         rows, else oneDNN or fbgemm int8, see ``quant.int8_kernel``) and, in every mode but
         float32, the codec decoder runs in bfloat16 where that is native.
 

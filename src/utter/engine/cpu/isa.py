@@ -43,6 +43,12 @@ _ISA_FLAGS = (
 )
 
 
+def has_amx_int8() -> bool:
+    """Whether this CPU multiplies int8 tiles in AMX (where oneDNN's batched product is flat up to
+    16 rows, see ``quant.native_max_batch``)."""
+    return "amx_int8" in _cpu_flags()
+
+
 def cpu_isa() -> str:
     """The vector features of this CPU that pick kernels, for logs and benchmark reports."""
     flags = _cpu_flags()

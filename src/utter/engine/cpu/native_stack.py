@@ -2,7 +2,7 @@
 
 It serves CPU engines in the ``int8`` and ``float16`` weight modes whose products read int8
 weights (per-row scales) or float16 weights against float32 activations: engines that decode
-one stream at a time, and engines serving small batches (see ``quant.NATIVE_MAX_BATCH``). Every
+one stream at a time, and engines serving small batches (see ``quant.native_max_batch``). Every
 call (decode steps of any batch, prefills, right-padded batched prefills) runs natively, each
 row at its own positions in its own row of the KV cache, with the same numbers for a row
 whatever the others. ``DecoderStack.run`` picks the path per call.

@@ -12,10 +12,10 @@ oneDNN's 0.07 / 0.07 ms (flat up to 16 rows, with AMX; on an AVX-512 VNNI CPU wi
 oneDNN takes uint8 inputs and costs what fbgemm does, 0.45 ms at 16 rows with the input
 quantisation, see ``onednn_int8_input``).
 
-Engines that decode at most ``NATIVE_MAX_BATCH`` rows at once on CPUs where our kernels build
-(``native.py``) keep float32 activations and multiply by int8 (per-row scales) or float16
-weights in those kernels, with no input quantisation: the products stream the weights at memory
-speed, and ``native_stack.py`` runs whole decoder stacks around them in one call.
+Engines that decode at most ``native_max_batch()`` rows at once (16 or 8 by the CPU) on CPUs
+where our kernels build (``native.py``) keep float32 activations and multiply by int8 (per-row
+scales) or float16 weights in those kernels, with no input quantisation: the products stream the
+weights at memory speed, and ``native_stack.py`` runs whole decoder stacks around them in one call.
 
 Otherwise, on x86 CPUs (where fbgemm is built in):
 
@@ -59,6 +59,7 @@ from .isa import (
     cpu_isa,
     fbgemm_available,
     fbgemm_full_range,
+    has_amx_int8,
     has_int8_dot,
     int8pack_available,
     onednn_int8_input,
@@ -141,18 +142,38 @@ def _quantize_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return q, scales
 
 
-# Engines decoding at most this many rows at once use the native kernels where they build (int8 or
-# float16 weights against float32 inputs, whole decoder stacks in one call, see native_stack.py;
-# else fbgemm's int8 kernel); larger ones oneDNN's int8 kernel. One row of a 3072x1024 product is
-# 0.085 ms natively against oneDNN's 0.18, but 16 rows 0.93 against 0.39 (float32 products
-# against int8 ones; an AVX-512 EPYC of an earlier session). Serving engines at 0.6B, int8, audio
-# s per s through the batcher (the README's benchmark tables): up to 8 rows natively 0.55 / 0.93
-# / 0.90 at 1 / 4 / 8 streams, 16 rows with oneDNN 0.30 / 0.75 / 0.98. On a Zen 5 EPYC, with the
-# products' tile and prefetch tuned, 16 native rows decode a step about as fast as oneDNN (274
-# against 298 ms) but prefill cloned voices' prompts in float32 at half its speed: 16 streams
-# 2.17 against 2.26 audio s per s, so 8 stays. One kernel per engine: a request's numbers never
-# depend on the other rows of its batch (and on the native kernels equal those of `utter say`).
-NATIVE_MAX_BATCH = 8
+# How many rows at once the native kernels serve, by the CPU they run on (``native_max_batch``):
+# engines sized for more take oneDNN's int8 kernel (fbgemm's without VNNI/AMX). The native
+# products multiply float32 activations, the int8 kernels 8-bit ones, so the native kernels win
+# while a step is bound by reading the weights and lose once it is bound by arithmetic, which
+# comes earlier the narrower the vectors. Serving engines at 0.6B, int8, audio s per s through the
+# batcher at 1 / 4 or 8 / 16 streams (60 frames each, this project's 2-core Zen 5 EPYC, AVX-512
+# with VNNI, no AMX, int8 prefills in both): sized for 16 rows, natively 1.05 / 2.62 / 2.66-2.71,
+# oneDNN 0.58-0.62 / 2.19 / 2.42-2.47; sized for 32, natively 2.75 at 32 streams against oneDNN's
+# 2.90. The same CPU with every kernel capped to AVX2 (8-float vectors, fbgemm with 7-bit inputs),
+# sized for 8: natively 0.76 / 1.18 (4) / 1.24 (8), fbgemm 0.64 / 1.25 / 1.40: one or two streams
+# gain natively, four or more lose; 8 rows are kept there, as before this was measured. With AMX,
+# oneDNN's product is flat up to 16 rows at a third of a native row's time (see the top of this
+# file): 8 rows, unmeasured since prefills became int8. One kernel per engine, chosen at load: a
+# request's numbers never depend on the other rows of its batch (and on the native kernels equal
+# those of `utter say`). ``UTTER_NATIVE_MAX_BATCH`` overrides.
+NATIVE_MAX_BATCH_WIDE = 16  # AVX-512 without AMX
+NATIVE_MAX_BATCH = 8  # elsewhere
+
+
+def native_max_batch() -> int:
+    """The most rows an engine may decode at once and still take the native kernels (see the note
+    above); ``UTTER_NATIVE_MAX_BATCH`` (a whole number >= 1) overrides."""
+    forced = os.environ.get("UTTER_NATIVE_MAX_BATCH")
+    if forced is not None:
+        if not forced.strip().isdigit() or int(forced) < 1:
+            raise ValueError(f"UTTER_NATIVE_MAX_BATCH must be a whole number >= 1, got {forced!r}")
+        return int(forced)
+    lib = native.library()
+    if lib is not None and lib.utter_lanes() == 16 and not has_amx_int8():
+        return NATIVE_MAX_BATCH_WIDE
+    return NATIVE_MAX_BATCH
+
 
 # A native engine's talker layers also keep their weights packed for the int8 x int8 kernel
 # (their ``rows_kernel``), which multiplies every call that reaches the layers' PyTorch path:
@@ -324,9 +345,10 @@ def int8_kernel(device: str | torch.device, max_batch: int = 1) -> str:
     """
     if torch.device(device).type != "cpu":
         return "dequantize"
-    if max_batch <= NATIVE_MAX_BATCH and native.library() is not None:
+    native_rows = native_max_batch()
+    if max_batch <= native_rows and native.library() is not None:
         return "native"
-    if max_batch > NATIVE_MAX_BATCH and has_int8_dot() and onednn_int8_input() is not None:
+    if max_batch > native_rows and has_int8_dot() and onednn_int8_input() is not None:
         return "onednn"
     if fbgemm_available():
         return "fbgemm"
@@ -463,7 +485,7 @@ def apply_weight_mode(
             "int8 kernel %s for up to %d rows%s (CPU: %s)", "/".join(kernels), max_batch, prefill, cpu_isa()
         )
     elif _packed_cpu(mode, param.device):
-        small = max_batch <= NATIVE_MAX_BATCH  # small batches: the native kernels where they build
+        small = max_batch <= native_max_batch()  # small batches: the native kernels where they build
         converted = _convert_linears(module, lambda _, linear: Fp16Linear.from_linear(linear, small))
     _cast_parameters(module, dtype)
     logger.info("weight mode %s: activations in %s, %d Linear layers converted", mode, dtype, converted)
