@@ -31,6 +31,7 @@ def pg_server() -> Iterator[str]:
         pytest.skip(
             "PostgreSQL is not installed (apt-get install -y postgresql) and UTTER_TEST_DATABASE_URL is unset"
         )
+    Cluster.sweep(bindir)  # clusters of earlier sessions killed before their cleanup
     cluster = Cluster(bindir)
     try:
         url = cluster.start()

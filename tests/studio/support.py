@@ -41,15 +41,43 @@ def free_port() -> int:
 
 
 class Cluster:
-    """A throwaway PostgreSQL cluster in a temporary folder, trusting local connections."""
+    """A throwaway PostgreSQL cluster in a temporary folder, trusting local connections.
 
-    def __init__(self, bindir: Path) -> None:
+    The folder names the test process that made it (``owner.pid``): a session killed by a signal
+    never runs its fixture's cleanup, so the next one stops and removes clusters whose owner is
+    gone (``sweep``) instead of leaving their servers running for good."""
+
+    PREFIX = "utter-pg-"
+
+    def __init__(self, bindir: Path, root: str | None = None) -> None:
         self.bindir = bindir
-        self.dir = Path(tempfile.mkdtemp(prefix="utter-pg-"))
+        self.dir = Path(tempfile.mkdtemp(prefix=self.PREFIX, dir=root))
+        (self.dir / "owner.pid").write_text(str(os.getpid()))
         self.port = free_port()
         self.as_root = os.geteuid() == 0  # initdb refuses to run as root
         if self.as_root:
             shutil.chown(self.dir, "postgres", "postgres")
+
+    @classmethod
+    def sweep(cls, bindir: Path, root: str | None = None) -> list[Path]:
+        """Stop and remove the clusters under ``root`` (the temporary folder) whose test process
+        no longer runs; returns their folders."""
+        swept = []
+        for folder in Path(root or tempfile.gettempdir()).glob(cls.PREFIX + "*"):
+            try:
+                owner = int((folder / "owner.pid").read_text())
+            except (OSError, ValueError):
+                continue  # not made by this helper, or made by a session still writing it
+            if _alive(owner):
+                continue
+            leftover = cls.__new__(cls)
+            leftover.bindir, leftover.dir, leftover.as_root = bindir, folder, os.geteuid() == 0
+            try:
+                leftover.stop()
+            except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError):
+                shutil.rmtree(folder, ignore_errors=True)  # no server left to stop
+            swept.append(folder)
+        return swept
 
     def _run(self, *args: str) -> None:
         cmd = [str(self.bindir / args[0]), *args[1:]]
@@ -73,6 +101,16 @@ class Cluster:
             self._run("pg_ctl", "-D", str(self.dir / "data"), "-m", "immediate", "-w", "stop")
         finally:
             shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
 
 
 def new_pg_database(server_url: str) -> str:
