@@ -134,7 +134,7 @@ def _load_talker(
     # where every one of a stack's products has, its decode steps run natively too.
     apply_weight_mode(weights.talker, mode, max_batch)
     release_file_views(weights, weight_files(folder))  # before the native stack reads any tensor
-    if max_batch <= native_max_batch() and dev.type == "cpu" and native_stack.attach(weights.talker):
+    if dev.type == "cpu" and max_batch <= native_max_batch() and native_stack.attach(weights.talker):
         logger.info("decode steps run in the native kernels (%s weights)", mode)
     return weights.eval()
 
