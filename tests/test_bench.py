@@ -387,3 +387,21 @@ def test_a_run_stopped_before_the_official_side_says_it_was_not_run(tmp_path: Pa
     assert doc["settings"]["official_status"] == "not run (the benchmark was stopped)"
     assert "stopped during utter int8" in doc["settings"]["stopped"] and doc["official"] == {}
     assert "official: not run (the benchmark was stopped)" in report.table(doc)
+
+
+def test_utter_drift_reports_each_engine_kind_with_its_kernel(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """`utter drift`: a single-stream and a serving engine (sized past the native kernels) of
+    each mode, each row naming the int8 kernel that engine picks on this CPU, in JSON and a table."""
+    from utter.bench.drift import CASES, table
+    from utter.cli import main
+
+    out, md = tmp_path / "drift.json", tmp_path / "drift.md"
+    assert main(["drift", "--model", str(tiny_checkpoint), "--output", str(out), "--markdown", str(md)]) == 0
+    result = json.loads(out.read_text())
+    assert [(r["mode"], r["max_batch"]) for r in result["rows"]] == CASES
+    kernels = {(r["mode"], r["max_batch"]): r["int8_kernel"] for r in result["rows"]}
+    assert kernels[("int8", 32)] == int8_kernel("cpu", 32)  # the batch kernel, not the native one
+    assert kernels[("int8", 1)].startswith(int8_kernel("cpu", 1))
+    for r in result["rows"]:
+        assert 0.9 < r["talker_cosine"] <= 1.0 + 1e-6 and 0.9 < r["predictor_cosine"] <= 1.0 + 1e-6
+    assert md.read_text().strip() == table(result).strip() and "serving (32 rows)" in md.read_text()

@@ -37,12 +37,16 @@ def watch_job(page: Page, shot, timeout: float = 120.0) -> tuple[str, list[int]]
 def test_clone_generate_play_download_history_delete(page: Page, ref_audio, shot) -> None:
     tag = uuid.uuid4().hex[:8]
     name = f"Narrator {tag}"
-    # Long enough that the job outlasts several progress beats on a fast machine with a warm
-    # studio (one short sentence once ended within the first beat: the bar went 0 -> 100).
-    text = (
-        f"Hello from the studio, take {tag}. This sentence is read in a cloned voice, and "
-        "another one follows it, so that the job runs long enough to be watched."
+    # Several chunks (300 characters each, four spoken at once), so the job outlasts several
+    # progress beats on a fast machine with a warm studio, however early the tiny random model
+    # ends each chunk: one short sentence once ended within the first beat (the bar went 0 ->
+    # 100), and a two-sentence text, whose length hung on where the random model stopped,
+    # within the first page poll in a full-suite run.
+    sentence = (
+        "This sentence is read in a cloned voice, and another one follows it, so that the job "
+        "runs long enough to be watched from the page while it is made. "
     )
+    text = (f"Hello from the studio, take {tag}. " + sentence * 9).strip()
 
     # Clone: pick a file, see it checked and previewed, send it with its transcript.
     page.goto("/clone")
@@ -70,7 +74,7 @@ def test_clone_generate_play_download_history_delete(page: Page, ref_audio, shot
     expect(page).to_have_url(re.compile(r"/generate\?voice="))
     expect(page.locator("#voice-select option:checked")).to_have_text(name)
     page.fill("#text", text)
-    expect(page.locator("#char-counter")).to_have_text(f"{len(text)} / 20,000")
+    expect(page.locator("#char-counter")).to_have_text(f"{len(text):,} / 20,000")
     page.locator("#advanced summary").click()
     page.fill("#seed", "7")
     page.fill("#temperature", "0.8")
