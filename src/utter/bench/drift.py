@@ -39,7 +39,7 @@ def measure(model: str, batch: int = 2, length: int = 16, seed: int = 0) -> dict
     from ..engine.cpu import native_stack
     from ..engine.cpu.drift import logit_drift
     from ..engine.cpu.isa import cpu_isa
-    from ..engine.cpu.quant import Int8Linear, apply_weight_mode, native_max_batch
+    from ..engine.cpu.quant import apply_weight_mode, int8_kernels, native_max_batch
     from ..engine.engine import Engine
 
     reference = Engine.load(model, device="cpu", weight_mode="float32", max_batch=1).talker
@@ -48,11 +48,8 @@ def measure(model: str, batch: int = 2, length: int = 16, seed: int = 0) -> dict
         candidate = apply_weight_mode(copy.deepcopy(reference), mode, max_batch)
         if max_batch <= native_max_batch():  # as Engine.load: whole decoder stacks natively
             native_stack.attach(candidate)
-        kernels = sorted({m.kernel for m in candidate.modules() if isinstance(m, Int8Linear)})
-        prefill = sorted({m.rows_kernel for m in candidate.modules() if isinstance(m, Int8Linear)} - {None})
-        kernels = [
-            k + (f" (prefill {'/'.join(prefill)})" if prefill and k not in prefill else "") for k in kernels
-        ]
+        kernels, prefill = int8_kernels(candidate)
+        kernels = [k + (f" (prefill {'/'.join(prefill)})" if prefill else "") for k in kernels]
         drift = logit_drift(reference, candidate, batch=batch, length=length, seed=seed)
         rows.append({"mode": mode, "max_batch": max_batch, "int8_kernel": "/".join(kernels), **asdict(drift)})
         logger.info("%s (max_batch %d): %s", mode, max_batch, drift)

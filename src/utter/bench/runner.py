@@ -117,18 +117,16 @@ def engine_kernels(engine) -> str:
     """Which kernels multiply an engine's talker: the int8 or float16 CPU kernel its batch limit
     picked (``quant.int8_kernel``, ``native_max_batch``) and the prefills' own, or the plain
     PyTorch product; a serving table says which kernel its figures are of."""
-    from ..engine.cpu.quant import Fp16Linear, Int8Linear
+    from ..engine.cpu.quant import Fp16Linear, int8_kernels
 
-    steps, prefills = set(), set()
-    for module in engine.talker.modules():
-        if isinstance(module, Int8Linear):
-            steps.add(f"int8 {module.kernel}")
-            if module.rows_kernel not in (None, module.kernel):
-                prefills.add(f"int8 {module.rows_kernel}")
-        elif isinstance(module, Fp16Linear):
-            steps.add("float16 native" if module.native is not None else "float16 fbgemm")
+    own, prefills = int8_kernels(engine.talker)
+    steps = {f"int8 {k}" for k in own} | {
+        "float16 native" if m.native is not None else "float16 fbgemm"
+        for m in engine.talker.modules()
+        if isinstance(m, Fp16Linear)
+    }
     text = "/".join(sorted(steps)) or "torch"
-    return text + (f", prefills {'/'.join(sorted(prefills))}" if prefills else "")
+    return text + (f", prefills {'/'.join(f'int8 {k}' for k in prefills)}" if prefills else "")
 
 
 def _options(engine, frames: int, sample: bool, seed: int):

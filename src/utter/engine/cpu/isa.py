@@ -191,7 +191,7 @@ def onednn_int8_input() -> torch.dtype | None:
         return None
     # int8 inputs only with AMX: elsewhere oneDNN has no int8 x int8 kernel, and a timing that
     # misjudged would serve from its reference loops (a minute a frame).
-    inputs = (torch.int8, torch.uint8) if "amx_int8" in _cpu_flags() else (torch.uint8,)
+    inputs = (torch.int8, torch.uint8) if has_amx_int8() else (torch.uint8,)
     for dtype in inputs:
         if _onednn_exact_and_fast(dtype):
             return dtype

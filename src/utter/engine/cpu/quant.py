@@ -335,6 +335,15 @@ class Int8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, kernel={self.kernel}{rows}"
 
 
+def int8_kernels(module: nn.Module) -> tuple[list[str], list[str]]:
+    """The kernels of a module's int8 layers, sorted: (their own, and the prefills' where those
+    differ, see ``rows_kernel``), for logs and reports."""
+    layers = [m for m in module.modules() if isinstance(m, Int8Linear)]
+    own = sorted({m.kernel for m in layers})
+    prefills = sorted({m.rows_kernel for m in layers if m.rows_kernel not in (None, m.kernel)})
+    return own, prefills
+
+
 def int8_kernel(device: str | torch.device, max_batch: int = 1) -> str:
     """The int8 kernel for an engine on ``device`` serving up to ``max_batch`` rows at once.
 
@@ -479,7 +488,7 @@ def apply_weight_mode(
             return Int8Linear.from_linear(linear, kernel, rows)
 
         converted = _convert_linears(module, make)
-        kernels = sorted({m.kernel for m in module.modules() if isinstance(m, Int8Linear)})
+        kernels, _ = int8_kernels(module)
         prefill = f", {wide} for prefills" if wide else ""
         logger.info(
             "int8 kernel %s for up to %d rows%s (CPU: %s)", "/".join(kernels), max_batch, prefill, cpu_isa()
