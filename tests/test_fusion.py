@@ -4,6 +4,7 @@ stays eager. Run on the CPU (inductor's C++ backend); the GPU check repeats it o
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import shutil
@@ -24,8 +25,9 @@ from utter.engine.sched.runner import Runner
 
 # Inductor's on-disk cache of this run only: one shared with runs at another CPU capability
 # (ATEN_CPU_CAPABILITY=avx2 on an AVX-512 machine, as the AVX2 check of this suite does)
-# handed back kernels that computed wrong codes.
+# handed back kernels that computed wrong codes. Removed at exit: each run's is some 15 MB.
 os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="utter-inductor-")
+atexit.register(shutil.rmtree, os.environ["TORCHINDUCTOR_CACHE_DIR"], ignore_errors=True)
 
 
 def _inductor_works() -> str | None:
