@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
+
+from ..audio.io import write_file
 
 FORMAT_VERSION = 1
 
@@ -66,14 +66,9 @@ class VoicePrompt:
             "ref_text": json.dumps(self.ref_text),
         }
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".voice-", suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata=meta)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        # Serialised here and written by write_file: a full disk raises an OSError (ENOSPC) that
+        # callers can tell apart, not safetensors' own error with the cause in its text.
+        write_file(path, save(tensors, metadata=meta))
 
     @classmethod
     def load(cls, path: str | Path) -> VoicePrompt:

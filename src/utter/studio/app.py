@@ -22,6 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .. import __version__
 from ..server.http.docs import install_offline_docs
 from ..server.http.errors import error_response, install_error_handlers
+from ..server.http.middleware import RequestContextMiddleware
 from ..server.voices.asr import AsrHolder
 from . import routes
 from .db import Database
@@ -100,6 +101,14 @@ def create_studio_app(settings: StudioSettings | None = None, provider: TTSProvi
                 return pages.not_found_page(request)
         return error_response(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
 
+    # Request ids, an access line per request and the last resort for errors (a JSON 500 with
+    # the id, 507 for a full disk) as the API's; /tts has its own. Inside the body cap below.
+    app.add_middleware(
+        RequestContextMiddleware,
+        max_body_bytes=None,
+        body_timeout_s=None,
+        mounted=("/tts",),
+    )
     app.add_middleware(
         BodySizeLimit,
         max_bytes=settings.max_upload_bytes + FORM_OVERHEAD,

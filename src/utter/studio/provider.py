@@ -153,8 +153,11 @@ class LocalProvider:
                     logger.warning("recomputing unreadable voice prompt %s", path)
             started = time.perf_counter()
             prompt = engine.create_voice(voice.audio_path, voice.transcript, voice.transcript is None)
-            prompt.save(path)
             logger.info("computed voice %s in %.1fs", voice.id, time.perf_counter() - started)
+            try:
+                prompt.save(path)
+            except OSError as exc:  # a cache: a full disk costs the next use a recomputation, not this one
+                logger.warning("voice %s not cached (%s); it is computed again next time", voice.id, exc)
             return prompt
 
     def _options(self, request: Synthesis, engine: Any = None):  # -> GenerationOptions

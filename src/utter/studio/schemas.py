@@ -203,3 +203,5 @@ class HealthOut(BaseModel):
     jobs: dict[str, int]  # queued / processing counts
     asr: dict[str, Any] | None = None  # the transcription model's state (server/voices/asr.py)
     models: list[dict[str, Any]] = Field(default_factory=list)  # every model of /tts, main first
+    # Free space for voices and generations: {"free_mib", "low"} (the pages warn when low).
+    storage: dict[str, Any] | None = None

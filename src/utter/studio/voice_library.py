@@ -138,8 +138,8 @@ class StudioVoiceLibrary:
                 raise VoiceNameTaken(name)
         voice_id = new_id()
         storage = self.studio.storage
-        path = storage.save_voice_audio(voice_id, reference)
         try:
+            path = storage.save_voice_audio(voice_id, reference)
             if self.provider.holder.engine is not None:
                 prompt.save(storage.voice_prompt(voice_id, self.provider.model_key()))
             with self.studio.db.sessions.begin() as s:

@@ -16,6 +16,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import httpx
@@ -25,6 +26,7 @@ from sqlalchemy import select
 from ..audio import SAMPLE_RATE, AudioError
 from ..audio.crossfade import crossfade_join
 from ..engine.sched.batcher import QueueFullError, WorkerError
+from ..server.http.errors import is_storage_full
 from ..server.runtime import ModelNotReady, ModelState
 from ..server.speech.textsplit import split_text
 from .jobs import JobQueue, make_worker_id
@@ -38,6 +40,10 @@ logger = logging.getLogger(__name__)
 RETRY_SECONDS = 2.0  # wait before retrying a chunk the TTS could not take (queue full, remote busy)
 MAX_RETRIES = 60
 SAVE_EVERY_SECONDS = 3.0  # a running chunk's audio is saved this often: a stop loses at most this much
+STORAGE_FULL_REASON = (
+    "the server ran out of disk space while storing this generation's audio: free some space, "
+    "then resume it (the audio made so far is kept)"
+)
 
 
 class _Stop(Exception):
@@ -117,6 +123,7 @@ class JobRunner:
         self._wake: asyncio.Event | None = None
         self._event_loop: asyncio.AbstractEventLoop | None = None
         self._stopping = False
+        self._unrecorded: dict[str, Callable[[], object]] = {}  # task id -> its end, not yet written
 
     # ---------------------------------------------------------------- control
     async def start(self) -> None:
@@ -136,6 +143,8 @@ class JobRunner:
         self.wake()
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=timeout)
+        if self._unrecorded:  # a last try; what still fails is recovered by the next start
+            await self._retry_records()
         if self._loop_task is not None:
             self._loop_task.cancel()
             await asyncio.gather(self._loop_task, return_exceptions=True)
@@ -161,6 +170,8 @@ class JobRunner:
         last_recovery = time.monotonic()
         while not self._stopping:
             try:
+                if self._unrecorded:
+                    await self._retry_records()
                 refresh = getattr(self.provider, "refresh", None)
                 if refresh is not None:
                     await refresh()
@@ -176,8 +187,11 @@ class JobRunner:
                     if task_id is None:
                         break
                     self._spawn(task_id)
-            except Exception:  # noqa: BLE001 - e.g. the database is briefly unreachable: keep going
-                logger.exception("job loop error; retrying")
+            except Exception as exc:  # noqa: BLE001 - e.g. the database is briefly unreachable: keep going
+                if is_storage_full(exc):
+                    logger.error("job loop: out of disk space (%s); retrying", exc)
+                else:
+                    logger.exception("job loop error; retrying")
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=self.settings.job_poll_seconds)
             except asyncio.TimeoutError:
@@ -204,7 +218,11 @@ class JobRunner:
         if not parts:
             return
         joined = crossfade_join(parts, SAMPLE_RATE, self.settings.crossfade_ms)
-        path = self.storage.save_generation(generation_id, joined)
+        try:
+            path = self.storage.save_generation(generation_id, joined)
+        except OSError as exc:  # the parts stay on disk: a resume still continues from them
+            logger.warning("generation %s: its partial audio could not be saved (%s)", generation_id, exc)
+            return
         seconds = len(joined) / SAMPLE_RATE
         if self.queue.keep_audio(generation_id, self.storage.relative(path), seconds):
             logger.info("generation %s keeps %.1f s of audio made before it stopped", generation_id, seconds)
@@ -225,38 +243,75 @@ class JobRunner:
     # -------------------------------------------------------------------- job
     async def _run(self, job: _Job) -> None:
         beat = asyncio.create_task(self._heartbeat(job))
+        outcome: Callable[[], object] | None = None
         try:
-            await self._generate(job)
+            outcome = await self._generate(job)
         except _Stop as stop:
-            await self._stopped(job, str(stop))
+            outcome = self._stopped(job, str(stop))
         except ModelNotReady as exc:
-            await asyncio.to_thread(self.queue.release, job.task_id, self.worker_id, f"waiting: {exc.detail}")
+            outcome = partial(self.queue.release, job.task_id, self.worker_id, f"waiting: {exc.detail}")
         except (ValueError, RemoteError) as exc:
             logger.info("job %s failed: %s", job.task_id, exc)
-            if await asyncio.to_thread(self.queue.fail, job.task_id, self.worker_id, str(exc)):
-                await asyncio.to_thread(self._keep_made, job.generation_id)
+            outcome = self._failed(job, str(exc))
         except Exception as exc:  # noqa: BLE001 - the job fails with the reason; the worker goes on
-            logger.exception("job %s failed", job.task_id)
-            reason = f"generation failed: {exc}"
-            if await asyncio.to_thread(self.queue.fail, job.task_id, self.worker_id, reason):
-                await asyncio.to_thread(self._keep_made, job.generation_id)
+            if is_storage_full(exc):
+                logger.error("job %s stopped: out of disk space (%s)", job.task_id, exc)
+                outcome = self._failed(job, STORAGE_FULL_REASON)
+            else:
+                logger.exception("job %s failed", job.task_id)
+                outcome = self._failed(job, f"generation failed: {exc}")
         finally:
             job.done = True
             beat.cancel()
             await asyncio.gather(beat, return_exceptions=True)
+        if outcome is not None:
+            await self._record(job.task_id, outcome)
 
-    async def _stopped(self, job: _Job, reason: str) -> None:
+    async def _record(self, task_id: str, outcome: Callable[[], object]) -> None:
+        """Write how a job ended. A database that takes no writes (a full disk) must not leave it
+        "processing" for the life of this process: the write is retried from the loop until it
+        goes through (or another worker has recovered the task, which makes it a no-op)."""
+        try:
+            await asyncio.to_thread(outcome)
+        except Exception as exc:  # noqa: BLE001 - kept and retried; the worker goes on
+            logger.error("could not record the end of job %s (%s); retrying", task_id, exc)
+            self._unrecorded[task_id] = outcome
+
+    async def _retry_records(self) -> None:
+        for task_id, outcome in list(self._unrecorded.items()):
+            try:
+                await asyncio.to_thread(outcome)
+            except Exception:  # noqa: BLE001 - still failing: the next round tries again
+                continue
+            del self._unrecorded[task_id]
+            logger.info("recorded the end of job %s", task_id)
+
+    def _failed(self, job: _Job, reason: str) -> Callable[[], object]:
+        generation_id = job.generation_id
+
+        def fail() -> None:
+            if self.queue.fail(job.task_id, self.worker_id, reason):
+                self._keep_made(generation_id)
+
+        return fail
+
+    def _stopped(self, job: _Job, reason: str) -> Callable[[], object] | None:
+        generation_id = job.generation_id
         if reason == "cancelled":
-            if await asyncio.to_thread(self.queue.mark_cancelled, job.task_id, self.worker_id):
-                logger.info("job %s cancelled", job.task_id)
-                await asyncio.to_thread(self._keep_made, job.generation_id)
-        elif reason == "shutdown":
-            await asyncio.to_thread(
-                self.queue.release, job.task_id, self.worker_id, "the server stopped; it resumes on restart"
-            )
-        elif reason == "gone" and job.generation_id:
-            self.storage.delete_generation(job.generation_id)  # deleted meanwhile: leave nothing behind
+
+            def cancelled() -> None:
+                if self.queue.mark_cancelled(job.task_id, self.worker_id):
+                    logger.info("job %s cancelled", job.task_id)
+                    self._keep_made(generation_id)
+
+            return cancelled
+        if reason == "shutdown":
+            message = "the server stopped; it resumes on restart"
+            return partial(self.queue.release, job.task_id, self.worker_id, message)
+        if reason == "gone" and generation_id:
+            self.storage.delete_generation(generation_id)  # deleted meanwhile: leave nothing behind
         # "lost": another worker recovered the task and owns its files now.
+        return None
 
     def _generation_id(self, task_id: str) -> str | None:
         with self.queue.sessions() as s:
@@ -273,8 +328,9 @@ class JobRunner:
                 beat = await asyncio.to_thread(
                     self.queue.heartbeat, job.task_id, self.worker_id, **job.progress_values()
                 )
-            except Exception:  # noqa: BLE001 - a missed beat is retried; the lease has slack
-                logger.warning("heartbeat of job %s failed", job.task_id, exc_info=True)
+            except Exception as exc:  # noqa: BLE001 - a missed beat is retried; the lease has slack
+                trace = not is_storage_full(exc)
+                logger.warning("heartbeat of job %s failed: %s", job.task_id, exc, exc_info=trace)
                 continue
             if not beat.owned:
                 job.stop("lost" if beat.exists else "gone")
@@ -300,7 +356,8 @@ class JobRunner:
                 task.busy_seconds,
             )  # fmt: skip
 
-    async def _generate(self, job: _Job) -> None:
+    async def _generate(self, job: _Job) -> Callable[[], object]:
+        """Speak the job's chunks and save its audio; returns how to record that it completed."""
         plan = await asyncio.to_thread(self._plan, job.task_id)
         job.generation_id = plan.generation_id
         preset = bool(plan.options.get("speaker"))
@@ -356,25 +413,24 @@ class JobRunner:
         job.check()
         path = await asyncio.to_thread(self.storage.save_generation, plan.generation_id, joined)
         values = job.progress_values()
-        done = await asyncio.to_thread(
-            self.queue.complete,
-            job.task_id,
-            self.worker_id,
-            {k: values[k] for k in ("chunks_total", "chunks_done", "frames_done", "busy_seconds")},
-            audio_path=self.storage.relative(path),
-            duration_seconds=len(joined) / SAMPLE_RATE,
-            generation_seconds=values["busy_seconds"],
-        )
-        if done:
-            self.storage.delete_parts(plan.generation_id)
-            logger.info(
-                "job %s done: %d chunk(s), %.1f s of audio",
+        seconds = len(joined) / SAMPLE_RATE
+
+        def complete() -> None:  # recorded by _run (retried while the database takes no writes)
+            done = self.queue.complete(
                 job.task_id,
-                len(parts),
-                len(joined) / SAMPLE_RATE,
+                self.worker_id,
+                {k: values[k] for k in ("chunks_total", "chunks_done", "frames_done", "busy_seconds")},
+                audio_path=self.storage.relative(path),
+                duration_seconds=seconds,
+                generation_seconds=values["busy_seconds"],
             )
-        elif await asyncio.to_thread(self._generation_id, job.task_id) is None:
-            self.storage.delete_generation(plan.generation_id)  # deleted while we finished
+            if done:
+                self.storage.delete_parts(plan.generation_id)
+                logger.info("job %s done: %d chunk(s), %.1f s of audio", job.task_id, len(parts), seconds)
+            elif self._generation_id(job.task_id) is None:
+                self.storage.delete_generation(plan.generation_id)  # deleted while we finished
+
+        return complete
 
     async def _chunk_of(self, plan: _Plan, speaking: Awaitable[np.ndarray]) -> np.ndarray:
         try:
@@ -451,10 +507,13 @@ class JobRunner:
                 job.live.append(chunk.pcm)
                 made = sum(len(p) for p in pcm)
                 if made - saved >= SAVE_EVERY_SECONDS * SAMPLE_RATE:
-                    await asyncio.to_thread(
-                        self.storage.save_running_chunk, generation_id, index, np.concatenate(pcm)
-                    )
                     saved = made
+                    try:
+                        await asyncio.to_thread(
+                            self.storage.save_running_chunk, generation_id, index, np.concatenate(pcm)
+                        )
+                    except OSError as exc:  # a safety net only: the chunk goes on in memory
+                        logger.warning("job %s: could not save the running chunk (%s)", job.task_id, exc)
         except BaseException:
             if current:  # what it made up to its last save is kept (a retry overwrites it)
                 del job.live[base:]

@@ -6,6 +6,8 @@ Both are filled with the same sentence, written for the person who sent the requ
 
 from __future__ import annotations
 
+import errno
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -28,7 +30,39 @@ ERROR_TYPES = {
     500: "server_error",
     503: "service_unavailable",
     504: "timeout_error",
+    507: "insufficient_storage",
 }
+
+STORAGE_FULL_MESSAGE = (
+    "The server has run out of disk space for its data, so nothing was stored. "
+    "Free some space on the server (or ask its operator to) and try again."
+)
+_FULL_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+_SQLITE_FULL = 13  # SQLITE_FULL: "database or disk is full"
+_PG_DISK_FULL = "53100"  # PostgreSQL's disk_full
+# What the Rust I/O errors that safetensors wraps in text say for ENOSPC and EDQUOT.
+_FULL_TEXTS = ("(os error 28)", "(os error 122)")
+
+
+def is_storage_full(exc: BaseException | None) -> bool:
+    """Whether ``exc`` (or an error it wraps or was raised from) is a disk or quota running out:
+    an ``OSError`` with ENOSPC or EDQUOT, SQLite's SQLITE_FULL, PostgreSQL's disk_full, or the
+    same wrapped in text by safetensors. Such an error is the server's, not the request's, and
+    says nothing about the data: it gets 507 and a sentence saying so, not a 500."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in _FULL_ERRNOS:
+            return True
+        if getattr(exc, "sqlite_errorcode", None) == _SQLITE_FULL:
+            return True
+        if _PG_DISK_FULL in (getattr(exc, "sqlstate", None), getattr(exc, "pgcode", None)):
+            return True
+        if any(text in str(exc) for text in _FULL_TEXTS):
+            return True
+        # SQLAlchemy keeps the driver's error in ``orig``; others chain it.
+        exc = getattr(exc, "orig", None) or exc.__cause__ or exc.__context__
+    return False
 
 
 class ApiError(Exception):

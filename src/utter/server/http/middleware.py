@@ -10,7 +10,9 @@ the response and added to every log record made while handling the request (see
 Order matters for hostile clients: the API key is checked from the headers before a byte of
 the body is read (FastAPI reads and parses the body before it runs dependencies), the body must
 arrive within ``body_timeout_s`` and ``max_body_bytes``, and an exception nothing else handled
-becomes a 500 that carries the request id, logged once with it.
+becomes a 500 that carries the request id, logged once with it (a disk or quota that ran out:
+507, logged as one line). Answering it here, not in uvicorn, also keeps the connection: an
+exception that leaves the app makes uvicorn drop it, and a client reusing it gets a reset.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from fastapi import HTTPException
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .errors import error_response
+from .errors import STORAGE_FULL_MESSAGE, error_response, is_storage_full
 
 access_log = logging.getLogger("utter.server.access")
 logger = logging.getLogger(__name__)
@@ -82,15 +84,24 @@ class RequestContextMiddleware:
     logs the outcome."""
 
     def __init__(
-        self, app: ASGIApp, max_body_bytes: int, body_timeout_s: float = 60.0, api_key: str | None = None
+        self,
+        app: ASGIApp,
+        max_body_bytes: int | None,
+        body_timeout_s: float | None = 60.0,
+        api_key: str | None = None,
+        mounted: tuple[str, ...] = (),
     ) -> None:
+        """``max_body_bytes`` and ``body_timeout_s`` None: no cap on the body here (the studio caps
+        its uploads itself); paths under ``mounted`` belong to a mounted app with a middleware of
+        its own and pass untouched."""
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.body_timeout_s = body_timeout_s
         self.api_key = api_key
+        self.mounted = tuple(prefix.rstrip("/") + "/" for prefix in mounted)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope.get("path", "").startswith(self.mounted):
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
@@ -99,7 +110,7 @@ class RequestContextMiddleware:
         token = request_id_var.set(request_id)
         started = time.perf_counter()
         status = 500
-        limit = self.max_body_bytes
+        limit = self.max_body_bytes if self.max_body_bytes is not None else float("inf")
         declared = headers.get("content-length", "")
 
         status_sent: int | None = None
@@ -114,17 +125,20 @@ class RequestContextMiddleware:
 
         received = 0
         body_done = False
-        deadline = time.monotonic() + self.body_timeout_s
+        deadline = time.monotonic() + (self.body_timeout_s or 0.0)
 
         async def limited_receive() -> Message:
             nonlocal received, body_done
             if body_done:  # later reads wait for a disconnect: no deadline on those
                 return await receive()
-            try:
-                message = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
-            except asyncio.TimeoutError:
-                message = f"The request body took over {self.body_timeout_s:g} s to arrive."
-                raise HTTPException(408, message) from None
+            if self.body_timeout_s is None:
+                message = await receive()
+            else:
+                try:
+                    message = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
+                except asyncio.TimeoutError:
+                    message = f"The request body took over {self.body_timeout_s:g} s to arrive."
+                    raise HTTPException(408, message) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 body_done = not message.get("more_body", False)
@@ -147,11 +161,17 @@ class RequestContextMiddleware:
                 await _reject_too_large(send_with_id, limit)
             else:
                 await self.app(scope, limited_receive, send_with_id)
-        except Exception:  # noqa: BLE001 - the last resort: one log line with the id, one 500
-            logger.exception("unhandled error in %s %s", scope.get("method", "-"), log_safe(path))
-            if status_sent is None:
-                message = f"Internal server error (request id {request_id}); the server log has the details."
-                await _send(send_with_id, error_response(500, message))
+        except Exception as exc:  # noqa: BLE001 - the last resort: one log line with the id, one 500
+            where = f"{scope.get('method', '-')} {log_safe(path)}"
+            if is_storage_full(exc):
+                logger.error("out of disk space in %s: %s", where, log_safe(exc))
+                if status_sent is None:
+                    await _send(send_with_id, error_response(507, STORAGE_FULL_MESSAGE))
+            else:
+                logger.exception("unhandled error in %s", where)
+                if status_sent is None:
+                    message = f"Internal server error (request id {request_id}); see the server log."
+                    await _send(send_with_id, error_response(500, message))
         finally:
             access_log.info(
                 "request_id=%s method=%s path=%s status=%d duration_ms=%.1f",

@@ -5,7 +5,9 @@ alive; while it downloads or loads, after it failed, or when the worker is down 
 decode step for ``worker_stall_s`` with requests waiting) it answers 503 with the state and what
 to do, so load balancers, Modal and supervisors route nothing to (or restart) a server that
 cannot serve. ``worker`` shows the liveness: ``last_step_age_s`` is how long ago the worker
-last turned its loop (it turns at least twice a second while idle).
+last turned its loop (it turns at least twice a second while idle). ``storage`` is the free
+space for stored voices and job results (``low`` below 200 MiB); a full disk is not unhealthy:
+speech streams on, and writes answer 507.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from fastapi.responses import JSONResponse
 from ... import __version__
 from ...engine.config import LANGUAGES
 from ..deps import ServiceDep
+from ..disk import disk_status
 from ..runtime import ModelState
 
 router = APIRouter(tags=["health"])
@@ -51,6 +54,7 @@ async def health(service: ServiceDep) -> JSONResponse:
         "asr": service.asr.status(),
         # Every model served (the main one first), with its kind, state and weight memory.
         "models": service.models.status(),
+        "storage": disk_status(service.settings.data_dir),  # free space for voices and job results
     }
     if ready:
         batcher = holder.batcher

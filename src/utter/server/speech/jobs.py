@@ -22,10 +22,12 @@ from typing import Any, BinaryIO
 
 from ...audio import SAMPLE_RATE
 from ...audio.encode import PcmEncoder, wav_header
-from ..http.errors import ApiError
+from ..http.errors import ApiError, is_storage_full
 from .longform import AnyStream
 
 logger = logging.getLogger(__name__)
+
+STORAGE_FULL_JOB = "the server ran out of disk space for the job's audio; submit it again once space is freed"
 
 FINISHED = ("completed", "failed", "cancelled")
 
@@ -136,10 +138,10 @@ class JobManager:
                 job.stream.cancel()
 
     async def _run(self, job: Job) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
         part = job.path.with_name(job.path.name + ".part")
         encoder = PcmEncoder()
         try:
+            self.root.mkdir(parents=True, exist_ok=True)
             with open(part, "wb") as f:
                 f.write(wav_header(SAMPLE_RATE, 0))
                 async for chunk in job.stream:
@@ -157,8 +159,13 @@ class JobManager:
                 os.replace(part, job.path)
                 job.status = "completed"
         except Exception as exc:  # noqa: BLE001 - recorded on the job for /job-status
-            logger.exception("job %s failed", job.id)
-            job.status, job.error = "failed", str(exc) or type(exc).__name__
+            job.stream.cancel()  # e.g. its file could not be written: stop generating for nobody
+            if is_storage_full(exc):
+                logger.error("job %s failed: out of disk space (%s)", job.id, exc)
+                job.status, job.error = "failed", STORAGE_FULL_JOB
+            else:
+                logger.exception("job %s failed", job.id)
+                job.status, job.error = "failed", str(exc) or type(exc).__name__
             part.unlink(missing_ok=True)
         except asyncio.CancelledError:  # the server is shutting down
             job.stream.cancel()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from ...server.disk import disk_status
 from ...server.http.errors import ApiError
 from ..deps import StudioDep
 from ..schemas import HealthOut, ModelStatus
@@ -31,6 +32,7 @@ def health(studio: StudioDep) -> HealthOut:
         jobs=jobs,
         asr=studio.asr.status(),
         models=studio.models.status() if studio.models is not None else [],
+        storage=disk_status(studio.storage.root),
     )
 
 

@@ -139,8 +139,8 @@ def clone(
         text, language = _transcribe(studio, wav, language)
     seconds = len(wav) / SAMPLE_RATE
     voice_id = new_id()
-    path = studio.storage.save_voice_audio(voice_id, wav)
     try:
+        path = studio.storage.save_voice_audio(voice_id, wav)
         voice = Voice(
             id=voice_id,
             name=name,

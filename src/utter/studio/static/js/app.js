@@ -44,7 +44,21 @@ export function normHealth(h) {
       variant: x.variant,
       memory: x.memory_mib,
     })),
+    // Free space for voices and generations: {free_mib, low}, or null (an older server).
+    storage: h?.storage && typeof h.storage === "object" ? h.storage : null,
   };
+}
+
+function renderDisk(storage) {
+  const banner = document.getElementById("disk-banner");
+  if (!banner) return;
+  banner.hidden = !storage?.low;
+  if (storage?.low) {
+    const free = Number(storage.free_mib);
+    role(banner, "detail").textContent =
+      `${Number.isFinite(free) ? `${Math.round(free)} MiB left. ` : ""}` +
+      "New voices and generations cannot be stored once it runs out; free some space on the server.";
+  }
 }
 
 const healthListeners = new Set();
@@ -128,6 +142,7 @@ async function pollHealth() {
   }
   lastHealth = h;
   renderHealth(h);
+  renderDisk(h.storage);
   for (const fn of healthListeners) fn(h);
   // While the server is unreachable, back off (1.5 s doubling to 15 s) instead of polling every second.
   unreachableFor = h.state === "unreachable" ? unreachableFor + 1 : 0;
