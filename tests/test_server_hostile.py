@@ -7,6 +7,7 @@ a client that never finishes its request), and the server must go on serving.
 
 from __future__ import annotations
 
+import errno
 import io
 import logging
 import socket
@@ -19,8 +20,10 @@ import soundfile as sf
 from tests.conftest import REF_TEXT
 from tests.server_support import API_KEY, b64, start_server
 from utter.engine.engine import MAX_FRAMES, Engine
+from utter.server.http.errors import STORAGE_FULL_MESSAGE
 from utter.server.http.middleware import SingleLineFormatter
 from utter.server.runtime import EngineHolder
+from utter.server.voices import store as voice_store
 
 
 @pytest.fixture(scope="module")
@@ -212,6 +215,28 @@ def test_a_500_carries_its_request_id_and_is_logged_once(server, http, monkeypat
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1 and "fire" in (errors[0].exc_text or str(errors[0].exc_info))
     assert http.get("/health").status_code == 200
+
+
+def test_a_full_disk_gets_507_leaves_no_half_voice_and_keeps_the_connection(
+    server, http, ref_wav, monkeypatch
+) -> None:
+    """Storing a voice when the disk is full: 507 with a sentence saying so (not a 500, not a
+    dropped connection), no temporary folder left, the next request on the connection served."""
+
+    def full(path, audio, sr):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(voice_store, "write_wav", full)
+    root = server.settings.voices_dir
+    before = sorted(p.name for p in root.iterdir()) if root.exists() else []
+    files = {"audio": ("ref.wav", ref_wav.read_bytes(), "audio/wav")}
+    r = http.post("/v1/voices", files=files, data={"name": "Full", "ref_text": REF_TEXT})
+    assert r.status_code == 507 and r.json()["detail"] == STORAGE_FULL_MESSAGE, r.text
+    assert r.json()["error"]["type"] == "insufficient_storage" and str(root) not in r.text
+    assert sorted(p.name for p in root.iterdir()) == before
+    assert "Full" not in [v["name"] for v in http.get("/v1/audio/voices").json()["voices"]]
+    health = http.get("/health").json()
+    assert set(health["storage"]) == {"free_mib", "low"} and "/" not in str(health["storage"])
 
 
 def test_health_shows_no_paths_and_the_real_weight_mode(tiny_checkpoint) -> None:

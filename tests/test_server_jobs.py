@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import time
 
 import pytest
@@ -85,3 +86,40 @@ def test_job_errors(server, ref_wav) -> None:
         assert http.get("/job-status").status_code == 422
         bad = job_body(ref_wav, 3) | {"text": ""}
         assert http.post("/submit-job", json=bad).status_code == 400
+
+
+def test_a_job_whose_file_cannot_be_written_fails_clearly_and_stops_computing(
+    server, ref_wav, monkeypatch
+) -> None:
+    """The disk fills while a job writes its audio: the job fails with a sentence (no path) and
+    its generation stops at once instead of running on for nobody."""
+    from utter.server.speech import jobs as jobs_module
+
+    real_open = open
+
+    def full_open(path, mode="r", *args, **kwargs):
+        f = real_open(path, mode, *args, **kwargs)
+        written = {"n": 0}
+        real_write = f.write
+
+        def write(data):
+            written["n"] += 1
+            if written["n"] > 2:  # the header and a first chunk, then the disk is full
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return real_write(data)
+
+        f.write = write
+        return f
+
+    monkeypatch.setattr(jobs_module, "open", full_open, raising=False)
+    with server.client() as http:
+        job = http.post("/submit-job", json=job_body(ref_wav, 2000)).json()
+        status = wait_for(http, job["job_id"], ("failed",))
+        assert status["error"] == jobs_module.STORAGE_FULL_JOB and status["frames_done"] < 2000
+        deadline = time.monotonic() + 10
+        while server.holder.batcher.active:  # its stream was cancelled: no compute left for it
+            assert time.monotonic() < deadline, "the failed job's generation ran on"
+            time.sleep(0.02)
+        assert not list(server.settings.jobs_dir.glob(f"{job['job_id']}*"))
+        result = http.get("/job-result", params={"job_id": job["job_id"]})
+        assert result.status_code == 507 and "disk space" in result.json()["detail"]

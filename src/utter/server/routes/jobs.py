@@ -16,6 +16,7 @@ from pydantic_core import PydanticCustomError
 from ..deps import BatcherDep, ServiceDep
 from ..http.errors import ApiError, error_response
 from ..schemas import CloneRequest, JobStatus, JobSubmitted, check_unicode
+from ..speech.jobs import STORAGE_FULL_JOB
 from .seed import start_clone
 
 router = APIRouter(tags=["jobs (seed API)"])
@@ -46,8 +47,9 @@ async def job_result(job_id: str, service: ServiceDep) -> Response:
         return JSONResponse(info, status_code=202, headers={"Retry-After": "2"})
     if job.status == "cancelled":
         return error_response(410, f"Job {job_id} was cancelled; it has no result.")
-    if job.status == "failed":
-        return error_response(500, f"Job {job_id} failed: {job.error}")
+    if job.status == "failed":  # the server's fault either way; 507 says it was its disk
+        status = 507 if job.error == STORAGE_FULL_JOB else 500
+        return error_response(status, f"Job {job_id} failed: {job.error}")
     return FileResponse(
         job.path,
         media_type="audio/wav",
