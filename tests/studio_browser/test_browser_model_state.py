@@ -87,3 +87,30 @@ def test_downloading_and_loading_banners(page: Page, shot) -> None:
     health["model"] = {"state": "ready", "provider": "local", "model": "Qwen/X"}
     expect(banner).to_be_hidden(timeout=10000)
     expect(page.locator("#model-chip")).to_contain_text("Model ready")
+
+
+def test_a_disk_almost_full_shows_a_banner_on_every_page(page: Page, shot) -> None:
+    health = {
+        "status": "ok",
+        "model": {"state": "ready", "provider": "local", "model": "Qwen/X"},
+        "database": "ok",
+        "jobs": {"queued": 0, "processing": 0},
+        "storage": {"free_mib": 37.4, "low": True},
+    }
+
+    def fulfil(route: Route) -> None:
+        route.fulfill(status=200, content_type="application/json", body=json.dumps(health))
+
+    page.route("**/api/health", fulfil)
+    for path in ("/clone", "/generate", "/history"):
+        page.goto(path)
+        banner = page.locator("#disk-banner")
+        expect(banner).to_be_visible()
+        expect(banner).to_contain_text("The server's disk is almost full.")
+        expect(banner.locator("[data-role=detail]")).to_contain_text("37 MiB left")
+        expect(page.locator("#model-banner")).to_be_hidden()
+    shot(page, "banner-disk-low")
+    health["storage"] = {"free_mib": 51200.0, "low": False}
+    page.reload()
+    expect(page.locator("#model-chip")).to_contain_text("Model ready")
+    expect(page.locator("#disk-banner")).to_be_hidden()
