@@ -123,3 +123,18 @@ def test_a_job_whose_file_cannot_be_written_fails_clearly_and_stops_computing(
         assert not list(server.settings.jobs_dir.glob(f"{job['job_id']}*"))
         result = http.get("/job-result", params={"job_id": job["job_id"]})
         assert result.status_code == 507 and "disk space" in result.json()["detail"]
+
+
+def test_a_job_failing_on_another_os_error_names_no_path(server, ref_wav, monkeypatch) -> None:
+    from utter.server.speech import jobs as jobs_module
+
+    def denied(path, *args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    monkeypatch.setattr(jobs_module, "open", denied, raising=False)
+    with server.client() as http:
+        job = http.post("/submit-job", json=job_body(ref_wav, 2000)).json()
+        status = wait_for(http, job["job_id"], ("failed",))
+        assert status["error"] == "Permission denied (PermissionError)", status
+        result = http.get("/job-result", params={"job_id": job["job_id"]})
+        assert result.status_code == 500 and str(server.settings.jobs_dir) not in result.text

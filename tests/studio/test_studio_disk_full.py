@@ -209,3 +209,21 @@ def test_storage_full_errors_are_told_apart() -> None:
         sqlite3.OperationalError("database is locked"),
     ):
         assert not is_storage_full(other)
+
+
+def test_a_job_failing_on_another_os_error_names_no_path(studio, monkeypatch) -> None:
+    """A data folder the server may not write (permissions, read-only): the job fails with the
+    error's kind, not the path it names (the log keeps that)."""
+    client, app = studio.client, studio.studio
+    voice = clone(client, "Denied")
+
+    def denied(generation_id, audio):
+        raise PermissionError(errno.EACCES, "Permission denied", str(app.storage.root / "generations"))
+
+    monkeypatch.setattr(app.storage, "save_generation", denied)
+    r = _generate(client, voice, "One short sentence.")
+    assert r.status_code == 202, r.text
+    task = wait_task(client, r.json()["task_id"], timeout=60)
+    assert task["status"] == "failed", task
+    assert task["error"] == "generation failed: Permission denied (PermissionError)", task
+    assert str(app.storage.root) not in client.get(f"/api/tasks/{task['id']}").text

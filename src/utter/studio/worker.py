@@ -26,7 +26,7 @@ from sqlalchemy import select
 from ..audio import SAMPLE_RATE, AudioError
 from ..audio.crossfade import crossfade_join
 from ..engine.sched.batcher import QueueFullError, WorkerError
-from ..server.http.errors import is_storage_full
+from ..server.http.errors import is_storage_full, shown_error
 from ..server.runtime import ModelNotReady, ModelState
 from ..server.speech.textsplit import split_text
 from .jobs import JobQueue, make_worker_id
@@ -259,7 +259,7 @@ class JobRunner:
                 outcome = self._failed(job, STORAGE_FULL_REASON)
             else:
                 logger.exception("job %s failed", job.task_id)
-                outcome = self._failed(job, f"generation failed: {exc}")
+                outcome = self._failed(job, f"generation failed: {shown_error(exc)}")
         finally:
             job.done = True
             beat.cancel()

@@ -44,6 +44,14 @@ _PG_DISK_FULL = "53100"  # PostgreSQL's disk_full
 _FULL_TEXTS = ("(os error 28)", "(os error 122)")
 
 
+def shown_error(exc: BaseException) -> str:
+    """An unexpected error as a client is shown it (a job's failure): an OSError without the
+    path it names, which the server log keeps."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.strerror} ({type(exc).__name__})"
+    return str(exc) or type(exc).__name__
+
+
 def is_storage_full(exc: BaseException | None) -> bool:
     """Whether ``exc`` (or an error it wraps or was raised from) is a disk or quota running out:
     an ``OSError`` with ENOSPC or EDQUOT, SQLite's SQLITE_FULL, PostgreSQL's disk_full, or the

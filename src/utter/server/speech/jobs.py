@@ -22,7 +22,7 @@ from typing import Any, BinaryIO
 
 from ...audio import SAMPLE_RATE
 from ...audio.encode import PcmEncoder, wav_header
-from ..http.errors import ApiError, is_storage_full
+from ..http.errors import ApiError, is_storage_full, shown_error
 from .longform import AnyStream
 
 logger = logging.getLogger(__name__)
@@ -165,7 +165,7 @@ class JobManager:
                 job.status, job.error = "failed", STORAGE_FULL_JOB
             else:
                 logger.exception("job %s failed", job.id)
-                job.status, job.error = "failed", str(exc) or type(exc).__name__
+                job.status, job.error = "failed", shown_error(exc)
             part.unlink(missing_ok=True)
         except asyncio.CancelledError:  # the server is shutting down
             job.stream.cancel()
