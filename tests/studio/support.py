@@ -88,17 +88,24 @@ class Cluster:
     def start(self) -> str:
         data = self.dir / "data"
         self._run("initdb", "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync")
+        self.serve()
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def serve(self) -> None:
+        """Start the cluster's server (again, after ``halt``)."""
         opts = (
             f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
         )
-        self._run(
-            "pg_ctl", "-D", str(data), "-o", opts, "-l", str(self.dir / "log"), "-w", "-t", "60", "start"
-        )
-        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        data, log = str(self.dir / "data"), str(self.dir / "log")
+        self._run("pg_ctl", "-D", data, "-o", opts, "-l", log, "-w", "-t", "60", "start")
+
+    def halt(self) -> None:
+        """Stop the server at once (as a crash would), keeping the cluster for ``serve``."""
+        self._run("pg_ctl", "-D", str(self.dir / "data"), "-m", "immediate", "-w", "stop")
 
     def stop(self) -> None:
         try:
-            self._run("pg_ctl", "-D", str(self.dir / "data"), "-m", "immediate", "-w", "stop")
+            self.halt()
         finally:
             shutil.rmtree(self.dir, ignore_errors=True)
 

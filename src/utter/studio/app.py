@@ -17,15 +17,16 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from fastapi.staticfiles import StaticFiles
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..server.http.docs import install_offline_docs
-from ..server.http.errors import error_response, install_error_handlers
-from ..server.http.middleware import RequestContextMiddleware
+from ..server.http.errors import STORAGE_FULL_MESSAGE, error_response, install_error_handlers, is_storage_full
+from ..server.http.middleware import RequestContextMiddleware, log_safe
 from ..server.voices.asr import AsrHolder
 from . import routes
-from .db import Database
+from .db import UNAVAILABLE_MESSAGE, Database, is_unavailable
 from .deps import Studio
 from .jobs import JobQueue
 from .limits import BodySizeLimit
@@ -92,6 +93,19 @@ def create_studio_app(settings: StudioSettings | None = None, provider: TTSProvi
     install_offline_docs(app)
     app.state.studio = studio
     install_error_handlers(app, retry_after_s=2)
+
+    @app.exception_handler(DBAPIError)
+    async def _database(request: Request, error: DBAPIError) -> Response:
+        """A full disk: 507; a database that is down or restarting: 503 with Retry-After (one
+        log line each, no traceback); anything else: the last resort's 500."""
+        where = f"{request.method} {log_safe(request.url.path)}"
+        if is_storage_full(error):
+            logger.error("out of disk space in %s: %s", where, log_safe(error))
+            return error_response(507, STORAGE_FULL_MESSAGE)
+        if is_unavailable(error):
+            logger.error("database unavailable in %s: %s", where, log_safe(error))
+            return error_response(503, UNAVAILABLE_MESSAGE, {"Retry-After": "5"})
+        raise error
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:

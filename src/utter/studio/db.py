@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Engine, create_engine, event, exc, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -25,6 +25,22 @@ _PG_MIGRATION_LOCK = 0x75747465  # "utte"
 
 class DatabaseError(RuntimeError):
     """The database cannot be opened or migrated; the message says which and why."""
+
+
+UNAVAILABLE_MESSAGE = (
+    "The studio's database is unavailable right now (restarting or unreachable); retry shortly."
+)
+
+
+def is_unavailable(error: BaseException) -> bool:
+    """Whether ``error`` says the database could not be reached or used for now (a PostgreSQL
+    server restarting or gone, a connection dropped, SQLite locked past its busy timeout): the
+    DB-API's OperationalError and InterfaceError, and any error that invalidated its connection.
+    Such an error is no fault of the request and passes: 503, and jobs wait instead of failing.
+    A full disk is told apart by ``is_storage_full`` before this is asked."""
+    if isinstance(error, exc.DBAPIError) and error.connection_invalidated:
+        return True
+    return isinstance(error, (exc.OperationalError, exc.InterfaceError))
 
 
 def _normalise_url(url: str) -> str:
@@ -117,8 +133,8 @@ class Database:
             with self.engine.connect() as conn:
                 conn.execute(text("SELECT 1"))
             return True
-        except Exception:  # noqa: BLE001 - any failure means "not reachable"
-            logger.warning("database check failed", exc_info=True)
+        except Exception as error:  # noqa: BLE001 - any failure means "not reachable"
+            logger.warning("database check failed: %s", error, exc_info=not is_unavailable(error))
             return False
 
     def dispose(self) -> None:

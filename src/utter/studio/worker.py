@@ -29,6 +29,7 @@ from ..engine.sched.batcher import QueueFullError, WorkerError
 from ..server.http.errors import is_storage_full, shown_error
 from ..server.runtime import ModelNotReady, ModelState
 from ..server.speech.textsplit import split_text
+from .db import is_unavailable
 from .jobs import JobQueue, make_worker_id
 from .models import Generation, Task, Voice
 from .provider import SAMPLES_PER_FRAME, RemoteError, Synthesis, SynthesisStream, TTSProvider, VoiceSource
@@ -124,6 +125,7 @@ class JobRunner:
         self._event_loop: asyncio.AbstractEventLoop | None = None
         self._stopping = False
         self._unrecorded: dict[str, Callable[[], object]] = {}  # task id -> its end, not yet written
+        self._loop_error: tuple[str, float] = ("", 0.0)  # the last one logged, and when
 
     # ---------------------------------------------------------------- control
     async def start(self) -> None:
@@ -188,8 +190,10 @@ class JobRunner:
                         break
                     self._spawn(task_id)
             except Exception as exc:  # noqa: BLE001 - e.g. the database is briefly unreachable: keep going
-                if is_storage_full(exc):
-                    logger.error("job loop: out of disk space (%s); retrying", exc)
+                if is_storage_full(exc) or is_unavailable(exc):  # one line, and once a minute at most
+                    if str(exc) != self._loop_error[0] or time.monotonic() - self._loop_error[1] > 60:
+                        logger.error("job loop: %s; retrying", exc)
+                        self._loop_error = (str(exc), time.monotonic())
                 else:
                     logger.exception("job loop error; retrying")
             try:
@@ -257,6 +261,10 @@ class JobRunner:
             if is_storage_full(exc):
                 logger.error("job %s stopped: out of disk space (%s)", job.task_id, exc)
                 outcome = self._failed(job, STORAGE_FULL_REASON)
+            elif is_unavailable(exc):  # back to the queue (written once the database is back)
+                logger.error("job %s stopped: the database is unavailable (%s)", job.task_id, exc)
+                message = "waiting: the database was unavailable; it resumes from its finished chunks"
+                outcome = partial(self.queue.release, job.task_id, self.worker_id, message)
             else:
                 logger.exception("job %s failed", job.task_id)
                 outcome = self._failed(job, f"generation failed: {shown_error(exc)}")
@@ -329,7 +337,7 @@ class JobRunner:
                     self.queue.heartbeat, job.task_id, self.worker_id, **job.progress_values()
                 )
             except Exception as exc:  # noqa: BLE001 - a missed beat is retried; the lease has slack
-                trace = not is_storage_full(exc)
+                trace = not (is_storage_full(exc) or is_unavailable(exc))
                 logger.warning("heartbeat of job %s failed: %s", job.task_id, exc, exc_info=trace)
                 continue
             if not beat.owned:
