@@ -70,6 +70,8 @@ def test_a_database_outage_gets_503s_and_jobs_wait_for_it(
             ("GET", "/api/voices", None),
             ("GET", f"/api/tasks/{task_id}", None),
             ("POST", "/api/generate", {"voice_id": voice, "text": "Hello.", "language": "English"}),
+            ("GET", "/tts/v1/audio/voices", None),  # the API's voices live in the studio's database
+            ("POST", "/tts/v1/audio/speech", {"input": "Hello.", "voice": voice}),
         ):
             down = client.request(method, path, json=body)
             assert down.status_code == 503, (path, down.text)

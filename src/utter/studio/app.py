@@ -43,6 +43,20 @@ STATIC_DIR = Path(__file__).parent / "static"
 FORM_OVERHEAD = 1024 * 1024  # multipart framing and the text fields around an upload
 
 
+async def _database_error(request: Request, error: Exception) -> Response:
+    """A database error in a studio route (or in /tts, whose voices live in the studio's
+    database): a full disk 507, a database down or restarting 503 with Retry-After (one log line
+    each, no traceback); anything else goes on to the last resort's 500."""
+    where = f"{request.method} {log_safe(request.url.path)}"
+    if is_storage_full(error):
+        logger.error("out of disk space in %s: %s", where, log_safe(error))
+        return error_response(507, STORAGE_FULL_MESSAGE)
+    if is_unavailable(error):
+        logger.error("database unavailable in %s: %s", where, log_safe(error))
+        return error_response(503, UNAVAILABLE_MESSAGE, {"Retry-After": "5"})
+    raise error
+
+
 def _mount_tts(app: FastAPI, settings: StudioSettings, provider: LocalProvider, studio: Studio) -> None:
     """The TTS service (seed /clone API, OpenAI API) on the same model and the same voice
     library (see ``voice_library.py``), under /tts."""
@@ -55,6 +69,7 @@ def _mount_tts(app: FastAPI, settings: StudioSettings, provider: LocalProvider, 
     voices = StudioVoiceLibrary(studio, provider, legacy_dir=service_settings.voices_dir)
     # The studio starts and stops the holders (mounted apps get no lifespan).
     tts = create_app(service_settings, provider.holder, voices, studio.asr)
+    tts.add_exception_handler(DBAPIError, _database_error)
     app.state.tts_models = studio.models = tts.state.service.models
     provider.models = studio.models  # preset speakers run on the CustomVoice model among them
     app.mount("/tts", tts)
@@ -94,18 +109,7 @@ def create_studio_app(settings: StudioSettings | None = None, provider: TTSProvi
     app.state.studio = studio
     install_error_handlers(app, retry_after_s=2)
 
-    @app.exception_handler(DBAPIError)
-    async def _database(request: Request, error: DBAPIError) -> Response:
-        """A full disk: 507; a database that is down or restarting: 503 with Retry-After (one
-        log line each, no traceback); anything else: the last resort's 500."""
-        where = f"{request.method} {log_safe(request.url.path)}"
-        if is_storage_full(error):
-            logger.error("out of disk space in %s: %s", where, log_safe(error))
-            return error_response(507, STORAGE_FULL_MESSAGE)
-        if is_unavailable(error):
-            logger.error("database unavailable in %s: %s", where, log_safe(error))
-            return error_response(503, UNAVAILABLE_MESSAGE, {"Retry-After": "5"})
-        raise error
+    app.add_exception_handler(DBAPIError, _database_error)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
