@@ -6,6 +6,7 @@ session's shared one is never stopped."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 import time
@@ -14,6 +15,8 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
 
 from tests.studio.support import (
     Cluster,
@@ -24,6 +27,7 @@ from tests.studio.support import (
     studio_settings,
     wait_task,
 )
+from utter.server.speech.realtime import SESSION_START_FAILED
 from utter.studio.db import UNAVAILABLE_MESSAGE, is_unavailable
 
 TEXT = " ".join(f"This is sentence number {n} of the job." for n in range(1, 7))
@@ -76,6 +80,18 @@ def test_a_database_outage_gets_503s_and_jobs_wait_for_it(
             down = client.request(method, path, json=body)
             assert down.status_code == 503, (path, down.text)
             assert down.json()["detail"] == UNAVAILABLE_MESSAGE and down.headers["retry-after"] == "5"
+        ws_url = server.url.replace("http", "ws") + "/tts"
+        for path, first in (
+            ("/v1/realtime/speech", {"type": "start", "voice": voice}),
+            (f"/v1/text-to-speech/{voice}/stream-input", {"text": " "}),
+        ):
+            with connect(ws_url + path) as ws:  # a session that cannot start says so and closes
+                ws.send(json.dumps(first))
+                error = json.loads(ws.recv(timeout=30))
+                assert error["code"] == 503 and error["message"] == SESSION_START_FAILED, error
+                with pytest.raises(ConnectionClosed) as closed:
+                    ws.recv(timeout=30)
+                assert closed.value.rcvd.code == 1011
         health = client.get("/api/health")
         assert health.status_code == 200 and health.json()["database"] == "unreachable"
         assert health.json()["status"] == "degraded"

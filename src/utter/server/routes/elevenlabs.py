@@ -36,12 +36,13 @@ from ...audio.formats import FormatEncoder, OutputFormat, parse_output_format
 from ...engine.engine import Engine
 from ...engine.sampling import MAX_SEED, GenerationOptions
 from ..deps import BatcherDep, Service, ServiceDep
-from ..http.errors import ApiError
+from ..http.errors import ApiError, is_storage_full
 from ..runtime import ModelNotReady
 from ..schemas import ApiModel, SamplingFields
 from ..speech.longform import PartedStream
 from ..speech.realtime import (
     POLICY_VIOLATION,
+    SESSION_START_FAILED,
     Incoming,
     SessionError,
     TextInSession,
@@ -200,6 +201,10 @@ async def stream_input(ws: WebSocket, voice_id: str) -> None:
         return
     except (SessionError, ApiError) as exc:
         await _fail(ws, session, exc.message, exc.status)
+        return
+    except Exception as exc:  # noqa: BLE001 - e.g. the voice store's database is down: say so, close
+        logger.error("the session could not start: %s", exc, exc_info=not is_storage_full(exc))
+        await _fail(ws, session, SESSION_START_FAILED, 503)
         return
     await session.serve(batcher, prompt, language, options)
 

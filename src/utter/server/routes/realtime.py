@@ -29,12 +29,13 @@ from starlette.websockets import WebSocketDisconnect
 
 from ...audio.encode import make_encoder
 from ..deps import Service
-from ..http.errors import ApiError
+from ..http.errors import ApiError, is_storage_full
 from ..runtime import ModelNotReady
 from ..schemas import RealtimeStart
 from ..speech.longform import PartedStream
 from ..speech.realtime import (
     POLICY_VIOLATION,
+    SESSION_START_FAILED,
     Incoming,
     SessionError,
     TextInSession,
@@ -121,6 +122,10 @@ async def realtime_speech(ws: WebSocket) -> None:
     except (SessionError, ApiError) as exc:
         session = RealtimeSession(ws, service, make_encoder("pcm"))
         await session._fail(exc.message, exc.status)
+        return
+    except Exception as exc:  # noqa: BLE001 - e.g. the voice store's database is down: say so, close
+        logger.error("the session could not start: %s", exc, exc_info=not is_storage_full(exc))
+        await RealtimeSession(ws, service, make_encoder("pcm"))._fail(SESSION_START_FAILED, 503)
         return
     await ws.send_text(json.dumps({"type": "started", "format": body.response_format, "sample_rate": 24000}))
     await RealtimeSession(ws, service, encoder).serve(batcher, prompt, language, options)

@@ -38,6 +38,7 @@ from .textsplit import PartCutter
 
 logger = logging.getLogger(__name__)
 
+SESSION_START_FAILED = "The session could not start on the server (the server log says why); retry shortly."
 POLICY_VIOLATION = 1008  # WebSocket close codes
 INTERNAL_ERROR = 1011
 
