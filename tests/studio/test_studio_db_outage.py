@@ -106,9 +106,36 @@ def test_a_database_outage_gets_503s_and_jobs_wait_for_it(
         server.stop()
 
 
-def test_unavailable_databases_are_told_apart() -> None:
-    locked = sqlite3.OperationalError("database is locked")
+def _sqlite_error(sql: str, setup: str = "") -> sqlite3.Error:
+    """The error SQLite itself raises for ``sql`` (after ``setup``), with its error code."""
+    db = sqlite3.connect(":memory:")
+    try:
+        if setup:
+            db.executescript(setup)
+        db.execute(sql)
+    except sqlite3.Error as error:
+        return error
+    finally:
+        db.close()
+    raise AssertionError(f"{sql} did not fail")
+
+
+def test_unavailable_databases_are_told_apart(tmp_path: Path) -> None:
+    path = tmp_path / "locked.db"
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("CREATE TABLE t (x)")
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        sqlite3.connect(path, timeout=0.05).execute("SELECT * FROM t")
+    except sqlite3.OperationalError as error:
+        locked = error
+    finally:
+        holder.close()
+    assert locked.sqlite_errorcode & 0xFF == 5  # SQLITE_BUSY: "database is locked"
     assert is_unavailable(sqlalchemy.exc.OperationalError("UPDATE tasks", {}, locked))
+    missing = _sqlite_error("SELECT * FROM nowhere")  # also an OperationalError, but a bug
+    assert isinstance(missing, sqlite3.OperationalError)
+    assert not is_unavailable(sqlalchemy.exc.OperationalError("SELECT", {}, missing))
     assert is_unavailable(sqlalchemy.exc.InterfaceError("SELECT 1", {}, Exception("connection closed")))
     dropped = sqlalchemy.exc.DBAPIError("SELECT 1", {}, Exception("gone"), connection_invalidated=True)
     assert is_unavailable(dropped)

@@ -32,6 +32,9 @@ UNAVAILABLE_MESSAGE = (
 )
 
 
+_SQLITE_PASSING = {5, 6, 10, 14, 15}  # SQLITE_BUSY, _LOCKED, _IOERR, _CANTOPEN, _PROTOCOL
+
+
 def is_unavailable(error: BaseException) -> bool:
     """Whether ``error`` says the database could not be reached or used for now (a PostgreSQL
     server restarting or gone, a connection dropped, SQLite locked past its busy timeout): the
@@ -40,7 +43,12 @@ def is_unavailable(error: BaseException) -> bool:
     A full disk is told apart by ``is_storage_full`` before this is asked."""
     if isinstance(error, exc.DBAPIError) and error.connection_invalidated:
         return True
-    return isinstance(error, (exc.OperationalError, exc.InterfaceError))
+    if not isinstance(error, (exc.OperationalError, exc.InterfaceError)):
+        return False
+    code = getattr(error.orig, "sqlite_errorcode", None)
+    # SQLite calls a missing table an OperationalError too: only busy, locked, I/O and "cannot
+    # open" pass (primary codes; the extended ones carry them in their low byte).
+    return code is None or code & 0xFF in _SQLITE_PASSING
 
 
 def _normalise_url(url: str) -> str:
