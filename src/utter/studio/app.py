@@ -22,7 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..server.http.docs import install_offline_docs
-from ..server.http.errors import STORAGE_FULL_MESSAGE, error_response, install_error_handlers, is_storage_full
+from ..server.http.errors import error_response, install_error_handlers, is_storage_full
 from ..server.http.middleware import RequestContextMiddleware, log_safe
 from ..server.voices.asr import AsrHolder
 from . import routes
@@ -45,13 +45,11 @@ FORM_OVERHEAD = 1024 * 1024  # multipart framing and the text fields around an u
 
 async def _database_error(request: Request, error: Exception) -> Response:
     """A database error in a studio route (or in /tts, whose voices live in the studio's
-    database): a full disk 507, a database down or restarting 503 with Retry-After (one log line
-    each, no traceback); anything else goes on to the last resort's 500."""
-    where = f"{request.method} {log_safe(request.url.path)}"
-    if is_storage_full(error):
-        logger.error("out of disk space in %s: %s", where, log_safe(error))
-        return error_response(507, STORAGE_FULL_MESSAGE)
-    if is_unavailable(error):
+    database): down or restarting, 503 with Retry-After and one log line. Anything else goes on
+    to the last resort (``RequestContextMiddleware``): 507 for a full disk (PostgreSQL's is an
+    OperationalError too, hence asked first), else the 500 with the request id."""
+    if is_unavailable(error) and not is_storage_full(error):
+        where = f"{request.method} {log_safe(request.url.path)}"
         logger.error("database unavailable in %s: %s", where, log_safe(error))
         return error_response(503, UNAVAILABLE_MESSAGE, {"Retry-After": "5"})
     raise error
