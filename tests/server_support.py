@@ -101,6 +101,23 @@ def start_server(
     return LiveServer(settings, holder, tls=tls).start()
 
 
+def paced_timeout(srv: LiveServer, request, floor_s: float, factor: float, repeats: int = 3) -> float:
+    """Set ``srv``'s generation timeout (read per request) to ``factor`` times the fastest of
+    ``repeats`` runs of ``request()`` alone, and at least ``floor_s``; returns it.
+
+    Tests whose well-behaved requests must finish within the timeout under load while others run
+    past it need a timeout in this machine's own pace: a fixed one that held on a fast CPU
+    failed on a 2-core AVX2 EPYC that runs the tiny model 2.5x slower."""
+    times = []
+    for _ in range(repeats):
+        start = time.monotonic()
+        request()
+        times.append(time.monotonic() - start)
+    timeout = max(floor_s, factor * min(times))
+    srv.settings.generation_timeout_s = timeout
+    return timeout
+
+
 def store_voice(http: httpx.Client, ref_wav: Path, name: str = "Ada") -> dict:
     """``POST /v1/voices`` with the test reference and its transcript; the stored voice's info."""
     from tests.conftest import REF_TEXT
