@@ -14,10 +14,12 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from tests.conftest import streams_in_slots
 from utter.dev.random_speech_tokenizer import speech_tokenizer_config_dict, write_random_speech_tokenizer
+from utter.engine.model import codec_decoder
 from utter.engine.model.codec_decoder import CodecDecoder, CodecDecoderConfig, LayerScale
 from utter.engine.model.speech_tokenizer import SpeechTokenizer
 from utter.engine.streaming import AudioStream, StreamingDecoder
@@ -93,6 +95,74 @@ def test_stream_equals_one_shot(decoder: CodecDecoder, decoder64: CodecDecoder, 
         assert got.dtype == expected.dtype and got.shape == expected.shape == (1, 45 * U)
         assert (got - expected).abs().max() < tol
     assert expected.std() > 0.05  # real audio-level signal, not silence or a clamped rail
+
+
+@pytest.mark.parametrize("schedule", [[1], [2, 12]], ids=["1 at a time", "2 then 12s"])
+def test_stream_equals_one_shot_with_convs_as_products(
+    decoder: CodecDecoder, schedule: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every ungrouped conv of the tiny decoder as one matrix product (at real sizes only the
+    decoder's first conv is, see ``GEMM_CONV_MIN_WEIGHT_BYTES``): streamed pushes (short) take
+    the product while the one-shot decode's long convs past ``GEMM_CONV_MAX_STEPS`` do not."""
+    codes = _codes(1, 45, seed=1)
+    expected = _one_shot(decoder, codes)
+    monkeypatch.setattr(codec_decoder, "GEMM_CONV_MIN_WEIGHT_BYTES", 0)
+    monkeypatch.setattr(codec_decoder, "GEMM_CONV_MAX_STEPS", 200)
+    products = []
+    real_linear = F.linear
+    monkeypatch.setattr(codec_decoder.F, "linear", lambda *a: products.append(1) or real_linear(*a))
+    got = torch.cat(_stream(StreamingDecoder(decoder), codes, schedule), dim=-1)
+    assert products, "no conv took the product form"
+    assert (got - expected).abs().max() < ATOL
+    monkeypatch.undo()
+    assert (_one_shot(decoder, codes) - expected).abs().max() == 0
+
+
+@pytest.mark.parametrize(
+    "c_in,c_out,kernel,dilation,batch,bias,steps",
+    [
+        (16, 24, 7, 1, 1, True, 48),
+        (16, 24, 7, 3, 2, False, 5),
+        (8, 4, 1, 1, 3, True, 1),
+        (8, 8, 3, 9, 1, True, 512),
+    ],
+)
+def test_conv_as_one_product_equals_the_convolution(
+    c_in: int, c_out: int, kernel: int, dilation: int, batch: int, bias: bool, steps: int,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    monkeypatch.setattr(codec_decoder, "GEMM_CONV_MIN_WEIGHT_BYTES", 0)
+    torch.manual_seed(0)
+    conv = nn.Conv1d(c_in, c_out, kernel, dilation=dilation, bias=bias)
+    x = torch.randn(batch, c_in, steps + (kernel - 1) * dilation)
+    with torch.inference_mode():
+        want = conv(x)
+        conv.forward = None  # the product form must not call the convolution
+        got = codec_decoder.conv1d(conv, x)
+    assert got.shape == want.shape == (batch, c_out, steps)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_conv_product_only_where_it_is_faster() -> None:
+    """The decoder's first conv at real sizes (44 MB of float32) takes the product on short
+    inputs; its 768-channel convs, long inputs, grouped convs and bfloat16 keep the convolution."""
+    first, small = nn.Conv1d(1024, 1536, 7), nn.Conv1d(768, 768, 7)
+    calls = []
+
+    def counted(conv: nn.Conv1d, x: torch.Tensor) -> bool:
+        real = conv.forward
+        conv.forward = lambda y: calls.append(1) or real(y)
+        calls.clear()
+        with torch.inference_mode():
+            codec_decoder.conv1d(conv, x)
+        conv.forward = real
+        return not calls  # True: the product form ran
+
+    assert counted(first, torch.randn(1, 1024, 54))
+    assert not counted(first, torch.randn(1, 1024, codec_decoder.GEMM_CONV_MAX_STEPS + 7))
+    assert not counted(first.to(torch.bfloat16), torch.randn(1, 1024, 54, dtype=torch.bfloat16))
+    assert not counted(small, torch.randn(1, 768, 54))
+    assert not counted(nn.Conv1d(1024, 1024, 7, groups=1024), torch.randn(1, 1024, 54))
 
 
 def test_first_samples_match_zero_left_padding(decoder64: CodecDecoder) -> None:

@@ -38,6 +38,7 @@ from .model.codec_decoder import (
     SlidingTransformer,
     SnakeBeta,
     UpsampleBlock,
+    conv1d,
     sliding_window_mask,
     transposed_conv1d,
 )
@@ -98,7 +99,7 @@ class _CausalConv(_Stage):
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         # x: [B, C_in, L] -> [B, C_out, L]
-        return self.conv(self.history.extend(x))
+        return conv1d(self.conv, self.history.extend(x))
 
     def reset(self) -> None:
         self.history.reset()
