@@ -152,7 +152,9 @@ def _quantize_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 # oneDNN 0.58-0.62 / 2.19 / 2.42-2.47; sized for 32, natively 2.75 at 32 streams against oneDNN's
 # 2.90. The same CPU with every kernel capped to AVX2 (8-float vectors, fbgemm with 7-bit inputs),
 # sized for 8: natively 0.76 / 1.18 (4) / 1.24 (8), fbgemm 0.64 / 1.25 / 1.40: one or two streams
-# gain natively, four or more lose; 8 rows are kept there, as before this was measured. With AMX,
+# gain natively, four or more lose; 8 rows are kept there, as before this was measured. A real
+# AVX2-only CPU (a 2-core Zen 3 EPYC, no VNNI), sized for 8: natively 0.56 / 0.80 (4) / 0.75 (8),
+# fbgemm 0.30 / 0.70 / 0.75: the native kernels win or tie at every load there. With AMX,
 # oneDNN's product is flat up to 16 rows at a third of a native row's time (see the top of this
 # file): 8 rows, unmeasured since prefills became int8. One kernel per engine, chosen at load: a
 # request's numbers never depend on the other rows of its batch (and on the native kernels equal
