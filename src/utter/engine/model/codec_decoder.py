@@ -163,7 +163,7 @@ class CausalConv1d(nn.Module):
 # a weight poorly on short inputs: the decoder's first conv (1024 -> 1536 channels, kernel 7, 44 MB)
 # took 34 ms for a 12-frame streaming push (48 steps) against 12 ms as a product, and 27 against 8.5
 # ms at 16 steps, on a 2-core AVX2 EPYC (Zen 3); at 2,048 steps the two are even. Convs of 768
-# channels (16.5 MB) are as fast or faster as convolutions, so they stay. Measured on float32 only:
+# channels (16.5 MB) run as fast as convolutions or faster, so they stay. Measured on float32 only:
 # bfloat16 decoders (CPUs with bfloat16 units, GPUs) keep the convolution.
 GEMM_CONV_MIN_WEIGHT_BYTES = 32 << 20
 GEMM_CONV_MAX_STEPS = 512
