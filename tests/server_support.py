@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import socket
+import ssl
 import threading
 import time
 from pathlib import Path
@@ -20,6 +21,19 @@ from utter.server.runtime import EngineHolder
 from utter.server.settings import ServerSettings
 
 API_KEY = "test-key-123"
+
+
+def _calm_tls(context: ssl.SSLContext) -> None:
+    """TLS 1.2 without session tickets on the test server.
+
+    The websockets sync client (ours and the ElevenLabs SDK's) reads in a background thread while
+    the caller writes, and CPython 3.11's ssl module lets both into one OpenSSL connection at once.
+    With TLS 1.3 the server's session tickets arrive after the handshake, so the read thread
+    processes handshake records while the caller sends its upgrade request: once in a full run on
+    a 2-core AVX2 machine, libssl aborted the whole test process there ("Fatal Python error:
+    Aborted" in ssl send). TLS 1.2 without tickets sends nothing after the handshake."""
+    context.maximum_version = ssl.TLSVersion.TLSv1_2
+    context.options |= ssl.OP_NO_TICKET
 
 
 class LiveServer:
@@ -39,6 +53,9 @@ class LiveServer:
         if tls:  # (certificate, key): for clients that only speak wss:// (ElevenLabs' realtime SDK)
             limits = {**limits, "ssl_certfile": str(tls[0]), "ssl_keyfile": str(tls[1])}
         config = uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="on", **limits)
+        if tls:
+            config.load()  # makes config.ssl now (the server would on start) to narrow it
+            _calm_tls(config.ssl)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self._sock]}, daemon=True)
 

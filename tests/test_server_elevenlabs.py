@@ -159,6 +159,7 @@ def test_stream_input_equals_convert_with_a_seed(server, trust, voice_id) -> Non
         + f"/v1/text-to-speech/{voice_id}/stream-input?output_format=pcm_24000&seed=4"
     )
     with connect(url, ssl=ctx, open_timeout=30) as ws:
+        assert ws.socket.version() == "TLSv1.2"  # see server_support._calm_tls
         ws.send(json.dumps({"text": " ", "xi_api_key": API_KEY, "voice_settings": {"stability": 0.3}}))
         for word in TEXT.split(" "):
             ws.send(json.dumps({"text": word + " ", "try_trigger_generation": True}))
