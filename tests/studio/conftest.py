@@ -9,14 +9,20 @@ The PostgreSQL tests skip only when neither is available.
 from __future__ import annotations
 
 import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.studio.support import Cluster, StudioServer, new_pg_database, pg_bin, studio_settings
+from tests.studio.support import (
+    Cluster,
+    StudioServer,
+    new_pg_database,
+    pg_bin,
+    running_cluster,
+    studio_settings,
+)
 
 
 @pytest.fixture(scope="session")
@@ -32,17 +38,8 @@ def pg_server() -> Iterator[str]:
             "PostgreSQL is not installed (apt-get install -y postgresql) and UTTER_TEST_DATABASE_URL is unset"
         )
     Cluster.sweep(bindir)  # clusters of earlier sessions killed before their cleanup
-    cluster = Cluster(bindir)
-    try:
-        url = cluster.start()
-    except (subprocess.CalledProcessError, OSError) as exc:
-        cluster.stop()
-        detail = getattr(exc, "stderr", b"") or b""
-        pytest.fail(f"could not start a PostgreSQL cluster: {exc} {detail.decode(errors='replace')}")
-    try:
-        yield url
-    finally:
-        cluster.stop()
+    with running_cluster(bindir) as cluster:
+        yield cluster.url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -12,10 +12,13 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import numpy as np
+import pytest
 import soundfile as sf
 import uvicorn
 
@@ -38,6 +41,23 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextmanager
+def running_cluster(bindir: Path) -> Iterator[Cluster]:
+    """A started :class:`Cluster` (its URL in ``url``), stopped and removed afterwards; a cluster
+    that cannot start fails the test with initdb's or pg_ctl's own words."""
+    cluster = Cluster(bindir)
+    try:
+        cluster.url = cluster.start()
+    except (subprocess.CalledProcessError, OSError) as exc:
+        cluster.stop()
+        detail = getattr(exc, "stderr", b"") or b""
+        pytest.fail(f"could not start a PostgreSQL cluster: {exc} {detail.decode(errors='replace')}")
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 class Cluster:

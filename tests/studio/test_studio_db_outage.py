@@ -24,6 +24,7 @@ from tests.studio.support import (
     clone,
     new_pg_database,
     pg_bin,
+    running_cluster,
     studio_settings,
     wait_task,
 )
@@ -38,12 +39,8 @@ def own_cluster() -> Iterator[Cluster]:
     bindir = pg_bin()
     if bindir is None:
         pytest.skip("PostgreSQL is not installed (apt-get install -y postgresql)")
-    cluster = Cluster(bindir)
-    cluster.url = cluster.start()
-    try:
+    with running_cluster(bindir) as cluster:
         yield cluster
-    finally:
-        cluster.stop()
 
 
 def test_a_database_outage_gets_503s_and_jobs_wait_for_it(
